@@ -1,0 +1,37 @@
+//! `tagwarden plugins inspect`: what a plugin file is and whether it loads.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
+
+use super::{OutputFormat, output};
+use crate::runtime::{PluginLimits, PluginRuntime, RuntimeConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The plugin file.
+    path: PathBuf,
+    #[arg(long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.path.display()))?;
+    let runtime = Arc::new(PluginRuntime::new(RuntimeConfig::default())?);
+    let loaded = runtime.load_bytes(&args.path.display().to_string(), &bytes, PluginLimits::default());
+    let report = output::InspectReport {
+        path: args.path.display().to_string(),
+        sha256: Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect(),
+        size_bytes: bytes.len(),
+        loads: loaded.is_ok(),
+        error: loaded.as_ref().err().map(|e| e.to_string()),
+        plugin: loaded.as_ref().ok().map(|p| p.meta().clone()),
+    };
+    match args.output {
+        OutputFormat::Json => output::print_json(&report)?,
+        OutputFormat::Table => output::print_inspect(&report),
+    }
+    Ok(if report.loads { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,96 @@
+//! Command-line interface: argument parsing and output. Thin glue over the library.
+
+mod eval;
+mod inspect;
+mod output;
+mod record;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Runs container-registry cleanup policies as sandboxed WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "tagwarden", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); or set TAGWARDEN_LOG (e.g. `tagwarden=debug`).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Evaluate a retention plugin over a recorded tag list (a dry run: nothing is deleted).
+    Eval(eval::EvalArgs),
+    /// Run a cleanup pass over the configured policies and repositories.
+    Run(run::RunArgs),
+    /// Write a registry repository's tag list as a recording (for `eval` and simulations).
+    Record(record::RecordArgs),
+    /// Work with plugin files.
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// Show a plugin's kind, contract version, sha256, size, and whether it loads.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Output format for commands that report results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// One JSON object for programs.
+    Json,
+}
+
+/// Options shared by commands that load plugins.
+#[derive(Debug, clap::Args)]
+struct PluginOptions {
+    /// Extra directory to look for plugins named without a path (repeatable).
+    #[arg(long = "plugin-dir", value_name = "DIR")]
+    plugin_dirs: Vec<PathBuf>,
+    /// Wall-clock limit for one plugin call.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// Memory cap for one plugin call, in MiB.
+    #[arg(long = "memory-mib", value_name = "MIB", default_value_t = 64)]
+    memory_mib: usize,
+}
+
+impl PluginOptions {
+    fn limits(&self) -> crate::runtime::PluginLimits {
+        crate::runtime::PluginLimits { timeout: self.timeout, memory_bytes: self.memory_mib << 20, fuel: None }
+    }
+}
+
+/// Sets up logging to stderr: warnings by default (plugin warnings included).
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("TAGWARDEN_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Eval(args) => eval::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Record(args) => record::run(args),
+        Command::Plugins { command: PluginsCommand::Inspect(args) } => inspect::run(args),
+    }
+}

@@ -1,0 +1,284 @@
+//! `tagwarden run --once`: one cleanup pass over every configured policy.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+
+use super::{OutputFormat, output};
+use crate::backend::{Backend, RecordingBackend};
+use crate::config::Config;
+use crate::model::{Action, Timestamp};
+use crate::pass::{self, DeletionLimits, Guards, PassContext, Policy, Progress, RepositoryReport};
+use crate::registry::{RegistryClient, RegistryConfig};
+use crate::runtime::{PluginLimits, PluginRuntime, RuntimeConfig};
+use crate::store::Store;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Run one pass and exit (the scheduling daemon is `tagwarden serve`, not built yet).
+    #[arg(long)]
+    once: bool,
+    /// The configuration file.
+    #[arg(long, value_name = "FILE", default_value = "tagwarden.toml")]
+    config: PathBuf,
+    /// Decide and print the plan, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Only this repository (it must match a policy).
+    #[arg(long, value_name = "PATH")]
+    repository: Option<String>,
+    /// Also print every tag's verdict.
+    #[arg(long)]
+    plan: bool,
+    /// Evaluation time (RFC 3339) instead of now, e.g. to replay a recording.
+    #[arg(long, value_name = "RFC3339")]
+    now: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if !args.once {
+        anyhow::bail!("only `run --once` exists so far (the scheduling daemon is planned as `tagwarden serve`); add --once");
+    }
+    let config = Config::read(&args.config)?;
+    let now = match &args.now {
+        Some(s) => Timestamp::parse_rfc3339(s).context("--now")?,
+        None => Timestamp::now(),
+    };
+    // Everything that can be wrong with the config or the plugins fails here, before
+    // the registry is contacted.
+    let runtime = Arc::new(PluginRuntime::new(RuntimeConfig::default())?);
+    let policies = load_policies(&config, &runtime)?;
+    let store = Store::open(&config.resolve_path(&config.state.dir).join("tagwarden.db"))?;
+    let backend = backend(&config, &store)?;
+    let guards = Guards::new(&config.deletion.protect, config.deletion.max_delete_fraction)?;
+    let ctx = PassContext {
+        backend,
+        audit: store.audit_log(),
+        guards,
+        limits: DeletionLimits { timeout: config.deletion.timeout, concurrency: config.deletion.concurrency },
+        dry_run: args.dry_run,
+        now,
+    };
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let reports = tokio.block_on(run_pass(&ctx, &policies, args.repository.as_deref()))?;
+    match args.output {
+        OutputFormat::Json => output::print_json(&serde_json::json!({
+            "registry": ctx.backend.label(),
+            "now": now,
+            "dry_run": args.dry_run,
+            "repositories": reports,
+        }))?,
+        OutputFormat::Table => {
+            if args.plan {
+                for r in &reports {
+                    print_plan(r);
+                }
+            }
+            print_summary(&reports, args.dry_run);
+        }
+    }
+    Ok(if reports.iter().all(|r| r.status.is_success()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// A policy and the repositories it applies to.
+struct BoundPolicy {
+    policy: Policy,
+    matcher: globset::GlobSet,
+}
+
+fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Result<Vec<BoundPolicy>> {
+    let mut out = Vec::new();
+    for p in &config.policies {
+        let context = || format!("policy `{}`", p.name);
+        // A plugin given as a path is relative to the config file.
+        let spec = if p.plugin.ends_with(".wasm") || p.plugin.contains('/') {
+            config.resolve_path(Path::new(&p.plugin)).display().to_string()
+        } else {
+            p.plugin.clone()
+        };
+        let path = crate::plugins::resolve(&spec, &[]).with_context(context)?;
+        let limits = PluginLimits { timeout: p.timeout, memory_bytes: p.memory_mib << 20, fuel: p.fuel };
+        let plugin = runtime.load_file(&path, limits).with_context(context)?.into_retention().with_context(context)?;
+        let params = p.params_json();
+        plugin.validate_params(&params).with_context(context)?;
+        out.push(BoundPolicy { policy: Policy { name: p.name.clone(), plugin, params }, matcher: p.matcher() });
+    }
+    Ok(out)
+}
+
+fn backend(config: &Config, store: &Store) -> anyhow::Result<Backend> {
+    let r = &config.registry;
+    if let Some(dir) = &r.recordings {
+        return Ok(Backend::Recordings(RecordingBackend::load(&config.resolve_path(dir))?));
+    }
+    let url = url::Url::parse(r.url.as_deref().expect("validated: url or recordings"))?;
+    let mut rc = RegistryConfig::new(url);
+    rc.credentials = config.credentials()?;
+    rc.request_timeout = r.timeout;
+    rc.concurrency = r.concurrency.max(config.deletion.concurrency);
+    rc.max_retries = r.max_retries;
+    Ok(Backend::Oci(RegistryClient::new(rc, Some(store.metadata_cache()))?))
+}
+
+/// Runs every (repository, policy) pair: each repository goes to the first policy
+/// whose patterns match it.
+async fn run_pass(ctx: &PassContext, policies: &[BoundPolicy], only: Option<&str>) -> anyhow::Result<Vec<RepositoryReport>> {
+    let repositories = match only {
+        Some(repo) => vec![repo.to_owned()],
+        None => ctx.backend.repositories().await.with_context(|| format!("listing the repositories of {}", ctx.backend.label()))?,
+    };
+    let work: Vec<(&str, &Policy)> = repositories
+        .iter()
+        .filter_map(|repo| policies.iter().find(|p| p.matcher.is_match(repo)).map(|p| (repo.as_str(), &p.policy)))
+        .collect();
+    if let Some(repo) = only
+        && work.is_empty()
+    {
+        anyhow::bail!("no policy's `repositories` patterns match `{repo}`");
+    }
+    let printer = ProgressPrinter::new(work.len());
+    let mut reports = Vec::with_capacity(work.len());
+    for (i, (repo, policy)) in work.into_iter().enumerate() {
+        printer.start(i, repo);
+        let report = pass::run_repository(ctx, policy, repo, &|p| printer.update(i, repo, p)).await;
+        printer.finish(i, &report);
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// Progress on stderr: one updating line on a terminal, a line per repository otherwise.
+struct ProgressPrinter {
+    total: usize,
+    tty: bool,
+    last: Mutex<Instant>,
+}
+
+impl ProgressPrinter {
+    fn new(total: usize) -> Self {
+        ProgressPrinter { total, tty: std::io::stderr().is_terminal(), last: Mutex::new(Instant::now()) }
+    }
+
+    fn line(&self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K{text}");
+        } else {
+            let _ = writeln!(err, "{text}");
+        }
+    }
+
+    fn start(&self, i: usize, repo: &str) {
+        self.line(&format!("[{}/{}] {repo}: listing tags", i + 1, self.total));
+    }
+
+    fn update(&self, i: usize, repo: &str, p: Progress) {
+        if !self.tty {
+            // In logs, only the phase changes matter.
+            if let Progress::Evaluating { tags } = p {
+                self.line(&format!("[{}/{}] {repo}: evaluating {tags} tags", i + 1, self.total));
+            }
+            return;
+        }
+        let mut last = self.last.lock().unwrap();
+        if last.elapsed().as_millis() < 100 && !matches!(p, Progress::Evaluating { .. }) {
+            return;
+        }
+        *last = Instant::now();
+        let what = match p {
+            Progress::Listing { done, total } => format!("reading tag metadata {done}/{total}"),
+            Progress::Evaluating { tags } => format!("evaluating {tags} tags"),
+            Progress::Deleting { done, total } => format!("deleting {done}/{total}"),
+        };
+        self.line(&format!("[{}/{}] {repo}: {what}", i + 1, self.total));
+    }
+
+    fn finish(&self, i: usize, r: &RepositoryReport) {
+        self.line(&format!(
+            "[{}/{}] {}: {}, {} tags, {} to delete, {} deleted ({:.1}s)",
+            i + 1,
+            self.total,
+            r.repository,
+            r.status.label(),
+            r.tags_seen,
+            r.tags_to_delete,
+            r.tags_deleted,
+            r.elapsed_ms as f64 / 1000.0
+        ));
+        if self.tty {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+fn print_plan(r: &RepositoryReport) {
+    let Some(plan) = &r.plan else { return };
+    let style = output::Style::stdout();
+    println!("{} (policy {}):", r.repository, r.policy);
+    let mut rows = vec![vec!["  ACTION".into(), "TAG".into(), "DIGEST".into(), "REASON".into()]];
+    let mut deletes = vec![false];
+    for (t, v) in plan.list.tags().iter().zip(&plan.tags) {
+        let action = if v.action == Action::Delete { "  DELETE" } else { "  keep" };
+        rows.push(vec![action.into(), t.name.clone(), output::short_digest(t.digest.as_str()).into(), v.reason.clone()]);
+        deletes.push(v.action == Action::Delete);
+    }
+    for (u, v) in plan.list.untagged.iter().zip(&plan.untagged) {
+        let action = if v.action == Action::Delete { "  DELETE" } else { "  keep" };
+        rows.push(vec![action.into(), "<untagged>".into(), output::short_digest(u.digest.as_str()).into(), v.reason.clone()]);
+        deletes.push(v.action == Action::Delete);
+    }
+    output::print_columns(&rows, |i| deletes[i], &style);
+    println!();
+}
+
+fn print_summary(reports: &[RepositoryReport], dry_run: bool) {
+    let style = output::Style::stdout();
+    let mut rows = vec![vec![
+        "REPOSITORY".into(),
+        "POLICY".into(),
+        "TAGS".into(),
+        "TO DELETE".into(),
+        "DELETED".into(),
+        "FAILED".into(),
+        "TIME".into(),
+        "STATUS".into(),
+    ]];
+    for r in reports {
+        let detail = match &r.status {
+            pass::RepositoryStatus::Refused(d) | pass::RepositoryStatus::Unfinished(d) | pass::RepositoryStatus::Failed(d) => {
+                format!(": {d}")
+            }
+            _ => String::new(),
+        };
+        rows.push(vec![
+            r.repository.clone(),
+            r.policy.clone(),
+            r.tags_seen.to_string(),
+            r.tags_to_delete.to_string(),
+            r.tags_deleted.to_string(),
+            r.failed.to_string(),
+            format!("{:.1}s", r.elapsed_ms as f64 / 1000.0),
+            format!("{}{detail}", r.status.label()),
+        ]);
+    }
+    let bad: Vec<bool> = std::iter::once(false).chain(reports.iter().map(|r| !r.status.is_success())).collect();
+    output::print_columns(&rows, |i| bad[i], &style);
+    let seen: usize = reports.iter().map(|r| r.tags_seen).sum();
+    let to_delete: usize = reports.iter().map(|r| r.tags_to_delete).sum();
+    let deleted: usize = reports.iter().map(|r| r.tags_deleted).sum();
+    println!(
+        "\n{} repositories, {seen} tags, {to_delete} to delete, {}{}",
+        reports.len(),
+        if dry_run { "nothing deleted (dry run)".to_owned() } else { format!("{deleted} deleted") },
+        match reports.iter().filter(|r| !r.status.is_success()).count() {
+            0 => String::new(),
+            n => format!(", {n} not completed"),
+        }
+    );
+}

@@ -1,0 +1,344 @@
+//! `tagwarden.toml`: registry, state, deletion limits, host guards and policies.
+//! Documented for operators in docs/configuration.md.
+//!
+//! Parsing is strict: unknown keys are errors, and every error names the file, the
+//! key path and what was expected.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Deserializer};
+
+use crate::registry::{Credentials, Secret};
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub registry: RegistrySection,
+    #[serde(default)]
+    pub state: StateSection,
+    #[serde(default)]
+    pub deletion: DeletionSection,
+    #[serde(rename = "policy", default)]
+    pub policies: Vec<PolicySection>,
+    /// Where the file was read from; relative paths in it are relative to its directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[registry]`: a registry URL, or a directory of recordings to simulate one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    pub url: Option<String>,
+    /// A directory of recordings (or one file) served from memory instead of a registry.
+    pub recordings: Option<PathBuf>,
+    pub username: Option<String>,
+    /// The environment variable holding the password (preferred over a file).
+    pub password_env: Option<String>,
+    /// A file holding the password (e.g. a mounted secret); trailing newline ignored.
+    pub password_file: Option<PathBuf>,
+    #[serde(default = "defaults::request_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "defaults::max_retries")]
+    pub max_retries: u32,
+}
+
+/// `[state]`: where the metadata cache and the audit log live.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    #[serde(default = "defaults::state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        StateSection { dir: defaults::state_dir() }
+    }
+}
+
+/// `[deletion]`: limits and guards that apply to every policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeletionSection {
+    /// Time budget for deleting one repository's tags (GitLab's delete timeout).
+    #[serde(default = "defaults::delete_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Deletes in flight at once per repository.
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: usize,
+    /// Refuse a pass that would delete more than this fraction of a repository's tags.
+    pub max_delete_fraction: Option<f64>,
+    /// Tag-name patterns (regex, whole name) that are never deleted, whatever a plugin says.
+    #[serde(default)]
+    pub protect: Vec<String>,
+}
+
+impl Default for DeletionSection {
+    fn default() -> Self {
+        DeletionSection {
+            timeout: defaults::delete_timeout(),
+            concurrency: defaults::concurrency(),
+            max_delete_fraction: None,
+            protect: vec![],
+        }
+    }
+}
+
+/// One `[[policy]]`: which repositories, which plugin, which params.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    pub name: String,
+    /// Glob patterns on repository paths (`*` within a path segment, `**` across).
+    pub repositories: Vec<String>,
+    /// A bundled plugin's name or a path to a `.wasm` file.
+    pub plugin: String,
+    #[serde(default)]
+    pub params: toml::Table,
+    #[serde(default = "defaults::plugin_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    #[serde(default = "defaults::plugin_memory_mib")]
+    pub memory_mib: usize,
+    #[serde(default)]
+    pub fuel: Option<u64>,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn concurrency() -> usize {
+        8
+    }
+    pub fn max_retries() -> u32 {
+        3
+    }
+    pub fn state_dir() -> PathBuf {
+        PathBuf::from(".tagwarden")
+    }
+    /// GitLab's default delete timeout.
+    pub fn delete_timeout() -> Duration {
+        Duration::from_secs(250)
+    }
+    pub fn plugin_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn plugin_memory_mib() -> usize {
+        64
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e}); expected e.g. \"30s\", \"5m\", \"1h\"")))
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn read(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut config = Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(config)
+    }
+
+    /// Parses config text. Errors name the key path and, where known, line and column.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let de = toml::Deserializer::parse(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            anyhow::anyhow!("at `{path}`: {}", inner.trim_end())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let r = &self.registry;
+        match (&r.url, &r.recordings) {
+            (None, None) => bail!("at `registry`: set `url` (a registry) or `recordings` (a directory of recorded tag lists)"),
+            (Some(_), Some(_)) => bail!("at `registry`: set either `url` or `recordings`, not both"),
+            (Some(url), None) => {
+                let parsed = url::Url::parse(url).map_err(|e| {
+                    anyhow::anyhow!("at `registry.url`: `{url}` is not a URL ({e}); expected e.g. \"https://registry.example.com\"")
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    bail!("at `registry.url`: expected an http:// or https:// URL, got `{url}`");
+                }
+            }
+            (None, Some(_)) => {}
+        }
+        if r.password_env.is_some() && r.password_file.is_some() {
+            bail!("at `registry`: set `password_env` or `password_file`, not both");
+        }
+        if (r.password_env.is_some() || r.password_file.is_some()) && r.username.is_none() {
+            bail!("at `registry.username`: a password is configured but no username");
+        }
+        if r.concurrency == 0 {
+            bail!("at `registry.concurrency`: expected at least 1");
+        }
+        let d = &self.deletion;
+        if d.concurrency == 0 {
+            bail!("at `deletion.concurrency`: expected at least 1");
+        }
+        if let Some(f) = d.max_delete_fraction
+            && !(0.0..=1.0).contains(&f)
+        {
+            bail!("at `deletion.max_delete_fraction`: expected a number from 0.0 to 1.0, got {f}");
+        }
+        for (i, p) in d.protect.iter().enumerate() {
+            regex::Regex::new(p).map_err(|e| anyhow::anyhow!("at `deletion.protect[{i}]`: `{p}` is not a valid regex: {e}"))?;
+        }
+        if self.policies.is_empty() {
+            bail!("no `[[policy]]` is configured; add one with `name`, `repositories`, `plugin` and `params`");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            if !names.insert(p.name.as_str()) {
+                bail!("at `policy[{i}].name`: `{}` is used by two policies", p.name);
+            }
+            if p.repositories.is_empty() {
+                bail!("at `policy[{i}].repositories`: expected at least one pattern, e.g. [\"group/*\"]");
+            }
+            for (j, pattern) in p.repositories.iter().enumerate() {
+                globset::Glob::new(pattern).map_err(|e| anyhow::anyhow!("at `policy[{i}].repositories[{j}]`: {e}"))?;
+            }
+            if p.memory_mib == 0 {
+                bail!("at `policy[{i}].memory_mib`: expected at least 1");
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a path from the config relative to the config file's directory.
+    pub fn resolve_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+
+    /// The registry credentials, read from the environment or a file. The secret never
+    /// appears in errors.
+    pub fn credentials(&self) -> anyhow::Result<Credentials> {
+        let r = &self.registry;
+        let Some(username) = r.username.clone() else { return Ok(Credentials::Anonymous) };
+        let password = if let Some(var) = &r.password_env {
+            std::env::var(var)
+                .map_err(|_| anyhow::anyhow!("`registry.password_env` names {var}, which is not set; export it or use `password_file`"))?
+        } else if let Some(file) = &r.password_file {
+            let file = self.resolve_path(file);
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read `registry.password_file` {}: {e}", file.display()))?;
+            text.trim_end_matches(['\n', '\r']).to_owned()
+        } else {
+            bail!("`registry.username` is set but neither `password_env` nor `password_file` is");
+        };
+        Ok(Credentials::Basic { username, password: Secret::new(password) })
+    }
+}
+
+impl PolicySection {
+    /// The params as the JSON text plugins receive.
+    pub fn params_json(&self) -> String {
+        serde_json::to_string(&self.params).expect("TOML tables are JSON-representable")
+    }
+
+    /// Whether this policy applies to `repository`.
+    pub fn matcher(&self) -> globset::GlobSet {
+        let mut b = globset::GlobSetBuilder::new();
+        for p in &self.repositories {
+            // Validated in `Config::validate`.
+            b.add(globset::GlobBuilder::new(p).literal_separator(true).build().expect("validated glob"));
+        }
+        b.build().expect("validated globs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[registry]
+url = "http://127.0.0.1:5000"
+
+[deletion]
+timeout = "30s"
+max_delete_fraction = 0.9
+protect = ["release-.*"]
+
+[[policy]]
+name = "apps"
+repositories = ["group/*"]
+plugin = "gitlab-retention"
+params = { keep_n = 5, name_regex_delete = ".*" }
+"#;
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.deletion.timeout, Duration::from_secs(30));
+        assert_eq!(c.registry.concurrency, 8);
+        assert_eq!(c.policies[0].timeout, Duration::from_secs(1));
+        let json: serde_json::Value = serde_json::from_str(&c.policies[0].params_json()).unwrap();
+        assert_eq!(json["keep_n"], 5);
+        let m = c.policies[0].matcher();
+        assert!(m.is_match("group/app"));
+        assert!(!m.is_match("group/sub/app"), "`*` stays within one path segment");
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn bad_configs_name_the_key_and_the_expectation() {
+        let e = err(&GOOD.replace("timeout = \"30s\"", "timeout = \"soon\""));
+        assert!(e.contains("deletion.timeout") && e.contains("not a duration"), "{e}");
+        let e = err(&GOOD.replace("max_delete_fraction = 0.9", "max_delete_fraction = 3"));
+        assert!(e.contains("deletion.max_delete_fraction"), "{e}");
+        let e = err(&GOOD.replace("protect = [\"release-.*\"]", "protect = [\"(\"]"));
+        assert!(e.contains("deletion.protect[0]") && e.contains("not a valid regex"), "{e}");
+        let e = err(&GOOD.replace("url = ", "uri = "));
+        assert!(e.contains("unknown field `uri`"), "{e}");
+        let e = err(&GOOD.replace("\"http://127.0.0.1:5000\"", "\"ftp://x\""));
+        assert!(e.contains("registry.url"), "{e}");
+        let e = err(&GOOD.replace("repositories = [\"group/*\"]", "repositories = []"));
+        assert!(e.contains("policy[0].repositories"), "{e}");
+        let e = err(&GOOD.replace("[[policy]]", "[[policy]]\nmemory_mib = \"lots\""));
+        assert!(e.contains("policy") && e.contains("memory_mib"), "{e}");
+        let e = err("[registry]\nurl = \"http://x\"\n");
+        assert!(e.contains("no `[[policy]]`"), "{e}");
+        let e = err("[registry\n");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn credentials_come_from_env_or_file_and_never_leak() {
+        let mut c =
+            Config::parse(&GOOD.replace("[deletion]", "username = \"u\"\npassword_env = \"TW_TEST_PW_UNSET_123\"\n\n[deletion]")).unwrap();
+        let e = c.credentials().unwrap_err().to_string();
+        assert!(e.contains("TW_TEST_PW_UNSET_123") && e.contains("not set"), "{e}");
+        let dir = std::env::temp_dir().join(format!("tw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pw"), "s3cret-value\n").unwrap();
+        c.registry.password_env = None;
+        c.registry.password_file = Some(dir.join("pw"));
+        let creds = c.credentials().unwrap();
+        assert!(!format!("{creds:?}").contains("s3cret-value"));
+        match creds {
+            Credentials::Basic { username, password } => assert_eq!((username.as_str(), password.expose()), ("u", "s3cret-value")),
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,24 @@
+//! tagwarden: container-registry cleanup policies as sandboxed WebAssembly plugins.
+//!
+//! The host owns everything with side effects; plugins only decide. The modules
+//! follow that split (see ARCHITECTURE.md for the code map and its invariants):
+//!
+//! - [`model`]: tags, tag lists, timestamps, verdicts — plain data.
+//! - [`recording`]: the recorded tag-list format read by `eval` and written by `record`.
+//! - [`runtime`]: the only module that touches wasmtime; loads and runs plugins.
+//! - [`registry`]: the only module that speaks HTTP to registries.
+//! - [`store`]: the only module that owns SQL (metadata cache, later the daemon's state).
+//! - [`plugins`]: finding plugin files by name or path.
+//! - [`cli`]: the command line; glue over the rest.
+
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod deletion;
+pub mod model;
+pub mod pass;
+pub mod plugins;
+pub mod recording;
+pub mod registry;
+pub mod runtime;
+pub mod store;

@@ -1,0 +1,23 @@
+//! The `tagwarden` command line. All logic lives in the library; this is glue.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = tagwarden::cli::Cli::parse();
+    tagwarden::cli::init_logging(cli.verbose);
+    match tagwarden::cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line first (what failed, where, what to do); causes and plugin
+            // stderr follow indented for those who need them.
+            let mut chain = e.chain();
+            eprintln!("error: {}", chain.next().map(|c| c.to_string()).unwrap_or_default());
+            for cause in chain {
+                eprintln!("  caused by: {}", cause.to_string().replace('\n', "\n    "));
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

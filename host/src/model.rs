@@ -1,0 +1,364 @@
+//! The host's vocabulary: tags, tag lists, timestamps and retention verdicts.
+//!
+//! These are plain data. The runtime converts them to the columnar wire format of
+//! `wit/policy.wit`; registry backends produce them; recordings serialise them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// A point in time, microseconds since the Unix epoch (UTC): the same unit as the WIT
+/// contract's `timestamp`, so no conversion loses precision on the way to a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The timestamp `micros` microseconds after the epoch.
+    pub const fn from_unix_micros(micros: i64) -> Self {
+        Timestamp(micros)
+    }
+
+    /// Microseconds since the epoch.
+    pub const fn unix_micros(self) -> i64 {
+        self.0
+    }
+
+    /// The current time from the system clock.
+    pub fn now() -> Self {
+        Self::from_datetime(OffsetDateTime::now_utc())
+    }
+
+    fn from_datetime(t: OffsetDateTime) -> Self {
+        Timestamp((t.unix_timestamp_nanos() / 1_000) as i64)
+    }
+
+    /// Parses an RFC 3339 timestamp such as `2026-11-20T12:00:00Z`.
+    pub fn parse_rfc3339(s: &str) -> anyhow::Result<Self> {
+        let t = OffsetDateTime::parse(s, &Rfc3339)
+            .with_context(|| format!("`{s}` is not an RFC 3339 timestamp (expected e.g. 2026-11-20T12:00:00Z)"))?;
+        Ok(Self::from_datetime(t))
+    }
+
+    /// Formats as RFC 3339 in UTC, with sub-second digits only when needed.
+    pub fn to_rfc3339(self) -> String {
+        let nanos = i128::from(self.0) * 1_000;
+        match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+            Ok(t) => t.format(&Rfc3339).unwrap_or_else(|_| format!("@{}us", self.0)),
+            Err(_) => format!("@{}us", self.0),
+        }
+    }
+
+    /// `self - d`, saturating.
+    pub fn saturating_sub(self, d: std::time::Duration) -> Self {
+        Timestamp(self.0.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_rfc3339())
+    }
+}
+
+impl FromStr for Timestamp {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Self::parse_rfc3339(s)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Timestamp::parse_rfc3339(&s).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
+    }
+}
+
+/// A manifest digest such as `sha256:<64 hex>`, validated on construction.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Digest(String);
+
+impl Digest {
+    /// Validates `algorithm:hex` as the OCI spec defines it for sha256 and sha512.
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let Some((algorithm, hex)) = s.split_once(':') else {
+            bail!("`{s}` is not a digest (expected sha256:<64 hex digits>)");
+        };
+        let want = match algorithm {
+            "sha256" => 64,
+            "sha512" => 128,
+            _ => bail!("`{s}` has unsupported digest algorithm `{algorithm}` (expected sha256 or sha512)"),
+        };
+        if hex.len() != want || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            bail!("`{s}` is not a valid {algorithm} digest (expected {want} lowercase hex digits)");
+        }
+        Ok(Digest(s.to_owned()))
+    }
+
+    /// The sha256 digest of `bytes`.
+    pub fn sha256_of(bytes: &[u8]) -> Self {
+        use sha2::{Digest as _, Sha256};
+        let hash = Sha256::digest(bytes);
+        let mut s = String::with_capacity(71);
+        s.push_str("sha256:");
+        for b in hash {
+            use fmt::Write;
+            let _ = write!(s, "{b:02x}");
+        }
+        Digest(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Digest::parse(&s).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
+    }
+}
+
+/// One tag of a repository, with whatever the registry knows about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tag {
+    pub name: String,
+    pub digest: Digest,
+    /// When the image was built (its config's `created`).
+    #[serde(default)]
+    pub created_at: Option<Timestamp>,
+    /// When the tag was last pushed or moved (GitLab's registry API knows this).
+    #[serde(default)]
+    pub pushed_at: Option<Timestamp>,
+    #[serde(default)]
+    pub last_pulled_at: Option<Timestamp>,
+    #[serde(default)]
+    pub size_bytes: Option<u64>,
+    #[serde(default)]
+    pub media_type: Option<String>,
+}
+
+impl Tag {
+    /// A tag with only a name and digest known.
+    pub fn new(name: impl Into<String>, digest: Digest) -> Self {
+        Tag { name: name.into(), digest, created_at: None, pushed_at: None, last_pulled_at: None, size_bytes: None, media_type: None }
+    }
+}
+
+/// A manifest no tag points at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UntaggedManifest {
+    pub digest: Digest,
+    #[serde(default)]
+    pub created_at: Option<Timestamp>,
+    #[serde(default)]
+    pub pushed_at: Option<Timestamp>,
+}
+
+/// Every tag and untagged manifest of one repository, tags sorted by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TagList {
+    pub repository: String,
+    tags: Vec<Tag>,
+    pub untagged: Vec<UntaggedManifest>,
+}
+
+impl TagList {
+    /// Builds a tag list, sorting tags by name (byte-wise) as the contract promises
+    /// plugins, and rejecting duplicate names.
+    pub fn new(repository: impl Into<String>, mut tags: Vec<Tag>, untagged: Vec<UntaggedManifest>) -> anyhow::Result<Self> {
+        let repository = repository.into();
+        tags.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        if let Some(w) = tags.windows(2).find(|w| w[0].name == w[1].name) {
+            bail!("repository {repository}: tag `{}` is listed twice", w[0].name);
+        }
+        Ok(TagList { repository, tags, untagged })
+    }
+
+    /// The tags, sorted by name.
+    pub fn tags(&self) -> &[Tag] {
+        &self.tags
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty() && self.untagged.is_empty()
+    }
+
+    /// Removes the named tags (a deletion applied to an in-memory copy).
+    pub fn remove_tags(&mut self, names: &std::collections::HashSet<&str>) {
+        self.tags.retain(|t| !names.contains(t.name.as_str()));
+    }
+
+    /// Removes every tag and untagged manifest on `digest`.
+    pub fn remove_digest(&mut self, digest: &Digest) {
+        self.tags.retain(|t| &t.digest != digest);
+        self.untagged.retain(|u| &u.digest != digest);
+    }
+}
+
+/// Keep or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Keep,
+    Delete,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Keep => "keep",
+            Action::Delete => "delete",
+        })
+    }
+}
+
+/// One (action, reason) pair that a plugin gave; verdicts refer to it by index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub action: Action,
+    pub reason: String,
+}
+
+/// A retention plugin's validated answer for one [`TagList`]: exactly one rule index
+/// per tag and per untagged manifest, in the list's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionDecisions {
+    rules: Vec<Rule>,
+    tags: Vec<u8>,
+    untagged: Vec<u8>,
+}
+
+impl RetentionDecisions {
+    /// Validates a raw answer against the list it answers. Errors describe what is
+    /// wrong; there is no partially valid answer.
+    pub fn validate(list: &TagList, rules: Vec<Rule>, tags: Vec<u8>, untagged: Vec<u8>) -> anyhow::Result<Self> {
+        if rules.len() > 256 {
+            bail!("answer has {} rules; at most 256 are allowed", rules.len());
+        }
+        if tags.len() != list.tags.len() {
+            bail!("answer has {} tag verdicts for {} tags", tags.len(), list.tags.len());
+        }
+        if untagged.len() != list.untagged.len() {
+            bail!("answer has {} untagged verdicts for {} untagged manifests", untagged.len(), list.untagged.len());
+        }
+        if let Some((i, &r)) = tags.iter().chain(untagged.iter()).enumerate().find(|&(_, &r)| usize::from(r) >= rules.len()) {
+            bail!("verdict {i} refers to rule {r}, but only {} rules were given", rules.len());
+        }
+        Ok(RetentionDecisions { rules, tags, untagged })
+    }
+
+    /// The verdict for tag `i` of the evaluated list.
+    pub fn tag(&self, i: usize) -> &Rule {
+        &self.rules[usize::from(self.tags[i])]
+    }
+
+    /// The verdict for untagged manifest `i`.
+    pub fn untagged(&self, i: usize) -> &Rule {
+        &self.rules[usize::from(self.untagged[i])]
+    }
+
+    pub fn tag_count(&self) -> usize {
+        self.tags.len()
+    }
+
+    pub fn untagged_count(&self) -> usize {
+        self.untagged.len()
+    }
+
+    /// How many tags the plugin wants deleted.
+    pub fn tags_to_delete(&self) -> usize {
+        self.tags.iter().filter(|&&r| self.rules[usize::from(r)].action == Action::Delete).count()
+    }
+}
+
+/// How a failed registry operation is classified, for retries and backoff plugins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorClass {
+    /// Connection reset, 5xx, or another error that may pass.
+    Transient,
+    /// The registry asked to slow down (429).
+    RateLimited,
+    /// The thing operated on does not exist (404).
+    NotFound,
+    /// Credentials missing, wrong, or lacking a permission (401, 403).
+    Unauthorized,
+    /// No answer in time.
+    Timeout,
+    /// Retrying cannot help (e.g. deletes disabled: 405; malformed request: 400).
+    Permanent,
+}
+
+impl ErrorClass {
+    /// Whether retrying the same request soon may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorClass::Transient | ErrorClass::RateLimited | ErrorClass::Timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u8) -> Digest {
+        Digest::parse(&format!("sha256:{}", format!("{n:02x}").repeat(32))).unwrap()
+    }
+
+    #[test]
+    fn timestamps_round_trip_rfc3339_with_microseconds() {
+        let t = Timestamp::parse_rfc3339("2026-11-20T12:00:00.123456Z").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-20T12:00:00.123456Z");
+        assert_eq!(Timestamp::parse_rfc3339("1970-01-01T00:00:01Z").unwrap().unix_micros(), 1_000_000);
+        let err = Timestamp::parse_rfc3339("yesterday").unwrap_err().to_string();
+        assert!(err.contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn digest_validation_names_the_problem() {
+        assert!(Digest::parse(&format!("sha256:{}", "a".repeat(64))).is_ok());
+        assert!(Digest::parse("sha256:abc").unwrap_err().to_string().contains("64 lowercase hex"));
+        assert!(Digest::parse("md5:abc").unwrap_err().to_string().contains("unsupported"));
+        assert!(Digest::parse("latest").is_err());
+        assert_eq!(Digest::sha256_of(b"").as_str(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    #[test]
+    fn tag_lists_are_sorted_and_reject_duplicates() {
+        let list = TagList::new("r", vec![Tag::new("b", digest(1)), Tag::new("a", digest(2))], vec![]).unwrap();
+        assert_eq!(list.tags().iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let err = TagList::new("r", vec![Tag::new("a", digest(1)), Tag::new("a", digest(2))], vec![]).unwrap_err();
+        assert!(err.to_string().contains("listed twice"));
+    }
+
+    #[test]
+    fn decisions_reject_every_malformed_shape() {
+        let list = TagList::new("r", vec![Tag::new("a", digest(1)), Tag::new("b", digest(2))], vec![]).unwrap();
+        let rules = || vec![Rule { action: Action::Keep, reason: "k".into() }];
+        assert!(RetentionDecisions::validate(&list, rules(), vec![0, 0], vec![]).is_ok());
+        assert!(
+            RetentionDecisions::validate(&list, rules(), vec![0], vec![]).unwrap_err().to_string().contains("1 tag verdicts for 2 tags")
+        );
+        assert!(RetentionDecisions::validate(&list, rules(), vec![0, 0, 0], vec![]).is_err());
+        assert!(RetentionDecisions::validate(&list, rules(), vec![0, 1], vec![]).unwrap_err().to_string().contains("rule 1"));
+        assert!(RetentionDecisions::validate(&list, rules(), vec![0, 0], vec![0]).unwrap_err().to_string().contains("untagged"));
+    }
+}

@@ -1,0 +1,184 @@
+//! Recorded tag lists (`tagwarden.recording.v1`, documented in docs/recording-format.md).
+//!
+//! A recording is one repository's tags as a registry reported them at `recorded_at`.
+//! `tagwarden record` writes them, `eval` and the `recording` backend read them, and the
+//! golden tests are made of them. Reading is strict: an unknown field, a bad digest or
+//! a bad timestamp is an error naming the file, the position and the field.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Tag, TagList, Timestamp, UntaggedManifest};
+
+/// The `format` value of this version.
+pub const FORMAT_V1: &str = "tagwarden.recording.v1";
+
+/// One repository's recorded tag list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recording {
+    /// When it was recorded; golden tests evaluate "as of" this time.
+    pub recorded_at: Timestamp,
+    pub list: TagList,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordingFile {
+    format: String,
+    repository: String,
+    recorded_at: Timestamp,
+    tags: Vec<Tag>,
+    #[serde(default)]
+    untagged: Vec<UntaggedManifest>,
+}
+
+impl Recording {
+    /// Reads and validates a recording file.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read recording {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid recording {}", path.display()))
+    }
+
+    /// Parses recording text; errors give `line:column`, the field path and what was expected.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let file: RecordingFile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let inner = e.inner();
+            let (line, column) = (inner.line(), inner.column());
+            let path = e.path().to_string();
+            let msg = strip_position(&inner.to_string());
+            if path == "." { anyhow::anyhow!("{line}:{column}: {msg}") } else { anyhow::anyhow!("{line}:{column}: at `{path}`: {msg}") }
+        })?;
+        if file.format != FORMAT_V1 {
+            bail!("`format` is `{}`; this tagwarden reads `{FORMAT_V1}`", file.format);
+        }
+        if file.repository.is_empty() {
+            bail!("`repository` is empty; expected a repository path such as `group/app`");
+        }
+        let list = TagList::new(file.repository, file.tags, file.untagged)?;
+        Ok(Recording { recorded_at: file.recorded_at, list })
+    }
+
+    /// Writes the recording as JSON, one tag per line, atomically (temp file + rename).
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        let result = (|| -> anyhow::Result<()> {
+            let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
+            self.write_to(&mut out)?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.with_context(|| format!("cannot write recording {}", path.display()))
+    }
+
+    /// Writes the recording as JSON to `out`: a readable layout with one entry per line.
+    pub fn write_to(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        let head = serde_json::json!({
+            "format": FORMAT_V1,
+            "repository": self.list.repository,
+            "recorded_at": self.recorded_at,
+        });
+        let head = serde_json::to_string(&head)?;
+        // `{..}` without its closing brace, so the lists can follow one entry per line.
+        write!(out, "{},\n \"tags\": [", &head[..head.len() - 1])?;
+        write_entries(out, self.list.tags())?;
+        write!(out, "],\n \"untagged\": [")?;
+        write_entries(out, &self.list.untagged)?;
+        writeln!(out, "]}}")?;
+        Ok(())
+    }
+}
+
+fn write_entries<T: Serialize>(out: &mut impl Write, entries: &[T]) -> anyhow::Result<()> {
+    for (i, entry) in entries.iter().enumerate() {
+        out.write_all(if i == 0 { b"\n  " } else { b",\n  " })?;
+        serde_json::to_writer(&mut *out, entry)?;
+    }
+    if !entries.is_empty() {
+        out.write_all(b"\n ")?;
+    }
+    Ok(())
+}
+
+/// serde_json appends " at line L column C"; the caller reports the position first.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn doc(tags: &str) -> String {
+        format!(
+            r#"{{"format": "tagwarden.recording.v1", "repository": "group/app", "recorded_at": "2026-11-20T12:00:00Z", "tags": {tags}}}"#
+        )
+    }
+
+    #[test]
+    fn minimal_recording_parses_with_optional_fields_absent() {
+        let r = Recording::parse(&doc(&format!(
+            r#"[{{"name": "b", "digest": "{D1}"}}, {{"name": "a", "digest": "{D1}", "created_at": null}}]"#
+        )))
+        .unwrap();
+        assert_eq!(r.list.tags().len(), 2);
+        assert_eq!(r.list.tags()[0].name, "a", "tags are sorted by name");
+        assert!(r.list.untagged.is_empty());
+    }
+
+    #[test]
+    fn errors_name_position_field_and_expectation() {
+        let err = format!("{:#}", Recording::parse(&doc(r#"[{"name": "a", "digest": "sha256:abc"}]"#)).unwrap_err());
+        assert!(err.contains("tags[0].digest"), "{err}");
+        assert!(err.contains("64 lowercase hex"), "{err}");
+        assert!(err.starts_with("1:"), "{err}");
+
+        let err = format!(
+            "{:#}",
+            Recording::parse(&doc(&format!(r#"[{{"name": "a", "digest": "{D1}", "created_at": "last week"}}]"#))).unwrap_err()
+        );
+        assert!(err.contains("tags[0].created_at") && err.contains("RFC 3339"), "{err}");
+
+        let err = format!("{:#}", Recording::parse(&doc(r#"[{"digest": "x"}]"#)).unwrap_err());
+        assert!(err.contains("missing field `name`"), "{err}");
+
+        let err = format!("{:#}", Recording::parse(&doc("[]").replace("v1", "v9")).unwrap_err());
+        assert!(err.contains("tagwarden.recording.v9"), "{err}");
+
+        let err = format!("{:#}", Recording::parse(&doc("[]").replace("\"tags\"", "\"tagz\"")).unwrap_err());
+        assert!(err.contains("unknown field `tagz`"), "{err}");
+
+        let err = format!("{:#}", Recording::parse("{\"format\": ").unwrap_err());
+        assert!(err.contains("1:"), "{err}");
+    }
+
+    #[test]
+    fn written_recordings_read_back_identically() {
+        let r = Recording::parse(&doc(&format!(
+            r#"[{{"name": "v1", "digest": "{D1}", "created_at": "2026-11-01T10:00:00.5Z", "size_bytes": 12, "media_type": "application/vnd.oci.image.manifest.v1+json"}}]"#
+        )))
+        .unwrap();
+        let mut out = Vec::new();
+        r.write_to(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(Recording::parse(&text).unwrap(), r, "{text}");
+        let dir = std::env::temp_dir().join(format!("tw-rec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.json");
+        r.write(&path).unwrap();
+        assert_eq!(Recording::read(&path).unwrap(), r);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

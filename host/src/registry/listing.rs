@@ -1,0 +1,234 @@
+//! Full tag lists: digests, creation times and sizes, with the metadata cache in front of the
+//! per-digest requests (see the module docs in `mod.rs` for the request plan).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::OnceCell;
+
+use super::client::{RegistryClient, tag_list_or_error};
+use super::error::RegistryError;
+use super::gitlab;
+use super::media::{self, Manifest};
+use crate::model::{Digest, Tag, TagList};
+use crate::store::{ManifestMetadata, MetadataCache};
+
+/// Index nesting followed when looking for creation times (an index of indexes is legal but rare).
+const MAX_INDEX_DEPTH: u8 = 2;
+/// Config blobs bigger than this are not read for `created` (real ones are a few KiB).
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+impl RegistryClient {
+    /// The repository's tags with digests, creation times, sizes and media types, sorted by name;
+    /// `None` when the repository is unknown. `progress(done, total)` is called as tags resolve.
+    ///
+    /// On GitLab's registry this is GitLab's tags API (a request per 1,000 tags). Elsewhere: the tag
+    /// names, a `HEAD` per tag, and for each distinct digest missing from the metadata cache its
+    /// manifest and config blob (for an index: its children's; an index's creation time is its
+    /// newest child's). Tags deleted while the list is built are left out. A failed metadata-cache
+    /// read or write is logged and costs only requests.
+    pub async fn tag_list(&self, repo: &str, progress: &(dyn Fn(usize, usize) + Send + Sync)) -> Result<Option<TagList>, RegistryError> {
+        self.check_repository(repo)?;
+        if self.gitlab_api().await? {
+            match gitlab::tag_list(self, repo).await {
+                Err(e) if e.status == Some(404) && e.code.is_none() => {
+                    // A router-level 404: whatever answered the probe, it has no tags API.
+                    tracing::warn!(registry = self.transport().label(), "GitLab tags API not found ({e}); using the OCI API");
+                    self.set_gitlab_api(false);
+                }
+                Ok(Some(list)) => {
+                    progress(list.tags().len(), list.tags().len());
+                    return Ok(Some(list));
+                }
+                other => return other,
+            }
+        }
+        let Some(names) = self.tag_names(repo).await? else {
+            return Ok(None);
+        };
+        let total = names.len();
+        progress(0, total);
+        let done = AtomicUsize::new(0);
+        let resolver = Resolver::new(self, repo);
+        let resolved: Result<Vec<Option<Tag>>, RegistryError> = futures::stream::iter(names)
+            // An owned name, not `&String`: a closure over borrowed items makes the future !Send
+            // (the compiler cannot prove it for every lifetime).
+            .map(|name| {
+                let (resolver, done) = (&resolver, &done);
+                async move {
+                    let tag = match self.head_manifest(repo, &name).await? {
+                        None => None, // deleted since the listing
+                        Some(digest) => resolver.metadata(&digest, 0).await?.map(|meta| Tag {
+                            created_at: meta.created_at,
+                            size_bytes: meta.size_bytes,
+                            media_type: Some(meta.media_type),
+                            ..Tag::new(name.clone(), digest)
+                        }),
+                    };
+                    progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                    Ok(tag)
+                }
+            })
+            .buffer_unordered(self.inner.concurrency)
+            .try_collect()
+            .await;
+        // Keep what was learnt even when the listing failed: the next attempt starts further on.
+        resolver.save().await;
+        let tags = resolved?.into_iter().flatten().collect();
+        tag_list_or_error(self, repo, TagList::new(repo, tags, Vec::new())).map(Some)
+    }
+}
+
+/// Manifest metadata for one listing: the cache first, then the registry, each digest fetched at
+/// most once even when many tags (or indexes) share it.
+struct Resolver<'a> {
+    client: &'a RegistryClient,
+    repo: &'a str,
+    cache: Option<&'a MetadataCache>,
+    /// `None` inside a cell: the manifest is gone (404).
+    cells: Mutex<HashMap<Digest, Arc<OnceCell<Option<ManifestMetadata>>>>>,
+    /// Fetched entries to write to the cache.
+    learnt: Mutex<Vec<(Digest, ManifestMetadata)>>,
+}
+
+impl<'a> Resolver<'a> {
+    fn new(client: &'a RegistryClient, repo: &'a str) -> Self {
+        Resolver { client, repo, cache: client.inner.cache.as_ref(), cells: Mutex::default(), learnt: Mutex::default() }
+    }
+
+    /// The metadata of `digest`, `None` when the registry no longer has the manifest.
+    fn metadata<'s>(&'s self, digest: &'s Digest, depth: u8) -> BoxFuture<'s, Result<Option<ManifestMetadata>, RegistryError>> {
+        Box::pin(async move {
+            let cell = self.cells.lock().unwrap_or_else(|e| e.into_inner()).entry(digest.clone()).or_default().clone();
+            cell.get_or_try_init(|| self.lookup(digest, depth)).await.cloned()
+        })
+    }
+
+    async fn lookup(&self, digest: &Digest, depth: u8) -> Result<Option<ManifestMetadata>, RegistryError> {
+        if let Some(meta) = self.cached(std::slice::from_ref(digest)).remove(digest) {
+            return Ok(Some(meta));
+        }
+        let Some((meta, complete)) = self.fetch(digest, depth).await? else {
+            return Ok(None);
+        };
+        // Metadata derived with a blob or child missing may improve once they are pushed: not cached.
+        if complete {
+            self.learnt.lock().unwrap_or_else(|e| e.into_inner()).push((digest.clone(), meta.clone()));
+        }
+        Ok(Some(meta))
+    }
+
+    /// Reads the manifest (and config, or children) from the registry. The flag says whether
+    /// everything it refers to was there.
+    async fn fetch(&self, digest: &Digest, depth: u8) -> Result<Option<(ManifestMetadata, bool)>, RegistryError> {
+        let Some((_, answer)) = self.client.get_manifest(self.repo, digest.as_str()).await? else {
+            return Ok(None);
+        };
+        let content_type = answer.header("content-type").map(media::essence).filter(|t| !t.is_empty()).map(str::to_string);
+        let manifest = Manifest::parse(&answer.body).ok();
+        let media_type = content_type
+            .clone()
+            .or_else(|| manifest.as_ref().and_then(|m| m.media_type.clone()))
+            .unwrap_or_else(|| "application/octet-stream".to_string());
+        let Some(manifest) = manifest else {
+            tracing::warn!(repository = self.repo, %digest, media_type, "manifest is not JSON; no creation time");
+            let meta = ManifestMetadata { media_type, created_at: None, size_bytes: None, config_digest: None };
+            return Ok(Some((meta, true)));
+        };
+        if manifest.is_index(content_type.as_deref()) {
+            return self.fetch_index(digest, media_type, &manifest, depth).await.map(Some);
+        }
+        let mut complete = true;
+        let config_digest = manifest.image_config();
+        let mut created_at = None;
+        let config_size = manifest.config.as_ref().and_then(|c| c.size).unwrap_or(0);
+        if let Some(config) = &config_digest
+            && config_size <= MAX_CONFIG_BYTES
+        {
+            match self.client.get_blob(self.repo, config).await? {
+                Some(body) => created_at = media::config_created(&body),
+                None => {
+                    tracing::warn!(repository = self.repo, %digest, %config, "config blob missing; no creation time");
+                    complete = false;
+                }
+            }
+        }
+        let meta = ManifestMetadata {
+            media_type,
+            created_at: created_at.or_else(|| manifest.created_annotation()),
+            size_bytes: manifest.image_size(),
+            config_digest: manifest.config.as_ref().and_then(|c| Digest::parse(&c.digest).ok()),
+        };
+        Ok(Some((meta, complete)))
+    }
+
+    /// An index: created = the newest child's, size = the children's sum.
+    async fn fetch_index(
+        &self,
+        digest: &Digest,
+        media_type: String,
+        manifest: &Manifest,
+        depth: u8,
+    ) -> Result<(ManifestMetadata, bool), RegistryError> {
+        let children = if depth < MAX_INDEX_DEPTH { manifest.children() } else { Vec::new() };
+        // One cache read for all children, then the registry for the rest.
+        let cached = self.cached(&children);
+        let fetched = futures::future::try_join_all(
+            children
+                .iter()
+                .filter(|c| !cached.contains_key(*c))
+                .map(|child| async move { Ok::<_, RegistryError>((child, self.metadata(child, depth + 1).await?)) }),
+        )
+        .await?;
+        let mut complete = true;
+        let mut metas: Vec<&ManifestMetadata> = cached.values().collect();
+        for (child, meta) in &fetched {
+            match meta {
+                Some(m) => metas.push(m),
+                None => {
+                    tracing::debug!(repository = self.repo, index = %digest, %child, "index child is gone (dangling index)");
+                    complete = false;
+                }
+            }
+        }
+        let meta = ManifestMetadata {
+            media_type,
+            created_at: metas.iter().filter_map(|m| m.created_at).max().or_else(|| manifest.created_annotation()),
+            size_bytes: if metas.is_empty() { None } else { metas.iter().map(|m| m.size_bytes).sum() },
+            config_digest: None,
+        };
+        Ok((meta, complete))
+    }
+
+    fn cached(&self, digests: &[Digest]) -> HashMap<Digest, ManifestMetadata> {
+        let Some(cache) = self.cache else {
+            return HashMap::new();
+        };
+        // A primary-key read: fast enough to run on the async thread.
+        cache.get_many(digests).unwrap_or_else(|e| {
+            tracing::warn!("{e:#}; fetching from the registry instead");
+            HashMap::new()
+        })
+    }
+
+    /// Writes what was fetched to the cache, in one transaction off the async threads.
+    async fn save(&self) {
+        let Some(cache) = self.cache.cloned() else {
+            return;
+        };
+        let learnt = std::mem::take(&mut *self.learnt.lock().unwrap_or_else(|e| e.into_inner()));
+        if learnt.is_empty() {
+            return;
+        }
+        match tokio::task::spawn_blocking(move || cache.put_many(&learnt)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!("{e:#}; the next listing will fetch these manifests again")
+            }
+            Err(e) => tracing::warn!("writing the metadata cache failed: {e}"),
+        }
+    }
+}

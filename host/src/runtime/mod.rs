@@ -1,0 +1,538 @@
+//! The plugin runtime: the only module that touches wasmtime.
+//!
+//! One [`PluginRuntime`] per process owns the engine (pooling allocator, epoch
+//! interruption) and the linker. [`PluginRuntime::load`] compiles a component once,
+//! checks which of the three worlds it implements and whether this host speaks its
+//! contract version, pre-instantiates it, and returns an immutable [`Plugin`] behind an
+//! `Arc`, so a running pass keeps the plugin it started with while a newer file is
+//! loaded beside it.
+//!
+//! Every call runs in a fresh store with a deadline, a memory cap and optionally a fuel
+//! budget ([`PluginLimits`]). Any failure — trap, timeout, memory, panic, malformed
+//! answer — is a [`PluginError`] naming the plugin and the cause; callers never see a
+//! partial answer.
+
+mod backoff;
+mod bindings;
+mod retention;
+mod sandbox;
+mod stale;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::Context;
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+pub use backoff::{BackoffDecision, BackoffPlugin, Failure, OperationKind};
+pub use retention::RetentionPlugin;
+pub use stale::{Operation, StaleAction, StalePlugin, StaleVerdict};
+
+use sandbox::SandboxState;
+
+/// The WIT package version this host implements.
+pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 1, 0);
+const CONTRACT_PACKAGE: &str = "tagwarden:policy";
+
+/// How often the epoch advances; deadlines are whole multiples of it.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Bytes of guest stderr kept for error messages; a guest writing more traps.
+const STDERR_CAPTURE_BYTES: usize = 64 * 1024;
+
+/// Engine-wide settings. Each has a reason; all can be overridden from config.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Largest memory cap any plugin may be given: sizes the pooling allocator's slots
+    /// (virtual address space only). 4 GiB is the most a 32-bit wasm memory can use.
+    pub max_memory_bytes: usize,
+    /// Evaluations that may run at once (pooling allocator slots). Evaluations are
+    /// CPU-bound, so a few per core is plenty.
+    pub max_concurrent_evaluations: u32,
+    /// Enable fuel metering (deterministic instruction budgets). Costs ~10-30% of
+    /// plugin speed, so it is off unless an operator wants budgets.
+    pub fuel: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { max_memory_bytes: 4 << 30, max_concurrent_evaluations: 64, fuel: false }
+    }
+}
+
+/// Per-plugin limits for one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Wall-clock deadline for one call (instantiate, configure, decide). Default 1 s.
+    pub timeout: Duration,
+    /// Linear memory cap. Default 64 MiB.
+    pub memory_bytes: usize,
+    /// Instruction budget, when the runtime meters fuel. Default none.
+    pub fuel: Option<u64>,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits { timeout: Duration::from_secs(1), memory_bytes: 64 << 20, fuel: None }
+    }
+}
+
+impl PluginLimits {
+    fn deadline_ticks(&self) -> u64 {
+        // +1: the current tick may be about to end.
+        (self.timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64).max(1) + 1
+    }
+}
+
+/// The three plugin kinds, one WIT world each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PluginKind {
+    Retention,
+    Backoff,
+    Stale,
+}
+
+impl PluginKind {
+    fn interface(self) -> &'static str {
+        match self {
+            PluginKind::Retention => "retention",
+            PluginKind::Backoff => "backoff",
+            PluginKind::Stale => "stale",
+        }
+    }
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.interface())
+    }
+}
+
+/// What is known about a loaded plugin, as shown by `plugins inspect` and in reports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginMeta {
+    /// The plugin's own name (from its `info` export).
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub kind: PluginKind,
+    /// The contract version the plugin was built against, e.g. `0.1.0`.
+    pub contract_version: String,
+    /// sha256 of the component file, hex.
+    pub sha256: String,
+    pub size_bytes: usize,
+}
+
+impl serde::Serialize for PluginKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.interface())
+    }
+}
+
+/// Why a plugin call produced no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureCause {
+    /// The file is not a loadable component of a known world and version.
+    Load(String),
+    /// The plugin rejected the params.
+    InvalidParams(String),
+    /// The plugin returned an error instead of decisions.
+    Rejected(String),
+    /// The call ran past the deadline.
+    Timeout(Duration),
+    /// The plugin tried to grow memory past its cap.
+    MemoryExhausted(usize),
+    /// The fuel budget ran out.
+    FuelExhausted(u64),
+    /// The plugin panicked (message from its stderr).
+    Panic(String),
+    /// Any other trap.
+    Trap(String),
+    /// The answer broke the contract (wrong length, index out of range, ...).
+    InvalidAnswer(String),
+}
+
+/// A plugin call that produced no answer, naming the plugin and the cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginError {
+    /// The plugin's name, or its file when it never loaded.
+    pub plugin: String,
+    pub cause: FailureCause,
+    /// What the plugin wrote to stderr during the call, if anything (bounded).
+    pub stderr: Option<String>,
+}
+
+impl fmt::Display for PluginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "plugin {}: ", self.plugin)?;
+        match &self.cause {
+            FailureCause::Load(m) => write!(f, "cannot load: {m}")?,
+            FailureCause::InvalidParams(m) => write!(f, "invalid params: {m}")?,
+            FailureCause::Rejected(m) => write!(f, "could not decide: {m}")?,
+            FailureCause::Timeout(d) => write!(f, "timed out after {d:?} (raise the plugin's `timeout` if it legitimately needs longer)")?,
+            FailureCause::MemoryExhausted(cap) => {
+                write!(f, "exceeded its memory cap of {} MiB (raise the plugin's `memory` limit if the input is that large)", cap >> 20)?
+            }
+            FailureCause::FuelExhausted(fuel) => write!(f, "ran out of fuel ({fuel} units)")?,
+            FailureCause::Panic(m) => write!(f, "panicked: {m}")?,
+            FailureCause::Trap(m) => write!(f, "trapped: {m}")?,
+            FailureCause::InvalidAnswer(m) => write!(f, "returned an invalid answer: {m}")?,
+        }
+        if let Some(stderr) = self.stderr.as_deref().filter(|s| !s.is_empty()) {
+            // Panic messages already are the stderr.
+            if !matches!(self.cause, FailureCause::Panic(_)) {
+                write!(f, "\n  plugin stderr: {}", stderr.replace('\n', "\n    "))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PluginError {}
+
+/// The process-wide plugin runtime.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<SandboxState>,
+    config: RuntimeConfig,
+    ticker_stop: Arc<AtomicBool>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl PluginRuntime {
+    /// Creates the engine, the linker and the epoch ticker thread.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_concurrent_evaluations)
+            // A Rust component is several core instances (main module and shims).
+            .total_core_instances(config.max_concurrent_evaluations * 8)
+            .total_memories(config.max_concurrent_evaluations * 2)
+            .total_tables(config.max_concurrent_evaluations * 8)
+            .max_memory_size(config.max_memory_bytes);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(config.fuel)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| anyhow::anyhow!("{e}")).context("cannot create the WebAssembly engine")?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        bindings::retention::tagwarden::policy::log::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        bindings::retention::tagwarden::policy::types::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.weak();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new().name("tagwarden-epoch".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
+                }
+            })?
+        };
+        Ok(PluginRuntime { engine, linker, config, ticker_stop, ticker: Some(ticker) })
+    }
+
+    /// Loads a plugin file with default limits. See [`PluginRuntime::load_bytes`].
+    pub fn load_file(self: &Arc<Self>, path: &Path, limits: PluginLimits) -> Result<Plugin, PluginError> {
+        let bytes = std::fs::read(path).map_err(|e| PluginError {
+            plugin: path.display().to_string(),
+            cause: FailureCause::Load(format!("cannot read {}: {e}", path.display())),
+            stderr: None,
+        })?;
+        self.load_bytes(&path.display().to_string(), &bytes, limits)
+    }
+
+    /// Compiles and validates a component: it must be a component (not a core module),
+    /// export exactly one of the three plugin interfaces at a version this host speaks,
+    /// import nothing the host does not provide, and answer `info`.
+    pub fn load_bytes(self: &Arc<Self>, origin: &str, bytes: &[u8], limits: PluginLimits) -> Result<Plugin, PluginError> {
+        let load_err = |m: String| PluginError { plugin: origin.to_owned(), cause: FailureCause::Load(m), stderr: None };
+        check_binary_header(bytes).map_err(load_err)?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| load_err(format!("not a valid WebAssembly component: {e}")))?;
+        let (kind, contract_version) = self.exported_world(&component).map_err(load_err)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            load_err(format!(
+                "{e} (plugins may import only the tagwarden:policy/log interface and the WASI interfaces the Rust standard library needs; \
+                 they get no network, filesystem or environment)"
+            ))
+        })?;
+        let typed = match kind {
+            PluginKind::Retention => bindings::retention::RetentionPluginPre::new(pre).map(TypedPre::Retention),
+            PluginKind::Backoff => bindings::backoff::BackoffPluginPre::new(pre).map(TypedPre::Backoff),
+            PluginKind::Stale => bindings::stale::StalePluginPre::new(pre).map(TypedPre::Stale),
+        }
+        .map_err(|e| load_err(format!("exports `{CONTRACT_PACKAGE}/{kind}` with the wrong shape: {e}")))?;
+
+        let sha256 = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut plugin = Plugin {
+            inner: Arc::new(PluginInner {
+                runtime: self.clone(),
+                meta: PluginMeta {
+                    name: origin.to_owned(),
+                    version: String::new(),
+                    description: String::new(),
+                    kind,
+                    contract_version,
+                    sha256,
+                    size_bytes: bytes.len(),
+                },
+                name: Arc::from(origin),
+                limits,
+                pre: typed,
+            }),
+        };
+        let info = plugin.call(crate::model::Timestamp::from_unix_micros(0), |store, pre| pre.info(store).map(Ok))?;
+        let inner = Arc::get_mut(&mut plugin.inner).expect("not shared yet");
+        inner.name = Arc::from(info.name.as_str());
+        inner.meta.name = info.name;
+        inner.meta.version = info.version;
+        inner.meta.description = info.description;
+        Ok(plugin)
+    }
+
+    /// Finds which plugin interface the component exports and checks its version.
+    fn exported_world(&self, component: &Component) -> Result<(PluginKind, String), String> {
+        let ty = component.component_type();
+        let mut found = Vec::new();
+        for (name, item) in ty.exports(&self.engine) {
+            if !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
+                continue;
+            }
+            let Some(rest) = name.strip_prefix(CONTRACT_PACKAGE).and_then(|r| r.strip_prefix('/')) else { continue };
+            let (iface, version) = rest.split_once('@').unwrap_or((rest, ""));
+            let kind = match iface {
+                "retention" => PluginKind::Retention,
+                "backoff" => PluginKind::Backoff,
+                "stale" => PluginKind::Stale,
+                _ => continue,
+            };
+            found.push((kind, version.to_owned()));
+        }
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
+        match found.as_slice() {
+            [] => Err(format!(
+                "exports none of {CONTRACT_PACKAGE}/retention, /backoff or /stale (it exports: {}); build it with the tagwarden plugin SDK",
+                if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") }
+            )),
+            [(kind, version)] => {
+                check_contract_version(version)?;
+                Ok((*kind, version.clone()))
+            }
+            _ => Err("exports more than one plugin interface; a plugin implements exactly one world".to_owned()),
+        }
+    }
+}
+
+impl Drop for PluginRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Semver for the contract: same major, and for 0.x the same minor; a plugin built
+/// for a newer patch or minor (1.x) than the host may use features the host lacks.
+fn check_contract_version(version: &str) -> Result<(), String> {
+    let (hmaj, hmin, hpatch) = CONTRACT_VERSION;
+    let parsed: Option<(u64, u64, u64)> = (|| {
+        let mut it = version.split('.').map(|p| p.split(['-', '+']).next().unwrap_or(p).parse::<u64>().ok());
+        Some((it.next()??, it.next()??, it.next()??))
+    })();
+    let host = format!("{hmaj}.{hmin}.{hpatch}");
+    let Some((maj, min, patch)) = parsed else {
+        return Err(format!("exports contract version `{version}`, which is not semver; this host speaks {CONTRACT_PACKAGE}@{host}"));
+    };
+    let compatible = maj == hmaj && if hmaj == 0 { min == hmin && patch <= hpatch } else { min <= hmin };
+    if compatible {
+        Ok(())
+    } else {
+        Err(format!(
+            "was built for {CONTRACT_PACKAGE}@{version}, but this host speaks {CONTRACT_PACKAGE}@{host}; \
+             rebuild the plugin against a matching tagwarden-plugin-sdk, or use a tagwarden that speaks {version}"
+        ))
+    }
+}
+
+/// Distinguishes a core module or a non-wasm file before handing it to the compiler,
+/// so the error tells the operator what they actually have.
+fn check_binary_header(bytes: &[u8]) -> Result<(), String> {
+    match bytes {
+        [0x00, b'a', b's', b'm', 0x01, 0x00, 0x00, 0x00, ..] => {
+            Err("is a core WebAssembly module, not a component; build plugins with `--target wasm32-wasip2`".into())
+        }
+        [0x00, b'a', b's', b'm', ..] => Ok(()),
+        _ => Err(format!(
+            "is not a WebAssembly file (it starts with {:02x?}; a plugin is a `.wasm` component built with `--target wasm32-wasip2`)",
+            &bytes[..bytes.len().min(4)]
+        )),
+    }
+}
+
+/// The typed pre-instantiated component of each kind.
+enum TypedPre {
+    Retention(bindings::retention::RetentionPluginPre<SandboxState>),
+    Backoff(bindings::backoff::BackoffPluginPre<SandboxState>),
+    Stale(bindings::stale::StalePluginPre<SandboxState>),
+}
+
+impl TypedPre {
+    fn info(&self, store: &mut Store<SandboxState>) -> wasmtime::Result<bindings::PluginInfo> {
+        match self {
+            TypedPre::Retention(p) => p.instantiate(&mut *store)?.tagwarden_policy_retention().call_info(store),
+            TypedPre::Backoff(p) => p.instantiate(&mut *store)?.tagwarden_policy_backoff().call_info(store),
+            TypedPre::Stale(p) => p.instantiate(&mut *store)?.tagwarden_policy_stale().call_info(store),
+        }
+    }
+}
+
+struct PluginInner {
+    runtime: Arc<PluginRuntime>,
+    meta: PluginMeta,
+    /// The name used in logs and errors.
+    name: Arc<str>,
+    limits: PluginLimits,
+    pre: TypedPre,
+}
+
+/// A loaded, validated plugin. Cheap to clone; immutable; safe to share across threads.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin").field("meta", &self.inner.meta).finish()
+    }
+}
+
+impl Plugin {
+    pub fn meta(&self) -> &PluginMeta {
+        &self.inner.meta
+    }
+
+    pub fn limits(&self) -> &PluginLimits {
+        &self.inner.limits
+    }
+
+    /// The same plugin with other limits (the compiled code is shared).
+    pub fn with_limits(&self, limits: PluginLimits) -> Plugin {
+        let i = &self.inner;
+        let pre = match &i.pre {
+            TypedPre::Retention(p) => TypedPre::Retention(p.clone()),
+            TypedPre::Backoff(p) => TypedPre::Backoff(p.clone()),
+            TypedPre::Stale(p) => TypedPre::Stale(p.clone()),
+        };
+        Plugin { inner: Arc::new(PluginInner { runtime: i.runtime.clone(), meta: i.meta.clone(), name: i.name.clone(), limits, pre }) }
+    }
+
+    /// This plugin as a retention plugin, or an error naming what it is instead.
+    pub fn into_retention(self) -> Result<RetentionPlugin, PluginError> {
+        self.expect_kind(PluginKind::Retention).map(RetentionPlugin::new)
+    }
+
+    pub fn into_backoff(self) -> Result<BackoffPlugin, PluginError> {
+        self.expect_kind(PluginKind::Backoff).map(BackoffPlugin::new)
+    }
+
+    pub fn into_stale(self) -> Result<StalePlugin, PluginError> {
+        self.expect_kind(PluginKind::Stale).map(StalePlugin::new)
+    }
+
+    fn expect_kind(self, want: PluginKind) -> Result<Self, PluginError> {
+        let have = self.inner.meta.kind;
+        if have == want {
+            Ok(self)
+        } else {
+            Err(self.error(FailureCause::Load(format!("is a {have} plugin, but a {want} plugin is needed here")), None))
+        }
+    }
+
+    fn error(&self, cause: FailureCause, stderr: Option<String>) -> PluginError {
+        PluginError { plugin: self.inner.name.to_string(), cause, stderr }
+    }
+
+    /// Runs `f` in a fresh store and turns every way it can fail — a trap, or an error
+    /// the plugin answered with (`Ok(Err(cause))`) — into a [`PluginError`] that carries
+    /// the plugin's stderr.
+    fn call<R>(
+        &self,
+        now: crate::model::Timestamp,
+        f: impl FnOnce(&mut Store<SandboxState>, &TypedPre) -> wasmtime::Result<Result<R, FailureCause>>,
+    ) -> Result<R, PluginError> {
+        let i = &self.inner;
+        let mut store = sandbox::new_store(&i.runtime.engine, &i.name, &i.limits, now, i.runtime.config.fuel);
+        match f(&mut store, &i.pre) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(cause)) => Err(self.error(cause, Some(store.data().stderr()))),
+            Err(e) => {
+                let stderr = store.data().stderr();
+                let cause = self.classify(&store, &e, &stderr);
+                Err(self.error(cause, Some(stderr)))
+            }
+        }
+    }
+
+    fn classify(&self, store: &Store<SandboxState>, e: &wasmtime::Error, stderr: &str) -> FailureCause {
+        let limits = &self.inner.limits;
+        if store.data().memory.exceeded {
+            return FailureCause::MemoryExhausted(limits.memory_bytes);
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => return FailureCause::Timeout(limits.timeout),
+            Some(Trap::OutOfFuel) => return FailureCause::FuelExhausted(limits.fuel.unwrap_or(0)),
+            _ => {}
+        }
+        // Rust guests print `panicked at <location>:\n<message>` and then trap.
+        if let Some(at) = stderr.find("panicked at ") {
+            return FailureCause::Panic(stderr[at..].lines().take(3).collect::<Vec<_>>().join(" "));
+        }
+        FailureCause::Trap(format!("{e:#}").lines().next().unwrap_or_default().to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_versions_follow_semver() {
+        assert!(check_contract_version("0.1.0").is_ok());
+        let err = check_contract_version("0.2.0").unwrap_err();
+        assert!(err.contains("0.2.0") && err.contains("0.1.0"), "{err}");
+        assert!(check_contract_version("1.0.0").is_err());
+        assert!(check_contract_version("0.1.1").is_err(), "a newer patch may rely on additions");
+        assert!(check_contract_version("banana").unwrap_err().contains("not semver"));
+    }
+
+    #[test]
+    fn binary_header_tells_module_from_component_from_junk() {
+        assert!(check_binary_header(b"\0asm\x01\0\0\0").unwrap_err().contains("core WebAssembly module"));
+        assert!(check_binary_header(b"\0asm\x0d\0\x01\0").is_ok());
+        assert!(check_binary_header(b"#!/bin/sh").unwrap_err().contains("not a WebAssembly file"));
+        assert!(check_binary_header(b"").unwrap_err().contains("not a WebAssembly file"));
+    }
+
+    #[test]
+    fn deadlines_round_up_to_ticks() {
+        let l = PluginLimits { timeout: Duration::from_millis(1), ..Default::default() };
+        assert_eq!(l.deadline_ticks(), 2);
+        let l = PluginLimits { timeout: Duration::from_secs(1), ..Default::default() };
+        assert_eq!(l.deadline_ticks(), 201);
+    }
+}

@@ -1,0 +1,203 @@
+//! Owns every SQL statement: one SQLite database per tagwarden installation.
+//!
+//! [`Store`] opens (or creates) the database file, switches it to WAL mode and brings its schema up
+//! to date; the tables are reached through typed handles:
+//!
+//! - [`MetadataCache`] (`manifest_metadata`): what a manifest digest's content says (media type, the
+//!   image config's `created`, size, config digest). A digest names immutable content, so entries never
+//!   go stale and are never expired.
+//!
+//! - [`AuditLog`] (`audit_log`): every deletion attempt, written before the request and
+//!   completed after it.
+//!
+//! The daemon's state (runs, schedules) will be further tables of the same database, added as new
+//! entries of [`MIGRATIONS`].
+//!
+//! Architecture invariant: no other module contains SQL or touches `rusqlite`.
+//!
+//! The connection sits behind a mutex held for one statement or transaction at a time. Lookups are
+//! primary-key reads of microseconds, so async callers may call them directly; batch writes
+//! ([`MetadataCache::put_many`]) run in one transaction and belong on `spawn_blocking`.
+
+mod audit;
+mod metadata;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rusqlite::Connection;
+
+pub use audit::{AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditRecord};
+pub use metadata::{ManifestMetadata, MetadataCache};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts how many have run.
+/// Append only: never edit an entry that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: the manifest metadata cache. Timestamps are microseconds since the Unix epoch (UTC).
+    "CREATE TABLE manifest_metadata (
+        digest        TEXT PRIMARY KEY NOT NULL,
+        media_type    TEXT NOT NULL,
+        created_at    INTEGER,
+        size_bytes    INTEGER,
+        config_digest TEXT,
+        cached_at     INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+    // 2: the audit log of every deletion attempt (see audit.rs).
+    "CREATE TABLE audit_log (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          INTEGER NOT NULL,
+        registry    TEXT NOT NULL,
+        repository  TEXT NOT NULL,
+        operation   TEXT NOT NULL,
+        digest      TEXT NOT NULL,
+        tags        TEXT NOT NULL,
+        decided_by  TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        detail      TEXT
+    );
+    CREATE INDEX audit_log_repository ON audit_log (repository, id);",
+];
+
+/// How long a statement waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One open tagwarden database; cheap to clone (the connection is shared).
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.path {
+            Some(p) => write!(f, "Store({})", p.display()),
+            None => f.write_str("Store(:memory:)"),
+        }
+    }
+}
+
+impl Store {
+    /// Opens the database at `path`, creating its parent directories, the file and the schema as
+    /// needed. Errors name the file.
+    pub fn open(path: &Path) -> anyhow::Result<Store> {
+        Self::open_inner(path).with_context(|| format!("opening the tagwarden database {}", path.display()))
+    }
+
+    fn open_inner(path: &Path) -> anyhow::Result<Store> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating directory {}", parent.display()))?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL: readers never block the writer, and a crash cannot corrupt the file.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            bail!("the file system does not support SQLite's WAL mode (journal_mode is {mode})");
+        }
+        // With WAL, NORMAL loses at most the last transactions on power loss, never consistency.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Self::with_connection(conn, Some(path.to_path_buf()))
+    }
+
+    /// A private database in memory, for tests and one-shot runs.
+    pub fn in_memory() -> anyhow::Result<Store> {
+        let conn = Connection::open_in_memory().context("opening an in-memory SQLite database")?;
+        Self::with_connection(conn, None)
+    }
+
+    fn with_connection(mut conn: Connection, path: Option<PathBuf>) -> anyhow::Result<Store> {
+        migrate(&mut conn)?;
+        Ok(Store { conn: Arc::new(Mutex::new(conn)), path })
+    }
+
+    /// The database file, `None` for an in-memory store.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The audit log of deletions.
+    pub fn audit_log(&self) -> AuditLog {
+        AuditLog::new(self.clone())
+    }
+
+    /// The manifest metadata table.
+    pub fn metadata_cache(&self) -> MetadataCache {
+        MetadataCache::new(self.clone())
+    }
+
+    /// The connection, for one statement or transaction. A panic while it was held cannot leave
+    /// SQLite inconsistent (an open transaction rolls back when dropped), so poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Describes the database for error messages.
+    fn describe(&self) -> String {
+        match &self.path {
+            Some(p) => p.display().to_string(),
+            None => ":memory:".to_string(),
+        }
+    }
+}
+
+/// Applies the migrations this database has not seen yet, all in one transaction.
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        bail!("the database has schema version {version}, newer than this tagwarden knows ({known}); upgrade tagwarden");
+    }
+    if version == known {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql).with_context(|| format!("applying schema migration {}", i + 1))?;
+    }
+    tx.pragma_update(None, "user_version", known)?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_creates_parent_directories_and_sets_wal_and_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/tagwarden.db");
+        let store = Store::open(&path).unwrap();
+        assert!(path.is_file());
+        let conn = store.lock();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn open_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the database file should be.
+        let path = dir.path().join("db");
+        std::fs::create_dir(&path).unwrap();
+        let err = format!("{:#}", Store::open(&path).unwrap_err());
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tagwarden.db");
+        drop(Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = format!("{:#}", Store::open(&path).unwrap_err());
+        assert!(err.contains("schema version 99") && err.contains("upgrade tagwarden"), "{err}");
+    }
+}

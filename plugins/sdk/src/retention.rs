@@ -1,0 +1,307 @@
+//! Tag retention: typed input, verdicts, and the wire conversion.
+
+use std::borrow::Cow;
+
+use crate::Timestamp;
+
+/// One tag of the repository being evaluated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag<'a> {
+    /// The tag name, e.g. `v1.2.0`.
+    pub name: &'a str,
+    /// The manifest digest it points at, e.g. `sha256:…`. Tags with equal digests share a manifest.
+    pub digest: &'a str,
+    /// When the image was built (its config's `created`), if known.
+    pub created_at: Option<Timestamp>,
+    /// When the tag was last pushed or moved, if the registry records it.
+    pub pushed_at: Option<Timestamp>,
+    /// When the tag was last pulled, if the registry records it.
+    pub last_pulled_at: Option<Timestamp>,
+    /// The manifest's size in bytes, if known.
+    pub size_bytes: Option<u64>,
+    /// The manifest media type, if known.
+    pub media_type: Option<&'a str>,
+}
+
+/// A manifest that no tag points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UntaggedManifest<'a> {
+    pub digest: &'a str,
+    pub created_at: Option<Timestamp>,
+    pub pushed_at: Option<Timestamp>,
+}
+
+/// Everything a retention decision may depend on.
+#[derive(Debug, Clone)]
+pub struct RetentionInput<'a> {
+    /// The repository path, e.g. `group/app`.
+    pub repository: &'a str,
+    /// The evaluation time; the plugin's only clock.
+    pub now: Timestamp,
+    /// Every tag, sorted by name.
+    pub tags: Vec<Tag<'a>>,
+    /// Every untagged manifest.
+    pub untagged: Vec<UntaggedManifest<'a>>,
+}
+
+/// Keep or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Keep,
+    Delete,
+}
+
+/// The decision for one tag or manifest, with the reason shown to operators.
+///
+/// Reasons are usually `&'static str` (no allocation per tag); the SDK sends each
+/// distinct (action, reason) pair over the wire once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub action: Action,
+    pub reason: Cow<'static, str>,
+}
+
+impl Verdict {
+    /// Keep, because of `reason`.
+    pub fn keep(reason: impl Into<Cow<'static, str>>) -> Self {
+        Verdict { action: Action::Keep, reason: reason.into() }
+    }
+
+    /// Delete, because of `reason`.
+    pub fn delete(reason: impl Into<Cow<'static, str>>) -> Self {
+        Verdict { action: Action::Delete, reason: reason.into() }
+    }
+}
+
+/// A plugin's answer: one verdict per tag and per untagged manifest, in input order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decisions {
+    pub tags: Vec<Verdict>,
+    pub untagged: Vec<Verdict>,
+}
+
+impl Decisions {
+    /// The same verdict for every tag and untagged manifest of `input`.
+    pub fn uniform(input: &RetentionInput<'_>, verdict: Verdict) -> Self {
+        Decisions { tags: vec![verdict.clone(); input.tags.len()], untagged: vec![verdict; input.untagged.len()] }
+    }
+}
+
+/// A tag-retention policy. Implement it and export it with [`crate::export_retention!`].
+pub trait RetentionPolicy: Sized + 'static {
+    /// Validates the operator's params (JSON text, `{}` when none were given) and
+    /// prepares the policy. The error is shown to the operator: name the param and say
+    /// what was expected.
+    fn create(params: &str) -> Result<Self, String>;
+
+    /// Decides every tag and untagged manifest. Return exactly one verdict for each, in
+    /// input order; the host rejects any other answer and deletes nothing.
+    fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String>;
+}
+
+/// Wire conversion, used by the export macro.
+#[doc(hidden)]
+pub mod wire {
+    use super::*;
+    use crate::bindings::retention::exports::tagwarden::policy::retention as w;
+    use crate::bindings::retention::tagwarden::policy::types::StringTable;
+
+    /// The resource representation behind the exported `policy`.
+    pub struct PolicyResource<P>(pub P);
+
+    impl<P: RetentionPolicy> w::GuestPolicy for PolicyResource<P> {
+        fn create(params: String) -> Result<w::Policy, String> {
+            P::create(&params).map(|p| w::Policy::new(PolicyResource(p)))
+        }
+
+        fn evaluate(&self, input: w::Evaluation) -> Result<w::Decisions, String> {
+            let input = decode(&input)?;
+            let decisions = self.0.evaluate(&input)?;
+            encode(decisions)
+        }
+    }
+
+    fn table<'a>(t: &'a StringTable, what: &str) -> Result<Vec<&'a str>, String> {
+        let mut out = Vec::with_capacity(t.ends.len());
+        let mut start = 0usize;
+        for &end in &t.ends {
+            let end = end as usize;
+            let s = t.data.get(start..end).ok_or_else(|| format!("malformed {what} table at offset {start}..{end}"))?;
+            out.push(s);
+            start = end;
+        }
+        Ok(out)
+    }
+
+    fn column_len(what: &str, len: usize, expected: usize) -> Result<(), String> {
+        if len == expected { Ok(()) } else { Err(format!("column {what} has {len} entries, expected {expected}")) }
+    }
+
+    /// Turns the columnar evaluation into typed tags borrowing from it.
+    pub fn decode(e: &w::Evaluation) -> Result<RetentionInput<'_>, String> {
+        let digests = table(&e.digests, "digest")?;
+        let media_types = table(&e.media_types, "media type")?;
+        let names = table(&e.tags.names, "tag name")?;
+        let t = &e.tags;
+        let n = names.len();
+        column_len("digests", t.digests.len(), n)?;
+        column_len("created-at", t.created_at.len(), n)?;
+        column_len("pushed-at", t.pushed_at.len(), n)?;
+        column_len("last-pulled-at", t.last_pulled_at.len(), n)?;
+        column_len("size-bytes", t.size_bytes.len(), n)?;
+        column_len("media-types", t.media_types.len(), n)?;
+        let digest = |i: u32| digests.get(i as usize).copied().ok_or_else(|| format!("digest index {i} out of range"));
+        let mut tags = Vec::with_capacity(n);
+        for i in 0..n {
+            tags.push(Tag {
+                name: names[i],
+                digest: digest(t.digests[i])?,
+                created_at: Timestamp::from_wire(t.created_at[i]),
+                pushed_at: Timestamp::from_wire(t.pushed_at[i]),
+                last_pulled_at: Timestamp::from_wire(t.last_pulled_at[i]),
+                size_bytes: u64::try_from(t.size_bytes[i]).ok(),
+                media_type: media_types.get(t.media_types[i] as usize).copied(),
+            });
+        }
+        let u = &e.untagged;
+        let m = u.digests.len();
+        column_len("untagged created-at", u.created_at.len(), m)?;
+        column_len("untagged pushed-at", u.pushed_at.len(), m)?;
+        let mut untagged = Vec::with_capacity(m);
+        for i in 0..m {
+            untagged.push(UntaggedManifest {
+                digest: digest(u.digests[i])?,
+                created_at: Timestamp::from_wire(u.created_at[i]),
+                pushed_at: Timestamp::from_wire(u.pushed_at[i]),
+            });
+        }
+        Ok(RetentionInput { repository: &e.repository, now: Timestamp::from_unix_micros(e.now), tags, untagged })
+    }
+
+    /// Turns verdicts into a rule table and one rule index per position.
+    pub fn encode(d: Decisions) -> Result<w::Decisions, String> {
+        let mut rules: Vec<w::Rule> = Vec::new();
+        let mut index_of = |v: &Verdict| -> Result<u8, String> {
+            let action = match v.action {
+                Action::Keep => w::Action::Keep,
+                Action::Delete => w::Action::Delete,
+            };
+            // Few distinct reasons exist; a linear scan beats hashing here.
+            if let Some(i) = rules.iter().position(|r| r.action == action && r.reason == v.reason) {
+                return Ok(i as u8);
+            }
+            if rules.len() == 256 {
+                return Err("more than 256 distinct (action, reason) pairs".into());
+            }
+            rules.push(w::Rule { action, reason: v.reason.to_string() });
+            Ok((rules.len() - 1) as u8)
+        };
+        let mut tags = Vec::with_capacity(d.tags.len());
+        let mut last: Option<(&Verdict, u8)> = None;
+        for v in &d.tags {
+            let i = match last {
+                Some((prev, i)) if prev == v => i,
+                _ => index_of(v)?,
+            };
+            last = Some((v, i));
+            tags.push(i);
+        }
+        let untagged = d.untagged.iter().map(&mut index_of).collect::<Result<Vec<_>, _>>()?;
+        Ok(w::Decisions { rules, tags, untagged })
+    }
+}
+
+/// Exports a [`RetentionPolicy`] as this component's `retention` interface.
+///
+/// Use once, at the crate root of a `cdylib` built for `wasm32-wasip2`. Expands to
+/// nothing on other targets, so the policy stays unit-testable natively.
+#[macro_export]
+macro_rules! export_retention {
+    ($policy:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            use $crate::bindings::retention::exports::tagwarden::policy as __exports;
+            struct __TagwardenRetentionPlugin;
+            impl __exports::retention::Guest for __TagwardenRetentionPlugin {
+                fn info() -> $crate::bindings::retention::tagwarden::policy::types::PluginInfo {
+                    $crate::bindings::retention::tagwarden::policy::types::PluginInfo {
+                        name: env!("CARGO_PKG_NAME").into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        description: env!("CARGO_PKG_DESCRIPTION").into(),
+                    }
+                }
+                type Policy = $crate::__retention_wire::PolicyResource<$policy>;
+            }
+    $crate::bindings::retention::__export_retention_world!(__TagwardenRetentionPlugin with_types_in $crate::bindings::retention);
+        };
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_covers_every_position() {
+        let input = RetentionInput {
+            repository: "r",
+            now: Timestamp::from_unix_secs(0),
+            tags: vec![
+                Tag {
+                    name: "a",
+                    digest: "d",
+                    created_at: None,
+                    pushed_at: None,
+                    last_pulled_at: None,
+                    size_bytes: None,
+                    media_type: None
+                };
+                3
+            ],
+            untagged: vec![UntaggedManifest { digest: "e", created_at: None, pushed_at: None }],
+        };
+        let d = Decisions::uniform(&input, Verdict::keep("x"));
+        assert_eq!((d.tags.len(), d.untagged.len()), (3, 1));
+    }
+
+    #[test]
+    fn encode_interns_reasons_and_decode_round_trips() {
+        use crate::bindings::retention::exports::tagwarden::policy::retention as w;
+        use crate::bindings::retention::tagwarden::policy::types::StringTable;
+        let d = Decisions {
+            tags: vec![Verdict::keep("a"), Verdict::delete("b"), Verdict::keep("a"), Verdict::delete("b")],
+            untagged: vec![Verdict::delete("b")],
+        };
+        let e = wire::encode(d).unwrap();
+        assert_eq!(e.rules.len(), 2);
+        assert_eq!(e.tags, vec![0, 1, 0, 1]);
+        assert_eq!(e.untagged, vec![1]);
+
+        let ev = w::Evaluation {
+            repository: "g/app".into(),
+            now: 5,
+            digests: StringTable { data: "sha256:1sha256:2".into(), ends: vec![8, 16] },
+            media_types: StringTable { data: String::new(), ends: vec![] },
+            tags: w::TagColumns {
+                names: StringTable { data: "latestv1".into(), ends: vec![6, 8] },
+                digests: vec![1, 0],
+                created_at: vec![i64::MIN, 7],
+                pushed_at: vec![i64::MIN, i64::MIN],
+                last_pulled_at: vec![i64::MIN, i64::MIN],
+                size_bytes: vec![-1, 10],
+                media_types: vec![u32::MAX, u32::MAX],
+            },
+            untagged: w::UntaggedColumns { digests: vec![], created_at: vec![], pushed_at: vec![] },
+        };
+        let input = wire::decode(&ev).unwrap();
+        assert_eq!(input.tags[0].name, "latest");
+        assert_eq!(input.tags[0].digest, "sha256:2");
+        assert_eq!(input.tags[0].created_at, None);
+        assert_eq!(input.tags[1].created_at, Some(Timestamp::from_unix_micros(7)));
+        assert_eq!(input.tags[1].size_bytes, Some(10));
+
+        let mut bad = ev;
+        bad.tags.digests = vec![5, 0];
+        assert!(wire::decode(&bad).unwrap_err().contains("out of range"));
+    }
+}

@@ -1,0 +1,173 @@
+//! The plugin runtime against real components: hostile plugins fail cleanly with
+//! their cause and produce no decisions, the sandbox holds, and the host keeps
+//! serving afterwards.
+
+use std::time::{Duration, Instant};
+
+use tagwarden::model::{Action, Digest, Tag, TagList, Timestamp};
+use tagwarden::runtime::{FailureCause, PluginError, PluginKind, PluginLimits};
+
+use crate::support;
+
+fn tags(n: usize) -> TagList {
+    let tags = (0..n).map(|i| Tag::new(format!("v{i}"), Digest::sha256_of(format!("image {i}").as_bytes()))).collect();
+    TagList::new("group/app", tags, vec![]).unwrap()
+}
+
+fn now() -> Timestamp {
+    Timestamp::parse_rfc3339("2026-11-20T12:00:00Z").unwrap()
+}
+
+fn hostile(mode: &str, limits: PluginLimits) -> Result<tagwarden::model::RetentionDecisions, PluginError> {
+    let plugin = support::plugin("hostile-retention", limits).into_retention().unwrap();
+    plugin.evaluate(&format!("\"{mode}\""), &tags(3), now())
+}
+
+fn quick() -> PluginLimits {
+    PluginLimits { timeout: Duration::from_millis(200), memory_bytes: 16 << 20, fuel: None }
+}
+
+/// After any failure the same runtime must still evaluate a well-behaved plugin.
+fn assert_host_still_serves() {
+    let ok = hostile("delete", PluginLimits::default()).expect("a good evaluation after a failure");
+    assert_eq!(ok.tags_to_delete(), 3);
+}
+
+#[test]
+fn infinite_loop_times_out_with_its_deadline() {
+    let started = Instant::now();
+    let err = hostile("loop", quick()).unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(err.cause, FailureCause::Timeout(Duration::from_millis(200)), "{err}");
+    assert!(err.to_string().starts_with("plugin hostile-retention: timed out"), "{err}");
+    assert!(elapsed < Duration::from_secs(3), "deadline not enforced promptly: {elapsed:?}");
+    assert_host_still_serves();
+}
+
+#[test]
+fn memory_hog_hits_the_cap() {
+    let err = hostile("hog", quick()).unwrap_err();
+    assert_eq!(err.cause, FailureCause::MemoryExhausted(16 << 20), "{err}");
+    assert!(err.to_string().contains("memory cap of 16 MiB"), "{err}");
+    assert_host_still_serves();
+}
+
+#[test]
+fn panic_is_reported_with_its_message() {
+    let err = hostile("panic", quick()).unwrap_err();
+    match &err.cause {
+        FailureCause::Panic(m) => assert!(m.contains("hostile plugin panics on purpose"), "{m}"),
+        other => panic!("expected a panic, got {other:?}: {err}"),
+    }
+    assert_host_still_serves();
+}
+
+#[test]
+fn wrong_length_answer_is_rejected_whole() {
+    let err = hostile("short", quick()).unwrap_err();
+    match &err.cause {
+        FailureCause::InvalidAnswer(m) => assert!(m.contains("2 tag verdicts for 3 tags"), "{m}"),
+        other => panic!("expected an invalid answer, got {other:?}"),
+    }
+    assert_host_still_serves();
+}
+
+#[test]
+fn plugin_errors_carry_captured_stderr() {
+    let err = hostile("stderr", quick()).unwrap_err();
+    assert_eq!(err.cause, FailureCause::Rejected("failed on purpose".into()));
+    assert!(err.stderr.as_deref().unwrap_or_default().contains("hostile plugin: about to fail"), "{err:?}");
+    assert!(err.to_string().contains("plugin stderr: hostile plugin: about to fail"), "{err}");
+}
+
+#[test]
+fn rejected_params_are_invalid_params() {
+    let err = hostile("reject", quick()).unwrap_err();
+    assert_eq!(err.cause, FailureCause::InvalidParams("mode: rejected on purpose".into()));
+    let plugin = support::plugin("hostile-retention", quick()).into_retention().unwrap();
+    assert!(plugin.validate_params("\"reject\"").is_err());
+    assert!(plugin.validate_params("\"noop\"").is_ok());
+}
+
+#[test]
+fn sandbox_exposes_no_files_env_network_or_real_clock() {
+    let decisions = hostile("probe", quick()).unwrap();
+    let seen = &decisions.tag(0).reason;
+    assert!(seen.contains("fs=denied"), "{seen}");
+    assert!(seen.contains("file=denied"), "{seen}");
+    assert!(seen.contains("env=0"), "{seen}");
+    assert!(seen.contains("net=denied"), "{seen}");
+    // The wall clock is frozen at the evaluation's `now`; the monotonic clock does not move.
+    assert!(seen.contains(&format!("clock={}", now().unix_micros() / 1_000_000)), "{seen}");
+    assert!(seen.contains("elapsed=0"), "{seen}");
+    // Hash seeds come from fixed randomness: the same input gives the same answer.
+    let again = hostile("probe", quick()).unwrap();
+    assert_eq!(&again.tag(0).reason, seen, "two evaluations of the same input differ");
+}
+
+#[test]
+fn file_that_is_not_wasm_is_refused() {
+    let err = support::runtime().load_bytes("notes.txt", b"just some text", PluginLimits::default()).unwrap_err();
+    assert!(matches!(err.cause, FailureCause::Load(ref m) if m.contains("not a WebAssembly file")), "{err}");
+    assert!(err.to_string().starts_with("plugin notes.txt: cannot load"), "{err}");
+}
+
+#[test]
+fn core_module_and_truncated_component_are_refused() {
+    let err = support::runtime().load_bytes("core.wasm", b"\0asm\x01\0\0\0", PluginLimits::default()).unwrap_err();
+    assert!(err.to_string().contains("core WebAssembly module, not a component"), "{err}");
+    let bytes = std::fs::read(support::plugin_path("gitlab-retention")).unwrap();
+    let err = support::runtime().load_bytes("cut.wasm", &bytes[..bytes.len() / 2], PluginLimits::default()).unwrap_err();
+    assert!(err.to_string().contains("not a valid WebAssembly component"), "{err}");
+}
+
+#[test]
+fn component_of_the_wrong_world_is_refused_naming_its_exports() {
+    let err = support::runtime().load_file(&support::plugin_path("wrong-world"), PluginLimits::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("exports none of tagwarden:policy/retention"), "{msg}");
+    assert!(msg.contains("wasi:cli/run"), "{msg}");
+}
+
+#[test]
+fn plugin_of_another_kind_is_refused_where_retention_is_needed() {
+    let backoff = support::plugin("exponential-backoff", PluginLimits::default());
+    assert_eq!(backoff.meta().kind, PluginKind::Backoff);
+    let err = backoff.into_retention().unwrap_err();
+    assert!(err.to_string().contains("is a backoff plugin, but a retention plugin is needed"), "{err}");
+}
+
+#[test]
+fn metadata_comes_from_the_plugin() {
+    let p = support::plugin("gitlab-retention", PluginLimits::default());
+    let meta = p.meta();
+    assert_eq!((meta.name.as_str(), meta.kind, meta.contract_version.as_str()), ("gitlab-retention", PluginKind::Retention, "0.1.0"));
+    assert_eq!(meta.sha256.len(), 64);
+    assert!(!meta.description.is_empty());
+}
+
+#[test]
+fn failures_and_successes_interleave_across_threads() {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ["loop", "delete", "panic", "delete", "hog", "delete"]
+            .into_iter()
+            .map(|mode| s.spawn(move || (mode, hostile(mode, quick()))))
+            .collect();
+        for h in handles {
+            let (mode, result) = h.join().unwrap();
+            match mode {
+                "delete" => assert_eq!(result.unwrap().tags_to_delete(), 3),
+                _ => assert!(result.is_err(), "{mode} should fail"),
+            }
+        }
+    });
+}
+
+#[test]
+fn large_lists_round_trip_in_order() {
+    let list = tags(50_000);
+    let plugin = support::plugin("hostile-retention", PluginLimits::default()).into_retention().unwrap();
+    let d = plugin.evaluate("\"delete\"", &list, now()).unwrap();
+    assert_eq!(d.tag_count(), 50_000);
+    assert!((0..d.tag_count()).all(|i| d.tag(i).action == Action::Delete));
+}

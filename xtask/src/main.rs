@@ -1,0 +1,127 @@
+//! Project automation: `cargo xtask <command>`.
+//!
+//! - `setup`          install what a fresh machine lacks (wasm32-wasip2 target, docker-registry)
+//! - `build-plugins`  build every plugin component and copy it to `<target>/plugins/<name>.wasm`
+//! - `test`           setup + build-plugins + the whole test suite
+//! - `demo`           setup + build-plugins + the main job against a local registry
+//! - `bench`          setup + build-plugins + the benchmarks (figures for docs/benchmarks.md)
+//!
+//! Everything runs in the release profile: one build of wasmtime serves tests,
+//! benchmarks and the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Plugin crates built for wasm32-wasip2: (crate name, kind of artifact).
+const PLUGINS: &[&str] = &["gitlab-retention", "exponential-backoff", "stale-timeout", "hostile-retention", "wrong-world"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("build-plugins") => build_plugins(),
+        Some("test") => setup().and_then(|_| build_plugins()).and_then(|_| test(&args[1..])),
+        Some("demo") => setup().and_then(|_| build_plugins()).and_then(|_| demo(&args[1..])),
+        Some("bench") => setup().and_then(|_| build_plugins()).and_then(|_| bench(&args[1..])),
+        _ => {
+            eprintln!("usage: cargo xtask <setup|build-plugins|test|demo|bench> [args]");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn run(cmd: &mut Command) -> Result {
+    eprintln!("xtask: running {:?}", cmd);
+    let status = cmd.status().map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+    if status.success() { Ok(()) } else { Err(format!("{:?} failed with {status}", cmd.get_program())) }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+/// Installs the wasm target and the registry used by tests and the demo, if missing.
+fn setup() -> Result {
+    let installed =
+        Command::new("rustup").args(["target", "list", "--installed"]).output().map_err(|e| format!("cannot run rustup: {e}"))?;
+    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") {
+        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    }
+    if !Path::new("/usr/bin/docker-registry").exists() {
+        let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+        let apt = |args: &[&str]| {
+            let mut c = Command::new(sudo.first().copied().unwrap_or("apt-get"));
+            if !sudo.is_empty() {
+                c.arg("apt-get");
+            }
+            c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+            c
+        };
+        run(&mut apt(&["update"]))?;
+        run(&mut apt(&["install", "-y", "--no-install-recommends", "docker-registry"]))?;
+        // The package starts a system service on port 5000; tests run their own.
+        let _ = Command::new("systemctl").args(["disable", "--now", "docker-registry"]).status();
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// Builds every plugin as a component and copies it to `<target>/plugins/<name>.wasm`,
+/// where `tagwarden` finds bundled plugins by name.
+fn build_plugins() -> Result {
+    let mut build = cargo();
+    build.args(["build", "--release", "--target", "wasm32-wasip2"]);
+    for p in PLUGINS {
+        build.args(["-p", p]);
+    }
+    run(&mut build)?;
+    let out = target_dir().join("plugins");
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    for p in PLUGINS {
+        // Libraries' artifacts use underscores, binaries keep the package name.
+        let dir = target_dir().join("wasm32-wasip2/release");
+        let built = [dir.join(format!("{}.wasm", p.replace('-', "_"))), dir.join(format!("{p}.wasm"))]
+            .into_iter()
+            .find(|f| f.is_file())
+            .ok_or_else(|| format!("cargo built no {p}.wasm in {}", dir.display()))?;
+        let dest = out.join(format!("{p}.wasm"));
+        std::fs::copy(&built, &dest).map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), dest.display()))?;
+    }
+    eprintln!("xtask: plugins in {}", out.display());
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result {
+    run(cargo().args(["test", "--release", "--workspace"]).args(extra))
+}
+
+fn bench(extra: &[String]) -> Result {
+    run(cargo().args(["bench", "-p", "tagwarden"]).args(extra))
+}
+
+/// The main job: a cleanup pass against a local registry seeded from `examples/`.
+fn demo(extra: &[String]) -> Result {
+    run(cargo().args(["run", "--release", "-p", "tagwarden-testbed", "--bin", "tagwarden-demo", "--"]).args(extra))
+}
