@@ -174,10 +174,11 @@ pub enum Progress {
 }
 
 /// How a repository's pass ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(tag = "status", content = "detail", rename_all = "snake_case")]
 pub enum RepositoryStatus {
     /// Everything the plan asked for is done (possibly nothing).
+    #[default]
     Completed,
     /// The repository does not exist in the registry: a success with nothing to do.
     NotFound,
@@ -321,11 +322,6 @@ struct Execution {
     status: RepositoryStatus,
 }
 
-impl Default for RepositoryStatus {
-    fn default() -> Self {
-        RepositoryStatus::Completed
-    }
-}
 
 /// One deletion's result.
 enum Done {

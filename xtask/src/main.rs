@@ -123,5 +123,6 @@ fn bench(extra: &[String]) -> Result {
 
 /// The main job: a cleanup pass against a local registry seeded from `examples/`.
 fn demo(extra: &[String]) -> Result {
-    run(cargo().args(["run", "--release", "-p", "tagwarden-testbed", "--bin", "tagwarden-demo", "--"]).args(extra))
+    run(cargo().args(["build", "--release", "-p", "tagwarden", "--bin", "tagwarden"]))?;
+    run(cargo().args(["run", "--quiet", "--release", "-p", "tagwarden-testbed", "--bin", "tagwarden-demo", "--"]).args(extra))
 }

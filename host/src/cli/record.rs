@@ -79,7 +79,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
 async fn record(client: &RegistryClient, repo: &str) -> anyhow::Result<Option<Recording>> {
     let recorded_at = Timestamp::now();
     let progress = |done: usize, total: usize| {
-        if done == total || done % 500 == 0 {
+        if done == total || done.is_multiple_of(500) {
             eprintln!("  {repo}: {done}/{total} tags");
         }
     };

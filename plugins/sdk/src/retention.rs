@@ -152,9 +152,9 @@ pub mod wire {
         column_len("media-types", t.media_types.len(), n)?;
         let digest = |i: u32| digests.get(i as usize).copied().ok_or_else(|| format!("digest index {i} out of range"));
         let mut tags = Vec::with_capacity(n);
-        for i in 0..n {
+        for (i, name) in names.into_iter().enumerate() {
             tags.push(Tag {
-                name: names[i],
+                name,
                 digest: digest(t.digests[i])?,
                 created_at: Timestamp::from_wire(t.created_at[i]),
                 pushed_at: Timestamp::from_wire(t.pushed_at[i]),

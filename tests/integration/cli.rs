@@ -1,0 +1,597 @@
+//! The `tagwarden` binary end to end: `eval`, `plugins inspect`, `run --once` and `record`, run as
+//! a child process from a temporary directory, against a REAL registry where one is needed.
+//! Checks exit codes, what is printed (and what must never be: credentials), and what happened in
+//! the registry.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use tagwarden::model::{Action, Timestamp};
+use tagwarden::recording::Recording;
+use tagwarden::runtime::PluginLimits;
+use tagwarden::store::Store;
+use tagwarden_testbed::{Auth, FaultProxy, RegistryOptions, Seeder, TestRegistry};
+
+use crate::support;
+
+const NOW: &str = "2026-11-20T12:00:00Z";
+
+/// What one invocation did.
+#[derive(Debug)]
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn assert_success(&self) {
+        assert_eq!(self.code, Some(0), "expected success:\n{self:#?}");
+    }
+
+    /// A failed command: non-zero exit (not a crash), one `error: ...` line naming the problem
+    /// (causes may follow as `caused by:` lines), and every needle somewhere on stderr.
+    fn assert_error(&self, needles: &[&str]) {
+        assert!(matches!(self.code, Some(c) if c != 0), "expected a non-zero exit:\n{self:#?}");
+        assert!(!self.stderr.contains("panicked"), "the binary panicked:\n{}", self.stderr);
+        let errors: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "expected exactly one `error: ` line:\n{}", self.stderr);
+        assert!(errors[0].len() > "error: ".len() + 10, "an empty error line:\n{}", self.stderr);
+        for needle in needles {
+            assert!(self.stderr.contains(needle), "stderr does not mention `{needle}`:\n{}", self.stderr);
+        }
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Runs the binary in `dir` with a clean environment for the variables it reads.
+fn tagwarden_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagwarden"));
+    cmd.current_dir(dir).args(args).env("NO_COLOR", "1");
+    for var in ["TAGWARDEN_LOG", "TAGWARDEN_PLUGIN_DIR", "TAGWARDEN_REGISTRY_PASSWORD", "RUST_LOG"] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running the tagwarden binary");
+    Outcome {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn tagwarden(dir: &Path, args: &[&str]) -> Outcome {
+    tagwarden_env(dir, args, &[])
+}
+
+/// The same from an async test: the child runs while the runtime keeps serving the test bed.
+fn tagwarden_blocking(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+    tokio::task::block_in_place(|| tagwarden_env(dir, args, env))
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("tagwarden-cli-").tempdir().unwrap()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 temp path")
+}
+
+fn example_params() -> String {
+    format!("@{}", support::workspace().join("examples/gitlab-docs-example.params.json").display())
+}
+
+fn example_recording() -> PathBuf {
+    support::workspace().join("examples/recordings/gitlab-docs-example.json")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    tagwarden::model::Digest::sha256_of(bytes).as_str().trim_start_matches("sha256:").to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// eval
+
+#[test]
+fn eval_prints_the_gitlab_docs_example_as_json() {
+    let dir = tempdir();
+    let recording_path = example_recording();
+    let out = tagwarden(
+        dir.path(),
+        &[
+            "eval",
+            "--plugin",
+            "gitlab-retention",
+            "--params",
+            &example_params(),
+            "--recording",
+            path_str(&recording_path),
+            "--now",
+            NOW,
+            "--output",
+            "json",
+        ],
+    );
+    out.assert_success();
+    let v = out.json();
+    assert_eq!(v["repository"], "group/app");
+    assert_eq!(v["now"], NOW);
+    let meta = support::plugin("gitlab-retention", PluginLimits::default()).meta().clone();
+    assert_eq!(v["plugin"]["name"], "gitlab-retention");
+    assert_eq!(v["plugin"]["version"], meta.version.as_str());
+    let wasm = std::fs::read(support::plugin_path("gitlab-retention")).unwrap();
+    assert_eq!(v["plugin"]["sha256"], sha256_hex(&wasm).as_str());
+
+    // One entry per tag in the order the plugin saw them (the recording's list), each with its
+    // action and reason, matching an evaluation through the library.
+    let recording = Recording::read(&recording_path).unwrap();
+    let params = std::fs::read_to_string(support::workspace().join("examples/gitlab-docs-example.params.json")).unwrap();
+    let plugin = support::plugin("gitlab-retention", PluginLimits::default()).into_retention().unwrap();
+    let decisions = plugin.evaluate(&params, &recording.list, Timestamp::parse_rfc3339(NOW).unwrap()).unwrap();
+    let tags = v["tags"].as_array().expect("a tags array");
+    assert_eq!(tags.len(), recording.list.tags().len());
+    for (i, (t, want)) in tags.iter().zip(recording.list.tags()).enumerate() {
+        assert_eq!(t["name"], want.name.as_str(), "tag {i}");
+        assert_eq!(t["digest"], want.digest.as_str(), "tag {i}");
+        let rule = decisions.tag(i);
+        assert_eq!(t["action"], rule.action.to_string().as_str(), "tag {i}");
+        assert_eq!(t["reason"], rule.reason.as_str(), "tag {i}");
+        assert!(!rule.reason.is_empty());
+    }
+    let deleted: Vec<&str> = tags.iter().filter(|t| t["action"] == "delete").map(|t| t["name"].as_str().unwrap()).collect();
+    let mut sorted = deleted.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["dev-v42", "v42", "v43"], "GitLab's documented outcome");
+    let untagged = v["untagged"].as_array().expect("an untagged array");
+    assert_eq!(untagged.len(), 1);
+    assert_eq!(untagged[0]["digest"], recording.list.untagged[0].digest.as_str());
+    assert_eq!(untagged[0]["action"], decisions.untagged(0).action.to_string().as_str());
+    assert!(untagged[0]["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    let untagged_deletes = usize::from(decisions.untagged(0).action == Action::Delete);
+    assert_eq!(
+        v["summary"],
+        serde_json::json!({"tags": 10, "tags_to_delete": 3, "tags_to_keep": 7, "untagged": 1, "untagged_to_delete": untagged_deletes})
+    );
+}
+
+#[test]
+fn eval_prints_a_table_with_delete_rows_and_a_summary_line() {
+    let dir = tempdir();
+    let recording = example_recording();
+    let out = tagwarden(
+        dir.path(),
+        &["eval", "--plugin", "gitlab-retention", "--params", &example_params(), "--recording", path_str(&recording), "--now", NOW],
+    );
+    out.assert_success();
+    let mut deleted: Vec<&str> =
+        out.stdout.lines().filter(|l| l.starts_with("DELETE")).filter_map(|l| l.split_whitespace().nth(1)).collect();
+    deleted.sort();
+    assert_eq!(deleted, ["dev-v42", "v42", "v43"], "{}", out.stdout);
+    assert!(out.stdout.lines().next().is_some_and(|h| h.starts_with("ACTION") && h.contains("REASON")), "{}", out.stdout);
+    assert!(out.stdout.lines().filter(|l| l.starts_with("keep")).count() >= 7, "{}", out.stdout);
+    assert!(out.stdout.contains("group/app: 10 tags, 3 to delete, 7 to keep; 1 untagged"), "{}", out.stdout);
+    assert!(!out.stdout.contains('\x1b'), "no colours when stdout is not a terminal");
+}
+
+/// `eval` over the example recording with `extra` arguments replacing the defaults.
+fn eval_with(dir: &Path, plugin: &str, params: &str, recording: &str) -> Outcome {
+    tagwarden(dir, &["eval", "--plugin", plugin, "--params", params, "--recording", recording, "--now", NOW])
+}
+
+#[test]
+fn eval_rejects_params_that_are_not_json() {
+    let dir = tempdir();
+    let out = eval_with(dir.path(), "gitlab-retention", "{keep_n: 1}", path_str(&example_recording()));
+    out.assert_error(&["--params", "not valid JSON"]);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+}
+
+#[test]
+fn eval_rejects_invalid_params_naming_the_param() {
+    let dir = tempdir();
+    let out = eval_with(dir.path(), "gitlab-retention", r#"{"keep_n": -1, "name_regex_delete": ".*"}"#, path_str(&example_recording()));
+    out.assert_error(&["keep_n", "invalid params"]);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+}
+
+#[test]
+fn eval_names_a_missing_recording_file() {
+    let dir = tempdir();
+    let missing = dir.path().join("no-such-recording.json");
+    let out = eval_with(dir.path(), "gitlab-retention", "{}", path_str(&missing));
+    out.assert_error(&["cannot read recording", "no-such-recording.json"]);
+}
+
+#[test]
+fn eval_names_the_field_and_position_of_a_malformed_recording() {
+    let dir = tempdir();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        "{\"format\": \"tagwarden.recording.v1\", \"repository\": \"group/app\", \"recorded_at\": \"2026-11-20T12:00:00Z\",\n \"tags\": [\n  {\"name\": \"v1\", \"digest\": \"sha256:not-a-digest\"}\n ]}\n",
+    )
+    .unwrap();
+    let out = eval_with(dir.path(), "gitlab-retention", "{}", path_str(&bad));
+    out.assert_error(&["bad.json", "tags[0].digest"]);
+    let position = regex::Regex::new(r"\b3:\d+: at `tags\[0\]\.digest`").unwrap();
+    assert!(position.is_match(&out.stderr), "no line:column for the bad digest:\n{}", out.stderr);
+}
+
+#[test]
+fn eval_explains_how_to_get_an_unknown_plugin() {
+    let dir = tempdir();
+    let out = eval_with(dir.path(), "no-such-plugin", "{}", path_str(&example_recording()));
+    out.assert_error(&["no-such-plugin", "cargo xtask build-plugins"]);
+}
+
+#[test]
+fn eval_refuses_a_plugin_file_that_is_not_wasm() {
+    let dir = tempdir();
+    let fake = dir.path().join("notes.wasm");
+    std::fs::write(&fake, "just some text, not a component\n").unwrap();
+    let out = eval_with(dir.path(), path_str(&fake), "{}", path_str(&example_recording()));
+    out.assert_error(&["cannot load", "not a WebAssembly file"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// plugins inspect
+
+/// The value of a `key:   value` line of `plugins inspect`.
+fn field<'a>(stdout: &'a str, key: &str) -> Option<&'a str> {
+    stdout.lines().find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix(':')).map(str::trim))
+}
+
+#[test]
+fn plugins_inspect_describes_a_bundled_plugin() {
+    let dir = tempdir();
+    let path = support::plugin_path("gitlab-retention");
+    let out = tagwarden(dir.path(), &["plugins", "inspect", path_str(&path)]);
+    out.assert_success();
+    let wasm = std::fs::read(&path).unwrap();
+    assert_eq!(field(&out.stdout, "kind"), Some("retention"), "{}", out.stdout);
+    assert_eq!(field(&out.stdout, "contract"), Some("tagwarden:policy@0.1.0"), "{}", out.stdout);
+    assert_eq!(field(&out.stdout, "sha256"), Some(sha256_hex(&wasm).as_str()), "{}", out.stdout);
+    assert_eq!(field(&out.stdout, "loads"), Some("yes"), "{}", out.stdout);
+    assert!(field(&out.stdout, "plugin").is_some_and(|p| p.starts_with("gitlab-retention ")), "{}", out.stdout);
+}
+
+#[test]
+fn plugins_inspect_says_a_wrong_world_plugin_does_not_load() {
+    let dir = tempdir();
+    let path = support::plugin_path("wrong-world");
+    let out = tagwarden(dir.path(), &["plugins", "inspect", path_str(&path)]);
+    assert!(matches!(out.code, Some(c) if c != 0), "{out:#?}");
+    let loads = field(&out.stdout, "loads").unwrap_or_else(|| panic!("no loads line:\n{}", out.stdout));
+    assert!(loads.starts_with("no"), "{}", out.stdout);
+    assert!(loads.contains("tagwarden:policy/retention"), "the reason names what is missing: {loads}");
+    assert!(field(&out.stdout, "sha256").is_some_and(|s| s.len() == 64), "{}", out.stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// run --once
+
+fn days_ago(n: u64) -> String {
+    Timestamp::parse_rfc3339(NOW).unwrap().saturating_sub(Duration::from_secs(n * 86_400)).to_rfc3339()
+}
+
+async fn snapshot(seed: &Seeder, repo: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for tag in seed.tags(repo).await.unwrap() {
+        let digest = seed.resolve(repo, &tag).await.unwrap().expect("a listed tag resolves");
+        out.insert(tag, digest);
+    }
+    out
+}
+
+const REPOS: [&str; 3] = ["group/app", "group/web", "other/tool"];
+
+/// The registry's state of every repository `run` tests seed.
+async fn state(seed: &Seeder) -> BTreeMap<&'static str, BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for repo in REPOS {
+        out.insert(repo, snapshot(seed, repo).await);
+    }
+    out
+}
+
+/// A registry with `group/app` (old-1, old-2, new-1), `group/web` (old-1, new-1) and `other/tool`
+/// (old-1), where `old-*` are 30 days old and `new-*` one day before [`NOW`].
+async fn seeded_registry(options: RegistryOptions) -> TestRegistry {
+    let reg = TestRegistry::start(options).await.expect("starting the test registry");
+    let seed = reg.client();
+    for (repo, tag, age) in [
+        ("group/app", "old-1", 30),
+        ("group/app", "old-2", 30),
+        ("group/app", "new-1", 1),
+        ("group/web", "old-1", 30),
+        ("group/web", "new-1", 1),
+        ("other/tool", "old-1", 30),
+    ] {
+        seed.push_image(repo, tag, Some(&days_ago(age))).await.unwrap();
+    }
+    reg
+}
+
+const POLICY_PARAMS: &str = r#"{ name_regex_delete = ".*", older_than = "7d" }"#;
+
+/// Writes `tagwarden.toml` into `dir` for the registry at `url`; `policy_params` is the TOML inline
+/// table of the policy's params and `extra` is appended to the `[deletion]` section.
+fn write_config(dir: &Path, url: &str, registry_extra: &str, deletion_extra: &str, policy_params: &str) -> PathBuf {
+    let state = dir.join("state");
+    let text = format!(
+        "[registry]\nurl = \"{url}\"\n{registry_extra}\n\n\
+         [state]\ndir = \"{}\"\n\n\
+         [deletion]\ntimeout = \"30s\"\n{deletion_extra}\n\n\
+         [[policy]]\nname = \"apps\"\nrepositories = [\"group/*\"]\nplugin = \"gitlab-retention\"\nparams = {policy_params}\n",
+        state.display()
+    );
+    let path = dir.join("tagwarden.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_deletes_per_policy_and_prints_a_summary() {
+    let reg = seeded_registry(RegistryOptions::default()).await;
+    let seed = reg.client();
+    let before = state(&seed).await;
+    let dir = tempdir();
+    let config = write_config(dir.path(), reg.url(), "", "", POLICY_PARAMS);
+    let out = tagwarden_blocking(dir.path(), &["run", "--once", "--config", path_str(&config), "--now", NOW], &[]);
+    out.assert_success();
+    let rows: Vec<&str> = out.stdout.lines().collect();
+    assert!(rows[0].starts_with("REPOSITORY"), "{}", out.stdout);
+    for repo in ["group/app", "group/web"] {
+        let row = rows.iter().find(|l| l.starts_with(repo)).unwrap_or_else(|| panic!("no row for {repo}:\n{}", out.stdout));
+        assert!(row.contains("apps") && row.contains("completed"), "{row}");
+    }
+    assert!(!out.stdout.contains("other/tool"), "no policy matches other/tool:\n{}", out.stdout);
+    assert!(out.stdout.contains("2 repositories, 5 tags, 3 to delete, 3 deleted"), "{}", out.stdout);
+
+    let after = state(&seed).await;
+    assert_eq!(after["group/app"].keys().collect::<Vec<_>>(), ["new-1"]);
+    assert_eq!(after["group/app"]["new-1"], before["group/app"]["new-1"]);
+    assert_eq!(after["group/web"].keys().collect::<Vec<_>>(), ["new-1"]);
+    assert_eq!(after["other/tool"], before["other/tool"], "a repository no policy matches is untouched");
+
+    // The audit log lives in the configured state directory.
+    let store = Store::open(&dir.path().join("state/tagwarden.db")).unwrap();
+    let rows = store.audit_log().recent(None, 100).unwrap();
+    let mut deleted: Vec<String> =
+        rows.iter().filter(|r| r.outcome == "deleted").flat_map(|r| r.tags.iter().map(|t| format!("{}:{t}", r.repository))).collect();
+    deleted.sort();
+    assert_eq!(deleted, ["group/app:old-1", "group/app:old-2", "group/web:old-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_dry_run_deletes_nothing_in_table_or_json() {
+    let reg = seeded_registry(RegistryOptions::default()).await;
+    let seed = reg.client();
+    let before = state(&seed).await;
+    let dir = tempdir();
+    let config = write_config(dir.path(), reg.url(), "", "", POLICY_PARAMS);
+    let config = path_str(&config);
+
+    let out = tagwarden_blocking(dir.path(), &["run", "--once", "--config", config, "--now", NOW, "--dry-run", "--plan"], &[]);
+    out.assert_success();
+    assert!(out.stdout.contains("2 repositories, 5 tags, 3 to delete, nothing deleted (dry run)"), "{}", out.stdout);
+    assert!(out.stdout.lines().any(|l| l.trim_start().starts_with("DELETE") && l.contains("old-1")), "--plan shows verdicts:\n{}", out.stdout);
+    assert_eq!(state(&seed).await, before);
+
+    let out = tagwarden_blocking(dir.path(), &["run", "--once", "--config", config, "--now", NOW, "--dry-run", "--output", "json"], &[]);
+    out.assert_success();
+    let v = out.json();
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["now"], NOW);
+    let repos = v["repositories"].as_array().unwrap();
+    assert_eq!(repos.iter().map(|r| r["repository"].as_str().unwrap()).collect::<Vec<_>>(), ["group/app", "group/web"]);
+    for r in repos {
+        assert_eq!((r["status"].as_str(), r["tags_deleted"].as_u64()), (Some("planned"), Some(0)), "{r}");
+    }
+    assert_eq!(repos[0]["tags_to_delete"], 2);
+    assert_eq!(state(&seed).await, before, "a dry run deletes nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_for_one_repository_prints_json_and_leaves_the_others() {
+    let reg = seeded_registry(RegistryOptions::default()).await;
+    let seed = reg.client();
+    let before = state(&seed).await;
+    let dir = tempdir();
+    let config = write_config(dir.path(), reg.url(), "", "", POLICY_PARAMS);
+    let config = path_str(&config);
+    let out = tagwarden_blocking(
+        dir.path(),
+        &["run", "--once", "--config", config, "--now", NOW, "--repository", "group/app", "--output", "json"],
+        &[],
+    );
+    out.assert_success();
+    let v = out.json();
+    assert_eq!(v["dry_run"], false);
+    let repos = v["repositories"].as_array().unwrap();
+    assert_eq!(repos.len(), 1, "{v:#}");
+    let r = &repos[0];
+    assert_eq!((r["repository"].as_str(), r["policy"].as_str(), r["status"].as_str()), (Some("group/app"), Some("apps"), Some("completed")));
+    assert_eq!((r["tags_seen"].as_u64(), r["tags_to_delete"].as_u64(), r["tags_deleted"].as_u64()), (Some(3), Some(2), Some(2)), "{r}");
+    assert_eq!(r["not_deleted"], serde_json::json!([]));
+    let after = state(&seed).await;
+    assert_eq!(after["group/app"].keys().collect::<Vec<_>>(), ["new-1"]);
+    assert_eq!(after["group/web"], before["group/web"], "--repository limits the pass to one repository");
+    assert_eq!(after["other/tool"], before["other/tool"]);
+
+    // A repository no policy matches is an error, not a silent no-op.
+    let out = tagwarden_blocking(dir.path(), &["run", "--once", "--config", config, "--repository", "other/tool"], &[]);
+    out.assert_error(&["other/tool"]);
+    assert_eq!(state(&seed).await["other/tool"], before["other/tool"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_with_a_bad_config_names_the_key_and_contacts_no_registry() {
+    let reg = seeded_registry(RegistryOptions::default()).await;
+    let seed = reg.client();
+    let before = state(&seed).await;
+    // The config points at a proxy, so any request tagwarden sends is seen.
+    let proxy = FaultProxy::start(reg.url()).await.unwrap();
+    let cases: [(&str, &str, &str, &str, &[&str]); 4] = [
+        ("keep_n = -1", "", "", r#"{ name_regex_delete = ".*", keep_n = -1 }"#, &["keep_n", "apps"]),
+        ("timeout = \"soon\"", "", "", "", &["deletion.timeout", "soon"]),
+        ("an unknown key", "colour = \"blue\"", "", POLICY_PARAMS, &["colour"]),
+        ("an unknown param", "", "", r#"{ name_regex_delete = ".*", keep_nn = 3 }"#, &["keep_nn"]),
+    ];
+    for (what, registry_extra, deletion_extra, params, needles) in cases {
+        let dir = tempdir();
+        let config = if what.starts_with("timeout") {
+            let path = write_config(dir.path(), proxy.url(), "", "", POLICY_PARAMS);
+            let text = std::fs::read_to_string(&path).unwrap().replace("timeout = \"30s\"", "timeout = \"soon\"");
+            std::fs::write(&path, text).unwrap();
+            path
+        } else {
+            write_config(dir.path(), proxy.url(), registry_extra, deletion_extra, params)
+        };
+        let out = tagwarden_blocking(dir.path(), &["run", "--once", "--config", path_str(&config), "--now", NOW], &[]);
+        eprintln!("{what}: {}", out.stderr.trim_end());
+        out.assert_error(needles);
+        assert!(out.stdout.is_empty(), "{what}: {}", out.stdout);
+        assert_eq!(proxy.requests(), vec![], "{what}: the registry was contacted before the config was validated");
+    }
+    assert_eq!(state(&seed).await, before, "nothing was deleted");
+}
+
+// ---------------------------------------------------------------------------------------------
+// record
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_writes_a_recording_of_the_registrys_tags() {
+    let reg = seeded_registry(RegistryOptions::default()).await;
+    let seed = reg.client();
+    let shared = seed.resolve("group/app", "old-1").await.unwrap().unwrap();
+    seed.retag("group/app", &shared, "alias").await.unwrap();
+    let before = snapshot(&seed, "group/app").await;
+    let dir = tempdir();
+    let file = dir.path().join("app.json");
+    let out = tagwarden_blocking(
+        dir.path(),
+        &["record", "--registry", reg.url(), "--repository", "group/app", "--output", path_str(&file)],
+        &[],
+    );
+    out.assert_success();
+    assert!(out.stderr.contains("recorded 4 tags of group/app"), "{}", out.stderr);
+    let recording = Recording::read(&file).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(recording.list.repository, "group/app");
+    let recorded: BTreeMap<String, String> =
+        recording.list.tags().iter().map(|t| (t.name.clone(), t.digest.as_str().to_owned())).collect();
+    assert_eq!(recorded, before);
+    let by = |n: &str| recording.list.tags().iter().find(|t| t.name == n).unwrap();
+    assert_eq!(by("old-1").created_at, Some(Timestamp::parse_rfc3339(&days_ago(30)).unwrap()));
+    assert_eq!(by("new-1").created_at, Some(Timestamp::parse_rfc3339(&days_ago(1)).unwrap()));
+    assert_eq!(by("alias").digest, by("old-1").digest);
+    assert!(recording.list.untagged.is_empty());
+    let age = Timestamp::now().unix_micros() - recording.recorded_at.unix_micros();
+    assert!((0..600_000_000).contains(&age), "recorded_at is the time of recording: {}", recording.recorded_at);
+
+    // The recording evaluates like any other.
+    let out = tagwarden_blocking(
+        dir.path(),
+        &["eval", "--plugin", "gitlab-retention", "--params", r#"{"name_regex_delete": "old-.*"}"#, "--recording", path_str(&file)],
+        &[],
+    );
+    out.assert_success();
+    assert!(out.stdout.contains("group/app: 4 tags, 2 to delete, 2 to keep"), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_of_an_unknown_repository_fails_clearly() {
+    let reg = seeded_registry(RegistryOptions::default()).await;
+    let dir = tempdir();
+    let file = dir.path().join("missing.json");
+    let out = tagwarden_blocking(
+        dir.path(),
+        &["record", "--registry", reg.url(), "--repository", "group/missing", "--output", path_str(&file)],
+        &[],
+    );
+    out.assert_error(&["group/missing", "does not exist"]);
+    assert!(!file.exists(), "no recording is written for a missing repository");
+}
+
+/// Standard base64 (for the `Authorization: Basic` value that must never be printed either).
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_base64_helper_is_right() {
+    assert_eq!(base64(b"robot:pw"), "cm9ib3Q6cHc=");
+    assert_eq!(base64(b"ab"), "YWI=");
+    assert_eq!(base64(b"abc"), "YWJj");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_appear_in_any_output() {
+    let auth = Auth::Basic { user: "robot".into(), password: "right-Password-9931".into() };
+    let reg = seeded_registry(RegistryOptions { auth, ..Default::default() }).await;
+    let seed = reg.client();
+    let before = state(&seed).await;
+    let secret = "Zebra-Secret-4471-wrong";
+    let forbidden = |password: &str| vec![password.to_owned(), base64(format!("robot:{password}").as_bytes())];
+    let check = |what: &str, out: &Outcome, password: &str| {
+        for needle in forbidden(password) {
+            assert!(!out.stdout.contains(&needle), "{what}: stdout shows a credential:\n{}", out.stdout);
+            assert!(!out.stderr.contains(&needle), "{what}: stderr shows a credential:\n{}", out.stderr);
+        }
+    };
+    let dir = tempdir();
+    let file = dir.path().join("app.json");
+    let record = |verbose: &[&'static str], password: &str| {
+        let mut args: Vec<&str> = verbose.to_vec();
+        args.extend(["record", "--registry", reg.url(), "--repository", "group/app", "--output", path_str(&file), "--username", "robot"]);
+        tagwarden_blocking(dir.path(), &args, &[("TAGWARDEN_REGISTRY_PASSWORD", password)])
+    };
+
+    // A wrong password, quietly and with debug logging.
+    for verbose in [&[][..], &["-vv"][..]] {
+        let out = record(verbose, secret);
+        check(&format!("record {verbose:?} with a wrong password"), &out, secret);
+        out.assert_error(&["401"]);
+        assert!(out.stderr.contains("check the username and password"), "{}", out.stderr);
+    }
+    // The right password, with debug logging: it works and is not printed either.
+    let out = record(&["-vv"], "right-Password-9931");
+    out.assert_success();
+    check("record -vv with the right password", &out, "right-Password-9931");
+    assert!(Recording::read(&file).is_ok());
+
+    // `run` with the password in the environment variable the config names.
+    let config = write_config(dir.path(), reg.url(), "username = \"robot\"\npassword_env = \"TW_CLI_TEST_SECRET\"", "", POLICY_PARAMS);
+    for verbose in ["-v", "-vv"] {
+        let out = tagwarden_blocking(
+            dir.path(),
+            &[verbose, "run", "--once", "--config", path_str(&config), "--now", NOW],
+            &[("TW_CLI_TEST_SECRET", secret)],
+        );
+        check(&format!("run {verbose} with a wrong password"), &out, secret);
+        assert!(matches!(out.code, Some(c) if c != 0), "{out:#?}");
+        assert!(out.stderr.contains("401") || out.stdout.contains("401"), "{out:#?}");
+    }
+    assert_eq!(state(&seed).await, before, "nothing was deleted");
+}
