@@ -151,7 +151,7 @@ mod tests {
         );
         assert!(err.contains("tags[0].created_at") && err.contains("RFC 3339"), "{err}");
 
-        let err = format!("{:#}", Recording::parse(&doc(r#"[{"digest": "x"}]"#)).unwrap_err());
+        let err = format!("{:#}", Recording::parse(&doc(&format!(r#"[{{"digest": "{D1}"}}]"#))).unwrap_err());
         assert!(err.contains("missing field `name`"), "{err}");
 
         let err = format!("{:#}", Recording::parse(&doc("[]").replace("v1", "v9")).unwrap_err());

@@ -171,3 +171,82 @@ fn large_lists_round_trip_in_order() {
     assert_eq!(d.tag_count(), 50_000);
     assert!((0..d.tag_count()).all(|i| d.tag(i).action == Action::Delete));
 }
+
+#[test]
+fn exponential_backoff_through_wasm_follows_gitlab_defaults() {
+    use tagwarden::model::ErrorClass;
+    use tagwarden::runtime::{BackoffDecision, Failure, OperationKind};
+    let plugin = support::plugin("exponential-backoff", PluginLimits::default()).into_backoff().unwrap();
+    let failure = |attempt, class| Failure {
+        operation: OperationKind::RepositoryDeletion,
+        attempt,
+        class,
+        http_status: Some(503),
+        retry_after: None,
+        message: "503 Service Unavailable".into(),
+        now: now(),
+        seed: 7,
+    };
+    // GitLab: 2^(failures before this one) minutes; give up at the 10th failure.
+    assert_eq!(plugin.decide("{}", &failure(1, ErrorClass::Transient)).unwrap(), BackoffDecision::RetryAfter(Duration::from_secs(60)));
+    assert_eq!(plugin.decide("{}", &failure(4, ErrorClass::Transient)).unwrap(), BackoffDecision::RetryAfter(Duration::from_secs(8 * 60)));
+    assert!(matches!(plugin.decide("{}", &failure(10, ErrorClass::Transient)).unwrap(), BackoffDecision::GiveUp(_)));
+    assert!(
+        matches!(plugin.decide("{}", &failure(1, ErrorClass::Permanent)).unwrap(), BackoffDecision::GiveUp(r) if r.contains("permanent"))
+    );
+    let capped = plugin.decide(r#"{"cap": "5m"}"#, &failure(9, ErrorClass::Transient)).unwrap();
+    assert_eq!(capped, BackoffDecision::RetryAfter(Duration::from_secs(300)));
+    let jitter = r#"{"jitter": "full"}"#;
+    assert_eq!(
+        plugin.decide(jitter, &failure(3, ErrorClass::Transient)).unwrap(),
+        plugin.decide(jitter, &failure(3, ErrorClass::Transient)).unwrap()
+    );
+    let err = plugin.decide(r#"{"factor": "fast"}"#, &failure(1, ErrorClass::Transient)).unwrap_err();
+    assert!(matches!(err.cause, FailureCause::InvalidParams(ref m) if m.contains("factor")), "{err}");
+}
+
+#[test]
+fn stale_timeout_through_wasm_follows_gitlab_rules() {
+    use tagwarden::runtime::{Operation, OperationKind, StaleAction, StaleVerdict};
+    let plugin = support::plugin("stale-timeout", PluginLimits::default()).into_stale().unwrap();
+    let op = |kind, started_minutes_ago: Option<u64>| Operation {
+        kind,
+        state: "cleanup_ongoing".into(),
+        started_at: started_minutes_ago.map(|m| now().saturating_sub(Duration::from_secs(m * 60))),
+        now: now(),
+        delete_timeout: Duration::from_secs(250),
+        registry_status: None,
+    };
+    // Stale after delete_timeout (250 s) + 30 min.
+    assert_eq!(plugin.check("{}", &op(OperationKind::Cleanup, Some(30))).unwrap(), StaleVerdict::Healthy);
+    assert!(matches!(
+        plugin.check("{}", &op(OperationKind::Cleanup, Some(40))).unwrap(),
+        StaleVerdict::Stale { action: StaleAction::MarkUnfinished, .. }
+    ));
+    assert!(matches!(
+        plugin.check("{}", &op(OperationKind::Cleanup, None)).unwrap(),
+        StaleVerdict::Stale { action: StaleAction::MarkUnfinished, .. }
+    ));
+    assert!(matches!(
+        plugin.check("{}", &op(OperationKind::RepositoryDeletion, Some(31))).unwrap(),
+        StaleVerdict::Stale { action: StaleAction::Reschedule, .. }
+    ));
+}
+
+#[test]
+fn fuel_budget_stops_a_loop_deterministically() {
+    let runtime = std::sync::Arc::new(
+        tagwarden::runtime::PluginRuntime::new(tagwarden::runtime::RuntimeConfig {
+            fuel: true,
+            max_concurrent_evaluations: 4,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let limits = PluginLimits { timeout: Duration::from_secs(30), memory_bytes: 16 << 20, fuel: Some(5_000_000) };
+    let plugin = runtime.load_file(&support::plugin_path("hostile-retention"), limits).unwrap().into_retention().unwrap();
+    let err = plugin.evaluate("\"loop\"", &tags(3), now()).unwrap_err();
+    assert_eq!(err.cause, FailureCause::FuelExhausted(5_000_000), "{err}");
+    // A budget large enough for real work still succeeds.
+    assert_eq!(plugin.evaluate("\"delete\"", &tags(3), now()).unwrap().tags_to_delete(), 3);
+}

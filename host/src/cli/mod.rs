@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing and output. Thin glue over the library.
 
+mod audit;
 mod eval;
 mod inspect;
 mod output;
@@ -30,6 +31,8 @@ enum Command {
     Run(run::RunArgs),
     /// Write a registry repository's tag list as a recording (for `eval` and simulations).
     Record(record::RecordArgs),
+    /// Show the most recent deletion attempts from the audit log.
+    Audit(audit::AuditArgs),
     /// Work with plugin files.
     Plugins {
         #[command(subcommand)]
@@ -91,6 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval::run(args),
         Command::Run(args) => run::run(args),
         Command::Record(args) => record::run(args),
+        Command::Audit(args) => audit::run(args),
         Command::Plugins { command: PluginsCommand::Inspect(args) } => inspect::run(args),
     }
 }

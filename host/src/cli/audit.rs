@@ -1,0 +1,77 @@
+//! `tagwarden audit`: the most recent deletion attempts from the audit log.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::{OutputFormat, output};
+use crate::config::Config;
+use crate::store::Store;
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// The configuration file (its `[state] dir` holds the audit log).
+    #[arg(long, value_name = "FILE", default_value = "tagwarden.toml")]
+    config: PathBuf,
+    /// Only this repository.
+    #[arg(long, value_name = "PATH")]
+    repository: Option<String>,
+    /// How many entries, newest first.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    #[arg(long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::read(&args.config)?;
+    let db = config.resolve_path(&config.state.dir).join("tagwarden.db");
+    if !db.is_file() {
+        anyhow::bail!("no audit log at {} yet: nothing has been deleted with this configuration", db.display());
+    }
+    let records = Store::open(&db)?.audit_log().recent(args.repository.as_deref(), args.limit)?;
+    match args.output {
+        OutputFormat::Json => {
+            let rows: Vec<serde_json::Value> = records
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "id": r.id, "at": r.at, "registry": r.registry, "repository": r.repository,
+                        "operation": r.operation, "digest": r.digest, "tags": r.tags,
+                        "decided_by": r.decided_by, "outcome": r.outcome, "detail": r.detail,
+                    })
+                })
+                .collect();
+            output::print_json(&rows)?;
+        }
+        OutputFormat::Table => {
+            let style = output::Style::stdout();
+            let mut rows = vec![vec![
+                "AT".into(),
+                "REPOSITORY".into(),
+                "OPERATION".into(),
+                "DIGEST".into(),
+                "TAGS".into(),
+                "OUTCOME".into(),
+                "DECIDED BY".into(),
+            ]];
+            for r in &records {
+                let outcome = match &r.detail {
+                    Some(d) => format!("{}: {d}", r.outcome),
+                    None => r.outcome.clone(),
+                };
+                rows.push(vec![
+                    r.at.to_rfc3339(),
+                    r.repository.clone(),
+                    r.operation.clone(),
+                    output::short_digest(&r.digest).to_owned(),
+                    if r.tags.is_empty() { "-".into() } else { r.tags.join(",") },
+                    outcome,
+                    r.decided_by.clone(),
+                ]);
+            }
+            let failed: Vec<bool> = std::iter::once(false).chain(records.iter().map(|r| r.outcome == "failed")).collect();
+            output::print_columns(&rows, |i| failed[i], &style);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
