@@ -170,11 +170,16 @@ impl Config {
             (None, None) => bail!("at `registry`: set `url` (a registry) or `recordings` (a directory of recorded tag lists)"),
             (Some(_), Some(_)) => bail!("at `registry`: set either `url` or `recordings`, not both"),
             (Some(url), None) => {
+                // Never echo credentials someone put into the URL.
+                let shown = crate::registry::redact_userinfo(url);
                 let parsed = url::Url::parse(url).map_err(|e| {
-                    anyhow::anyhow!("at `registry.url`: `{url}` is not a URL ({e}); expected e.g. \"https://registry.example.com\"")
+                    anyhow::anyhow!("at `registry.url`: `{shown}` is not a URL ({e}); expected e.g. \"https://registry.example.com\"")
                 })?;
                 if !matches!(parsed.scheme(), "http" | "https") {
-                    bail!("at `registry.url`: expected an http:// or https:// URL, got `{url}`");
+                    bail!("at `registry.url`: expected an http:// or https:// URL, got `{shown}`");
+                }
+                if !parsed.username().is_empty() || parsed.password().is_some() {
+                    bail!("at `registry.url`: put credentials in `username` and `password_env`/`password_file`, not in the URL");
                 }
             }
             (None, Some(_)) => {}

@@ -322,10 +322,13 @@ struct Execution {
     status: RepositoryStatus,
 }
 
-
 /// One deletion's result.
 enum Done {
-    Deleted,
+    /// Gone from the registry; `proved` when this request deleted it (a 404 proves
+    /// nothing about whether deletes work).
+    Deleted {
+        proved: bool,
+    },
     Failed {
         message: String,
         class: ErrorClass,
@@ -362,8 +365,8 @@ async fn execute(
     let delete_digest = |d| delete_manifest(ctx, repository, registry, decided_by, deadline, d);
     let record_digest = |ex: &mut Execution, d: &DigestDeletion, done: Done, permanent: &mut Option<String>, deletes_work: &mut bool| {
         match done {
-            Done::Deleted => {
-                *deletes_work = true;
+            Done::Deleted { proved } => {
+                *deletes_work |= proved;
                 ex.tags_deleted += d.tags.len();
                 ex.manifests_deleted += 1;
             }
@@ -464,7 +467,7 @@ async fn delete_manifest(
     };
     let _ = ctx.audit.finish(id, outcome, detail.as_deref());
     match result {
-        Ok(_) => Done::Deleted,
+        Ok(outcome) => Done::Deleted { proved: outcome == DeleteOutcome::Deleted },
         Err(e) => Done::Failed { message: e.to_string(), class: e.class },
     }
 }
@@ -565,12 +568,20 @@ async fn remove_shared_tags(
     match dummy::untag(client, repository, list, &remaining, deadline, deletes_work, &ctx.audit, decided_by, registry, tick).await {
         Ok(d) => {
             out.removed += d.removed;
+            out.failed += d.failed;
             out.not_removed.extend(d.not_removed);
+            out.errors.extend(d.errors);
         }
         Err(e) => {
             out.not_removed.extend(remaining.iter().map(|t| t.tag.clone()));
             out.failed += remaining.len();
-            out.permanent = Some(e);
+            // Only an error retrying cannot fix fails the repository; the rest waits
+            // for the next pass.
+            if e.class.is_retryable() {
+                out.errors.push(e.message);
+            } else {
+                out.permanent = Some(e.message);
+            }
         }
     }
     out
@@ -598,7 +609,19 @@ mod dummy {
 
     pub(super) struct Untagged {
         pub removed: usize,
+        pub failed: usize,
         pub not_removed: Vec<String>,
+        pub errors: Vec<String>,
+    }
+
+    /// Why the method could not run at all, classified like the error behind it.
+    pub(super) struct UntagError {
+        pub message: String,
+        pub class: ErrorClass,
+    }
+
+    fn fail(context: &str, e: RegistryError) -> UntagError {
+        UntagError { message: format!("{context}: {e}"), class: e.class }
     }
 
     /// Moves `tags` onto the dummy manifest and deletes it. Errors (as an operator
@@ -616,28 +639,35 @@ mod dummy {
         decided_by: &str,
         registry: &str,
         tick: &(dyn Fn() + Sync),
-    ) -> Result<Untagged, String> {
+    ) -> Result<Untagged, UntagError> {
         let body = manifest();
         let dummy = Digest::sha256_of(&body);
         if let Some(kept) = list.tags().iter().find(|t| t.digest == dummy && !tags.iter().any(|d| d.tag == t.name)) {
-            return Err(format!(
-                "tag `{}` points at tagwarden's dummy manifest {dummy}; refusing to use the dummy-manifest method",
-                kept.name
-            ));
+            return Err(UntagError {
+                message: format!(
+                    "tag `{}` points at tagwarden's dummy manifest {dummy}; refusing to use the dummy-manifest method",
+                    kept.name
+                ),
+                class: ErrorClass::Permanent,
+            });
         }
-        client.push_blob(repository, CONFIG.to_vec()).await.map_err(|e| format!("uploading the dummy config: {e}"))?;
+        client.push_blob(repository, CONFIG.to_vec()).await.map_err(|e| fail("uploading the dummy config", e))?;
         if !deletes_work {
             // Prove deletes work with an untagged copy of the dummy before moving tags.
             client
                 .put_manifest(repository, dummy.as_str(), MANIFEST_TYPE, body.clone())
                 .await
-                .map_err(|e| format!("pushing the dummy manifest: {e}"))?;
-            client
-                .delete_manifest(repository, &dummy)
-                .await
-                .map_err(|e| format!("deletes do not work on this registry, so no tag was moved onto a dummy manifest: {e}"))?;
+                .map_err(|e| fail("pushing the dummy manifest", e))?;
+            client.delete_manifest(repository, &dummy).await.map_err(|e| {
+                let context = if e.class.is_retryable() {
+                    "could not confirm that deletes work (no tag was moved onto a dummy manifest)"
+                } else {
+                    "deletes do not work on this registry, so no tag was moved onto a dummy manifest"
+                };
+                fail(context, e)
+            })?;
         }
-        let mut out = Untagged { removed: 0, not_removed: vec![] };
+        let mut out = Untagged { removed: 0, failed: 0, not_removed: vec![], errors: vec![] };
         let mut moved: Vec<(&TagDeletion, i64)> = Vec::new();
         for (i, t) in tags.iter().enumerate() {
             if Instant::now() >= deadline {
@@ -652,12 +682,14 @@ mod dummy {
                 tags: std::slice::from_ref(&t.tag),
                 decided_by,
             };
-            let id = audit.attempt(&entry).map_err(|e| format!("{e:#}"))?;
+            let id = audit.attempt(&entry).map_err(|e| UntagError { message: format!("{e:#}"), class: ErrorClass::Permanent })?;
             match client.put_manifest(repository, &t.tag, MANIFEST_TYPE, body.clone()).await {
                 Ok(_) => moved.push((t, id)),
                 Err(e) => {
                     let _ = audit.finish(id, AuditOutcome::Failed, Some(&e.to_string()));
                     out.not_removed.push(t.tag.clone());
+                    out.failed += 1;
+                    out.errors.push(e.to_string());
                 }
             }
         }
@@ -668,10 +700,9 @@ mod dummy {
         // be deleted anyway, and this is one request.
         match client.delete_manifest(repository, &dummy).await {
             Ok(_) => {
-                for (t, id) in &moved {
+                for (_, id) in &moved {
                     let _ = audit.finish(*id, AuditOutcome::Deleted, None);
                     out.removed += 1;
-                    let _ = t;
                     tick();
                 }
                 Ok(out)
@@ -680,7 +711,7 @@ mod dummy {
                 for (_, id) in &moved {
                     let _ = audit.finish(*id, AuditOutcome::Failed, Some(&e.to_string()));
                 }
-                Err(format!("deleting the dummy manifest {dummy} (tags moved onto it remain until the next pass): {e}"))
+                Err(fail(&format!("deleting the dummy manifest {dummy} (tags moved onto it remain until the next pass)"), e))
             }
         }
     }

@@ -181,7 +181,7 @@ fn eval_prints_a_table_with_delete_rows_and_a_summary_line() {
     assert!(!out.stdout.contains('\x1b'), "no colours when stdout is not a terminal");
 }
 
-/// `eval` over the example recording with `extra` arguments replacing the defaults.
+/// `eval` with the given plugin, params and recording.
 fn eval_with(dir: &Path, plugin: &str, params: &str, recording: &str) -> Outcome {
     tagwarden(dir, &["eval", "--plugin", plugin, "--params", params, "--recording", recording, "--now", NOW])
 }
@@ -383,7 +383,11 @@ async fn run_once_dry_run_deletes_nothing_in_table_or_json() {
     let out = tagwarden_blocking(dir.path(), &["run", "--once", "--config", config, "--now", NOW, "--dry-run", "--plan"], &[]);
     out.assert_success();
     assert!(out.stdout.contains("2 repositories, 5 tags, 3 to delete, nothing deleted (dry run)"), "{}", out.stdout);
-    assert!(out.stdout.lines().any(|l| l.trim_start().starts_with("DELETE") && l.contains("old-1")), "--plan shows verdicts:\n{}", out.stdout);
+    assert!(
+        out.stdout.lines().any(|l| l.trim_start().starts_with("DELETE") && l.contains("old-1")),
+        "--plan shows verdicts:\n{}",
+        out.stdout
+    );
     assert_eq!(state(&seed).await, before);
 
     let out = tagwarden_blocking(dir.path(), &["run", "--once", "--config", config, "--now", NOW, "--dry-run", "--output", "json"], &[]);
@@ -419,7 +423,10 @@ async fn run_once_for_one_repository_prints_json_and_leaves_the_others() {
     let repos = v["repositories"].as_array().unwrap();
     assert_eq!(repos.len(), 1, "{v:#}");
     let r = &repos[0];
-    assert_eq!((r["repository"].as_str(), r["policy"].as_str(), r["status"].as_str()), (Some("group/app"), Some("apps"), Some("completed")));
+    assert_eq!(
+        (r["repository"].as_str(), r["policy"].as_str(), r["status"].as_str()),
+        (Some("group/app"), Some("apps"), Some("completed"))
+    );
     assert_eq!((r["tags_seen"].as_u64(), r["tags_to_delete"].as_u64(), r["tags_deleted"].as_u64()), (Some(3), Some(2), Some(2)), "{r}");
     assert_eq!(r["not_deleted"], serde_json::json!([]));
     let after = state(&seed).await;
@@ -431,6 +438,69 @@ async fn run_once_for_one_repository_prints_json_and_leaves_the_others() {
     let out = tagwarden_blocking(dir.path(), &["run", "--once", "--config", config, "--repository", "other/tool"], &[]);
     out.assert_error(&["other/tool"]);
     assert_eq!(state(&seed).await["other/tool"], before["other/tool"]);
+
+    // A repository a policy matches but the registry does not have: nothing to do, a success.
+    let out =
+        tagwarden_blocking(dir.path(), &["run", "--once", "--config", config, "--repository", "group/missing", "--output", "json"], &[]);
+    out.assert_success();
+    let v = out.json();
+    assert_eq!(v["repositories"][0]["status"], "not_found", "{v:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_exits_non_zero_when_a_repository_fails_and_says_why() {
+    let reg = seeded_registry(RegistryOptions { deletes_enabled: false, ..Default::default() }).await;
+    let seed = reg.client();
+    let before = state(&seed).await;
+    let dir = tempdir();
+    let config = write_config(dir.path(), reg.url(), "", "", POLICY_PARAMS);
+    let out = tagwarden_blocking(dir.path(), &["run", "--once", "--config", path_str(&config), "--now", NOW], &[]);
+    assert!(matches!(out.code, Some(c) if c != 0), "a failed repository must fail the run:\n{out:#?}");
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    for repo in ["group/app", "group/web"] {
+        let row = out.stdout.lines().find(|l| l.starts_with(repo)).unwrap_or_else(|| panic!("no row for {repo}:\n{}", out.stdout));
+        assert!(row.contains("failed") && row.contains("405 UNSUPPORTED"), "{row}");
+    }
+    assert!(out.stdout.contains("2 repositories, 5 tags, 3 to delete, 0 deleted, 2 not completed"), "{}", out.stdout);
+    assert_eq!(state(&seed).await, before, "nothing was deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_applies_the_configured_host_guards() {
+    let reg = seeded_registry(RegistryOptions::default()).await;
+    let seed = reg.client();
+    let before = state(&seed).await;
+    let dir = tempdir();
+
+    // group/app would lose 2 of 3 tags (67%): refused. group/web loses 1 of 2 (50%): allowed.
+    let config = write_config(dir.path(), reg.url(), "", "max_delete_fraction = 0.5", POLICY_PARAMS);
+    let out = tagwarden_blocking(dir.path(), &["run", "--once", "--config", path_str(&config), "--now", NOW, "--output", "json"], &[]);
+    assert!(matches!(out.code, Some(c) if c != 0), "a refused repository is not a success:\n{out:#?}");
+    let v = out.json();
+    let repos = v["repositories"].as_array().unwrap();
+    let app = repos.iter().find(|r| r["repository"] == "group/app").expect("group/app reported");
+    let web = repos.iter().find(|r| r["repository"] == "group/web").expect("group/web reported");
+    assert_eq!(app["status"], "refused", "{app:#}");
+    assert!(app["detail"].as_str().is_some_and(|d| d.contains("max_delete_fraction")), "{app:#}");
+    assert_eq!((app["tags_to_delete"].as_u64(), app["tags_deleted"].as_u64()), (Some(2), Some(0)), "{app:#}");
+    assert_eq!((web["status"].as_str(), web["tags_deleted"].as_u64()), (Some("completed"), Some(1)), "{web:#}");
+    let after = state(&seed).await;
+    assert_eq!(after["group/app"], before["group/app"], "the refused repository is untouched");
+    assert_eq!(after["group/web"].keys().collect::<Vec<_>>(), ["new-1"]);
+
+    // A protection rule keeps old-1 whatever the plugin says.
+    let config = write_config(dir.path(), reg.url(), "", "protect = [\"old-1\"]", POLICY_PARAMS);
+    let out = tagwarden_blocking(dir.path(), &["run", "--once", "--config", path_str(&config), "--now", NOW, "--plan"], &[]);
+    out.assert_success();
+    let protected = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("old-1") && l.contains("protected"))
+        .unwrap_or_else(|| panic!("--plan shows the protected tag and why:\n{}", out.stdout));
+    assert!(protected.trim_start().starts_with("keep") && protected.contains("host rule"), "{protected}");
+    let after = state(&seed).await;
+    assert_eq!(after["group/app"].keys().collect::<Vec<_>>(), ["new-1", "old-1"]);
+    assert_eq!(after["group/app"]["old-1"], before["group/app"]["old-1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,24 +510,20 @@ async fn run_once_with_a_bad_config_names_the_key_and_contacts_no_registry() {
     let before = state(&seed).await;
     // The config points at a proxy, so any request tagwarden sends is seen.
     let proxy = FaultProxy::start(reg.url()).await.unwrap();
-    let cases: [(&str, &str, &str, &str, &[&str]); 4] = [
-        ("keep_n = -1", "", "", r#"{ name_regex_delete = ".*", keep_n = -1 }"#, &["keep_n", "apps"]),
-        ("timeout = \"soon\"", "", "", "", &["deletion.timeout", "soon"]),
-        ("an unknown key", "colour = \"blue\"", "", POLICY_PARAMS, &["colour"]),
-        ("an unknown param", "", "", r#"{ name_regex_delete = ".*", keep_nn = 3 }"#, &["keep_nn"]),
+    let cases: [(&str, &str, &str, &[&str]); 4] = [
+        ("keep_n = -1", "", r#"{ name_regex_delete = ".*", keep_n = -1 }"#, &["keep_n", "apps"]),
+        ("timeout = \"soon\"", "", POLICY_PARAMS, &["deletion.timeout", "soon"]),
+        ("an unknown key", "colour = \"blue\"", POLICY_PARAMS, &["colour"]),
+        ("an unknown param", "", r#"{ name_regex_delete = ".*", keep_nn = 3 }"#, &["keep_nn"]),
     ];
-    for (what, registry_extra, deletion_extra, params, needles) in cases {
+    for (what, registry_extra, params, needles) in cases {
         let dir = tempdir();
-        let config = if what.starts_with("timeout") {
-            let path = write_config(dir.path(), proxy.url(), "", "", POLICY_PARAMS);
-            let text = std::fs::read_to_string(&path).unwrap().replace("timeout = \"30s\"", "timeout = \"soon\"");
-            std::fs::write(&path, text).unwrap();
-            path
-        } else {
-            write_config(dir.path(), proxy.url(), registry_extra, deletion_extra, params)
-        };
+        let config = write_config(dir.path(), proxy.url(), registry_extra, "", params);
+        if what.starts_with("timeout") {
+            let text = std::fs::read_to_string(&config).unwrap().replace("timeout = \"30s\"", "timeout = \"soon\"");
+            std::fs::write(&config, text).unwrap();
+        }
         let out = tagwarden_blocking(dir.path(), &["run", "--once", "--config", path_str(&config), "--now", NOW], &[]);
-        eprintln!("{what}: {}", out.stderr.trim_end());
         out.assert_error(needles);
         assert!(out.stdout.is_empty(), "{what}: {}", out.stdout);
         assert_eq!(proxy.requests(), vec![], "{what}: the registry was contacted before the config was validated");
@@ -477,17 +543,13 @@ async fn record_writes_a_recording_of_the_registrys_tags() {
     let before = snapshot(&seed, "group/app").await;
     let dir = tempdir();
     let file = dir.path().join("app.json");
-    let out = tagwarden_blocking(
-        dir.path(),
-        &["record", "--registry", reg.url(), "--repository", "group/app", "--output", path_str(&file)],
-        &[],
-    );
+    let out =
+        tagwarden_blocking(dir.path(), &["record", "--registry", reg.url(), "--repository", "group/app", "--output", path_str(&file)], &[]);
     out.assert_success();
     assert!(out.stderr.contains("recorded 4 tags of group/app"), "{}", out.stderr);
     let recording = Recording::read(&file).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(recording.list.repository, "group/app");
-    let recorded: BTreeMap<String, String> =
-        recording.list.tags().iter().map(|t| (t.name.clone(), t.digest.as_str().to_owned())).collect();
+    let recorded: BTreeMap<String, String> = recording.list.tags().iter().map(|t| (t.name.clone(), t.digest.as_str().to_owned())).collect();
     assert_eq!(recorded, before);
     let by = |n: &str| recording.list.tags().iter().find(|t| t.name == n).unwrap();
     assert_eq!(by("old-1").created_at, Some(Timestamp::parse_rfc3339(&days_ago(30)).unwrap()));
@@ -496,6 +558,12 @@ async fn record_writes_a_recording_of_the_registrys_tags() {
     assert!(recording.list.untagged.is_empty());
     let age = Timestamp::now().unix_micros() - recording.recorded_at.unix_micros();
     assert!((0..600_000_000).contains(&age), "recorded_at is the time of recording: {}", recording.recorded_at);
+
+    // Without --output the recording goes to stdout.
+    let out = tagwarden_blocking(dir.path(), &["record", "--registry", reg.url(), "--repository", "group/app"], &[]);
+    out.assert_success();
+    let to_stdout = Recording::parse(&out.stdout).unwrap_or_else(|e| panic!("{e:#}\n{}", out.stdout));
+    assert_eq!(to_stdout.list, recording.list);
 
     // The recording evaluates like any other.
     let out = tagwarden_blocking(
@@ -594,4 +662,50 @@ async fn credentials_never_appear_in_any_output() {
         assert!(out.stderr.contains("401") || out.stdout.contains("401"), "{out:#?}");
     }
     assert_eq!(state(&seed).await, before, "nothing was deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_appear_in_debug_output() {
+    let reg = seeded_registry(RegistryOptions { auth: Auth::Token(Default::default()), ..Default::default() }).await;
+    let (user, password) = reg.credentials().unwrap();
+    let (user, password) = (user.to_owned(), password.to_owned());
+    let dir = tempdir();
+    let file = dir.path().join("app.json");
+    let out = tagwarden_blocking(
+        dir.path(),
+        &["-vv", "record", "--registry", reg.url(), "--repository", "group/app", "--output", path_str(&file), "--username", &user],
+        &[("TAGWARDEN_REGISTRY_PASSWORD", &password)],
+    );
+    out.assert_success();
+    assert!(reg.token_server().unwrap().tokens_issued() > 1, "tokens were used");
+    let both = format!("{}\n{}", out.stdout, out.stderr);
+    assert!(!both.contains(&password), "the password is printed:\n{both}");
+    assert!(!both.contains(&base64(format!("{user}:{password}").as_bytes())), "the Basic credentials are printed:\n{both}");
+    // Every JWT starts with the base64 of `{"`.
+    assert!(!both.contains("eyJ"), "a token is printed:\n{both}");
+    assert_eq!(Recording::read(&file).unwrap().list.tags().len(), 3);
+}
+
+#[test]
+fn credentials_in_a_registry_url_are_never_echoed() {
+    // A password in the URL is refused (credentials belong in the credentials setting) and must
+    // not be printed back, whether or not the rest of the URL parses: error output ends up in CI
+    // logs.
+    let dir = tempdir();
+    let secret = "Url-Secret-5521";
+    let mut leaks = Vec::new();
+    for url in [format!("http://robot:{secret}@127.0.0.1:1"), format!("http://robot:{secret}@[::1")] {
+        let out = tagwarden(dir.path(), &["record", "--registry", &url, "--repository", "group/app"]);
+        out.assert_error(&["registry"]);
+        if out.stderr.contains(secret) || out.stdout.contains(secret) {
+            leaks.push(format!("record --registry {url}:\n{}", out.stderr));
+        }
+        let config = write_config(dir.path(), &url, "", "", POLICY_PARAMS);
+        let out = tagwarden(dir.path(), &["run", "--once", "--config", path_str(&config)]);
+        out.assert_error(&["registry"]);
+        if out.stderr.contains(secret) || out.stdout.contains(secret) {
+            leaks.push(format!("run with registry.url = {url}:\n{}", out.stderr));
+        }
+    }
+    assert!(leaks.is_empty(), "the password in the URL is echoed:\n{}", leaks.join("\n"));
 }

@@ -1,6 +1,8 @@
 //! Integration tests: one binary, one module per area (fast to build, as in ripgrep).
 
+mod cli;
 mod golden;
+mod pass;
 mod registry;
 mod runtime;
 mod support;

@@ -221,7 +221,9 @@ async fn a_tag_sharing_its_digest_with_a_kept_tag_is_removed_via_the_dummy_manif
 
     let store = Store::in_memory().unwrap();
     let ctx = context(client(reg.url(), &store), &store);
-    let report = run(&ctx, &gitlab(json!({"name_regex_delete": "a"})), "app").await;
+    let events = std::sync::Mutex::new(Vec::new());
+    let progress = |p: Progress| events.lock().unwrap().push(p);
+    let report = pass::run_repository(&ctx, &gitlab(json!({"name_regex_delete": "a"})), "app", &progress).await;
     assert_eq!(report.status, RepositoryStatus::Completed, "{report:#?}");
     assert_eq!((report.tags_to_delete, report.tags_deleted, report.manifests_deleted, report.failed), (1, 1, 0, 0), "{report:#?}");
 
@@ -234,9 +236,47 @@ async fn a_tag_sharing_its_digest_with_a_kept_tag_is_removed_via_the_dummy_manif
     let rows = audit(&store, "app");
     let dummy: Vec<&AuditRecord> = rows.iter().filter(|r| r.operation == "untag_via_dummy").collect();
     assert_eq!(dummy.len(), 1, "{rows:#?}");
-    assert_eq!((dummy[0].outcome.as_str(), dummy[0].tags.as_slice(), dummy[0].digest.as_str()), ("deleted", &["a".to_string()][..], shared.as_str()));
+    assert_eq!(
+        (dummy[0].outcome.as_str(), dummy[0].tags.as_slice(), dummy[0].digest.as_str()),
+        ("deleted", &["a".to_string()][..], shared.as_str())
+    );
     assert!(rows.iter().all(|r| r.operation != "delete_manifest"), "the shared digest must never be deleted: {rows:#?}");
     assert_eq!(audited_deletions(&rows), set(["a"]));
+
+    // Progress: listing up to 3 of 3, evaluation of 3 tags, deletion up to 1 of 1.
+    let events = events.into_inner().unwrap();
+    assert!(matches!(events.first(), Some(Progress::Listing { done: 0, total: 3 })), "{events:?}");
+    assert!(events.iter().any(|p| matches!(p, Progress::Listing { done: 3, total: 3 })), "{events:?}");
+    assert!(events.iter().any(|p| matches!(p, Progress::Evaluating { tags: 3 })), "{events:?}");
+    assert!(matches!(events.last(), Some(Progress::Deleting { done: 1, total: 1 })), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_plan_deletes_by_digest_and_moves_several_shared_tags_onto_one_dummy() {
+    let reg = registry().await;
+    let seed = reg.client();
+    let x = seed.push_image("app", "x-old", Some(&ago(days(30)))).await.unwrap();
+    seed.retag("app", &x, "x-keep").await.unwrap();
+    let y = seed.push_image("app", "y-old", Some(&ago(days(30)))).await.unwrap();
+    seed.retag("app", &y, "y-keep").await.unwrap();
+    seed.push_image("app", "z-old", Some(&ago(days(30)))).await.unwrap();
+    let before = snapshot(&seed, "app").await;
+
+    let store = Store::in_memory().unwrap();
+    let ctx = context(client(reg.url(), &store), &store);
+    let report = run(&ctx, &gitlab(json!({"name_regex_delete": ".*-old"})), "app").await;
+    assert_eq!(report.status, RepositoryStatus::Completed, "{report:#?}");
+    assert_eq!((report.tags_to_delete, report.tags_deleted, report.manifests_deleted, report.failed), (3, 3, 1, 0), "{report:#?}");
+    let after = snapshot(&seed, "app").await;
+    assert_eq!(after, without(&before, &set(["x-old", "y-old", "z-old"])));
+    assert_eq!((after["x-keep"].as_str(), after["y-keep"].as_str()), (x.as_str(), y.as_str()));
+    let rows = audit(&store, "app");
+    assert_eq!(audited_deletions(&rows), set(["x-old", "y-old", "z-old"]), "{rows:#?}");
+    let dummy: BTreeSet<&str> =
+        rows.iter().filter(|r| r.operation == "untag_via_dummy" && r.outcome == "deleted").map(|r| r.tags[0].as_str()).collect();
+    assert_eq!(dummy, BTreeSet::from(["x-old", "y-old"]), "{rows:#?}");
+    // 1 digest delete + 1 tag-delete probe + 1 dummy delete (deletes already known to work: no proof).
+    assert_eq!(stats(&ctx).delete, 3, "{:?}", stats(&ctx));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,7 +297,10 @@ async fn tags_sharing_a_digest_that_all_go_are_one_manifest_delete() {
     assert_eq!(snapshot(&seed, "app").await, without(&before, &set(["a", "b"])));
     let rows = audit(&store, "app");
     assert_eq!(rows.len(), 1, "{rows:#?}");
-    assert_eq!((rows[0].operation.as_str(), rows[0].outcome.as_str(), rows[0].digest.as_str()), ("delete_manifest", "deleted", shared.as_str()));
+    assert_eq!(
+        (rows[0].operation.as_str(), rows[0].outcome.as_str(), rows[0].digest.as_str()),
+        ("delete_manifest", "deleted", shared.as_str())
+    );
     assert_eq!(rows[0].tags, ["a", "b"]);
 }
 
@@ -470,6 +513,30 @@ async fn delete_503s_beyond_the_retries_leave_the_pass_unfinished_and_kept_tags_
     assert_eq!(snapshot(&reg.client(), "app").await, before, "the faulted deletes never reached the registry");
     let rows = audit(&store, "app");
     assert!(rows.iter().all(|r| r.outcome == "failed"), "{rows:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_delete_failures_in_the_dummy_method_leave_the_pass_unfinished_not_failed() {
+    let reg = registry().await;
+    let seed = reg.client();
+    let shared = seed.push_image("app", "a", Some(&ago(days(30)))).await.unwrap();
+    seed.retag("app", &shared, "b").await.unwrap();
+    let before = snapshot(&seed, "app").await;
+    let proxy = FaultProxy::start(reg.url()).await.unwrap();
+    let store = Store::in_memory().unwrap();
+    let ctx = context(client_with(proxy.url(), &store, |c| c.max_retries = 1), &store);
+    warm_cache(&ctx, "app").await;
+    // Every delete by digest answers 503 (the tag delete, `/manifests/a`, reaches the registry and
+    // learns that 2.8 cannot delete tags): a registry having a bad minute, not one without deletes.
+    proxy.inject(Fault::Status { method: Some("DELETE".into()), path_contains: "/manifests/sha256:".into(), status: 503, times: 1_000 });
+    let report = run(&ctx, &gitlab(json!({"name_regex_delete": "a"})), "app").await;
+    assert_eq!(snapshot(&seed, "app").await, before, "nothing changed; no tag was moved onto the dummy");
+    assert_eq!(report.tags_deleted, 0, "{report:#?}");
+    assert!(
+        matches!(&report.status, RepositoryStatus::Unfinished(_)),
+        "a 503 is transient: the pass should be Unfinished (retried next pass), not {:?}",
+        report.status
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

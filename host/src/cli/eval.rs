@@ -34,7 +34,7 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let params = load_params(&args.params)?;
     let now = match &args.now {
-        Some(s) => Timestamp::parse_rfc3339(s).context("--now")?,
+        Some(s) => Timestamp::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("--now: {e}"))?,
         None => Timestamp::now(),
     };
     let recording = Recording::read(&args.recording)?;

@@ -39,7 +39,11 @@ pub struct RecordArgs {
 }
 
 pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
-    let url = url::Url::parse(&args.registry).with_context(|| format!("--registry: `{}` is not a URL", args.registry))?;
+    let shown = crate::registry::redact_userinfo(&args.registry);
+    let url = url::Url::parse(&args.registry).map_err(|e| anyhow::anyhow!("--registry: `{shown}` is not a URL ({e})"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        bail!("--registry: pass credentials with --username and {} or --password-file, not in the URL", args.password_env);
+    }
     let mut config = RegistryConfig::new(url);
     config.credentials = credentials(&args)?;
     let store = Store::open(&args.state_dir.join("tagwarden.db"))?;
@@ -62,7 +66,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         } else {
             let repo = args.repository.as_deref().expect("clap: --repository or --all");
             let Some(recording) = record(&client, repo).await? else {
-                bail!("repository `{repo}` does not exist in {} (404 NAME_UNKNOWN)", args.registry);
+                bail!("repository `{repo}` does not exist in {shown} (404 NAME_UNKNOWN)");
             };
             match &args.output {
                 Some(path) => {

@@ -47,7 +47,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let config = Config::read(&args.config)?;
     let now = match &args.now {
-        Some(s) => Timestamp::parse_rfc3339(s).context("--now")?,
+        Some(s) => Timestamp::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("--now: {e}"))?,
         None => Timestamp::now(),
     };
     // Everything that can be wrong with the config or the plugins fails here, before

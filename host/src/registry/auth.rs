@@ -6,6 +6,17 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+/// `url` with any `user:password@` part replaced by `***@`, for error messages about a
+/// URL that may not even parse (so `url::Url` cannot be used to strip it).
+pub fn redact_userinfo(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let authority_end = url[scheme_end..].find(['/', '?', '#']).map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!("{}***@{}", &url[..scheme_end], &url[scheme_end + at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 /// A credential that never shows up in logs, errors or `Debug` output: both `Debug` and `Display`
 /// print `***`. [`Secret::expose`] is the one way to the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -220,6 +231,14 @@ pub(crate) const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_is_redacted_even_from_unparseable_urls() {
+        assert_eq!(redact_userinfo("http://robot:pw@[::1"), "http://***@[::1");
+        assert_eq!(redact_userinfo("https://u:p@host/v2/?a=b@c"), "https://***@host/v2/?a=b@c");
+        assert_eq!(redact_userinfo("https://host/x@y"), "https://host/x@y");
+        assert_eq!(redact_userinfo("not a url"), "not a url");
+    }
 
     fn params(c: &Challenge) -> Vec<(&str, &str)> {
         c.params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()

@@ -40,7 +40,7 @@ mod transport;
 
 use std::time::Duration;
 
-pub use auth::{Credentials, Secret};
+pub use auth::{Credentials, Secret, redact_userinfo};
 pub use client::RegistryClient;
 pub use error::{RegistryError, RequestLine};
 pub use media::{DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST};
