@@ -6,13 +6,10 @@
 //! spread concurrent workers with seeded jitter, honour the registry's `Retry-After`,
 //! and give up at once on errors that retrying cannot fix. See README.md.
 
-mod params;
-
+use tagwarden_plugin_sdk::params::{self, Params};
 use tagwarden_plugin_sdk::{
     BackoffDecision, BackoffStrategy, Duration, ErrorClass, Failure, SeededRng, export_backoff,
 };
-
-use params::Params;
 
 /// Every param this plugin accepts.
 const KNOWN_PARAMS: &[&str] = &[
@@ -25,6 +22,9 @@ const KNOWN_PARAMS: &[&str] = &[
     "give_up_on_permanent",
     "give_up_on_unauthorized",
 ];
+
+/// The examples in the error for a malformed duration param.
+const DURATION_EXAMPLES: &str = r#""500ms", "30s", "1m", "2h", "1h 30m" or "1d""#;
 
 /// The longest delay ever returned when no `cap` is set: the largest span a host
 /// timestamp (`i64` microseconds) can add, about 292,000 years.
@@ -56,11 +56,9 @@ pub struct ExponentialBackoff {
 
 impl BackoffStrategy for ExponentialBackoff {
     fn create(params: &str) -> Result<Self, String> {
-        let params = Params::parse(params, KNOWN_PARAMS)?;
-        let initial_delay = params
-            .duration("initial_delay")?
-            .unwrap_or(Duration::from_secs(60));
-        let cap = params.duration("cap")?;
+        let params = Params::parse(params, KNOWN_PARAMS)?.with_duration_examples(DURATION_EXAMPLES);
+        let initial_delay = params.duration("initial_delay", Duration::from_secs(60), false)?;
+        let cap = params.optional_duration("cap", false)?;
         if let Some(cap) = cap
             && cap < initial_delay
         {
@@ -79,7 +77,7 @@ impl BackoffStrategy for ExponentialBackoff {
             initial_delay,
             factor: params.number("factor", 1.0, 2.0)?,
             cap,
-            max_attempts: params.integer("max_attempts", 1, 10)?,
+            max_attempts: params.integer("max_attempts", 1..=u32::MAX, 10)?,
             jitter,
             honor_retry_after: params.bool("honor_retry_after", true)?,
             give_up_on_permanent: params.bool("give_up_on_permanent", true)?,

@@ -18,12 +18,13 @@ use std::sync::{Mutex, PoisonError};
 
 use regex::Regex;
 use serde_json::Value;
+use tagwarden_plugin_sdk::params::{Params, expected};
 use tagwarden_plugin_sdk::{
     Decisions, Duration, RetentionInput, RetentionPolicy, Tag, Timestamp, Verdict,
     export_retention, log,
 };
 
-use params::Params;
+use params::{DURATION_EXAMPLES, GitlabParams};
 
 /// Every param this plugin accepts.
 const KNOWN_PARAMS: &[&str] = &[
@@ -77,7 +78,7 @@ struct OlderThan {
 
 impl RetentionPolicy for GitlabRetention {
     fn create(params: &str) -> Result<Self, String> {
-        let params = Params::parse(params, KNOWN_PARAMS)?;
+        let params = Params::parse(params, KNOWN_PARAMS)?.with_duration_examples(DURATION_EXAMPLES);
 
         // GitLab validates both regexes even though `name_regex_delete` wins.
         let delete_primary = regex_param(&params, "name_regex_delete")?;
@@ -90,7 +91,7 @@ impl RetentionPolicy for GitlabRetention {
             )
         });
         let older_than = params
-            .duration("older_than")?
+            .duration_as_given("older_than")?
             .map(|(duration, text)| OlderThan {
                 duration,
                 not_old_enough: Verdict::keep(interned(format!(
@@ -228,7 +229,7 @@ fn regex_param(params: &Params, key: &str) -> Result<Option<Regex>, String> {
     let pattern = match params.get(key) {
         None => return Ok(None),
         Some(Value::String(pattern)) => pattern,
-        Some(other) => return Err(params::expected(key, "a regex string", other)),
+        Some(other) => return Err(expected(key, "a regex string", other)),
     };
     Regex::new(&format!(r"\A{pattern}\z"))
         .map(Some)

@@ -25,6 +25,9 @@
 //! export_retention!(DeleteEverything);
 //! ```
 //!
+//! [`params::Params`] reads the JSON params given to `create`: typed getters whose errors
+//! name the param and what was expected, and GitLab-style durations such as `7d`.
+//!
 //! Plugins are pure functions of their input: there is no clock but `now` in the input,
 //! no filesystem, network or environment. The trait methods are ordinary Rust and can
 //! be unit-tested natively; the export macros expand to nothing outside wasm.
@@ -61,6 +64,7 @@ pub use stale::wire as __stale_wire;
 pub use stale::{Operation, StaleAction, StaleRule, StaleVerdict};
 
 pub mod log;
+pub mod params;
 
 /// What kind of registry operation a backoff or stale decision is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

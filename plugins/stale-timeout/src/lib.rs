@@ -11,19 +11,19 @@
 //! and leaving it would block it forever (GitLab's seed 002). Exactly at the threshold
 //! is still healthy: stale means strictly before. See README.md.
 
-mod params;
-
 use std::fmt::Write;
 
+use tagwarden_plugin_sdk::params::Params;
 use tagwarden_plugin_sdk::{
     Duration, Operation, OperationKind, StaleAction, StaleRule, StaleVerdict, Timestamp,
     export_stale,
 };
 
-use params::Params;
-
 /// Every param this plugin accepts.
 const KNOWN_PARAMS: &[&str] = &["cleanup_grace", "deletion_timeout", "import_timeout"];
+
+/// The examples in the error for a malformed duration param.
+const DURATION_EXAMPLES: &str = r#""30m", "1h", "1h 30m", "90s" or "1d""#;
 
 /// Registry import statuses that mean the registry is still working on it.
 const IMPORT_IN_PROGRESS: &[&str] = &["pre_import_in_progress", "import_in_progress"];
@@ -39,18 +39,18 @@ pub struct StaleTimeout {
 
 impl StaleRule for StaleTimeout {
     fn create(params: &str) -> Result<Self, String> {
-        let params = Params::parse(params, KNOWN_PARAMS)?;
+        let params = Params::parse(params, KNOWN_PARAMS)?.with_duration_examples(DURATION_EXAMPLES);
         Ok(StaleTimeout {
-            cleanup_grace: params.duration("cleanup_grace", true, Duration::from_secs(30 * 60))?,
+            cleanup_grace: params.duration("cleanup_grace", Duration::from_secs(30 * 60), true)?,
             deletion_timeout: params.duration(
                 "deletion_timeout",
-                false,
                 Duration::from_secs(30 * 60),
+                false,
             )?,
             import_timeout: params.duration(
                 "import_timeout",
-                false,
                 Duration::from_secs(60 * 60),
+                false,
             )?,
         })
     }
