@@ -114,14 +114,20 @@ impl RecordingBackend {
         } else {
             files.push(path.to_path_buf());
         }
-        let mut lists = BTreeMap::new();
+        let mut lists: BTreeMap<String, (std::path::PathBuf, TagList)> = BTreeMap::new();
         for f in files {
             let r = Recording::read(&f)?;
-            if let Some(previous) = lists.insert(r.list.repository.clone(), r.list) {
-                anyhow::bail!("two recordings in {} are for repository {}", path.display(), previous.repository);
+            if let Some((previous, _)) = lists.get(&r.list.repository) {
+                anyhow::bail!(
+                    "{} and {} are both recordings of repository {}; keep one",
+                    previous.display(),
+                    f.display(),
+                    r.list.repository
+                );
             }
+            lists.insert(r.list.repository.clone(), (f, r.list));
         }
-        Ok(Self::from_lists(path.display().to_string(), lists.into_values()))
+        Ok(Self::from_lists(path.display().to_string(), lists.into_values().map(|(_, l)| l)))
     }
 
     /// Serves the given lists.

@@ -23,7 +23,10 @@ pub struct Config {
     pub deletion: DeletionSection,
     #[serde(rename = "policy", default)]
     pub policies: Vec<PolicySection>,
-    /// Where the file was read from; relative paths in it are relative to its directory.
+    /// The file it was read from.
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// Its directory: relative paths in the file are relative to it.
     #[serde(skip)]
     pub base_dir: PathBuf,
 }
@@ -149,6 +152,7 @@ impl Config {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         let mut config = Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.path = path.to_path_buf();
         Ok(config)
     }
 
@@ -190,10 +194,16 @@ impl Config {
         if (r.password_env.is_some() || r.password_file.is_some()) && r.username.is_none() {
             bail!("at `registry.username`: a password is configured but no username");
         }
+        if r.username.is_some() && r.password_env.is_none() && r.password_file.is_none() {
+            bail!("at `registry`: `username` is set; also set `password_env` (an environment variable) or `password_file`");
+        }
         if r.concurrency == 0 {
             bail!("at `registry.concurrency`: expected at least 1");
         }
         let d = &self.deletion;
+        if d.timeout.is_zero() {
+            bail!("at `deletion.timeout`: expected a positive duration such as \"250s\" (with 0 nothing would ever be deleted)");
+        }
         if d.concurrency == 0 {
             bail!("at `deletion.concurrency`: expected at least 1");
         }
@@ -254,7 +264,7 @@ impl Config {
 impl PolicySection {
     /// The params as the JSON text plugins receive.
     pub fn params_json(&self) -> String {
-        serde_json::to_string(&self.params).expect("TOML tables are JSON-representable")
+        toml_to_json(&toml::Value::Table(self.params.clone())).to_string()
     }
 
     /// Whether this policy applies to `repository`.
@@ -265,6 +275,21 @@ impl PolicySection {
             b.add(globset::GlobBuilder::new(p).literal_separator(true).build().expect("validated glob"));
         }
         b.build().expect("validated globs")
+    }
+}
+
+/// TOML values as JSON; TOML dates become their RFC 3339 text (serde would otherwise
+/// expose toml's private datetime wrapper to plugins).
+fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        toml::Value::String(s) => J::String(s.clone()),
+        toml::Value::Integer(i) => J::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        toml::Value::Boolean(b) => J::Bool(*b),
+        toml::Value::Datetime(d) => J::String(d.to_string()),
+        toml::Value::Array(a) => J::Array(a.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => J::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
     }
 }
 
@@ -323,6 +348,12 @@ params = { keep_n = 5, name_regex_delete = ".*" }
         assert!(e.contains("policy") && e.contains("memory_mib"), "{e}");
         let e = err("[registry]\nurl = \"http://x\"\n");
         assert!(e.contains("no `[[policy]]`"), "{e}");
+        let e = err(&GOOD.replace("timeout = \"30s\"", "timeout = \"0s\""));
+        assert!(e.contains("deletion.timeout") && e.contains("positive"), "{e}");
+        let e = err(&GOOD.replace("[deletion]", "username = \"u\"\n\n[deletion]"));
+        assert!(e.contains("password_env"), "{e}");
+        let c = Config::parse(&GOOD.replace("keep_n = 5", "keep_n = 5, since = 2026-01-01T00:00:00Z")).unwrap();
+        assert!(c.policies[0].params_json().contains(r#""since":"2026-01-01T00:00:00Z""#), "{}", c.policies[0].params_json());
         let e = err("[registry\n");
         assert!(e.contains("line 1"), "{e}");
     }

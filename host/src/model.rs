@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -39,7 +39,7 @@ impl Timestamp {
     /// Parses an RFC 3339 timestamp such as `2026-11-20T12:00:00Z`.
     pub fn parse_rfc3339(s: &str) -> anyhow::Result<Self> {
         let t = OffsetDateTime::parse(s, &Rfc3339)
-            .with_context(|| format!("`{s}` is not an RFC 3339 timestamp (expected e.g. 2026-11-20T12:00:00Z)"))?;
+            .map_err(|e| anyhow::anyhow!("`{s}` is not an RFC 3339 timestamp ({e}); expected e.g. 2026-11-20T12:00:00Z"))?;
         Ok(Self::from_datetime(t))
     }
 
@@ -139,6 +139,7 @@ impl<'de> Deserialize<'de> for Digest {
 
 /// One tag of a repository, with whatever the registry knows about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Tag {
     pub name: String,
     pub digest: Digest,
@@ -165,6 +166,7 @@ impl Tag {
 
 /// A manifest no tag points at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UntaggedManifest {
     pub digest: Digest,
     #[serde(default)]

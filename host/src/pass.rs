@@ -120,7 +120,7 @@ pub fn apply_guards(list: TagList, decisions: &RetentionDecisions, guards: &Guar
         let fraction = if total == 0 { 0.0 } else { to_delete as f64 / total as f64 };
         (fraction > max).then(|| {
             format!(
-                "refused: the plan deletes {to_delete} of {total} tags ({:.0}%), more than `max_delete_fraction` allows ({:.0}%); nothing was deleted",
+                "the plan deletes {to_delete} of {total} tags ({:.0}%), more than `max_delete_fraction` allows ({:.0}%); nothing was deleted",
                 fraction * 100.0,
                 max * 100.0
             )
@@ -222,7 +222,8 @@ pub struct RepositoryReport {
     pub tags_deleted: usize,
     pub manifests_deleted: usize,
     pub failed: usize,
-    /// Tags the plan wanted gone that are still there (failed or not attempted).
+    /// Tags whose deletion was attempted or due but did not happen (failed, or not
+    /// attempted before the time budget ran out). Empty for refused and dry-run passes.
     pub not_deleted: Vec<String>,
     pub errors: Vec<String>,
     pub elapsed_ms: u128,

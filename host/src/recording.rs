@@ -50,7 +50,12 @@ impl Recording {
             let (line, column) = (inner.line(), inner.column());
             let path = e.path().to_string();
             let msg = strip_position(&inner.to_string());
-            if path == "." { anyhow::anyhow!("{line}:{column}: {msg}") } else { anyhow::anyhow!("{line}:{column}: at `{path}`: {msg}") }
+            // A syntax error has no meaningful field path (serde shows `?`).
+            if path == "." || path.contains('?') {
+                anyhow::anyhow!("{line}:{column}: {msg}")
+            } else {
+                anyhow::anyhow!("{line}:{column}: at `{path}`: {msg}")
+            }
         })?;
         if file.format != FORMAT_V1 {
             bail!("`format` is `{}`; this tagwarden reads `{FORMAT_V1}`", file.format);

@@ -52,7 +52,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     // Everything that can be wrong with the config or the plugins fails here, before
     // the registry is contacted.
-    let runtime = Arc::new(PluginRuntime::new(RuntimeConfig::default())?);
+    // Fuel metering slows every plugin, so it is on only when some policy sets a budget.
+    let fuel = config.policies.iter().any(|p| p.fuel.is_some());
+    let runtime = Arc::new(PluginRuntime::new(RuntimeConfig { fuel, ..RuntimeConfig::default() })?);
     let policies = load_policies(&config, &runtime)?;
     let store = Store::open(&config.resolve_path(&config.state.dir).join("tagwarden.db"))?;
     let backend = backend(&config, &store)?;
@@ -68,12 +70,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let reports = tokio.block_on(run_pass(&ctx, &policies, args.repository.as_deref()))?;
     match args.output {
-        OutputFormat::Json => output::print_json(&serde_json::json!({
-            "registry": ctx.backend.label(),
-            "now": now,
-            "dry_run": args.dry_run,
-            "repositories": reports,
-        }))?,
+        OutputFormat::Json => {
+            let mut repositories = serde_json::to_value(&reports)?;
+            if args.plan {
+                // Per-tag verdicts only on request: they can be 100k entries per repository.
+                for (value, report) in repositories.as_array_mut().into_iter().flatten().zip(&reports) {
+                    if let (Some(obj), Some(plan)) = (value.as_object_mut(), &report.plan) {
+                        obj.insert("tags".into(), plan_json(plan));
+                    }
+                }
+            }
+            output::print_json(&serde_json::json!({
+                "registry": ctx.backend.label(),
+                "now": now,
+                "dry_run": args.dry_run,
+                "repositories": repositories,
+            }))?
+        }
         OutputFormat::Table => {
             if args.plan {
                 for r in &reports {
@@ -95,7 +108,7 @@ struct BoundPolicy {
 fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Result<Vec<BoundPolicy>> {
     let mut out = Vec::new();
     for p in &config.policies {
-        let context = || format!("policy `{}`", p.name);
+        let context = || format!("cannot load policy `{}` of {}", p.name, config.path.display());
         // A plugin given as a path is relative to the config file.
         let spec = if p.plugin.ends_with(".wasm") || p.plugin.contains('/') {
             config.resolve_path(Path::new(&p.plugin)).display().to_string()
@@ -215,6 +228,16 @@ impl ProgressPrinter {
             let _ = writeln!(std::io::stderr());
         }
     }
+}
+
+/// Every tag's final verdict, in list order.
+fn plan_json(plan: &pass::RepositoryPlan) -> serde_json::Value {
+    plan.list
+        .tags()
+        .iter()
+        .zip(&plan.tags)
+        .map(|(t, v)| serde_json::json!({"name": t.name, "digest": t.digest, "action": v.action, "reason": v.reason, "decided_by": v.decided_by}))
+        .collect()
 }
 
 fn print_plan(r: &RepositoryReport) {

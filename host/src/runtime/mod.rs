@@ -174,10 +174,14 @@ impl fmt::Display for PluginError {
             FailureCause::Load(m) => write!(f, "cannot load: {m}")?,
             FailureCause::InvalidParams(m) => write!(f, "invalid params: {m}")?,
             FailureCause::Rejected(m) => write!(f, "could not decide: {m}")?,
-            FailureCause::Timeout(d) => write!(f, "timed out after {d:?} (raise the plugin's `timeout` if it legitimately needs longer)")?,
-            FailureCause::MemoryExhausted(cap) => {
-                write!(f, "exceeded its memory cap of {} MiB (raise the plugin's `memory` limit if the input is that large)", cap >> 20)?
+            FailureCause::Timeout(d) => {
+                write!(f, "timed out after {d:?} (raise the policy's `timeout`, or `--timeout`, if it legitimately needs longer)")?
             }
+            FailureCause::MemoryExhausted(cap) => write!(
+                f,
+                "exceeded its memory cap of {} MiB (raise the policy's `memory_mib`, or `--memory-mib`, if the input is that large)",
+                cap >> 20
+            )?,
             FailureCause::FuelExhausted(fuel) => write!(f, "ran out of fuel ({fuel} units)")?,
             FailureCause::Panic(m) => write!(f, "panicked: {m}")?,
             FailureCause::Trap(m) => write!(f, "trapped: {m}")?,

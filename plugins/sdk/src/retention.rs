@@ -17,7 +17,8 @@ pub struct Tag<'a> {
     pub pushed_at: Option<Timestamp>,
     /// When the tag was last pulled, if the registry records it.
     pub last_pulled_at: Option<Timestamp>,
-    /// The manifest's size in bytes, if known.
+    /// The image's size in bytes as the registry reports it (config plus layers; for an
+    /// index, the sum of its children), if known.
     pub size_bytes: Option<u64>,
     /// The manifest media type, if known.
     pub media_type: Option<&'a str>,
