@@ -42,6 +42,10 @@ const CONTRACT_PACKAGE: &str = "tagwarden:policy";
 
 /// How often the epoch advances; deadlines are whole multiples of it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Linear memory per pool slot that stays mapped between calls and is reset in place.
+const LINEAR_MEMORY_KEEP_RESIDENT: usize = 4 << 20;
+/// Table bytes per slot kept resident likewise.
+const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// Bytes of guest stderr kept for error messages; a guest writing more traps.
 const STDERR_CAPTURE_BYTES: usize = 64 * 1024;
 
@@ -217,7 +221,13 @@ impl PluginRuntime {
             .total_core_instances(config.max_concurrent_evaluations * 8)
             .total_memories(config.max_concurrent_evaluations * 2)
             .total_tables(config.max_concurrent_evaluations * 8)
-            .max_memory_size(config.max_memory_bytes);
+            .max_memory_size(config.max_memory_bytes)
+            // Returning a slot's memory to the kernel after every call was ~40% of a
+            // small evaluation; keep the first pages resident and reset them in place,
+            // using the kernel's dirty-page scan where it exists (Linux 6.7+).
+            .linear_memory_keep_resident(LINEAR_MEMORY_KEEP_RESIDENT)
+            .table_keep_resident(TABLE_KEEP_RESIDENT)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)

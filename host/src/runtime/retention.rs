@@ -1,6 +1,6 @@
 //! Retention plugins: encode a [`TagList`] columnar, call, validate the answer.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::bindings::retention::exports::tagwarden::policy::retention as wire;
 use super::bindings::retention::tagwarden::policy::types::StringTable;
@@ -73,8 +73,9 @@ impl RetentionPlugin {
 /// interned into tables.
 fn encode(list: &TagList, now: Timestamp) -> wire::Evaluation {
     let tags = list.tags();
-    let mut digests = Interner::default();
-    let mut media_types = Interner::default();
+    // Registries give nearly every tag its own digest: size the digest table for that.
+    let mut digests = Interner::with_capacity(tags.len() + list.untagged.len(), 71);
+    let mut media_types = Interner::with_capacity(4, 48);
     let mut names = TableBuilder::with_capacity(tags.len(), tags.iter().map(|t| t.name.len()).sum());
     let mut columns = wire::TagColumns {
         names: StringTable { data: String::new(), ends: Vec::new() },
@@ -133,23 +134,30 @@ impl TableBuilder {
     }
 }
 
-#[derive(Default)]
+/// Unique strings in first-seen order. FxHash: interning 100k digests with the std
+/// SipHash map was most of the encoding time (docs/benchmarks.md).
 struct Interner<'a> {
-    index: HashMap<&'a str, u32>,
-    table: Option<TableBuilder>,
+    index: FxHashMap<&'a str, u32>,
+    table: TableBuilder,
 }
 
 impl<'a> Interner<'a> {
+    fn with_capacity(count: usize, typical_len: usize) -> Self {
+        let mut index = FxHashMap::default();
+        index.reserve(count);
+        Interner { index, table: TableBuilder::with_capacity(count, count * typical_len) }
+    }
+
     fn intern(&mut self, s: &'a str) -> u32 {
         let next = self.index.len() as u32;
         *self.index.entry(s).or_insert_with(|| {
-            self.table.get_or_insert_with(|| TableBuilder::with_capacity(16, 16 * 71)).push(s);
+            self.table.push(s);
             next
         })
     }
 
     fn finish(self) -> StringTable {
-        self.table.map_or(StringTable { data: String::new(), ends: Vec::new() }, TableBuilder::finish)
+        self.table.finish()
     }
 }
 
