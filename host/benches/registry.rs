@@ -12,10 +12,13 @@
 //! images, one tag each, unique digests, `created` set), because distribution's delete
 //! time grows with the number of tags left in the repository. Scenarios:
 //!
-//! - `curl`: the ceiling. The digests (known from seeding, not timed) are deleted with
+//! - `curl`: the ceiling. The digests are resolved first, untimed, by the same
+//!   `RegistryClient::tag_list` a pass starts with (so the registry has served the same reads
+//!   before its deletes as in a pass), then deleted with
 //!   `curl --parallel --parallel-immediate --parallel-max C -X DELETE -K <file>`, one
 //!   `url = .../v2/<repo>/manifests/<digest>` per digest, in the order the pass uses (by
-//!   digest). Timed: the curl process, wall clock.
+//!   digest). Timed: the curl process, wall clock. (`curl-unlisted`, `curl-1-unlisted`: the
+//!   same without that listing, digests from seeding; run only when named in the filter.)
 //! - `pass`: `pass::run_repository` with the `hostile-retention` plugin in mode `"delete"`
 //!   (every tag deleted), deletion concurrency C, a fresh on-disk store (so its listing
 //!   runs with a cold metadata cache). The deletion phase is timed from the end of the
@@ -30,18 +33,28 @@
 //!
 //! Per-request latencies of the pass's DELETEs come from the transport's `registry
 //! request` debug events (captured by a tracing layer for that one target; set
-//! `TAGWARDEN_BENCH_LATENCIES=0` to run without it); curl's from `-w %{time_total}`.
+//! `TAGWARDEN_BENCH_LATENCIES=0` to run without it); curl's from `-w %{time_total}`. The
+//! transport logs whole milliseconds, truncated, so the pass's latencies (and its "in
+//! flight") read ~0.5 ms low on average: ~3 % at concurrency 1, where a delete takes ~17 ms.
 //! "In flight" is the sum of request latencies divided by the phase's wall time: the
-//! average number of deletes the registry was working on. CPU figures come from
-//! `/proc`: the bench process (the pass's client), curl, and the registry process.
+//! average number of deletes the registry was working on. CPU figures come from `/proc`:
+//! the bench process (the pass's client) or curl, the registry process (and the cores it kept
+//! busy: its CPU time ÷ the phase's wall time), and everything else on the machine.
 //!
 //! Options (environment):
 //! - `TAGWARDEN_BENCH_TAGS` (default 2000; 200 in quick mode), `TAGWARDEN_BENCH_CONCURRENCY`
-//!   (default 8), `TAGWARDEN_BENCH_ROUNDS` (default 1: each deletion scenario once; with
-//!   more, odd rounds run the scenarios in reverse order);
-//! - `TAGWARDEN_BENCH_QUICK=1`: smoke run (200 tags, one metadata repetition);
+//!   (default 8), `TAGWARDEN_BENCH_ROUNDS` (default 3: each deletion scenario three times,
+//!   every other round in reverse order, so that slow drift in the machine's speed favours
+//!   no scenario; each ratio is computed per round, from runs minutes apart, and the median
+//!   over the rounds is reported);
+//! - `TAGWARDEN_BENCH_RETRIES` (default 2; 0 in quick mode): extra attempts at a run during
+//!   which other processes used more than 10 % of a core (the machine is shared; the
+//!   "other processes" column is `/proc/stat` busy time minus the client and the registry);
+//!   such runs are marked ⚠ and left out of the ratios;
+//! - `TAGWARDEN_BENCH_QUICK=1`: smoke run (200 tags, one round, one metadata repetition);
 //! - a filter argument or `TAGWARDEN_BENCH_FILTER`: comma-separated scenarios among
-//!   `curl`, `pass`, `pass-1`, `curl-1`, `metadata`
+//!   `curl`, `pass`, `pass-1`, `curl-1`, `metadata` (the default set), `curl-unlisted`,
+//!   `curl-1-unlisted`
 //!   (`cargo bench -p tagwarden --bench registry -- curl,pass`).
 //!
 //! The output ends with markdown tables ready to paste into docs/benchmarks.md.
@@ -65,7 +78,9 @@ const REPO: &str = "bench/app";
 const CURL: &str = "/usr/bin/curl";
 /// 2024-01-01T00:00:00Z; image `i` was created `i` minutes later.
 const CREATED_BASE_MICROS: i64 = 1_704_067_200 * 1_000_000;
-const SCENARIOS: [&str; 5] = ["curl", "pass", "pass-1", "curl-1", "metadata"];
+const SCENARIOS: [&str; 7] = ["curl", "pass", "pass-1", "curl-1", "metadata", "curl-unlisted", "curl-1-unlisted"];
+/// Run unless a filter names scenarios.
+const DEFAULT_SCENARIOS: [&str; 5] = ["curl", "pass", "pass-1", "curl-1", "metadata"];
 
 fn main() -> anyhow::Result<()> {
     let options = Options::from_env()?;
@@ -96,29 +111,59 @@ async fn run(options: &Options, machine: &Machine) -> anyhow::Result<()> {
     let mut seeds: Vec<Duration> = Vec::new();
     let c = options.concurrency;
     for round in 0..options.rounds {
-        let mut order: Vec<&str> = ["curl", "pass", "pass-1", "curl-1"].into_iter().filter(|s| options.wants(s)).collect();
+        let mut order: Vec<&str> =
+            ["curl", "pass", "pass-1", "curl-1", "curl-unlisted", "curl-1-unlisted"].into_iter().filter(|s| options.wants(s)).collect();
         if round % 2 == 1 {
             order.reverse();
         }
         for scenario in order {
-            let seeded = Seeded::new(options.tags).await?;
-            seeds.push(seeded.seed_time);
-            let run = match scenario {
-                "curl" => curl_deletes(&seeded, Some(c)).await?,
-                "curl-1" => curl_deletes(&seeded, None).await?,
-                "pass" => pass_deletes(&seeded, &policy, c, c).await?,
-                "pass-1" => pass_deletes(&seeded, &policy, c, 1).await?,
-                _ => unreachable!(),
-            };
-            let left = seeded.registry.client().tags(REPO).await?;
-            ensure!(left.is_empty(), "{scenario}: {} tags left after deleting everything", left.len());
-            eprintln!("  {}", run.summary());
-            runs.push(run);
+            for attempt in 0.. {
+                let seeded = Seeded::new(options.tags).await?;
+                seeds.push(seeded.seed_time);
+                let mut run = match scenario {
+                    "curl" => curl_deletes(&seeded, Some(c), true).await?,
+                    "curl-1" => curl_deletes(&seeded, None, true).await?,
+                    "curl-unlisted" => curl_deletes(&seeded, Some(c), false).await?,
+                    "curl-1-unlisted" => curl_deletes(&seeded, None, false).await?,
+                    "pass" => pass_deletes(&seeded, &policy, c, c).await?,
+                    "pass-1" => pass_deletes(&seeded, &policy, c, 1).await?,
+                    _ => unreachable!(),
+                };
+                let left = seeded.registry.client().tags(REPO).await?;
+                ensure!(left.is_empty(), "{scenario}: {} tags left after deleting everything", left.len());
+                drop(seeded);
+                run.round = round;
+                eprintln!("  {}", run.summary());
+                let disturbed = run.disturbed();
+                runs.push(run);
+                if !disturbed || attempt >= options.retries {
+                    break;
+                }
+                eprintln!("  other processes used more than {:.0} % of a core during that run: repeating it", BUSY_SHARE * 100.0);
+                wait_for_quiet().await;
+            }
         }
     }
     let metadata = if options.wants("metadata") { Some(metadata(options).await?) } else { None };
     print_report(options, machine, &runs, &seeds, metadata.as_ref());
     Ok(())
+}
+
+/// A run is disturbed when other processes (builds, tests) used more than this share of one
+/// core during its deletion phase; disturbed runs are repeated and left out of the ratios.
+const BUSY_SHARE: f64 = 0.10;
+
+/// Waits (up to 5 minutes) until other processes use less than [`BUSY_SHARE`] of a core over 5 s.
+async fn wait_for_quiet() {
+    for _ in 0..60 {
+        let before = machine_cpu().0;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let share = (machine_cpu().0 - before) / 5.0;
+        if share < BUSY_SHARE {
+            return;
+        }
+        eprintln!("  waiting for a quiet machine: {:.0} % of a core busy", share * 100.0);
+    }
 }
 
 /// A fresh registry holding `n` single-tag images with unique digests.
@@ -148,15 +193,18 @@ impl Seeded {
 /// One deletion scenario's measurements.
 struct DeleteRun {
     scenario: String,
+    /// 0-based round.
+    round: usize,
     concurrency: usize,
     deletes: usize,
     /// The deletion phase, wall clock.
     wall: Duration,
     /// Per-delete request latencies (ms, as measured by the client).
     latencies_ms: Vec<f64>,
-    /// CPU seconds in the phase: the client (bench process or curl), the registry.
-    client_cpu: f64,
-    registry_cpu: f64,
+    /// CPU seconds in the phase.
+    cpu: CpuUse,
+    /// curl only: TCP connections opened (`%{num_connects}` summed).
+    connections: Option<usize>,
     /// Pass only.
     pass: Option<PassDetail>,
 }
@@ -176,12 +224,24 @@ struct PassDetail {
 }
 
 impl DeleteRun {
+    fn disturbed(&self) -> bool {
+        self.cpu.others / self.wall.as_secs_f64() > BUSY_SHARE
+    }
+
     fn rate(&self) -> f64 {
         self.deletes as f64 / self.wall.as_secs_f64()
     }
 
     fn mean_latency_ms(&self) -> Option<f64> {
         (!self.latencies_ms.is_empty()).then(|| self.latencies_ms.iter().sum::<f64>() / self.latencies_ms.len() as f64)
+    }
+
+    /// Mean latency of the first and the last tenth of the deletes (in completion order): how
+    /// delete time changes as the repository empties.
+    fn first_last_tenth_ms(&self) -> Option<(f64, f64)> {
+        let n = self.latencies_ms.len() / 10;
+        let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+        (n > 0).then(|| (mean(&self.latencies_ms[..n]), mean(&self.latencies_ms[self.latencies_ms.len() - n..])))
     }
 
     fn in_flight(&self) -> Option<f64> {
@@ -200,7 +260,14 @@ impl DeleteRun {
         if let (Some(mean), Some(flight)) = (self.mean_latency_ms(), self.in_flight()) {
             let _ = write!(s, ", mean latency {mean:.1} ms, {flight:.2} in flight");
         }
-        let _ = write!(s, ", CPU client {:.2} s registry {:.2} s", self.client_cpu, self.registry_cpu);
+        if let Some((first, last)) = self.first_last_tenth_ms() {
+            let _ = write!(s, " (first tenth {first:.1} ms, last tenth {last:.1} ms)");
+        }
+        let c = &self.cpu;
+        let _ = write!(s, ", CPU client {:.2} s registry {:.2} s others {:.2} s steal {:.2} s", c.client, c.registry, c.others, c.steal);
+        if let Some(n) = self.connections {
+            let _ = write!(s, ", {n} connections opened");
+        }
         if let Some(p) = &self.pass {
             let _ = write!(
                 s,
@@ -218,17 +285,32 @@ impl DeleteRun {
 }
 
 /// The ceiling: the same deletes sent by curl, `Some(c)` in parallel or `None` one at a time.
-async fn curl_deletes(seeded: &Seeded, parallel: Option<usize>) -> anyhow::Result<DeleteRun> {
+///
+/// With `listed`, the digests come from the same (untimed) `tag_list` a pass starts with, so the
+/// registry has served the same reads before the deletes as in a pass.
+async fn curl_deletes(seeded: &Seeded, parallel: Option<usize>, listed: bool) -> anyhow::Result<DeleteRun> {
     let dir = tempfile::tempdir()?;
+    let mut digests: Vec<String> = seeded.images.iter().map(|(_, d)| d.clone()).collect();
+    if listed {
+        let store = Store::open(&dir.path().join("tagwarden.db"))?;
+        let mut rc = RegistryConfig::new(url::Url::parse(seeded.registry.url())?);
+        rc.concurrency = parallel.unwrap_or(1).max(8);
+        let client = RegistryClient::new(rc, Some(store.metadata_cache()))?;
+        let list = client.tag_list(REPO, &|_, _| {}).await?.context("repository not found")?;
+        let mut listed: Vec<String> = list.tags().iter().map(|t| t.digest.as_str().to_owned()).collect();
+        listed.sort();
+        ensure!(listed == digests, "the listing's digests differ from the seeded ones");
+        digests = listed;
+    }
     let config = dir.path().join("deletes.curl");
     let mut text = String::new();
-    for (_, digest) in &seeded.images {
+    for digest in &digests {
         let _ = writeln!(text, "url = \"{}/v2/{REPO}/manifests/{digest}\"\noutput = \"/dev/null\"", seeded.registry.url());
     }
     std::fs::write(&config, text)?;
     let mut cmd = Command::new(CURL);
     cmd.args(["--silent", "--show-error", "--no-progress-meter", "-X", "DELETE", "-H"]).arg(format!("Accept: {ACCEPT_ALL_MANIFESTS}"));
-    cmd.args(["-w", "%{http_code} %{time_total}\\n"]);
+    cmd.args(["-w", "%{http_code} %{time_total} %{num_connects}\\n"]);
     if let Some(c) = parallel {
         cmd.args(["--parallel", "--parallel-immediate", "--parallel-max"]).arg(c.to_string());
     }
@@ -243,10 +325,15 @@ async fn curl_deletes(seeded: &Seeded, parallel: Option<usize>) -> anyhow::Resul
     let stdout = String::from_utf8(out.stdout)?;
     let mut codes: BTreeMap<String, usize> = BTreeMap::new();
     let mut latencies_ms = Vec::new();
+    let mut connections = 0;
     for line in stdout.lines() {
-        let (code, total) = line.split_once(' ').context("curl -w output")?;
+        let mut fields = line.split(' ');
+        let (Some(code), Some(total), Some(connects)) = (fields.next(), fields.next(), fields.next()) else {
+            bail!("unexpected curl -w output {line:?}");
+        };
         *codes.entry(code.to_owned()).or_default() += 1;
         latencies_ms.push(total.parse::<f64>()? * 1000.0);
+        connections += connects.parse::<usize>()?;
     }
     ensure!(
         codes.get("202") == Some(&seeded.images.len()) && codes.len() == 1,
@@ -254,13 +341,19 @@ async fn curl_deletes(seeded: &Seeded, parallel: Option<usize>) -> anyhow::Resul
         seeded.images.len()
     );
     Ok(DeleteRun {
-        scenario: if parallel.is_some() { "curl --parallel".into() } else { "curl, one at a time".into() },
+        round: 0,
+        scenario: match (parallel.is_some(), listed) {
+            (true, true) => "curl --parallel".into(),
+            (false, true) => "curl, one at a time".into(),
+            (true, false) => "curl --parallel, no listing first".into(),
+            (false, false) => "curl, one at a time, no listing first".into(),
+        },
         concurrency: parallel.unwrap_or(1),
         deletes: seeded.images.len(),
         wall,
         latencies_ms,
-        client_cpu: after.children - before.children,
-        registry_cpu: after.registry - before.registry,
+        cpu: before.until(&after),
+        connections: Some(connections),
         pass: None,
     })
 }
@@ -344,13 +437,14 @@ async fn pass_deletes(seeded: &Seeded, policy: &Policy, client_concurrency: usiz
     let latencies_ms: Vec<f64> =
         samples.iter().filter(|s| s.method == "DELETE" && s.at >= evaluating && s.at <= last).map(|s| s.elapsed_ms as f64).collect();
     Ok(DeleteRun {
+        round: 0,
         scenario: "tagwarden pass".into(),
         concurrency: delete_concurrency,
         deletes: n,
         wall,
         latencies_ms,
-        client_cpu: cpu_last.own - cpu_eval.own,
-        registry_cpu: cpu_last.registry - cpu_eval.registry,
+        cpu: cpu_eval.until(&cpu_last),
+        connections: None,
         pass: Some(PassDetail {
             listing: evaluating - started,
             evaluation,
@@ -364,8 +458,8 @@ async fn pass_deletes(seeded: &Seeded, policy: &Policy, client_concurrency: usiz
 }
 
 struct MetadataRun {
-    cold: Vec<(Duration, RequestStats)>,
-    warm: Vec<(Duration, RequestStats)>,
+    cold: Vec<(Duration, RequestStats, CpuUse)>,
+    warm: Vec<(Duration, RequestStats, CpuUse)>,
     tags: usize,
 }
 
@@ -378,13 +472,16 @@ async fn metadata(options: &Options) -> anyhow::Result<MetadataRun> {
         rc.concurrency = options.concurrency;
         RegistryClient::new(rc, Some(store.metadata_cache()))
     };
+    let pid = seeded.registry.pid();
     let list = |client: RegistryClient| async move {
+        let cpu = Cpu::now(pid);
         let started = Instant::now();
         let list = client.tag_list(REPO, &|_, _| {}).await?.context("repository not found")?;
         let elapsed = started.elapsed();
+        let cpu = cpu.until(&Cpu::now(pid));
         ensure!(list.tags().len() == options.tags, "listed {} tags of {}", list.tags().len(), options.tags);
         ensure!(list.tags().iter().all(|t| t.created_at.is_some()), "a tag without a creation time");
-        Ok::<_, anyhow::Error>((elapsed, client.stats()))
+        Ok::<_, anyhow::Error>((elapsed, client.stats(), cpu))
     };
     let mut run = MetadataRun { cold: vec![], warm: vec![], tags: options.tags };
     for _ in 0..options.metadata_repetitions {
@@ -434,51 +531,83 @@ fn print_report(options: &Options, machine: &Machine, runs: &[DeleteRun], seeds:
         println!("### Deleting {} of {} tags (one manifest each)", options.tags, options.tags);
         println!();
         println!(
-            "| run | concurrency | deletion phase | deletes/s | mean DELETE latency | in flight | CPU: client | CPU: registry | listing (cold cache) | evaluation |"
+            "| run | concurrency | deletion phase | deletes/s | DELETE latency: mean (first → last tenth) | in flight | CPU: client | CPU: registry (cores busy) | CPU: other processes | listing (cold cache) | evaluation |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in runs {
             let (listing, eval) = r.pass.as_ref().map_or(("–".to_owned(), "–".to_owned()), |p| {
                 (format!("{:.2} s", p.listing.as_secs_f64()), format!("{:.1} ms", ms(p.evaluation)))
             });
             println!(
-                "| {} | {} | {:.2} s | {:.1} | {} | {} | {:.2} s | {:.2} s | {listing} | {eval} |",
-                r.scenario,
+                "| {} | {} | {:.2} s | {:.1} | {} | {} | {:.2} s | {:.2} s ({:.2}) | {:.2} s | {listing} | {eval} |",
+                if r.disturbed() { format!("{} ⚠", r.scenario) } else { r.scenario.clone() },
                 r.concurrency,
                 r.wall.as_secs_f64(),
                 r.rate(),
-                r.mean_latency_ms().map_or("–".into(), |m| format!("{m:.1} ms")),
+                match (r.mean_latency_ms(), r.first_last_tenth_ms()) {
+                    (Some(m), Some((a, b))) => format!("{m:.1} ms ({a:.0} → {b:.0})"),
+                    (Some(m), None) => format!("{m:.1} ms"),
+                    _ => "–".into(),
+                },
                 r.in_flight().map_or("–".into(), |f| format!("{f:.2}")),
-                r.client_cpu,
-                r.registry_cpu,
+                r.cpu.client,
+                r.cpu.registry,
+                r.cpu.registry / r.wall.as_secs_f64(),
+                r.cpu.others.max(0.0),
             );
         }
-        let median_rate = |scenario: &str, conc: usize| {
-            let mut rates: Vec<f64> =
-                runs.iter().filter(|r| r.scenario == scenario && r.concurrency == conc).map(DeleteRun::rate).collect();
-            rates.sort_by(f64::total_cmp);
-            (!rates.is_empty()).then(|| rates[rates.len() / 2])
-        };
-        let curl_c = median_rate("curl --parallel", c);
-        let curl_1 = median_rate("curl, one at a time", 1);
-        let pass_c = median_rate("tagwarden pass", c);
-        let pass_1 = median_rate("tagwarden pass", 1);
-        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map_or("–".to_owned(), |(a, b)| format!("{:.2}", a / b));
-        println!();
-        let rounds = if options.rounds > 1 { format!(" (medians of {} rounds)", options.rounds) } else { String::new() };
-        println!("| ratio{rounds} | value |");
-        println!("|---|---:|");
-        println!("| pass ÷ curl ceiling, concurrency {c} (target ≥ 0.8) | {} |", ratio(pass_c, curl_c));
-        println!("| pass ÷ curl, one at a time | {} |", ratio(pass_1, curl_1));
-        println!("| pass speedup, concurrency {c} vs 1 | {}× |", ratio(pass_c, pass_1));
-        println!("| curl speedup, concurrency {c} vs 1 | {}× |", ratio(curl_c, curl_1));
-        for r in runs.iter().filter(|r| r.pass.is_some()) {
-            let p = r.pass.as_ref().unwrap();
+        if runs.iter().any(DeleteRun::disturbed) {
             println!();
             println!(
-                "Pass at concurrency {}: `Evaluating` to last delete {:.2} s (of which evaluation {:.1} ms, the first delete, sent alone, {:.1} ms); \
-                 whole pass (report `elapsed_ms`) {:.2} s; {} DELETE requests, {} retries.",
+                "⚠ disturbed: other processes used more than {:.0} % of a core during the deletion phase; repeated, and not used in the ratios \
+                 (unless a scenario has no undisturbed run in that round).",
+                BUSY_SHARE * 100.0
+            );
+        }
+        // The run standing for a scenario in a round: its last undisturbed attempt, else its last.
+        let pick = |round: usize, (scenario, conc): (&str, usize)| {
+            let all: Vec<&DeleteRun> =
+                runs.iter().filter(|r| r.round == round && r.scenario == scenario && r.concurrency == conc).collect();
+            all.iter().rev().find(|r| !r.disturbed()).or(all.last()).copied()
+        };
+        let (pass_c, pass_1) = (("tagwarden pass", c), ("tagwarden pass", 1));
+        let (curl_c, curl_1) = (("curl --parallel", c), ("curl, one at a time", 1));
+        let rate = DeleteRun::rate as fn(&DeleteRun) -> f64;
+        let registry_cores = (|r: &DeleteRun| r.cpu.registry / r.wall.as_secs_f64()) as fn(&DeleteRun) -> f64;
+        let rows = [
+            (format!("pass ÷ curl ceiling, deletes/s at concurrency {c} (target ≥ 0.8)"), pass_c, curl_c, rate, ""),
+            (format!("pass ÷ curl, registry CPU use (cores busy) at concurrency {c}"), pass_c, curl_c, registry_cores, ""),
+            ("pass ÷ curl, deletes/s one at a time".to_owned(), pass_1, curl_1, rate, ""),
+            (format!("pass speedup, concurrency {c} vs 1"), pass_c, pass_1, rate, "×"),
+            (format!("curl speedup, concurrency {c} vs 1"), curl_c, curl_1, rate, "×"),
+        ];
+        println!();
+        let rounds: Vec<usize> = (0..options.rounds).collect();
+        let header: String = rounds.iter().map(|r| format!(" round {} |", r + 1)).collect();
+        println!("| ratio (each round's runs paired) |{header} median |");
+        println!("|---|{}---:|", "---:|".repeat(rounds.len()));
+        for (label, a, b, metric, unit) in &rows {
+            let values: Vec<Option<f64>> =
+                rounds.iter().map(|&round| pick(round, *a).zip(pick(round, *b)).map(|(a, b)| metric(a) / metric(b))).collect();
+            if values.iter().all(Option::is_none) {
+                continue;
+            }
+            let cells: String = values.iter().map(|v| v.map_or(" – |".to_owned(), |v| format!(" {v:.2}{unit} |"))).collect();
+            let median = median(values.iter().flatten().copied().collect()).map_or("–".to_owned(), |m| format!("{m:.2}{unit}"));
+            println!("| {label} |{cells} **{median}** |");
+        }
+        println!();
+        println!(
+            "| pass run | round | `Evaluating` → last delete | of which evaluation | first delete (sent alone) | whole pass (`elapsed_ms`) | DELETE requests | retries |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for r in runs.iter().filter(|r| r.pass.is_some()) {
+            let p = r.pass.as_ref().unwrap();
+            println!(
+                "| concurrency {}{} | {} | {:.2} s | {:.1} ms | {:.1} ms | {:.2} s | {} | {} |",
                 r.concurrency,
+                if r.disturbed() { " ⚠" } else { "" },
+                r.round + 1,
                 p.evaluating_to_last.as_secs_f64(),
                 ms(p.evaluation),
                 ms(p.first_delete),
@@ -492,29 +621,43 @@ fn print_report(options: &Options, machine: &Machine, runs: &[DeleteRun], seeds:
         println!();
         println!("### Tag-list metadata, {} tags (`RegistryClient::tag_list`, concurrency {c})", m.tags);
         println!();
-        println!("| cache | median | min | per tag | requests | of which |");
-        println!("|---|---:|---:|---:|---:|---|");
+        println!("| cache | median | min | per tag | requests | of which | CPU: client | CPU: registry | CPU: other processes (max) |");
+        println!("|---|---:|---:|---:|---:|---|---:|---:|---:|");
         for (label, samples) in [("cold (fresh store)", &m.cold), ("warm (same store, new client)", &m.warm)] {
             let mut times: Vec<Duration> = samples.iter().map(|s| s.0).collect();
             times.sort();
-            let median = times[times.len() / 2];
+            let mid = times[times.len() / 2];
             let stats = samples[0].1;
             ensure_same(samples);
+            let cpu = |f: fn(&CpuUse) -> f64| median(samples.iter().map(|s| f(&s.2)).collect()).unwrap_or(0.0);
+            let others = samples.iter().map(|s| s.2.others).fold(0.0, f64::max);
             println!(
-                "| {label} | {:.3} s | {:.3} s | {:.2} ms | {} | {} |",
-                median.as_secs_f64(),
+                "| {label} | {:.3} s | {:.3} s | {:.2} ms | {} | {} | {:.2} s | {:.2} s | {:.2} s |",
+                mid.as_secs_f64(),
                 times[0].as_secs_f64(),
-                ms(median) / m.tags as f64,
+                ms(mid) / m.tags as f64,
                 stats.total(),
-                describe(&stats)
+                describe(&stats),
+                cpu(|c| c.client),
+                cpu(|c| c.registry),
+                others
             );
         }
         println!();
-        println!("{} repetition(s); each cold listing uses a fresh on-disk store.", m.cold.len());
+        println!(
+            "{} repetitions, cold and warm alternating; each cold listing uses a fresh on-disk store; CPU figures are medians.",
+            m.cold.len()
+        );
     }
 }
 
-fn ensure_same(samples: &[(Duration, RequestStats)]) {
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    (n > 0).then(|| if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 })
+}
+
+fn ensure_same(samples: &[(Duration, RequestStats, CpuUse)]) {
     if samples.windows(2).any(|w| w[0].1 != w[1].1) {
         eprintln!("warning: request counts differ between repetitions: {:?}", samples.iter().map(|s| s.1).collect::<Vec<_>>());
     }
@@ -540,6 +683,8 @@ struct Options {
     tags: usize,
     concurrency: usize,
     rounds: usize,
+    /// Extra attempts at a disturbed run.
+    retries: usize,
     quick: bool,
     latencies: bool,
     metadata_repetitions: usize,
@@ -559,7 +704,7 @@ impl Options {
         let filter = std::env::args().skip(1).find(|a| !a.starts_with('-')).or_else(|| var("TAGWARDEN_BENCH_FILTER"));
         let scenarios: Vec<String> = match filter {
             Some(f) => f.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
-            None => SCENARIOS.iter().map(|s| s.to_string()).collect(),
+            None => DEFAULT_SCENARIOS.iter().map(|s| s.to_string()).collect(),
         };
         if let Some(bad) = scenarios.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
             bail!("unknown scenario `{bad}`; expected some of {}", SCENARIOS.join(","));
@@ -567,10 +712,20 @@ impl Options {
         Ok(Options {
             tags: number("TAGWARDEN_BENCH_TAGS", if quick { 200 } else { 2000 })?,
             concurrency: number("TAGWARDEN_BENCH_CONCURRENCY", 8)?,
-            rounds: number("TAGWARDEN_BENCH_ROUNDS", 1)?,
+            rounds: number("TAGWARDEN_BENCH_ROUNDS", if quick { 1 } else { 3 })?,
+            retries: match var("TAGWARDEN_BENCH_RETRIES") {
+                Some(v) => v.parse().with_context(|| format!("TAGWARDEN_BENCH_RETRIES={v}: expected a number"))?,
+                None => {
+                    if quick {
+                        0
+                    } else {
+                        2
+                    }
+                }
+            },
             quick,
             latencies: var("TAGWARDEN_BENCH_LATENCIES").is_none_or(|v| v != "0"),
-            metadata_repetitions: if quick { 1 } else { 3 },
+            metadata_repetitions: if quick { 1 } else { 5 },
             scenarios,
         })
     }
@@ -591,31 +746,71 @@ impl Options {
         if self.concurrency != 8 {
             let _ = write!(env, "TAGWARDEN_BENCH_CONCURRENCY={} ", self.concurrency);
         }
-        if self.rounds != 1 {
+        if self.rounds != if self.quick { 1 } else { 3 } {
             let _ = write!(env, "TAGWARDEN_BENCH_ROUNDS={} ", self.rounds);
+        }
+        if self.retries != if self.quick { 0 } else { 2 } {
+            let _ = write!(env, "TAGWARDEN_BENCH_RETRIES={} ", self.retries);
         }
         if !self.latencies {
             env.push_str("TAGWARDEN_BENCH_LATENCIES=0 ");
         }
-        let filter = if self.scenarios.len() == SCENARIOS.len() { String::new() } else { format!(" -- {}", self.scenarios.join(",")) };
+        let filter = if self.scenarios == DEFAULT_SCENARIOS { String::new() } else { format!(" -- {}", self.scenarios.join(",")) };
         format!("cargo xtask build-plugins && {env}cargo bench -p tagwarden --bench registry{filter}")
     }
 }
 
-/// CPU seconds used so far: this process, its waited-for children, the registry process.
+/// CPU seconds used so far: this process, its waited-for children, the registry process, and
+/// the whole machine (busy and stolen by the hypervisor, from `/proc/stat`).
 #[derive(Clone, Copy)]
 struct Cpu {
     own: f64,
     children: f64,
     registry: f64,
+    machine_busy: f64,
+    steal: f64,
 }
 
 impl Cpu {
     fn now(registry_pid: u32) -> Cpu {
         let own = proc_stat("self");
         let registry = proc_stat(&registry_pid.to_string());
-        Cpu { own: own.0, children: own.1, registry: registry.0 + registry.1 }
+        let (machine_busy, steal) = machine_cpu();
+        Cpu { own: own.0, children: own.1, registry: registry.0 + registry.1, machine_busy, steal }
     }
+
+    /// CPU seconds from `self` to `later`.
+    fn until(&self, later: &Cpu) -> CpuUse {
+        let client = (later.own - self.own) + (later.children - self.children);
+        let registry = later.registry - self.registry;
+        let busy = later.machine_busy - self.machine_busy;
+        CpuUse { client, registry, others: busy - client - registry, steal: later.steal - self.steal }
+    }
+}
+
+/// CPU seconds used during a phase.
+#[derive(Clone, Copy, Debug)]
+struct CpuUse {
+    /// The bench process (the pass's client) and curl.
+    client: f64,
+    registry: f64,
+    /// Everything else on the machine: other engineers' builds and tests (machine busy time
+    /// minus the two above; slightly negative when the counters' rounding disagrees).
+    others: f64,
+    /// Time the hypervisor gave to other guests.
+    steal: f64,
+}
+
+/// `(user + nice + system + irq + softirq, steal)` of the machine, in seconds.
+fn machine_cpu() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else { return (0.0, 0.0) };
+    let f: Vec<f64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0.0)).collect();
+    if f.len() < 8 {
+        return (0.0, 0.0);
+    }
+    let tick = clock_ticks();
+    ((f[0] + f[1] + f[2] + f[5] + f[6]) / tick, f[7] / tick)
 }
 
 /// `(utime + stime, cutime + cstime)` of `/proc/<pid>/stat`, in seconds.

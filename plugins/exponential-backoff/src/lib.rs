@@ -7,21 +7,11 @@
 //! and give up at once on errors that retrying cannot fix. See README.md.
 
 use tagwarden_plugin_sdk::params::{self, Params};
-use tagwarden_plugin_sdk::{
-    BackoffDecision, BackoffStrategy, Duration, ErrorClass, Failure, SeededRng, export_backoff,
-};
+use tagwarden_plugin_sdk::{BackoffDecision, BackoffStrategy, Duration, ErrorClass, Failure, SeededRng, export_backoff};
 
 /// Every param this plugin accepts.
-const KNOWN_PARAMS: &[&str] = &[
-    "initial_delay",
-    "factor",
-    "cap",
-    "max_attempts",
-    "jitter",
-    "honor_retry_after",
-    "give_up_on_permanent",
-    "give_up_on_unauthorized",
-];
+const KNOWN_PARAMS: &[&str] =
+    &["initial_delay", "factor", "cap", "max_attempts", "jitter", "honor_retry_after", "give_up_on_permanent", "give_up_on_unauthorized"];
 
 /// The examples in the error for a malformed duration param.
 const DURATION_EXAMPLES: &str = r#""500ms", "30s", "1m", "2h", "1h 30m" or "1d""#;
@@ -62,11 +52,7 @@ impl BackoffStrategy for ExponentialBackoff {
         if let Some(cap) = cap
             && cap < initial_delay
         {
-            return Err(params::expected(
-                "cap",
-                "a duration of at least initial_delay",
-                params.get("cap").unwrap_or_default(),
-            ));
+            return Err(params::expected("cap", "a duration of at least initial_delay", params.get("cap").unwrap_or_default()));
         }
         let jitter = match params.choice("jitter", &["none", "full", "equal"], "none")? {
             "full" => Jitter::Full,
@@ -90,16 +76,10 @@ impl BackoffStrategy for ExponentialBackoff {
             return BackoffDecision::GiveUp(with_error("permanent error, not retried", failure));
         }
         if self.give_up_on_unauthorized && failure.class == ErrorClass::Unauthorized {
-            return BackoffDecision::GiveUp(with_error(
-                "unauthorized, not retried (give_up_on_unauthorized)",
-                failure,
-            ));
+            return BackoffDecision::GiveUp(with_error("unauthorized, not retried (give_up_on_unauthorized)", failure));
         }
         if failure.attempt >= self.max_attempts {
-            let summary = format!(
-                "failed {} times, max_attempts is {}",
-                failure.attempt, self.max_attempts
-            );
+            let summary = format!("failed {} times, max_attempts is {}", failure.attempt, self.max_attempts);
             return BackoffDecision::GiveUp(with_error(&summary, failure));
         }
         let delay = self.jittered(self.delay(failure.attempt), failure);
@@ -120,19 +100,13 @@ impl ExponentialBackoff {
         let limit = self.cap.unwrap_or(MAX_DELAY);
         let exponent = f64::from(attempt.saturating_sub(1));
         let micros = self.initial_delay.as_micros() as f64 * self.factor.powf(exponent);
-        if micros < limit.as_micros() as f64 {
-            Duration::from_micros(micros as u64)
-        } else {
-            limit
-        }
+        if micros < limit.as_micros() as f64 { Duration::from_micros(micros as u64) } else { limit }
     }
 
     /// Randomises `delay` with a generator seeded by the failure's seed and attempt: the
     /// same failure always gets the same delay, and successive attempts differ.
     fn jittered(&self, delay: Duration, failure: &Failure) -> Duration {
-        let mut rng = SeededRng::new(
-            failure.seed ^ u64::from(failure.attempt).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
+        let mut rng = SeededRng::new(failure.seed ^ u64::from(failure.attempt).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
         let jittered = match self.jitter {
             Jitter::None => micros,

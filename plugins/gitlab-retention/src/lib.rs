@@ -19,23 +19,13 @@ use std::sync::{Mutex, PoisonError};
 use regex::Regex;
 use serde_json::Value;
 use tagwarden_plugin_sdk::params::{Params, expected};
-use tagwarden_plugin_sdk::{
-    Decisions, Duration, RetentionInput, RetentionPolicy, Tag, Timestamp, Verdict,
-    export_retention, log,
-};
+use tagwarden_plugin_sdk::{Decisions, Duration, RetentionInput, RetentionPolicy, Tag, Timestamp, Verdict, export_retention, log};
 
 use params::{DURATION_EXAMPLES, GitlabParams};
 
 /// Every param this plugin accepts.
-const KNOWN_PARAMS: &[&str] = &[
-    "name_regex_delete",
-    "name_regex",
-    "name_regex_keep",
-    "keep_n",
-    "older_than",
-    "keep_latest",
-    "delete_untagged",
-];
+const KNOWN_PARAMS: &[&str] =
+    &["name_regex_delete", "name_regex", "name_regex_keep", "keep_n", "older_than", "keep_latest", "delete_untagged"];
 
 /// The reasons given to operators. Those that carry a param value are built in `create`.
 mod reason {
@@ -47,8 +37,7 @@ mod reason {
     pub const TIME_UNKNOWN: &str = "older_than: time unknown";
     pub const DELETE: &str = "delete: matched name_regex_delete, not kept by any rule";
     pub const DELETE_ALIAS: &str = "delete: matched name_regex, not kept by any rule";
-    pub const UNTAGGED_NOT_MANAGED: &str =
-        "untagged: not managed by gitlab-retention (delete_untagged is false)";
+    pub const UNTAGGED_NOT_MANAGED: &str = "untagged: not managed by gitlab-retention (delete_untagged is false)";
     pub const DELETE_UNTAGGED: &str = "delete_untagged: untagged manifest";
 }
 
@@ -84,20 +73,13 @@ impl RetentionPolicy for GitlabRetention {
         let delete_primary = regex_param(&params, "name_regex_delete")?;
         let delete_alias = regex_param(&params, "name_regex")?;
         let keep = regex_param(&params, "name_regex_keep")?;
-        let keep_n = params.count("keep_n")?.map(|n| {
-            (
-                usize::try_from(n).unwrap_or(usize::MAX),
-                Verdict::keep(interned(format!("keep_n: among the {n} most recent"))),
-            )
+        let keep_n = params
+            .count("keep_n")?
+            .map(|n| (usize::try_from(n).unwrap_or(usize::MAX), Verdict::keep(interned(format!("keep_n: among the {n} most recent")))));
+        let older_than = params.duration_as_given("older_than")?.map(|(duration, text)| OlderThan {
+            duration,
+            not_old_enough: Verdict::keep(interned(format!("older_than: not older than {text}"))),
         });
-        let older_than = params
-            .duration_as_given("older_than")?
-            .map(|(duration, text)| OlderThan {
-                duration,
-                not_old_enough: Verdict::keep(interned(format!(
-                    "older_than: not older than {text}"
-                ))),
-            });
         let keep_latest = params.bool("keep_latest", true)?;
         let delete_untagged = params.bool("delete_untagged", false)?;
 
@@ -136,10 +118,7 @@ impl RetentionPolicy for GitlabRetention {
 
     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {
         let now = input.now;
-        let age_rule = self
-            .older_than
-            .as_ref()
-            .map(|o| (o, now.saturating_sub(o.duration)));
+        let age_rule = self.older_than.as_ref().map(|o| (o, now.saturating_sub(o.duration)));
 
         // Steps 1 and 2: name rules. Candidates hold tag indices, in input (name) order.
         let mut tags = Vec::with_capacity(input.tags.len());
@@ -163,10 +142,8 @@ impl RetentionPolicy for GitlabRetention {
         // the N greatest (time, index) keys, which are unique, so a selection finds them
         // without sorting everything.
         if let Some((n, kept)) = &self.keep_n {
-            let mut keyed: Vec<(Timestamp, u32)> = candidates
-                .iter()
-                .map(|&i| (tag_time(&input.tags[i as usize]).unwrap_or(now), i))
-                .collect();
+            let mut keyed: Vec<(Timestamp, u32)> =
+                candidates.iter().map(|&i| (tag_time(&input.tags[i as usize]).unwrap_or(now), i)).collect();
             let first_kept = keyed.len().saturating_sub(*n);
             if first_kept > 0 && first_kept < keyed.len() {
                 keyed.select_nth_unstable(first_kept);
@@ -231,14 +208,7 @@ fn regex_param(params: &Params, key: &str) -> Result<Option<Regex>, String> {
         Some(Value::String(pattern)) => pattern,
         Some(other) => return Err(expected(key, "a regex string", other)),
     };
-    Regex::new(&format!(r"\A{pattern}\z"))
-        .map(Some)
-        .map_err(|e| {
-            format!(
-                "{key}: invalid regex: {} (pattern {pattern:?})",
-                one_line(&e)
-            )
-        })
+    Regex::new(&format!(r"\A{pattern}\z")).map(Some).map_err(|e| format!("{key}: invalid regex: {} (pattern {pattern:?})", one_line(&e)))
 }
 
 /// The gist of a regex error on one line: its syntax errors span several lines (the

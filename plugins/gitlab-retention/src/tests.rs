@@ -16,20 +16,12 @@ struct T {
 
 /// A tag created `days` ago.
 fn t(name: &'static str, days: i64) -> T {
-    T {
-        name,
-        created_ago: Some(days * DAY),
-        pushed_ago: None,
-    }
+    T { name, created_ago: Some(days * DAY), pushed_ago: None }
 }
 
 /// A tag with no known time.
 fn nil(name: &'static str) -> T {
-    T {
-        name,
-        created_ago: None,
-        pushed_ago: None,
-    }
+    T { name, created_ago: None, pushed_ago: None }
 }
 
 fn ago(secs: i64) -> Timestamp {
@@ -57,8 +49,7 @@ fn run(params: &str, tags: &[T], untagged: &[UntaggedManifest<'static>]) -> Deci
             .collect(),
         untagged: untagged.to_vec(),
     };
-    let policy =
-        GitlabRetention::create(params).unwrap_or_else(|e| panic!("create({params}) failed: {e}"));
+    let policy = GitlabRetention::create(params).unwrap_or_else(|e| panic!("create({params}) failed: {e}"));
     policy.evaluate(&input).expect("evaluate")
 }
 
@@ -80,10 +71,7 @@ fn rows() -> Vec<Row> {
             what: "no params: nothing is deleted",
             params: "{}",
             tags: vec![t("latest", 100), t("v1", 100)],
-            expect: &[
-                ("latest", K, "keep_latest"),
-                ("v1", K, "name_regex_delete: not set"),
-            ],
+            expect: &[("latest", K, "keep_latest"), ("v1", K, "name_regex_delete: not set")],
         },
         Row {
             what: "step 1: latest is kept by default",
@@ -107,30 +95,19 @@ fn rows() -> Vec<Row> {
             what: "step 2: the delete regex must match the whole name",
             params: r#"{"name_regex_delete": "v1"}"#,
             tags: vec![t("av1", 1), t("v1", 1), t("v10", 1)],
-            expect: &[
-                ("av1", K, "name_regex_delete: no match"),
-                ("v1", D, DEL),
-                ("v10", K, "name_regex_delete: no match"),
-            ],
+            expect: &[("av1", K, "name_regex_delete: no match"), ("v1", D, DEL), ("v10", K, "name_regex_delete: no match")],
         },
         Row {
             what: "step 2: name_regex_keep overrides name_regex_delete",
             params: r#"{"name_regex_delete": ".*", "name_regex_keep": "prod-.*"}"#,
             tags: vec![t("dev-1", 1), t("prod-1", 1), t("xprod-1", 1)],
-            expect: &[
-                ("dev-1", D, DEL),
-                ("prod-1", K, "name_regex_keep: match"),
-                ("xprod-1", D, DEL),
-            ],
+            expect: &[("dev-1", D, DEL), ("prod-1", K, "name_regex_keep: match"), ("xprod-1", D, DEL)],
         },
         Row {
             what: "step 2: name_regex is an alias of name_regex_delete",
             params: r#"{"name_regex": "v.*"}"#,
             tags: vec![t("v1", 1), t("x1", 1)],
-            expect: &[
-                ("v1", D, "delete: matched name_regex, not kept by any rule"),
-                ("x1", K, "name_regex: no match"),
-            ],
+            expect: &[("v1", D, "delete: matched name_regex, not kept by any rule"), ("x1", K, "name_regex: no match")],
         },
         Row {
             what: "step 2: name_regex_delete wins over name_regex",
@@ -142,23 +119,12 @@ fn rows() -> Vec<Row> {
             what: "step 2: an explicit null counts as not given",
             params: r#"{"name_regex_delete": null, "name_regex": "a.*", "keep_n": null, "older_than": null}"#,
             tags: vec![t("a1", 1), t("b1", 1)],
-            expect: &[
-                ("a1", D, "delete: matched name_regex, not kept by any rule"),
-                ("b1", K, "name_regex: no match"),
-            ],
+            expect: &[("a1", D, "delete: matched name_regex, not kept by any rule"), ("b1", K, "name_regex: no match")],
         },
         Row {
             what: r"step 2: C|D becomes \AC|D\z: starts with C or ends with D",
             params: r#"{"name_regex_delete": "C|D"}"#,
-            tags: vec![
-                t("C", 1),
-                t("CD", 1),
-                t("Cx", 1),
-                t("D", 1),
-                t("DC", 1),
-                t("xCx", 1),
-                t("xD", 1),
-            ],
+            tags: vec![t("C", 1), t("CD", 1), t("Cx", 1), t("D", 1), t("DC", 1), t("xCx", 1), t("xD", 1)],
             expect: &[
                 ("C", D, DEL),
                 ("CD", D, DEL),
@@ -173,22 +139,13 @@ fn rows() -> Vec<Row> {
             what: "step 2: (C|D) matches whole names only",
             params: r#"{"name_regex_delete": "(C|D)"}"#,
             tags: vec![t("C", 1), t("Cx", 1), t("D", 1), t("xD", 1)],
-            expect: &[
-                ("C", D, DEL),
-                ("Cx", K, "name_regex_delete: no match"),
-                ("D", D, DEL),
-                ("xD", K, "name_regex_delete: no match"),
-            ],
+            expect: &[("C", D, DEL), ("Cx", K, "name_regex_delete: no match"), ("D", D, DEL), ("xD", K, "name_regex_delete: no match")],
         },
         Row {
             what: "step 2: the keep regex is interpolated the same way",
             params: r#"{"name_regex_delete": ".*", "name_regex_keep": "a|b"}"#,
             tags: vec![t("ax", 1), t("xa", 1), t("xb", 1)],
-            expect: &[
-                ("ax", K, "name_regex_keep: match"),
-                ("xa", D, DEL),
-                ("xb", K, "name_regex_keep: match"),
-            ],
+            expect: &[("ax", K, "name_regex_keep: match"), ("xa", D, DEL), ("xb", K, "name_regex_keep: match")],
         },
         Row {
             what: "step 3: keep_n keeps the N most recent candidates",
@@ -217,10 +174,7 @@ fn rows() -> Vec<Row> {
             what: "step 3: keep_n larger than the candidates keeps them all",
             params: r#"{"name_regex_delete": ".*", "keep_n": 10}"#,
             tags: vec![t("a", 2), t("b", 1)],
-            expect: &[
-                ("a", K, "keep_n: among the 10 most recent"),
-                ("b", K, "keep_n: among the 10 most recent"),
-            ],
+            expect: &[("a", K, "keep_n: among the 10 most recent"), ("b", K, "keep_n: among the 10 most recent")],
         },
         Row {
             what: "step 3: equal timestamps end in reverse name order",
@@ -237,23 +191,12 @@ fn rows() -> Vec<Row> {
             what: "step 3: an unknown time sorts as now, among the newest",
             params: r#"{"name_regex_delete": ".*", "keep_n": 1}"#,
             tags: vec![t("a", 1), nil("b"), t("c", 2)],
-            expect: &[
-                ("a", D, DEL),
-                ("b", K, "keep_n: among the 1 most recent"),
-                ("c", D, DEL),
-            ],
+            expect: &[("a", D, DEL), ("b", K, "keep_n: among the 1 most recent"), ("c", D, DEL)],
         },
         Row {
             what: "step 3: an unknown time ties with a tag timed exactly now (name order decides)",
             params: r#"{"name_regex_delete": ".*", "keep_n": 1}"#,
-            tags: vec![
-                nil("a"),
-                T {
-                    name: "b",
-                    created_ago: Some(0),
-                    pushed_ago: None,
-                },
-            ],
+            tags: vec![nil("a"), T { name: "b", created_ago: Some(0), pushed_ago: None }],
             expect: &[("a", D, DEL), ("b", K, "keep_n: among the 1 most recent")],
         },
         Row {
@@ -277,31 +220,16 @@ fn rows() -> Vec<Row> {
             what: "step 4: older_than deletes only what is older",
             params: r#"{"name_regex_delete": ".*", "older_than": "7d"}"#,
             tags: vec![t("a", 8), t("b", 6), nil("c")],
-            expect: &[
-                ("a", D, DEL),
-                ("b", K, "older_than: not older than 7d"),
-                ("c", K, "older_than: time unknown"),
-            ],
+            expect: &[("a", D, DEL), ("b", K, "older_than: not older than 7d"), ("c", K, "older_than: time unknown")],
         },
         Row {
             what: "step 4: exactly older_than old is not older (strictly before the cutoff)",
             params: r#"{"name_regex_delete": ".*", "older_than": "1 day"}"#,
             tags: vec![
-                T {
-                    name: "at",
-                    created_ago: Some(DAY),
-                    pushed_ago: None,
-                },
-                T {
-                    name: "before",
-                    created_ago: Some(DAY + 1),
-                    pushed_ago: None,
-                },
+                T { name: "at", created_ago: Some(DAY), pushed_ago: None },
+                T { name: "before", created_ago: Some(DAY + 1), pushed_ago: None },
             ],
-            expect: &[
-                ("at", K, "older_than: not older than 1 day"),
-                ("before", D, DEL),
-            ],
+            expect: &[("at", K, "older_than: not older than 1 day"), ("before", D, DEL)],
         },
         Row {
             what: "step 4: 1month is 30 days",
@@ -313,26 +241,10 @@ fn rows() -> Vec<Row> {
             what: "tag time: pushed_at when known, else created_at",
             params: r#"{"name_regex_delete": ".*", "older_than": "7d"}"#,
             tags: vec![
-                T {
-                    name: "created-old-pushed-new",
-                    created_ago: Some(30 * DAY),
-                    pushed_ago: Some(DAY),
-                },
-                T {
-                    name: "created-new-pushed-old",
-                    created_ago: Some(DAY),
-                    pushed_ago: Some(30 * DAY),
-                },
-                T {
-                    name: "created-only",
-                    created_ago: Some(30 * DAY),
-                    pushed_ago: None,
-                },
-                T {
-                    name: "pushed-only",
-                    created_ago: None,
-                    pushed_ago: Some(30 * DAY),
-                },
+                T { name: "created-old-pushed-new", created_ago: Some(30 * DAY), pushed_ago: Some(DAY) },
+                T { name: "created-new-pushed-old", created_ago: Some(DAY), pushed_ago: Some(30 * DAY) },
+                T { name: "created-only", created_ago: Some(30 * DAY), pushed_ago: None },
+                T { name: "pushed-only", created_ago: None, pushed_ago: Some(30 * DAY) },
             ],
             expect: &[
                 ("created-new-pushed-old", D, DEL),
@@ -345,22 +257,13 @@ fn rows() -> Vec<Row> {
             what: "steps 3 and 4: keep_n first, then older_than on the rest",
             params: r#"{"name_regex_delete": ".*", "keep_n": 1, "older_than": "7d"}"#,
             tags: vec![t("a", 20), t("b", 5), t("c", 1), t("d", 10)],
-            expect: &[
-                ("a", D, DEL),
-                ("b", K, "older_than: not older than 7d"),
-                ("c", K, "keep_n: among the 1 most recent"),
-                ("d", D, DEL),
-            ],
+            expect: &[("a", D, DEL), ("b", K, "older_than: not older than 7d"), ("c", K, "keep_n: among the 1 most recent"), ("d", D, DEL)],
         },
         Row {
             what: "steps 3 and 4: an unknown time beyond keep_n is still never old enough",
             params: r#"{"name_regex_delete": ".*", "keep_n": 1, "older_than": "7d"}"#,
             tags: vec![nil("a"), nil("b"), t("c", 30)],
-            expect: &[
-                ("a", K, "older_than: time unknown"),
-                ("b", K, "keep_n: among the 1 most recent"),
-                ("c", D, DEL),
-            ],
+            expect: &[("a", K, "older_than: time unknown"), ("b", K, "keep_n: among the 1 most recent"), ("c", D, DEL)],
         },
         Row {
             what: "GitLab's documented example",
@@ -390,12 +293,7 @@ fn rows() -> Vec<Row> {
                 ("v44", K, "keep_n: among the 1 most recent"),
             ],
         },
-        Row {
-            what: "an empty repository",
-            params: r#"{"name_regex_delete": ".*"}"#,
-            tags: vec![],
-            expect: &[],
-        },
+        Row { what: "an empty repository", params: r#"{"name_regex_delete": ".*"}"#, tags: vec![], expect: &[] },
     ]
 }
 
@@ -405,11 +303,7 @@ fn each_step_behaves_like_gitlab() {
         let got = run(row.params, &row.tags, &[]);
         let mut names: Vec<&str> = row.tags.iter().map(|t| t.name).collect();
         names.sort();
-        let got: Vec<(&str, Action, &str)> = names
-            .iter()
-            .zip(&got.tags)
-            .map(|(n, v)| (*n, v.action, v.reason.as_ref()))
-            .collect();
+        let got: Vec<(&str, Action, &str)> = names.iter().zip(&got.tags).map(|(n, v)| (*n, v.action, v.reason.as_ref())).collect();
         assert_eq!(got, row.expect, "{}", row.what);
     }
 }
@@ -421,16 +315,8 @@ fn untagged_manifests() {
         created_at: created.map(|d| ago(d * DAY)),
         pushed_at: pushed.map(|d| ago(d * DAY)),
     };
-    let manifests = [
-        m(Some(30), None),
-        m(None, Some(30)),
-        m(Some(30), Some(1)),
-        m(None, None),
-    ];
-    const NOT_MANAGED: (Action, &str) = (
-        K,
-        "untagged: not managed by gitlab-retention (delete_untagged is false)",
-    );
+    let manifests = [m(Some(30), None), m(None, Some(30)), m(Some(30), Some(1)), m(None, None)];
+    const NOT_MANAGED: (Action, &str) = (K, "untagged: not managed by gitlab-retention (delete_untagged is false)");
     const DEL: (Action, &str) = (D, "delete_untagged: untagged manifest");
     let table: &[(&str, [(Action, &str); 4])] = &[
         (r#"{"name_regex_delete": ".*"}"#, [NOT_MANAGED; 4]),
@@ -438,21 +324,12 @@ fn untagged_manifests() {
         (r#"{"delete_untagged": true}"#, [DEL; 4]),
         (
             r#"{"delete_untagged": true, "older_than": "7d"}"#,
-            [
-                DEL,
-                DEL,
-                (K, "older_than: not older than 7d"),
-                (K, "older_than: time unknown"),
-            ],
+            [DEL, DEL, (K, "older_than: not older than 7d"), (K, "older_than: time unknown")],
         ),
     ];
     for (params, expect) in table {
         let got = run(params, &[], &manifests);
-        let got: Vec<(Action, &str)> = got
-            .untagged
-            .iter()
-            .map(|v| (v.action, v.reason.as_ref()))
-            .collect();
+        let got: Vec<(Action, &str)> = got.untagged.iter().map(|v| (v.action, v.reason.as_ref())).collect();
         assert_eq!(got, expect, "{params}");
     }
 }
@@ -460,66 +337,21 @@ fn untagged_manifests() {
 #[test]
 fn invalid_params_name_the_param_and_what_was_expected() {
     let table: &[(&str, &[&str])] = &[
-        (
-            r#"{"name_regex_delete": "("}"#,
-            &["name_regex_delete: invalid regex:"],
-        ),
-        (
-            r#"{"name_regex": "[z-a]"}"#,
-            &["name_regex: invalid regex:"],
-        ),
-        (
-            r#"{"name_regex_keep": "["}"#,
-            &[r#"name_regex_keep: invalid regex: unclosed character class (pattern "[")"#],
-        ),
-        (
-            r#"{"name_regex_delete": ".*", "name_regex": "("}"#,
-            &["name_regex: invalid regex:"],
-        ),
-        (
-            r#"{"name_regex_keep": 5}"#,
-            &["name_regex_keep: expected a regex string, got 5"],
-        ),
-        (
-            r#"{"keep_n": -1}"#,
-            &["keep_n: expected a non-negative integer, got -1"],
-        ),
-        (
-            r#"{"keep_n": "abc"}"#,
-            &[r#"keep_n: expected a non-negative integer, got "abc""#],
-        ),
-        (
-            r#"{"keep_n": 1.5}"#,
-            &["keep_n: expected a non-negative integer, got 1.5"],
-        ),
-        (
-            r#"{"keep_n": ""}"#,
-            &[r#"keep_n: expected a non-negative integer, got """#],
-        ),
-        (
-            r#"{"older_than": "soon"}"#,
-            &["older_than: expected a duration such as", r#"got "soon""#],
-        ),
-        (
-            r#"{"older_than": "7"}"#,
-            &["older_than: expected a duration", r#"got "7""#],
-        ),
-        (
-            r#"{"older_than": "-7d"}"#,
-            &[r#"older_than: expected a non-negative duration, got "-7d""#],
-        ),
-        (
-            r#"{"older_than": 7}"#,
-            &["older_than: expected a duration", "got 7"],
-        ),
-        (
-            r#"{"keep_latest": "yes"}"#,
-            &[r#"keep_latest: expected true or false, got "yes""#],
-        ),
-        (
-            r#"{"delete_untagged": 1}"#,
-            &["delete_untagged: expected true or false, got 1"],
-        ),
+        (r#"{"name_regex_delete": "("}"#, &["name_regex_delete: invalid regex:"]),
+        (r#"{"name_regex": "[z-a]"}"#, &["name_regex: invalid regex:"]),
+        (r#"{"name_regex_keep": "["}"#, &[r#"name_regex_keep: invalid regex: unclosed character class (pattern "[")"#]),
+        (r#"{"name_regex_delete": ".*", "name_regex": "("}"#, &["name_regex: invalid regex:"]),
+        (r#"{"name_regex_keep": 5}"#, &["name_regex_keep: expected a regex string, got 5"]),
+        (r#"{"keep_n": -1}"#, &["keep_n: expected a non-negative integer, got -1"]),
+        (r#"{"keep_n": "abc"}"#, &[r#"keep_n: expected a non-negative integer, got "abc""#]),
+        (r#"{"keep_n": 1.5}"#, &["keep_n: expected a non-negative integer, got 1.5"]),
+        (r#"{"keep_n": ""}"#, &[r#"keep_n: expected a non-negative integer, got """#]),
+        (r#"{"older_than": "soon"}"#, &["older_than: expected a duration such as", r#"got "soon""#]),
+        (r#"{"older_than": "7"}"#, &["older_than: expected a duration", r#"got "7""#]),
+        (r#"{"older_than": "-7d"}"#, &[r#"older_than: expected a non-negative duration, got "-7d""#]),
+        (r#"{"older_than": 7}"#, &["older_than: expected a duration", "got 7"]),
+        (r#"{"keep_latest": "yes"}"#, &[r#"keep_latest: expected true or false, got "yes""#]),
+        (r#"{"delete_untagged": 1}"#, &["delete_untagged: expected true or false, got 1"]),
         (
             r#"{"keep": 1, "name_regex_delete": ".*"}"#,
             &[
@@ -533,10 +365,7 @@ fn invalid_params_name_the_param_and_what_was_expected() {
     for (params, needles) in table {
         let err = GitlabRetention::create(params).expect_err(params);
         for needle in *needles {
-            assert!(
-                err.contains(needle),
-                "create({params}) = {err:?}, missing {needle:?}"
-            );
+            assert!(err.contains(needle), "create({params}) = {err:?}, missing {needle:?}");
         }
     }
 }
@@ -563,20 +392,9 @@ fn top_level_alternation_is_detected() {
 
 #[test]
 fn reasons_with_numbers_are_shared_not_allocated_per_tag() {
-    let policy =
-        GitlabRetention::create(r#"{"name_regex_delete": ".*", "keep_n": 3, "older_than": "7d"}"#)
-            .unwrap();
-    assert!(matches!(
-        policy.keep_n.as_ref().unwrap().1.reason,
-        Cow::Borrowed(_)
-    ));
-    assert!(matches!(
-        policy.older_than.as_ref().unwrap().not_old_enough.reason,
-        Cow::Borrowed(_)
-    ));
+    let policy = GitlabRetention::create(r#"{"name_regex_delete": ".*", "keep_n": 3, "older_than": "7d"}"#).unwrap();
+    assert!(matches!(policy.keep_n.as_ref().unwrap().1.reason, Cow::Borrowed(_)));
+    assert!(matches!(policy.older_than.as_ref().unwrap().not_old_enough.reason, Cow::Borrowed(_)));
     let again = GitlabRetention::create(r#"{"keep_n": 3}"#).unwrap();
-    assert!(std::ptr::eq(
-        policy.keep_n.unwrap().1.reason.as_ref(),
-        again.keep_n.unwrap().1.reason.as_ref()
-    ));
+    assert!(std::ptr::eq(policy.keep_n.unwrap().1.reason.as_ref(), again.keep_n.unwrap().1.reason.as_ref()));
 }

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 
 use gitlab_retention::GitlabRetention;
 use serde::Deserialize;
-use tagwarden_plugin_sdk::{
-    Action, RetentionInput, RetentionPolicy, Tag, Timestamp, UntaggedManifest, Verdict,
-};
+use tagwarden_plugin_sdk::{Action, RetentionInput, RetentionPolicy, Tag, Timestamp, UntaggedManifest, Verdict};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -49,13 +47,8 @@ struct RecordedUntagged {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Expected {
-    Error {
-        error_contains: Vec<String>,
-    },
-    Decisions {
-        tags: Vec<ExpectedTag>,
-        untagged: Vec<ExpectedUntagged>,
-    },
+    Error { error_contains: Vec<String> },
+    Decisions { tags: Vec<ExpectedTag>, untagged: Vec<ExpectedUntagged> },
 }
 
 #[derive(Deserialize, Debug, PartialEq)]
@@ -84,8 +77,7 @@ fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, String> {
 fn timestamp(text: &Option<String>) -> Result<Option<Timestamp>, String> {
     text.as_deref()
         .map(|t| {
-            let at =
-                OffsetDateTime::parse(t, &Rfc3339).map_err(|e| format!("timestamp {t:?}: {e}"))?;
+            let at = OffsetDateTime::parse(t, &Rfc3339).map_err(|e| format!("timestamp {t:?}: {e}"))?;
             i64::try_from(at.unix_timestamp_nanos() / 1_000)
                 .map(Timestamp::from_unix_micros)
                 .map_err(|_| format!("timestamp {t:?} out of range"))
@@ -95,16 +87,10 @@ fn timestamp(text: &Option<String>) -> Result<Option<Timestamp>, String> {
 
 fn check_digest(digest: &str) -> Result<(), String> {
     let hex = digest.strip_prefix("sha256:").unwrap_or("");
-    if hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         Ok(())
     } else {
-        Err(format!(
-            "digest {digest:?} is not sha256:<64 lowercase hex>"
-        ))
+        Err(format!("digest {digest:?} is not sha256:<64 lowercase hex>"))
     }
 }
 
@@ -118,8 +104,7 @@ fn action(v: &Verdict) -> &'static str {
 /// Runs one case; `Err` describes the first mismatch.
 fn run_case(dir: &Path) -> Result<(), String> {
     let recording: Recording = read(&dir.join("recording.json"))?;
-    let params =
-        fs::read_to_string(dir.join("params.json")).map_err(|e| format!("params.json: {e}"))?;
+    let params = fs::read_to_string(dir.join("params.json")).map_err(|e| format!("params.json: {e}"))?;
     let expected: Expected = read(&dir.join("expected.json"))?;
     if recording.format != "tagwarden.recording.v1" {
         return Err(format!("unknown recording format {:?}", recording.format));
@@ -144,26 +129,14 @@ fn run_case(dir: &Path) -> Result<(), String> {
     let mut untagged = Vec::new();
     for m in &recording.untagged {
         check_digest(&m.digest)?;
-        untagged.push(UntaggedManifest {
-            digest: &m.digest,
-            created_at: timestamp(&m.created_at)?,
-            pushed_at: timestamp(&m.pushed_at)?,
-        });
+        untagged.push(UntaggedManifest { digest: &m.digest, created_at: timestamp(&m.created_at)?, pushed_at: timestamp(&m.pushed_at)? });
     }
     let now = timestamp(&Some(recording.recorded_at.clone()))?.expect("recorded_at");
-    let input = RetentionInput {
-        repository: &recording.repository,
-        now,
-        tags,
-        untagged,
-    };
+    let input = RetentionInput { repository: &recording.repository, now, tags, untagged };
 
     let (policy, want_tags, want_untagged) = match (expected, GitlabRetention::create(&params)) {
         (Expected::Error { error_contains }, Err(err)) => {
-            return match error_contains
-                .iter()
-                .find(|needle| !err.contains(needle.as_str()))
-            {
+            return match error_contains.iter().find(|needle| !err.contains(needle.as_str())) {
                 Some(missing) => Err(format!("error {err:?} does not contain {missing:?}")),
                 None => Ok(()),
             };
@@ -174,57 +147,36 @@ fn run_case(dir: &Path) -> Result<(), String> {
         (Expected::Decisions { .. }, Err(err)) => return Err(format!("create failed: {err}")),
         (Expected::Decisions { tags, untagged }, Ok(policy)) => (policy, tags, untagged),
     };
-    let decisions = policy
-        .evaluate(&input)
-        .map_err(|e| format!("evaluate failed: {e}"))?;
-    if decisions.tags.len() != input.tags.len() || decisions.untagged.len() != input.untagged.len()
-    {
+    let decisions = policy.evaluate(&input).map_err(|e| format!("evaluate failed: {e}"))?;
+    if decisions.tags.len() != input.tags.len() || decisions.untagged.len() != input.untagged.len() {
         return Err("not one verdict per tag and untagged manifest".into());
     }
     let got_tags: Vec<ExpectedTag> = input
         .tags
         .iter()
         .zip(&decisions.tags)
-        .map(|(t, v)| ExpectedTag {
-            name: t.name.to_owned(),
-            action: action(v).into(),
-            reason: v.reason.to_string(),
-        })
+        .map(|(t, v)| ExpectedTag { name: t.name.to_owned(), action: action(v).into(), reason: v.reason.to_string() })
         .collect();
     let got_untagged: Vec<ExpectedUntagged> = input
         .untagged
         .iter()
         .zip(&decisions.untagged)
-        .map(|(m, v)| ExpectedUntagged {
-            digest: m.digest.to_owned(),
-            action: action(v).into(),
-            reason: v.reason.to_string(),
-        })
+        .map(|(m, v)| ExpectedUntagged { digest: m.digest.to_owned(), action: action(v).into(), reason: v.reason.to_string() })
         .collect();
     let mut differences = diff("tag", &want_tags, &got_tags);
     differences.extend(diff("untagged", &want_untagged, &got_untagged));
-    if differences.is_empty() {
-        Ok(())
-    } else {
-        Err(differences.join("\n"))
-    }
+    if differences.is_empty() { Ok(()) } else { Err(differences.join("\n")) }
 }
 
 /// One line per position where `want` and `got` differ.
 fn diff<T: std::fmt::Debug + PartialEq>(what: &str, want: &[T], got: &[T]) -> Vec<String> {
     let mut lines = Vec::new();
     if want.len() != got.len() {
-        lines.push(format!(
-            "  {} {what} entries expected, {} got",
-            want.len(),
-            got.len()
-        ));
+        lines.push(format!("  {} {what} entries expected, {} got", want.len(), got.len()));
     }
     for (i, (w, g)) in want.iter().zip(got).enumerate() {
         if w != g {
-            lines.push(format!(
-                "  {what} #{i}: expected {w:?}\n  {what} #{i}: got      {g:?}"
-            ));
+            lines.push(format!("  {what} #{i}: expected {w:?}\n  {what} #{i}: got      {g:?}"));
         }
     }
     lines
@@ -238,27 +190,10 @@ fn every_golden_case_matches_natively() {
         .filter(|p| p.is_dir())
         .collect();
     cases.sort();
-    assert!(
-        cases.len() >= 22,
-        "expected at least 22 golden cases, found {}",
-        cases.len()
-    );
+    assert!(cases.len() >= 22, "expected at least 22 golden cases, found {}", cases.len());
     let failures: Vec<String> = cases
         .iter()
-        .filter_map(|dir| {
-            run_case(dir).err().map(|e| {
-                format!(
-                    "{}:\n{e}",
-                    dir.file_name().unwrap_or_default().to_string_lossy()
-                )
-            })
-        })
+        .filter_map(|dir| run_case(dir).err().map(|e| format!("{}:\n{e}", dir.file_name().unwrap_or_default().to_string_lossy())))
         .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} golden cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} golden cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }

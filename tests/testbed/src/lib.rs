@@ -33,12 +33,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 
 pub use proxy::{Fault, FaultProxy};
-pub use seeder::{
-    ACCEPT_ALL_MANIFESTS, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Seeder,
-};
-pub use token::{
-    IssuedToken, TOKEN_ISSUER, TOKEN_LIFETIME_SECS, TOKEN_SERVICE, TokenServer, TokenServerOptions,
-};
+pub use seeder::{ACCEPT_ALL_MANIFESTS, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Seeder};
+pub use token::{IssuedToken, TOKEN_ISSUER, TOKEN_LIFETIME_SECS, TOKEN_SERVICE, TokenServer, TokenServerOptions};
 
 use seeder::SeederAuth;
 
@@ -76,10 +72,7 @@ pub struct RegistryOptions {
 
 impl Default for RegistryOptions {
     fn default() -> Self {
-        RegistryOptions {
-            auth: Auth::None,
-            deletes_enabled: true,
-        }
+        RegistryOptions { auth: Auth::None, deletes_enabled: true }
     }
 }
 
@@ -107,14 +100,12 @@ pub fn registry_binary() -> anyhow::Result<PathBuf> {
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("opening the install lock {}", lock_path.display()))?;
-    lock.lock()
-        .with_context(|| format!("locking {}", lock_path.display()))?;
+    lock.lock().with_context(|| format!("locking {}", lock_path.display()))?;
     if bin.is_file() {
         return Ok(bin); // another test or process installed it while we waited
     }
-    install_registry_package().context(
-        "installing the registry (apt-get install -y docker-registry); install it by hand or set TAGWARDEN_REGISTRY_BIN",
-    )?;
+    install_registry_package()
+        .context("installing the registry (apt-get install -y docker-registry); install it by hand or set TAGWARDEN_REGISTRY_BIN")?;
     if !bin.is_file() {
         bail!("apt-get installed docker-registry but {REGISTRY_BINARY} is still missing");
     }
@@ -124,11 +115,10 @@ pub fn registry_binary() -> anyhow::Result<PathBuf> {
 fn install_registry_package() -> anyhow::Result<()> {
     // Keep the package's init script from starting a system-wide registry on :5000.
     let policy = Path::new("/usr/sbin/policy-rc.d");
-    let wrote_policy =
-        !policy.exists() && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok() && {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755)).is_ok()
-        };
+    let wrote_policy = !policy.exists() && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok() && {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755)).is_ok()
+    };
     let run = |args: &[&str]| -> anyhow::Result<()> {
         let out = std::process::Command::new("apt-get")
             .args(args)
@@ -141,12 +131,7 @@ fn install_registry_package() -> anyhow::Result<()> {
             text.push_str(&String::from_utf8_lossy(&out.stderr));
             let tail: Vec<&str> = text.lines().rev().take(20).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "apt-get {} failed ({}):\n{}",
-                args.join(" "),
-                out.status,
-                tail.join("\n")
-            );
+            bail!("apt-get {} failed ({}):\n{}", args.join(" "), out.status, tail.join("\n"));
         }
         Ok(())
     };
@@ -210,21 +195,15 @@ pub struct TestRegistry {
 fn temp_dir() -> anyhow::Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
     if shm.is_dir()
-        && let Ok(dir) = tempfile::Builder::new()
-            .prefix("tagwarden-testbed-")
-            .tempdir_in(shm)
+        && let Ok(dir) = tempfile::Builder::new().prefix("tagwarden-testbed-").tempdir_in(shm)
     {
         return Ok(dir);
     }
-    tempfile::Builder::new()
-        .prefix("tagwarden-testbed-")
-        .tempdir()
-        .context("creating a temporary directory for the registry")
+    tempfile::Builder::new().prefix("tagwarden-testbed-").tempdir().context("creating a temporary directory for the registry")
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .context("finding a free port on 127.0.0.1")?;
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).context("finding a free port on 127.0.0.1")?;
     Ok(listener.local_addr()?.port())
 }
 
@@ -242,13 +221,10 @@ impl TestRegistry {
     /// Starts a registry (installing the binary first if needed) and waits until it answers `GET /v2/`.
     /// Errors say what failed and include the tail of the registry's log.
     pub async fn start(opts: RegistryOptions) -> anyhow::Result<TestRegistry> {
-        let binary = tokio::task::spawn_blocking(registry_binary)
-            .await
-            .context("registry_binary panicked")??;
+        let binary = tokio::task::spawn_blocking(registry_binary).await.context("registry_binary panicked")??;
         let dir = temp_dir()?;
         let storage_dir = dir.path().join("storage");
-        std::fs::create_dir_all(&storage_dir)
-            .with_context(|| format!("creating {}", storage_dir.display()))?;
+        std::fs::create_dir_all(&storage_dir).with_context(|| format!("creating {}", storage_dir.display()))?;
         let config_path = dir.path().join("config.yml");
         let log_path = dir.path().join("registry.log");
         let instance = util::unique_id();
@@ -261,25 +237,15 @@ impl TestRegistry {
                     .context("bcrypt-hashing the test password")?
                     .format_for_version(bcrypt::Version::TwoY);
                 let htpasswd = dir.path().join("htpasswd");
-                std::fs::write(&htpasswd, format!("{user}:{hash}\n"))
-                    .with_context(|| format!("writing {}", htpasswd.display()))?;
+                std::fs::write(&htpasswd, format!("{user}:{hash}\n")).with_context(|| format!("writing {}", htpasswd.display()))?;
                 (
-                    format!(
-                        "auth:\n  htpasswd:\n    realm: {}\n    path: {}\n",
-                        q(BASIC_REALM),
-                        q(&htpasswd.to_string_lossy())
-                    ),
-                    SeederAuth::Basic {
-                        user: user.clone(),
-                        password: password.clone(),
-                    },
+                    format!("auth:\n  htpasswd:\n    realm: {}\n    path: {}\n", q(BASIC_REALM), q(&htpasswd.to_string_lossy())),
+                    SeederAuth::Basic { user: user.clone(), password: password.clone() },
                     Some((user.clone(), password.clone())),
                 )
             }
             Auth::Token(topts) => {
-                let ts = TokenServer::start(topts.clone())
-                    .await
-                    .context("starting the token server")?;
+                let ts = TokenServer::start(topts.clone()).await.context("starting the token server")?;
                 let cert = dir.path().join("token-cert.pem");
                 ts.write_cert(&cert)?;
                 let (admin, admin_password) = ts.admin_credentials();
@@ -297,11 +263,7 @@ impl TestRegistry {
                     password: admin_password.to_string(),
                 };
                 token_server = Some(ts);
-                (
-                    yaml,
-                    seeder_auth,
-                    Some((topts.user.clone(), topts.password.clone())),
-                )
+                (yaml, seeder_auth, Some((topts.user.clone(), topts.password.clone())))
             }
         };
 
@@ -320,8 +282,7 @@ impl TestRegistry {
                 q(&format!("testbed-{instance}")),
                 q(&instance),
             );
-            std::fs::write(&config_path, &config)
-                .with_context(|| format!("writing {}", config_path.display()))?;
+            std::fs::write(&config_path, &config).with_context(|| format!("writing {}", config_path.display()))?;
             let mut process = spawn_registry(&binary, &config_path, &log_path)?;
             match wait_ready(&mut process, &url, &instance, &log_path, &config_path).await? {
                 Ready::Up => {
@@ -341,17 +302,11 @@ impl TestRegistry {
                 }
                 Ready::PortTaken => {
                     process.kill_and_wait();
-                    last_error = Some(format!(
-                        "port {port} was taken; registry log:\n{}",
-                        util::tail_file(&log_path, 40)
-                    ));
+                    last_error = Some(format!("port {port} was taken; registry log:\n{}", util::tail_file(&log_path, 40)));
                 }
             }
         }
-        Err(anyhow!(
-            "could not start the registry on a free port after 8 attempts; last: {}",
-            last_error.unwrap_or_default()
-        ))
+        Err(anyhow!("could not start the registry on a free port after 8 attempts; last: {}", last_error.unwrap_or_default()))
     }
 
     /// Base URL, `http://127.0.0.1:PORT`.
@@ -397,9 +352,7 @@ impl TestRegistry {
     /// The `(user, password)` the system under test should log in with: the Basic user, or the token
     /// server's configured (non-admin) user; `None` without auth.
     pub fn credentials(&self) -> Option<(&str, &str)> {
-        self.credentials
-            .as_ref()
-            .map(|(u, p)| (u.as_str(), p.as_str()))
+        self.credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
     }
 
     /// A [`Seeder`] authenticated as admin (all scopes, including delete and catalog).
@@ -427,11 +380,7 @@ impl TestRegistry {
             .output()
             .await
             .context("running docker-registry garbage-collect")?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         if !out.status.success() {
             bail!("garbage-collect failed ({}):\n{text}", out.status);
         }
@@ -447,10 +396,7 @@ async fn wait_ready(
     log_path: &Path,
     config_path: &Path,
 ) -> anyhow::Result<Ready> {
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()?;
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build()?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let probe = format!("{url}/v2/");
     loop {
@@ -465,11 +411,7 @@ async fn wait_ready(
             );
         }
         if let Ok(resp) = http.get(&probe).send().await {
-            let ours = resp
-                .headers()
-                .get(INSTANCE_HEADER)
-                .and_then(|v| v.to_str().ok())
-                == Some(instance);
+            let ours = resp.headers().get(INSTANCE_HEADER).and_then(|v| v.to_str().ok()) == Some(instance);
             return Ok(if ours { Ready::Up } else { Ready::PortTaken });
         }
         if Instant::now() > deadline {
@@ -483,19 +425,9 @@ async fn wait_ready(
     }
 }
 
-fn spawn_registry(
-    binary: &Path,
-    config: &Path,
-    log_path: &Path,
-) -> anyhow::Result<RegistryProcess> {
-    let mut log =
-        File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let _ = writeln!(
-        log,
-        "# tagwarden-testbed: {} serve {}",
-        binary.display(),
-        config.display()
-    );
+fn spawn_registry(binary: &Path, config: &Path, log_path: &Path) -> anyhow::Result<RegistryProcess> {
+    let mut log = File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let _ = writeln!(log, "# tagwarden-testbed: {} serve {}", binary.display(), config.display());
     let stderr = log.try_clone().context("duplicating the log file handle")?;
     let child = tokio::process::Command::new(binary)
         .arg("serve")
@@ -506,8 +438,6 @@ fn spawn_registry(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("spawning {} serve {}", binary.display(), config.display()))?;
-    let pid = child
-        .id()
-        .ok_or_else(|| anyhow!("the registry exited at once"))?;
+    let pid = child.id().ok_or_else(|| anyhow!("the registry exited at once"))?;
     Ok(RegistryProcess { child, pid })
 }

@@ -22,18 +22,9 @@ use crate::util::{self, Body, DropConnection};
 pub enum Fault {
     /// Answer `status` (e.g. 503, 500) with a small JSON errors body to the next `times` requests whose
     /// path-and-query contains `path_contains` (and whose method is `method`, when `Some`).
-    Status {
-        method: Option<String>,
-        path_contains: String,
-        status: u16,
-        times: usize,
-    },
+    Status { method: Option<String>, path_contains: String, status: u16, times: usize },
     /// Answer `429 Too Many Requests` with `Retry-After: retry_after_secs` to the next `times` matching requests.
-    RateLimit {
-        path_contains: String,
-        retry_after_secs: u64,
-        times: usize,
-    },
+    RateLimit { path_contains: String, retry_after_secs: u64, times: usize },
     /// Close the connection without answering the next `times` matching requests.
     Reset { path_contains: String, times: usize },
     /// Delay every matching answer by `millis` (until cleared), to test timeouts.
@@ -75,9 +66,7 @@ enum Action {
 impl FaultProxy {
     /// Starts the proxy in front of `upstream_url` (e.g. [`crate::TestRegistry::url`]).
     pub async fn start(upstream_url: &str) -> anyhow::Result<FaultProxy> {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .context("fault proxy: binding 127.0.0.1:0")?;
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.context("fault proxy: binding 127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder()
@@ -86,12 +75,8 @@ impl FaultProxy {
             .build()
             .context("fault proxy: building the upstream HTTP client")?;
         let state = Arc::new(Mutex::new(State::default()));
-        let shared = Arc::new(Shared {
-            upstream: upstream_url.trim_end_matches('/').to_string(),
-            own_url: url.clone(),
-            http,
-            state: state.clone(),
-        });
+        let shared =
+            Arc::new(Shared { upstream: upstream_url.trim_end_matches('/').to_string(), own_url: url.clone(), http, state: state.clone() });
         let task = util::serve(listener, move |req| {
             let shared = shared.clone();
             async move { shared.handle(req).await }
@@ -127,10 +112,7 @@ impl FaultProxy {
             .unwrap()
             .requests
             .iter()
-            .filter(|(m, p)| {
-                (method.is_empty() || method == "*" || m.eq_ignore_ascii_case(method))
-                    && p.contains(path_contains)
-            })
+            .filter(|(m, p)| (method.is_empty() || method == "*" || m.eq_ignore_ascii_case(method)) && p.contains(path_contains))
             .count()
     }
 
@@ -183,17 +165,14 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// `/v2/<name>/tags/list` → `Some(name)`.
 fn tags_list_repo(path: &str) -> Option<&str> {
-    path.strip_prefix("/v2/")?
-        .strip_suffix("/tags/list")
-        .filter(|n| !n.is_empty())
+    path.strip_prefix("/v2/")?.strip_suffix("/tags/list").filter(|n| !n.is_empty())
 }
 
 impl Shared {
     /// Decides what to do with a request and takes counted faults off the queue.
     fn decide(&self, method: &str, path_and_query: &str) -> (Action, u64, Option<usize>) {
         let mut st = self.state.lock().unwrap();
-        st.requests
-            .push((method.to_string(), path_and_query.to_string()));
+        st.requests.push((method.to_string(), path_and_query.to_string()));
         let mut delay = 0;
         let mut paginate = None;
         let mut action = Action::Forward;
@@ -201,22 +180,15 @@ impl Shared {
         let mut decided = false;
         for (i, fault) in st.faults.iter_mut().enumerate() {
             match fault {
-                Fault::Delay {
-                    path_contains,
-                    millis,
-                } if path_and_query.contains(path_contains.as_str()) => {
+                Fault::Delay { path_contains, millis } if path_and_query.contains(path_contains.as_str()) => {
                     delay = delay.max(*millis);
                 }
                 Fault::PaginateTags { page_size } => paginate = Some((*page_size).max(1)),
-                Fault::Status {
-                    method: m,
-                    path_contains,
-                    status,
-                    times,
-                } if !decided
-                    && *times > 0
-                    && path_and_query.contains(path_contains.as_str())
-                    && m.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method)) =>
+                Fault::Status { method: m, path_contains, status, times }
+                    if !decided
+                        && *times > 0
+                        && path_and_query.contains(path_contains.as_str())
+                        && m.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method)) =>
                 {
                     *times -= 1;
                     decided = true;
@@ -226,28 +198,19 @@ impl Shared {
                         remove = Some(i);
                     }
                 }
-                Fault::RateLimit {
-                    path_contains,
-                    retry_after_secs,
-                    times,
-                } if !decided && *times > 0 && path_and_query.contains(path_contains.as_str()) => {
+                Fault::RateLimit { path_contains, retry_after_secs, times }
+                    if !decided && *times > 0 && path_and_query.contains(path_contains.as_str()) =>
+                {
                     *times -= 1;
                     decided = true;
-                    let mut resp =
-                        error_body(429, "TOOMANYREQUESTS", "rate limit exceeded (injected)");
-                    resp.headers_mut().insert(
-                        "Retry-After",
-                        HeaderValue::from_str(&retry_after_secs.to_string()).expect("digits"),
-                    );
+                    let mut resp = error_body(429, "TOOMANYREQUESTS", "rate limit exceeded (injected)");
+                    resp.headers_mut().insert("Retry-After", HeaderValue::from_str(&retry_after_secs.to_string()).expect("digits"));
                     action = Action::Answer(resp);
                     if *times == 0 {
                         remove = Some(i);
                     }
                 }
-                Fault::Reset {
-                    path_contains,
-                    times,
-                } if !decided && *times > 0 && path_and_query.contains(path_contains.as_str()) => {
+                Fault::Reset { path_contains, times } if !decided && *times > 0 && path_and_query.contains(path_contains.as_str()) => {
                     *times -= 1;
                     decided = true;
                     action = Action::Drop;
@@ -266,11 +229,7 @@ impl Shared {
 
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, DropConnection> {
         let method = req.method().as_str().to_string();
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".to_string());
+        let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
         let (action, delay, paginate) = self.decide(&method, &path_and_query);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -287,31 +246,15 @@ impl Shared {
             }
             _ => self.forward(req, &path_and_query).await,
         };
-        Ok(resp.unwrap_or_else(|e| {
-            error_body(
-                502,
-                "UNKNOWN",
-                &format!("fault proxy could not reach the upstream: {e:#}"),
-            )
-        }))
+        Ok(resp.unwrap_or_else(|e| error_body(502, "UNKNOWN", &format!("fault proxy could not reach the upstream: {e:#}"))))
     }
 
     /// Sends the request upstream; returns status, headers and the whole body.
-    async fn send_upstream(
-        &self,
-        req: Request<Incoming>,
-        path_and_query: &str,
-    ) -> anyhow::Result<reqwest::Response> {
+    async fn send_upstream(&self, req: Request<Incoming>, path_and_query: &str) -> anyhow::Result<reqwest::Response> {
         let (parts, body) = req.into_parts();
-        let body = body
-            .collect()
-            .await
-            .context("reading the request body")?
-            .to_bytes();
+        let body = body.collect().await.context("reading the request body")?.to_bytes();
         let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())?;
-        let mut rb = self
-            .http
-            .request(method, format!("{}{}", self.upstream, path_and_query));
+        let mut rb = self.http.request(method, format!("{}{}", self.upstream, path_and_query));
         for (name, value) in parts.headers.iter() {
             if !is_hop_by_hop(name) && name != hyper::header::CONTENT_LENGTH {
                 rb = rb.header(name.as_str(), value.as_bytes());
@@ -323,23 +266,13 @@ impl Shared {
         rb.send().await.context("forwarding to the upstream")
     }
 
-    async fn forward(
-        &self,
-        req: Request<Incoming>,
-        path_and_query: &str,
-    ) -> anyhow::Result<Response<Body>> {
+    async fn forward(&self, req: Request<Incoming>, path_and_query: &str) -> anyhow::Result<Response<Body>> {
         let is_head = req.method() == hyper::Method::HEAD;
         let upstream = self.send_upstream(req, path_and_query).await?;
         let status = upstream.status().as_u16();
         let headers = upstream.headers().clone();
-        let body = upstream
-            .bytes()
-            .await
-            .context("reading the upstream body")?;
-        let mut resp = Response::builder()
-            .status(status)
-            .body(Full::new(body))
-            .context("building the response")?;
+        let body = upstream.bytes().await.context("reading the upstream body")?;
+        let mut resp = Response::builder().status(status).body(Full::new(body)).context("building the response")?;
         for (name, value) in headers.iter() {
             let name = HeaderName::from_bytes(name.as_str().as_bytes())?;
             if is_hop_by_hop(&name) || (!is_head && name == hyper::header::CONTENT_LENGTH) {
@@ -360,12 +293,7 @@ impl Shared {
     }
 
     /// Fetches the full tag list upstream and serves the page that `n`/`last` ask for.
-    async fn paginated_tags(
-        &self,
-        req: Request<Incoming>,
-        repo: &str,
-        page_size: usize,
-    ) -> anyhow::Result<Response<Body>> {
+    async fn paginated_tags(&self, req: Request<Incoming>, repo: &str, page_size: usize) -> anyhow::Result<Response<Body>> {
         let query = util::parse_query(req.uri().query().unwrap_or(""));
         let n = query
             .iter()
@@ -373,43 +301,27 @@ impl Shared {
             .and_then(|(_, v)| v.parse::<usize>().ok())
             .filter(|n| *n > 0)
             .map_or(page_size, |n| n.min(page_size));
-        let last = query
-            .iter()
-            .find(|(k, _)| k == "last")
-            .map(|(_, v)| v.clone());
+        let last = query.iter().find(|(k, _)| k == "last").map(|(_, v)| v.clone());
         // distribution 2.8 ignores n/last anyway; ask for everything.
         let upstream_path = format!("/v2/{repo}/tags/list");
         let upstream = self.send_upstream(req, &upstream_path).await?;
         let status = upstream.status().as_u16();
         let headers = upstream.headers().clone();
-        let body = upstream
-            .bytes()
-            .await
-            .context("reading the upstream body")?;
+        let body = upstream.bytes().await.context("reading the upstream body")?;
         let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-        let tags = parsed
-            .as_ref()
-            .and_then(|v| v.get("tags"))
-            .and_then(|t| t.as_array());
+        let tags = parsed.as_ref().and_then(|v| v.get("tags")).and_then(|t| t.as_array());
         let (Some(tags), 200) = (tags, status) else {
             // Errors and `"tags": null` pass through unchanged.
-            let mut resp = Response::builder()
-                .status(status)
-                .body(Full::new(body))
-                .context("building the response")?;
+            let mut resp = Response::builder().status(status).body(Full::new(body)).context("building the response")?;
             for (name, value) in headers.iter() {
                 let name = HeaderName::from_bytes(name.as_str().as_bytes())?;
                 if !is_hop_by_hop(&name) && name != hyper::header::CONTENT_LENGTH {
-                    resp.headers_mut()
-                        .append(name, HeaderValue::from_bytes(value.as_bytes())?);
+                    resp.headers_mut().append(name, HeaderValue::from_bytes(value.as_bytes())?);
                 }
             }
             return Ok(resp);
         };
-        let mut all: Vec<String> = tags
-            .iter()
-            .filter_map(|t| t.as_str().map(str::to_string))
-            .collect();
+        let mut all: Vec<String> = tags.iter().filter_map(|t| t.as_str().map(str::to_string)).collect();
         all.sort();
         let rest: Vec<String> = match &last {
             Some(last) => all.into_iter().filter(|t| t > last).collect(),
@@ -421,17 +333,12 @@ impl Shared {
         page.reverse();
         let mut resp = util::json_response(200, &json!({"name": repo, "tags": page}));
         if let (true, Some(next_last)) = (more, next_last) {
-            let link = format!(
-                "</v2/{repo}/tags/list?n={n}&last={}>; rel=\"next\"",
-                util::percent_encode(&next_last)
-            );
-            resp.headers_mut()
-                .insert("Link", HeaderValue::from_str(&link)?);
+            let link = format!("</v2/{repo}/tags/list?n={n}&last={}>; rel=\"next\"", util::percent_encode(&next_last));
+            resp.headers_mut().insert("Link", HeaderValue::from_str(&link)?);
         }
         for name in ["docker-distribution-api-version"] {
             if let Some(v) = headers.get(name) {
-                resp.headers_mut()
-                    .insert(name, HeaderValue::from_bytes(v.as_bytes())?);
+                resp.headers_mut().insert(name, HeaderValue::from_bytes(v.as_bytes())?);
             }
         }
         Ok(resp)

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use hyper::body::Bytes;
-use reqwest::header::{
-    ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, LINK, LOCATION, WWW_AUTHENTICATE,
-};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, LINK, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::json;
 
@@ -37,16 +35,8 @@ const LAYER: &[u8] = b"tagwarden-testbed tiny layer\n";
 #[derive(Clone, Debug)]
 pub(crate) enum SeederAuth {
     None,
-    Basic {
-        user: String,
-        password: String,
-    },
-    Token {
-        realm: String,
-        service: String,
-        user: String,
-        password: String,
-    },
+    Basic { user: String, password: String },
+    Token { realm: String, service: String, user: String, password: String },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -135,49 +125,24 @@ impl Seeder {
 
     /// Pushes a small synthetic OCI image (config `created` = `created` or absent, unique content per
     /// call, one tiny shared layer) and tags it `tag`. Returns the manifest digest.
-    pub async fn push_image(
-        &self,
-        repo: &str,
-        tag: &str,
-        created: Option<&str>,
-    ) -> anyhow::Result<String> {
-        let m = self
-            .build_image(repo, Flavor::Oci, created, "amd64")
-            .await?;
-        self.put_manifest(repo, tag, &m)
-            .await
-            .with_context(|| format!("pushing OCI image {repo}:{tag}"))
+    pub async fn push_image(&self, repo: &str, tag: &str, created: Option<&str>) -> anyhow::Result<String> {
+        let m = self.build_image(repo, Flavor::Oci, created, "amd64").await?;
+        self.put_manifest(repo, tag, &m).await.with_context(|| format!("pushing OCI image {repo}:{tag}"))
     }
 
     /// Same as [`Seeder::push_image`] with Docker v2 schema 2 media types.
-    pub async fn push_docker_image(
-        &self,
-        repo: &str,
-        tag: &str,
-        created: Option<&str>,
-    ) -> anyhow::Result<String> {
-        let m = self
-            .build_image(repo, Flavor::Docker, created, "amd64")
-            .await?;
-        self.put_manifest(repo, tag, &m)
-            .await
-            .with_context(|| format!("pushing Docker image {repo}:{tag}"))
+    pub async fn push_docker_image(&self, repo: &str, tag: &str, created: Option<&str>) -> anyhow::Result<String> {
+        let m = self.build_image(repo, Flavor::Docker, created, "amd64").await?;
+        self.put_manifest(repo, tag, &m).await.with_context(|| format!("pushing Docker image {repo}:{tag}"))
     }
 
     /// Pushes an OCI image index over two fresh untagged child images (linux/amd64 and linux/arm64)
     /// with the given created times, tagged `tag`. Returns the index digest.
-    pub async fn push_index(
-        &self,
-        repo: &str,
-        tag: &str,
-        child_created: [Option<&str>; 2],
-    ) -> anyhow::Result<String> {
+    pub async fn push_index(&self, repo: &str, tag: &str, child_created: [Option<&str>; 2]) -> anyhow::Result<String> {
         let mut entries = Vec::new();
         for (created, arch) in child_created.iter().zip(["amd64", "arm64"]) {
             let m = self.build_image(repo, Flavor::Oci, *created, arch).await?;
-            self.put_manifest(repo, &m.digest, &m)
-                .await
-                .with_context(|| format!("pushing the {arch} child of index {repo}:{tag}"))?;
+            self.put_manifest(repo, &m.digest, &m).await.with_context(|| format!("pushing the {arch} child of index {repo}:{tag}"))?;
             entries.push(json!({
                 "mediaType": m.media_type,
                 "digest": m.digest,
@@ -190,14 +155,8 @@ impl Seeder {
             "mediaType": OCI_INDEX,
             "manifests": entries,
         }))?);
-        let m = Manifest {
-            media_type: OCI_INDEX,
-            digest: util::sha256_digest(&body),
-            body,
-        };
-        self.put_manifest(repo, tag, &m)
-            .await
-            .with_context(|| format!("pushing OCI index {repo}:{tag}"))
+        let m = Manifest { media_type: OCI_INDEX, digest: util::sha256_digest(&body), body };
+        self.put_manifest(repo, tag, &m).await.with_context(|| format!("pushing OCI index {repo}:{tag}"))
     }
 
     /// Points `new_tag` at the existing manifest `digest` (one manifest PUT when this seeder pushed it,
@@ -215,14 +174,8 @@ impl Seeder {
             DOCKER_MANIFEST_LIST => DOCKER_MANIFEST_LIST,
             other => bail!("retag {repo}@{digest}: unsupported manifest media type {other:?}"),
         };
-        let m = Manifest {
-            media_type,
-            digest: digest.to_string(),
-            body,
-        };
-        self.put_manifest(repo, new_tag, &m)
-            .await
-            .with_context(|| format!("retagging {repo}@{digest} as {new_tag}"))?;
+        let m = Manifest { media_type, digest: digest.to_string(), body };
+        self.put_manifest(repo, new_tag, &m).await.with_context(|| format!("retagging {repo}@{digest} as {new_tag}"))?;
         Ok(())
     }
 
@@ -246,8 +199,7 @@ impl Seeder {
         let results: Arc<Mutex<Vec<Option<String>>>> = Arc::new(Mutex::new(vec![None; n]));
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..CONCURRENCY.min(n) {
-            let (seeder, created, next, results) =
-                (self.clone(), created.clone(), next.clone(), results.clone());
+            let (seeder, created, next, results) = (self.clone(), created.clone(), next.clone(), results.clone());
             let (repo, prefix) = (repo.to_string(), prefix.to_string());
             workers.spawn(async move {
                 loop {
@@ -256,9 +208,7 @@ impl Seeder {
                         return Ok::<_, anyhow::Error>(());
                     }
                     let tag = format!("{prefix}{i}");
-                    let digest = seeder
-                        .push_image(&repo, &tag, created[i].as_deref())
-                        .await?;
+                    let digest = seeder.push_image(&repo, &tag, created[i].as_deref()).await?;
                     results.lock().unwrap()[i] = Some(digest);
                 }
             });
@@ -267,11 +217,7 @@ impl Seeder {
             joined.context("push_many worker panicked")??;
         }
         let results = std::mem::take(&mut *results.lock().unwrap());
-        results
-            .into_iter()
-            .enumerate()
-            .map(|(i, d)| d.ok_or_else(|| anyhow!("push_many: image {i} was not pushed")))
-            .collect()
+        results.into_iter().enumerate().map(|(i, d)| d.ok_or_else(|| anyhow!("push_many: image {i} was not pushed"))).collect()
     }
 
     /// The repository's tags, sorted (following `Link` pages when the server paginates); `[]` when the
@@ -282,11 +228,7 @@ impl Seeder {
         for _ in 0..100_000 {
             let resp = self.send(Method::GET, &url, HeaderMap::new(), None).await?;
             let status = resp.status();
-            let link = resp
-                .headers()
-                .get(LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(next_link);
+            let link = resp.headers().get(LINK).and_then(|v| v.to_str().ok()).and_then(next_link);
             let body = resp.text().await.unwrap_or_default();
             if status == StatusCode::NOT_FOUND {
                 bail!("listing tags of {repo}: repository not found (404): {body}");
@@ -294,17 +236,13 @@ impl Seeder {
             if !status.is_success() {
                 bail!("listing tags of {repo}: HTTP {status}: {body}");
             }
-            let v: serde_json::Value = serde_json::from_str(&body)
-                .with_context(|| format!("listing tags of {repo}: bad JSON {body:?}"))?;
+            let v: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("listing tags of {repo}: bad JSON {body:?}"))?;
             if let Some(arr) = v.get("tags").and_then(|t| t.as_array()) {
                 tags.extend(arr.iter().filter_map(|t| t.as_str().map(str::to_string)));
             }
             match link {
                 Some(next) => {
-                    url = Url::parse(&url)?
-                        .join(&next)
-                        .with_context(|| format!("bad Link target {next:?}"))?
-                        .to_string();
+                    url = Url::parse(&url)?.join(&next).with_context(|| format!("bad Link target {next:?}"))?.to_string();
                 }
                 None => {
                     tags.sort();
@@ -322,11 +260,7 @@ impl Seeder {
         loop {
             let resp = self.send(Method::GET, &url, HeaderMap::new(), None).await?;
             let status = resp.status();
-            let link = resp
-                .headers()
-                .get(LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(next_link);
+            let link = resp.headers().get(LINK).and_then(|v| v.to_str().ok()).and_then(next_link);
             let body = resp.text().await.unwrap_or_default();
             if !status.is_success() {
                 bail!("listing the catalog: HTTP {status}: {body}");
@@ -358,9 +292,7 @@ impl Seeder {
                     .headers()
                     .get("docker-content-digest")
                     .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| {
-                        anyhow!("resolving {repo}:{tag}: no Docker-Content-Digest header")
-                    })?;
+                    .ok_or_else(|| anyhow!("resolving {repo}:{tag}: no Docker-Content-Digest header"))?;
                 Ok(Some(digest.to_string()))
             }
             s => bail!("resolving {repo}:{tag}: HTTP {s}"),
@@ -369,9 +301,7 @@ impl Seeder {
 
     /// Deletes the manifest `digest` (and so every tag on it); errors unless the registry answers 202.
     pub async fn delete_manifest(&self, repo: &str, digest: &str) -> anyhow::Result<()> {
-        let resp = self
-            .request(Method::DELETE, &format!("/v2/{repo}/manifests/{digest}"))
-            .await?;
+        let resp = self.request(Method::DELETE, &format!("/v2/{repo}/manifests/{digest}")).await?;
         let status = resp.status();
         if status != StatusCode::ACCEPTED {
             let body = resp.text().await.unwrap_or_default();
@@ -382,11 +312,7 @@ impl Seeder {
 
     /// An authenticated request to `path_and_query` (e.g. `/v2/foo/manifests/sha256:..`) with all four
     /// manifest types in `Accept`; returns the raw response whatever its status.
-    pub async fn request(
-        &self,
-        method: Method,
-        path_and_query: &str,
-    ) -> anyhow::Result<reqwest::Response> {
+    pub async fn request(&self, method: Method, path_and_query: &str) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{path_and_query}", self.inner.base);
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(ACCEPT_ALL_MANIFESTS));
@@ -394,31 +320,18 @@ impl Seeder {
     }
 
     async fn get_manifest(&self, repo: &str, reference: &str) -> anyhow::Result<(String, Bytes)> {
-        let resp = self
-            .request(Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
-            .await?;
+        let resp = self.request(Method::GET, &format!("/v2/{repo}/manifests/{reference}")).await?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
             bail!("fetching manifest {repo}@{reference}: HTTP {status}: {body}");
         }
-        let media_type = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let media_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         Ok((media_type, resp.bytes().await?))
     }
 
     /// Builds (and uploads the blobs of) a fresh single-platform image.
-    async fn build_image(
-        &self,
-        repo: &str,
-        flavor: Flavor,
-        created: Option<&str>,
-        arch: &str,
-    ) -> anyhow::Result<Manifest> {
+    async fn build_image(&self, repo: &str, flavor: Flavor, created: Option<&str>, arch: &str) -> anyhow::Result<Manifest> {
         let layer_digest = util::sha256_digest(LAYER);
         let mut config = json!({
             "architecture": arch,
@@ -444,11 +357,7 @@ impl Seeder {
             manifest["annotations"] = json!({"org.tagwarden.testbed": "fixture"});
         }
         let body = Bytes::from(serde_json::to_vec(&manifest)?);
-        Ok(Manifest {
-            media_type: flavor.manifest(),
-            digest: util::sha256_digest(&body),
-            body,
-        })
+        Ok(Manifest { media_type: flavor.manifest(), digest: util::sha256_digest(&body), body })
     }
 
     /// Uploads a blob (POST + PUT) unless this seeder already knows it is there.
@@ -459,14 +368,7 @@ impl Seeder {
             return Ok(digest);
         }
         let start_url = format!("{}/v2/{repo}/blobs/uploads/", self.inner.base);
-        let resp = self
-            .send(
-                Method::POST,
-                &start_url,
-                HeaderMap::new(),
-                Some(Bytes::new()),
-            )
-            .await?;
+        let resp = self.send(Method::POST, &start_url, HeaderMap::new(), Some(Bytes::new())).await?;
         let status = resp.status();
         if status != StatusCode::ACCEPTED {
             let body = resp.text().await.unwrap_or_default();
@@ -480,13 +382,8 @@ impl Seeder {
         let mut put_url = Url::parse(&start_url)?.join(location)?;
         put_url.query_pairs_mut().append_pair("digest", &digest);
         let mut headers = HeaderMap::new();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        let resp = self
-            .send(Method::PUT, put_url.as_str(), headers, Some(data))
-            .await?;
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        let resp = self.send(Method::PUT, put_url.as_str(), headers, Some(data)).await?;
         let status = resp.status();
         if status != StatusCode::CREATED {
             let body = resp.text().await.unwrap_or_default();
@@ -496,63 +393,32 @@ impl Seeder {
         Ok(digest)
     }
 
-    async fn put_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        m: &Manifest,
-    ) -> anyhow::Result<String> {
+    async fn put_manifest(&self, repo: &str, reference: &str, m: &Manifest) -> anyhow::Result<String> {
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.inner.base);
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(m.media_type));
-        let resp = self
-            .send(Method::PUT, &url, headers, Some(m.body.clone()))
-            .await?;
+        let resp = self.send(Method::PUT, &url, headers, Some(m.body.clone())).await?;
         let status = resp.status();
-        let digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let digest = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string);
         if status != StatusCode::CREATED {
             let body = resp.text().await.unwrap_or_default();
-            bail!(
-                "PUT manifest {repo}:{reference} ({}): HTTP {status}: {body}",
-                m.media_type
-            );
+            bail!("PUT manifest {repo}:{reference} ({}): HTTP {status}: {body}", m.media_type);
         }
         if let Some(d) = &digest
             && *d != m.digest
         {
-            bail!(
-                "PUT manifest {repo}:{reference}: registry says {d}, expected {}",
-                m.digest
-            );
+            bail!("PUT manifest {repo}:{reference}: registry says {d}, expected {}", m.digest);
         }
-        self.inner
-            .manifests
-            .lock()
-            .unwrap()
-            .insert(m.digest.clone(), (m.media_type.to_string(), m.body.clone()));
+        self.inner.manifests.lock().unwrap().insert(m.digest.clone(), (m.media_type.to_string(), m.body.clone()));
         Ok(m.digest.clone())
     }
 
     /// Sends one request with the seeder's credentials; with token auth, fetches (and caches) a token
     /// for the repository's `pull,push,delete` scope and retries once on a Bearer challenge.
-    async fn send(
-        &self,
-        method: Method,
-        url: &str,
-        headers: HeaderMap,
-        body: Option<Bytes>,
-    ) -> anyhow::Result<reqwest::Response> {
+    async fn send(&self, method: Method, url: &str, headers: HeaderMap, body: Option<Bytes>) -> anyhow::Result<reqwest::Response> {
         let mut scope = scope_for(url);
         for attempt in 0..2 {
-            let mut rb = self
-                .inner
-                .http
-                .request(method.clone(), url)
-                .headers(headers.clone());
+            let mut rb = self.inner.http.request(method.clone(), url).headers(headers.clone());
             if let Some(b) = &body {
                 rb = rb.body(b.clone());
             }
@@ -566,15 +432,8 @@ impl Seeder {
                 }
             }
             let resp = rb.send().await.with_context(|| format!("{method} {url}"))?;
-            if attempt == 0
-                && resp.status() == StatusCode::UNAUTHORIZED
-                && matches!(self.inner.auth, SeederAuth::Token { .. })
-            {
-                let challenge = resp
-                    .headers()
-                    .get(WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
+            if attempt == 0 && resp.status() == StatusCode::UNAUTHORIZED && matches!(self.inner.auth, SeederAuth::Token { .. }) {
+                let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or_default();
                 if challenge.to_ascii_lowercase().starts_with("bearer") {
                     let wanted = challenge_param(challenge, "scope").unwrap_or_default();
                     scope = Some(match scope {
@@ -594,13 +453,7 @@ impl Seeder {
         if !refresh && let Some(t) = self.inner.tokens.lock().unwrap().get(scope) {
             return Ok(t.clone());
         }
-        let SeederAuth::Token {
-            realm,
-            service,
-            user,
-            password,
-        } = &self.inner.auth
-        else {
+        let SeederAuth::Token { realm, service, user, password } = &self.inner.auth else {
             bail!("no token auth configured");
         };
         let mut url = Url::parse(realm)?;
@@ -628,11 +481,7 @@ impl Seeder {
             .and_then(|t| t.as_str())
             .ok_or_else(|| anyhow!("token response without a token: {body}"))?
             .to_string();
-        self.inner
-            .tokens
-            .lock()
-            .unwrap()
-            .insert(scope.to_string(), token.clone());
+        self.inner.tokens.lock().unwrap().insert(scope.to_string(), token.clone());
         Ok(token)
     }
 }
@@ -645,10 +494,7 @@ fn scope_for(url: &str) -> Option<String> {
     if rest.starts_with("_catalog") {
         return Some("registry:catalog:*".to_string());
     }
-    let idx = ["/manifests/", "/blobs/", "/tags/"]
-        .iter()
-        .filter_map(|m| rest.rfind(m))
-        .max()?;
+    let idx = ["/manifests/", "/blobs/", "/tags/"].iter().filter_map(|m| rest.rfind(m)).max()?;
     Some(format!("repository:{}:pull,push,delete", &rest[..idx]))
 }
 
@@ -681,10 +527,7 @@ fn next_link(header: &str) -> Option<String> {
     header.split(',').find_map(|part| {
         let (target, params) = part.split_once(';')?;
         let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
-        params
-            .split(';')
-            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next")
-            .then(|| target.to_string())
+        params.split(';').any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next").then(|| target.to_string())
     })
 }
 
@@ -694,38 +537,23 @@ mod tests {
 
     #[test]
     fn scopes() {
-        assert_eq!(
-            scope_for("http://x/v2/a/b/manifests/latest").as_deref(),
-            Some("repository:a/b:pull,push,delete")
-        );
-        assert_eq!(
-            scope_for("http://x/v2/a/blobs/uploads/abc?_state=1").as_deref(),
-            Some("repository:a:pull,push,delete")
-        );
-        assert_eq!(
-            scope_for("http://x/v2/_catalog?n=1").as_deref(),
-            Some("registry:catalog:*")
-        );
+        assert_eq!(scope_for("http://x/v2/a/b/manifests/latest").as_deref(), Some("repository:a/b:pull,push,delete"));
+        assert_eq!(scope_for("http://x/v2/a/blobs/uploads/abc?_state=1").as_deref(), Some("repository:a:pull,push,delete"));
+        assert_eq!(scope_for("http://x/v2/_catalog?n=1").as_deref(), Some("registry:catalog:*"));
         assert_eq!(scope_for("http://x/v2/"), None);
     }
 
     #[test]
     fn challenge() {
         let c = r#"Bearer realm="http://127.0.0.1:1/token",service="svc",scope="repository:a:pull,push""#;
-        assert_eq!(
-            challenge_param(c, "scope").as_deref(),
-            Some("repository:a:pull,push")
-        );
+        assert_eq!(challenge_param(c, "scope").as_deref(), Some("repository:a:pull,push"));
         assert_eq!(challenge_param(c, "service").as_deref(), Some("svc"));
         assert_eq!(challenge_param(c, "error"), None);
     }
 
     #[test]
     fn links() {
-        assert_eq!(
-            next_link(r#"</v2/a/tags/list?n=2&last=b>; rel="next""#).as_deref(),
-            Some("/v2/a/tags/list?n=2&last=b")
-        );
+        assert_eq!(next_link(r#"</v2/a/tags/list?n=2&last=b>; rel="next""#).as_deref(), Some("/v2/a/tags/list?n=2&last=b"));
         assert_eq!(next_link(r#"</x>; rel="prev""#), None);
     }
 }

@@ -38,11 +38,7 @@ pub struct TokenServerOptions {
 
 impl Default for TokenServerOptions {
     fn default() -> Self {
-        TokenServerOptions {
-            grant_delete: true,
-            user: "tagwarden".to_string(),
-            password: "tagwarden-password".to_string(),
-        }
+        TokenServerOptions { grant_delete: true, user: "tagwarden".to_string(), password: "tagwarden-password".to_string() }
     }
 }
 
@@ -105,62 +101,28 @@ impl TokenServer {
     /// Generates a P-256 key and self-signed certificate, binds a free port on 127.0.0.1 and serves
     /// `GET /token`. Besides `opts.user` there is a built-in admin user that is granted everything.
     pub async fn start(opts: TokenServerOptions) -> anyhow::Result<TokenServer> {
-        let key_pair =
-            rcgen::KeyPair::generate().context("token server: generating a P-256 key")?;
-        let mut params = rcgen::CertificateParams::new(vec!["tagwarden-testbed-token".to_string()])
-            .context("token server: certificate parameters")?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "tagwarden testbed token signer");
-        let cert = params
-            .self_signed(&key_pair)
-            .context("token server: self-signing the certificate")?;
+        let key_pair = rcgen::KeyPair::generate().context("token server: generating a P-256 key")?;
+        let mut params =
+            rcgen::CertificateParams::new(vec!["tagwarden-testbed-token".to_string()]).context("token server: certificate parameters")?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, "tagwarden testbed token signer");
+        let cert = params.self_signed(&key_pair).context("token server: self-signing the certificate")?;
         let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
         let key = EncodingKey::from_ec_der(&key_pair.serialize_der());
 
-        let admin = (
-            "testbed-admin".to_string(),
-            format!("admin-{}", util::unique_id()),
-        );
+        let admin = ("testbed-admin".to_string(), format!("admin-{}", util::unique_id()));
         let mut users = BTreeMap::new();
-        users.insert(
-            admin.0.clone(),
-            User {
-                password: admin.1.clone(),
-                grant_delete: true,
-            },
-        );
-        users.insert(
-            opts.user.clone(),
-            User {
-                password: opts.password.clone(),
-                grant_delete: opts.grant_delete,
-            },
-        );
-        let state = Arc::new(State {
-            users: Mutex::new(users),
-            issued: Mutex::new(Vec::new()),
-            count: AtomicUsize::new(0),
-            key,
-            x5c,
-        });
+        users.insert(admin.0.clone(), User { password: admin.1.clone(), grant_delete: true });
+        users.insert(opts.user.clone(), User { password: opts.password.clone(), grant_delete: opts.grant_delete });
+        let state = Arc::new(State { users: Mutex::new(users), issued: Mutex::new(Vec::new()), count: AtomicUsize::new(0), key, x5c });
 
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .context("token server: binding 127.0.0.1:0")?;
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.context("token server: binding 127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let handler_state = state.clone();
         let task = util::serve(listener, move |req| {
             let state = handler_state.clone();
             async move { Ok::<_, DropConnection>(handle(&state, req)) }
         });
-        Ok(TokenServer {
-            realm: format!("http://127.0.0.1:{port}/token"),
-            cert_pem: cert.pem(),
-            admin,
-            state,
-            task,
-        })
+        Ok(TokenServer { realm: format!("http://127.0.0.1:{port}/token"), cert_pem: cert.pem(), admin, state, task })
     }
 
     /// The realm URL (`http://127.0.0.1:PORT/token`) that goes into the registry's challenge.
@@ -185,8 +147,7 @@ impl TokenServer {
 
     /// Writes [`TokenServer::cert_pem`] to `path`.
     pub fn write_cert(&self, path: &Path) -> anyhow::Result<()> {
-        std::fs::write(path, &self.cert_pem)
-            .with_context(|| format!("writing token certificate to {}", path.display()))
+        std::fs::write(path, &self.cert_pem).with_context(|| format!("writing token certificate to {}", path.display()))
     }
 
     /// How many tokens were issued so far (failed requests are not counted).
@@ -206,13 +167,7 @@ impl TokenServer {
 
     /// Adds (or replaces) a user.
     pub fn add_user(&self, user: &str, password: &str, grant_delete: bool) {
-        self.state.users.lock().unwrap().insert(
-            user.to_string(),
-            User {
-                password: password.to_string(),
-                grant_delete,
-            },
-        );
+        self.state.users.lock().unwrap().insert(user.to_string(), User { password: password.to_string(), grant_delete });
     }
 
     /// Changes whether `user` is granted `delete` from now on (tokens already issued keep theirs).
@@ -235,15 +190,9 @@ impl Drop for TokenServer {
 }
 
 fn error(status: u16, code: &str, message: &str) -> Response<Body> {
-    let mut resp = util::json_response(
-        status,
-        &json!({"errors": [{"code": code, "message": message, "detail": null}]}),
-    );
+    let mut resp = util::json_response(status, &json!({"errors": [{"code": code, "message": message, "detail": null}]}));
     if status == 401 {
-        resp.headers_mut().insert(
-            "WWW-Authenticate",
-            hyper::header::HeaderValue::from_static("Basic realm=\"tagwarden-test-token\""),
-        );
+        resp.headers_mut().insert("WWW-Authenticate", hyper::header::HeaderValue::from_static("Basic realm=\"tagwarden-test-token\""));
     }
     resp
 }
@@ -254,9 +203,7 @@ fn basic_credentials(req: &Request<Incoming>) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (user, password) = decoded.split_once(':')?;
     Some((user.to_string(), password.to_string()))
@@ -266,11 +213,7 @@ fn basic_credentials(req: &Request<Incoming>) -> Option<(String, String)> {
 fn parse_scope(scope: &str) -> Option<(String, String, Vec<String>)> {
     let (kind, rest) = scope.split_once(':')?;
     let (name, actions) = rest.rsplit_once(':')?;
-    let actions = actions
-        .split(',')
-        .filter(|a| !a.is_empty())
-        .map(str::to_string)
-        .collect();
+    let actions = actions.split(',').filter(|a| !a.is_empty()).map(str::to_string).collect();
     Some((kind.to_string(), name.to_string(), actions))
 }
 
@@ -295,11 +238,7 @@ fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     for (k, v) in &query {
         match k.as_str() {
             "service" if v != TOKEN_SERVICE => {
-                return error(
-                    400,
-                    "INVALID_REQUEST",
-                    &format!("unknown service {v:?}, expected {TOKEN_SERVICE:?}"),
-                );
+                return error(400, "INVALID_REQUEST", &format!("unknown service {v:?}, expected {TOKEN_SERVICE:?}"));
             }
             "scope" => requested.extend(v.split(' ').filter(|s| !s.is_empty()).map(String::from)),
             _ => {}
@@ -310,11 +249,7 @@ fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     let mut granted = Vec::new();
     for scope in &requested {
         let Some((kind, name, actions)) = parse_scope(scope) else {
-            return error(
-                400,
-                "INVALID_REQUEST",
-                &format!("malformed scope {scope:?}"),
-            );
+            return error(400, "INVALID_REQUEST", &format!("malformed scope {scope:?}"));
         };
         let actions: Vec<String> = if kind == "repository" {
             let mut out: Vec<String> = Vec::new();
@@ -337,11 +272,7 @@ fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
             actions
         };
         granted.push(format!("{kind}:{name}:{}", actions.join(",")));
-        access.push(Access {
-            kind,
-            name,
-            actions,
-        });
+        access.push(Access { kind, name, actions });
     }
 
     let now = util::now_secs();
@@ -362,14 +293,8 @@ fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         Ok(t) => t,
         Err(e) => return error(500, "UNKNOWN", &format!("signing failed: {e}")),
     };
-    let issued_at = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    state.issued.lock().unwrap().push(IssuedToken {
-        user,
-        requested,
-        granted,
-    });
+    let issued_at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    state.issued.lock().unwrap().push(IssuedToken { user, requested, granted });
     state.count.fetch_add(1, Ordering::SeqCst);
     util::json_response(
         200,

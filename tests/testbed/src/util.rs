@@ -17,19 +17,13 @@ use tokio::task::{JoinHandle, JoinSet};
 pub(crate) fn unique_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{:x}-{:x}-{:x}", std::process::id(), nanos, n)
 }
 
 /// Seconds since the Unix epoch.
 pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Lowercase hex SHA-256 of `data`, as `sha256:<hex>`.
@@ -103,11 +97,7 @@ pub(crate) fn tail_file(path: &Path, max_lines: usize) -> String {
             let text = String::from_utf8_lossy(&data);
             let lines: Vec<&str> = text.lines().collect();
             let start = lines.len().saturating_sub(max_lines);
-            if lines.is_empty() {
-                "(registry log is empty)".to_string()
-            } else {
-                lines[start..].join("\n")
-            }
+            if lines.is_empty() { "(registry log is empty)".to_string() } else { lines[start..].join("\n") }
         }
         Err(e) => format!("(could not read {}: {e})", path.display()),
     }

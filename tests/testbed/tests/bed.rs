@@ -3,19 +3,14 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use tagwarden_testbed::{
-    ACCEPT_ALL_MANIFESTS, Auth, Fault, FaultProxy, RegistryOptions, TestRegistry,
-    TokenServerOptions,
-};
+use tagwarden_testbed::{ACCEPT_ALL_MANIFESTS, Auth, Fault, FaultProxy, RegistryOptions, TestRegistry, TokenServerOptions};
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 async fn start_default() -> TestRegistry {
-    TestRegistry::start(RegistryOptions::default())
-        .await
-        .expect("registry starts")
+    TestRegistry::start(RegistryOptions::default()).await.expect("registry starts")
 }
 
 #[tokio::test]
@@ -26,46 +21,18 @@ async fn push_tags_resolve_retag_index() {
     assert!(config.contains("enabled: true"), "{config}");
     let s = reg.client();
 
-    let a = s
-        .push_image("team/app", "v2", Some("2024-01-02T03:04:05Z"))
-        .await
-        .unwrap();
+    let a = s.push_image("team/app", "v2", Some("2024-01-02T03:04:05Z")).await.unwrap();
     let b = s.push_image("team/app", "v1", None).await.unwrap();
     assert_ne!(a, b, "every push has unique content");
-    let d = s
-        .push_docker_image("team/app", "docker", Some("2023-05-06T07:08:09Z"))
-        .await
-        .unwrap();
-    let idx = s
-        .push_index(
-            "team/app",
-            "multi",
-            [Some("2022-01-01T00:00:00Z"), Some("2022-01-02T00:00:00Z")],
-        )
-        .await
-        .unwrap();
+    let d = s.push_docker_image("team/app", "docker", Some("2023-05-06T07:08:09Z")).await.unwrap();
+    let idx = s.push_index("team/app", "multi", [Some("2022-01-01T00:00:00Z"), Some("2022-01-02T00:00:00Z")]).await.unwrap();
     s.retag("team/app", &a, "latest").await.unwrap();
 
-    assert_eq!(
-        s.tags("team/app").await.unwrap(),
-        ["docker", "latest", "multi", "v1", "v2"]
-    );
-    assert_eq!(
-        s.resolve("team/app", "v2").await.unwrap().as_ref(),
-        Some(&a)
-    );
-    assert_eq!(
-        s.resolve("team/app", "latest").await.unwrap().as_ref(),
-        Some(&a)
-    );
-    assert_eq!(
-        s.resolve("team/app", "docker").await.unwrap().as_ref(),
-        Some(&d)
-    );
-    assert_eq!(
-        s.resolve("team/app", "multi").await.unwrap().as_ref(),
-        Some(&idx)
-    );
+    assert_eq!(s.tags("team/app").await.unwrap(), ["docker", "latest", "multi", "v1", "v2"]);
+    assert_eq!(s.resolve("team/app", "v2").await.unwrap().as_ref(), Some(&a));
+    assert_eq!(s.resolve("team/app", "latest").await.unwrap().as_ref(), Some(&a));
+    assert_eq!(s.resolve("team/app", "docker").await.unwrap().as_ref(), Some(&d));
+    assert_eq!(s.resolve("team/app", "multi").await.unwrap().as_ref(), Some(&idx));
     assert_eq!(s.resolve("team/app", "nope").await.unwrap(), None);
     assert!(s.tags("team/unknown").await.is_err());
     assert_eq!(s.catalog().await.unwrap(), ["team/app"]);
@@ -82,14 +49,8 @@ async fn push_tags_resolve_retag_index() {
         .await
         .unwrap();
     let config_digest = manifest["config"]["digest"].as_str().unwrap();
-    let config: serde_json::Value = c
-        .get(format!("{}/v2/team/app/blobs/{config_digest}", reg.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config: serde_json::Value =
+        c.get(format!("{}/v2/team/app/blobs/{config_digest}", reg.url())).send().await.unwrap().json().await.unwrap();
     assert_eq!(config["created"], "2024-01-02T03:04:05Z");
     let index: serde_json::Value = c
         .get(format!("{}/v2/team/app/manifests/multi", reg.url()))
@@ -115,35 +76,19 @@ async fn push_tags_resolve_retag_index() {
 async fn push_many_is_concurrent_and_ordered() {
     let reg = start_default().await;
     let s = reg.client();
-    let digests = s
-        .push_many("many", "t", 40, |i| {
-            Some(format!("2024-01-01T00:00:{:02}Z", i % 60))
-        })
-        .await
-        .unwrap();
+    let digests = s.push_many("many", "t", 40, |i| Some(format!("2024-01-01T00:00:{:02}Z", i % 60))).await.unwrap();
     assert_eq!(digests.len(), 40);
     let tags = s.tags("many").await.unwrap();
     assert_eq!(tags.len(), 40);
-    assert_eq!(
-        s.resolve("many", "t17").await.unwrap().as_ref(),
-        Some(&digests[17])
-    );
+    assert_eq!(s.resolve("many", "t17").await.unwrap().as_ref(), Some(&digests[17]));
 }
 
 #[tokio::test]
 async fn deletes_disabled_answer_405() {
-    let reg = TestRegistry::start(RegistryOptions {
-        deletes_enabled: false,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let reg = TestRegistry::start(RegistryOptions { deletes_enabled: false, ..Default::default() }).await.unwrap();
     let s = reg.client();
     let digest = s.push_image("r", "t", None).await.unwrap();
-    let resp = s
-        .request(Method::DELETE, &format!("/v2/r/manifests/{digest}"))
-        .await
-        .unwrap();
+    let resp = s.request(Method::DELETE, &format!("/v2/r/manifests/{digest}")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert!(s.delete_manifest("r", &digest).await.is_err());
     assert_eq!(s.resolve("r", "t").await.unwrap(), Some(digest));
@@ -152,10 +97,7 @@ async fn deletes_disabled_answer_405() {
 #[tokio::test]
 async fn basic_auth() {
     let reg = TestRegistry::start(RegistryOptions {
-        auth: Auth::Basic {
-            user: "alice".into(),
-            password: "s3cret".into(),
-        },
+        auth: Auth::Basic { user: "alice".into(), password: "s3cret".into() },
         ..Default::default()
     })
     .await
@@ -167,19 +109,9 @@ async fn basic_auth() {
     assert_eq!(anon.status(), StatusCode::UNAUTHORIZED);
     let challenge = anon.headers()["www-authenticate"].to_str().unwrap();
     assert!(challenge.contains("tagwarden-test"), "{challenge}");
-    let wrong = c
-        .get(&url)
-        .basic_auth("alice", Some("nope"))
-        .send()
-        .await
-        .unwrap();
+    let wrong = c.get(&url).basic_auth("alice", Some("nope")).send().await.unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-    let ok = c
-        .get(&url)
-        .basic_auth("alice", Some("s3cret"))
-        .send()
-        .await
-        .unwrap();
+    let ok = c.get(&url).basic_auth("alice", Some("s3cret")).send().await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
 
     let s = reg.client();
@@ -190,11 +122,7 @@ async fn basic_auth() {
 #[tokio::test]
 async fn token_auth_end_to_end() {
     let reg = TestRegistry::start(RegistryOptions {
-        auth: Auth::Token(TokenServerOptions {
-            grant_delete: false,
-            user: "ci".into(),
-            password: "ci-pass".into(),
-        }),
+        auth: Auth::Token(TokenServerOptions { grant_delete: false, user: "ci".into(), password: "ci-pass".into() }),
         ..Default::default()
     })
     .await
@@ -223,10 +151,7 @@ async fn token_auth_end_to_end() {
     // The configured user asks for pull,push,delete and gets no delete.
     let token_resp: serde_json::Value = c
         .get(ts.realm())
-        .query(&[
-            ("service", ts.service()),
-            ("scope", "repository:secure/app:pull,push,delete"),
-        ])
+        .query(&[("service", ts.service()), ("scope", "repository:secure/app:pull,push,delete")])
         .basic_auth("ci", Some("ci-pass"))
         .send()
         .await
@@ -238,10 +163,7 @@ async fn token_auth_end_to_end() {
     assert_eq!(token_resp["token"], token_resp["access_token"]);
     let token = token_resp["token"].as_str().unwrap();
     assert_eq!(ts.tokens_issued(), after_seeding + 1);
-    assert_eq!(
-        ts.issued().last().unwrap().granted,
-        ["repository:secure/app:pull,push"]
-    );
+    assert_eq!(ts.issued().last().unwrap().granted, ["repository:secure/app:pull,push"]);
 
     let pull = c
         .head(format!("{}/v2/secure/app/manifests/v1", reg.url()))
@@ -253,12 +175,7 @@ async fn token_auth_end_to_end() {
     assert_eq!(pull.status(), StatusCode::OK);
     assert_eq!(pull.headers()["docker-content-digest"], digest.as_str());
 
-    let delete = c
-        .delete(format!("{}/v2/secure/app/manifests/{digest}", reg.url()))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let delete = c.delete(format!("{}/v2/secure/app/manifests/{digest}", reg.url())).bearer_auth(token).send().await.unwrap();
     assert_eq!(delete.status(), StatusCode::UNAUTHORIZED);
     let challenge = delete.headers()["www-authenticate"].to_str().unwrap();
     assert!(challenge.contains("insufficient_scope"), "{challenge}");
@@ -282,35 +199,20 @@ async fn proxy_faults_and_counting() {
     assert!(proxy.requests().is_empty());
 
     // 503 twice for DELETE, then pass through; faulted deletes never reach the registry.
-    proxy.inject(Fault::Status {
-        method: Some("DELETE".into()),
-        path_contains: "/manifests/".into(),
-        status: 503,
-        times: 2,
-    });
+    proxy.inject(Fault::Status { method: Some("DELETE".into()), path_contains: "/manifests/".into(), status: 503, times: 2 });
     let path = format!("/v2/p/app/manifests/{digest}");
     for _ in 0..2 {
         let r = via.request(Method::DELETE, &path).await.unwrap();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body: serde_json::Value = r.json().await.unwrap();
         assert!(body["errors"].is_array());
-        assert_eq!(
-            direct.resolve("p/app", "keep").await.unwrap().as_ref(),
-            Some(&digest)
-        );
+        assert_eq!(direct.resolve("p/app", "keep").await.unwrap().as_ref(), Some(&digest));
     }
     // GETs were not affected by the DELETE-only fault.
-    assert_eq!(
-        via.resolve("p/app", "keep").await.unwrap().as_ref(),
-        Some(&digest)
-    );
+    assert_eq!(via.resolve("p/app", "keep").await.unwrap().as_ref(), Some(&digest));
 
     // 429 with Retry-After, then pass through.
-    proxy.inject(Fault::RateLimit {
-        path_contains: "/manifests/".into(),
-        retry_after_secs: 7,
-        times: 1,
-    });
+    proxy.inject(Fault::RateLimit { path_contains: "/manifests/".into(), retry_after_secs: 7, times: 1 });
     let r = via.request(Method::DELETE, &path).await.unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.headers()["retry-after"], "7");
@@ -322,28 +224,14 @@ async fn proxy_faults_and_counting() {
     assert_eq!(proxy.count("*", ""), proxy.requests().len());
 
     // Reset: the connection closes without an answer, once.
-    proxy.inject(Fault::Reset {
-        path_contains: "/tags/list".into(),
-        times: 1,
-    });
+    proxy.inject(Fault::Reset { path_contains: "/tags/list".into(), times: 1 });
     assert!(via.tags("p/app").await.is_err());
     assert!(via.tags("p/app").await.unwrap().is_empty());
 
     // Delay: a client with a short timeout gives up.
-    proxy.inject(Fault::Delay {
-        path_contains: "/v2/".into(),
-        millis: 300,
-    });
-    let impatient = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(50))
-        .build()
-        .unwrap();
-    let err = impatient
-        .get(format!("{}/v2/", proxy.url()))
-        .send()
-        .await
-        .unwrap_err();
+    proxy.inject(Fault::Delay { path_contains: "/v2/".into(), millis: 300 });
+    let impatient = reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(50)).build().unwrap();
+    let err = impatient.get(format!("{}/v2/", proxy.url())).send().await.unwrap_err();
     assert!(err.is_timeout(), "{err}");
     proxy.clear();
 }
@@ -363,17 +251,9 @@ async fn proxy_paginates_tags() {
     loop {
         let r = c.get(&url).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        let link = r
-            .headers()
-            .get("link")
-            .map(|v| v.to_str().unwrap().to_string());
+        let link = r.headers().get("link").map(|v| v.to_str().unwrap().to_string());
         let body: serde_json::Value = r.json().await.unwrap();
-        let page: Vec<String> = body["tags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap().to_string())
-            .collect();
+        let page: Vec<String> = body["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
         assert!(page.len() <= 3);
         seen.extend(page);
         match link {
@@ -397,19 +277,11 @@ async fn proxy_paginates_tags() {
     assert_eq!(via.tags("pages").await.unwrap().len(), 7);
     assert_eq!(proxy.count("GET", "/tags/list"), 6);
     proxy.clear();
-    let r = c
-        .get(format!("{}/v2/pages/tags/list", proxy.url()))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(format!("{}/v2/pages/tags/list", proxy.url())).send().await.unwrap();
     assert!(r.headers().get("link").is_none());
     // Unknown repositories still answer 404 through the paginating proxy.
     proxy.inject(Fault::PaginateTags { page_size: 3 });
-    let r = c
-        .get(format!("{}/v2/nothing/tags/list", proxy.url()))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(format!("{}/v2/nothing/tags/list", proxy.url())).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
@@ -422,10 +294,7 @@ async fn drop_kills_the_registry_and_removes_its_directory() {
     assert!(std::path::Path::new(&proc_path).exists());
     assert!(dir.exists());
     drop(reg);
-    assert!(
-        !std::path::Path::new(&proc_path).exists(),
-        "registry {pid} survived drop"
-    );
+    assert!(!std::path::Path::new(&proc_path).exists(), "registry {pid} survived drop");
     assert!(!dir.exists());
 }
 
@@ -447,9 +316,7 @@ async fn parallel_instances_get_their_own_ports() {
 async fn a_panicking_test_leaves_no_registry_behind() {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
-        let reg = TestRegistry::start(RegistryOptions::default())
-            .await
-            .unwrap();
+        let reg = TestRegistry::start(RegistryOptions::default()).await.unwrap();
         tx.send((reg.pid(), reg.work_dir().to_path_buf())).unwrap();
         panic!("simulated test failure");
     });

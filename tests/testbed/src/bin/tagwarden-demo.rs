@@ -74,7 +74,8 @@ async fn seed(registry: &TestRegistry, dir: &Path) -> anyhow::Result<Vec<String>
     files.sort();
     let mut repos = Vec::new();
     for file in files {
-        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file)?).with_context(|| format!("reading {}", file.display()))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file)?).with_context(|| format!("reading {}", file.display()))?;
         let repo = doc["repository"].as_str().context("recording without repository")?.to_owned();
         let recorded_at = OffsetDateTime::parse(doc["recorded_at"].as_str().unwrap_or_default(), &Rfc3339)?;
         let shift = now - recorded_at;
