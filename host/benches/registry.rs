@@ -59,6 +59,8 @@
 //!
 //! The output ends with markdown tables ready to paste into docs/benchmarks.md.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::{Command, Stdio};
@@ -512,7 +514,7 @@ fn print_report(options: &Options, machine: &Machine, runs: &[DeleteRun], seeds:
         machine.cores,
         machine.rustc,
         machine.load_before,
-        load_average(),
+        common::load_average(),
         machine.registry,
         machine.curl
     );
@@ -850,36 +852,19 @@ struct Machine {
 
 impl Machine {
     fn probe() -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
-            .unwrap_or_else(|| "unknown CPU".to_owned());
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let first_line = |program: &str, arg: &str| {
-            Command::new(program)
-                .arg(arg)
-                .output()
-                .ok()
-                .and_then(|o| String::from_utf8(if o.stdout.is_empty() { o.stderr } else { o.stdout }).ok())
-                .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
-                .unwrap_or_else(|| format!("{program} (version unknown)"))
-        };
-        let rustc = first_line(&std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned()), "--version");
         let registry = tagwarden_testbed::registry_binary()
-            .map(|p| first_line(&p.to_string_lossy(), "--version"))
+            .map(|p| common::first_line(&p.to_string_lossy(), "--version"))
             .unwrap_or_else(|e| format!("registry unavailable: {e:#}"));
-        let curl = first_line(CURL, "--version").split(" (").next().unwrap_or("curl").to_owned();
-        Machine { cpu, cores, rustc, registry, curl, load_before: load_average() }
+        let curl = common::first_line(CURL, "--version").split(" (").next().unwrap_or("curl").to_owned();
+        Machine {
+            cpu: common::cpu_model(),
+            cores: common::cores(),
+            rustc: common::rustc_version(),
+            registry,
+            curl,
+            load_before: common::load_average(),
+        }
     }
-}
-
-/// The 1-minute load average.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".to_owned())
 }
 
 /// Captures the transport's `registry request` debug events (method, status, elapsed) for

@@ -21,6 +21,8 @@
 //!
 //! The output is a markdown table ready to paste into docs/benchmarks.md.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -490,7 +492,7 @@ impl Report {
             machine.cores,
             machine.rustc,
             machine.load_before,
-            load_average()
+            common::load_average()
         );
         if options.quick {
             println!("Quick run (TAGWARDEN_BENCH_QUICK): few samples, no 1M list; not for the record.");
@@ -616,27 +618,6 @@ struct Machine {
 
 impl Machine {
     fn probe() -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
-            .unwrap_or_else(|| "unknown CPU".to_owned());
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let rustc = std::process::Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
-            .arg("--version")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|| "rustc unknown".to_owned());
-        Machine { cpu, cores, rustc, load_before: load_average() }
+        Machine { cpu: common::cpu_model(), cores: common::cores(), rustc: common::rustc_version(), load_before: common::load_average() }
     }
-}
-
-/// The 1-minute load average, to tell a quiet machine from a busy one.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".to_owned())
 }

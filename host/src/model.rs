@@ -108,15 +108,7 @@ impl Digest {
 
     /// The sha256 digest of `bytes`.
     pub fn sha256_of(bytes: &[u8]) -> Self {
-        use sha2::{Digest as _, Sha256};
-        let hash = Sha256::digest(bytes);
-        let mut s = String::with_capacity(71);
-        s.push_str("sha256:");
-        for b in hash {
-            use fmt::Write;
-            let _ = write!(s, "{b:02x}");
-        }
-        Digest(s)
+        Digest(format!("sha256:{}", sha256_hex(bytes)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -135,6 +127,17 @@ impl<'de> Deserialize<'de> for Digest {
         let s = String::deserialize(d)?;
         Digest::parse(&s).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
     }
+}
+
+/// The sha256 of `bytes` as 64 lowercase hex digits (plugin files, digests).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut s = String::with_capacity(64);
+    for b in Sha256::digest(bytes) {
+        use fmt::Write;
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }
 
 /// One tag of a repository, with whatever the registry knows about it.

@@ -4,8 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use sha2::{Digest as _, Sha256};
-
 use super::{OutputFormat, output};
 use crate::runtime::{PluginLimits, PluginRuntime, RuntimeConfig};
 
@@ -23,7 +21,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let loaded = runtime.load_bytes(&args.path.display().to_string(), &bytes, PluginLimits::default());
     let report = output::InspectReport {
         path: args.path.display().to_string(),
-        sha256: Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect(),
+        sha256: crate::model::sha256_hex(&bytes),
         size_bytes: bytes.len(),
         loads: loaded.is_ok(),
         error: loaded.as_ref().err().map(|e| e.to_string()),

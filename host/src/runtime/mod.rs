@@ -26,7 +26,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
@@ -290,7 +289,7 @@ impl PluginRuntime {
         }
         .map_err(|e| load_err(format!("exports `{CONTRACT_PACKAGE}/{kind}` with the wrong shape: {e}")))?;
 
-        let sha256 = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let sha256 = crate::model::sha256_hex(bytes);
         let mut plugin = Plugin {
             inner: Arc::new(PluginInner {
                 runtime: self.clone(),
