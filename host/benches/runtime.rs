@@ -14,7 +14,7 @@
 //! Options:
 //! - a filter argument (`cargo bench -p tagwarden --bench runtime -- 10,100k/wasm`) or
 //!   `TAGWARDEN_BENCH_FILTER`: comma-separated groups (`load`, `10`, `1k`, `100k`, `1m`)
-//!   or single cases (`<group>/<case>`, cases `native`, `native-full`, `wasm`, `noop`,
+//!   or single cases (`<group>/<case>`, cases `native`, `native-full`, `wasm`, `noop`, `columns`,
 //!   and for `10` also `noop-create`, `wasm-create`, `wasm-create-empty`,
 //!   `native-create`), e.g. to profile one case under `perf`;
 //! - `TAGWARDEN_BENCH_QUICK=1` shortens every measurement and skips the 1M list.
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gitlab_retention::GitlabRetention;
-use tagwarden::model::{Action, Digest, RetentionDecisions, Tag, TagList, Timestamp};
+use tagwarden::model::{Action, Digest, ListColumns, RetentionDecisions, Tag, TagList, Timestamp};
 use tagwarden::runtime::{PluginLimits, PluginRuntime, RetentionPlugin, RuntimeConfig};
 use tagwarden_plugin_sdk as sdk;
 use tagwarden_plugin_sdk::RetentionPolicy;
@@ -184,7 +184,7 @@ fn large_list(
     let input = sdk_input(&list);
     check_same_verdicts(&list, &input, &gitlab.evaluate(PARAMS, &list, NOW).expect("wasm evaluate"));
     let n = Some(size);
-    let mut ratio = Ratio { size, native: None, native_full: None, wasm: None, noop: None };
+    let mut ratio = Ratio { size, native: None, native_full: None, wasm: None, noop: None, columns: None };
 
     if options.wants(group, "native") {
         let policy = GitlabRetention::create(PARAMS).expect("native create");
@@ -217,6 +217,14 @@ fn large_list(
         });
         ratio.noop = Some(stats.median);
         report.row(group, "noop plugin, full evaluation (Wasm)", "the same path, but the plugin decides nothing", n, stats);
+    }
+    if options.wants(group, "columns") {
+        let stats = options.large(size, || {
+            black_box(ListColumns::build(black_box(list.tags()), list.untagged()));
+        });
+        ratio.columns = Some(stats.median);
+        let includes = "paid once per listing, inside `TagList::new`: names back to back, digests and media types interned; every evaluation and the deletion planner reuse it";
+        report.row(group, "list columns (`ListColumns::build`)", includes, n, stats);
     }
     report.ratios.push(ratio);
 }
@@ -313,7 +321,7 @@ fn sdk_input(list: &TagList) -> sdk::RetentionInput<'_> {
             })
             .collect(),
         untagged: list
-            .untagged
+            .untagged()
             .iter()
             .map(|u| sdk::UntaggedManifest { digest: u.digest.as_str(), created_at: time(u.created_at), pushed_at: time(u.pushed_at) })
             .collect(),
@@ -459,6 +467,7 @@ struct Ratio {
     native_full: Option<Duration>,
     wasm: Option<Duration>,
     noop: Option<Duration>,
+    columns: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -525,13 +534,18 @@ impl Report {
         let percent = |x: f64| format!("{:.0} %", 100.0 * x);
         if !self.ratios.is_empty() {
             println!();
-            println!("| tags | Wasm ÷ native `evaluate` | Wasm ÷ native build + create + evaluate | noop plugin ÷ Wasm gitlab-retention |");
-            println!("|-----:|-------------------------:|----------------------------------------:|------------------------------------:|");
+            println!(
+                "| tags | Wasm ÷ native `evaluate` | (Wasm + list columns) ÷ native `evaluate` | Wasm ÷ native build + create + evaluate | noop plugin ÷ Wasm gitlab-retention |"
+            );
+            println!(
+                "|-----:|-------------------------:|------------------------------------------:|----------------------------------------:|------------------------------------:|"
+            );
             for r in &self.ratios {
                 println!(
-                    "| {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} |",
                     size_label(r.size),
                     show(r.wasm, r.native, times),
+                    show(r.wasm.zip(r.columns).map(|(w, c)| w + c), r.native, times),
                     show(r.wasm, r.native_full, times),
                     show(r.noop, r.wasm, percent)
                 );
@@ -539,18 +553,21 @@ impl Report {
         }
         println!();
         if let Some(r) = self.ratios.iter().find(|r| r.size == 100_000)
-            && let (Some(wasm), Some(native), Some(native_full)) = (r.wasm, r.native, r.native_full)
+            && let (Some(wasm), Some(native), Some(columns)) = (r.wasm, r.native, r.columns)
         {
-            let (x, y) = (ratio(wasm, native), ratio(wasm, native_full));
-            let verdict = if x <= 2.0 {
+            // The strict reading: the list's columns are built once per listing, but a
+            // listing is evaluated once per pass, so charge them to the evaluation.
+            let (alone, charged) = (ratio(wasm, native), ratio(wasm + columns, native));
+            let verdict = if charged <= 2.0 {
                 "met"
-            } else if y <= 2.0 {
-                "met only against the in-process equivalent"
+            } else if alone <= 2.0 {
+                "met only without the list columns"
             } else {
                 "missed"
             };
             println!(
-                "- Target Wasm ≤ 2× native at 100k tags: {x:.2}× native `evaluate`, {y:.2}× native build + create + evaluate: **{verdict}**."
+                "- Target Wasm ≤ 2× native at 100k tags: {alone:.2}× native `evaluate`; {charged:.2}× with building the list's columns \
+                 charged to the evaluation: **{verdict}**."
             );
         }
         if let Some(o) = self.overhead {

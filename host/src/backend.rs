@@ -53,9 +53,9 @@ impl Backend {
             Backend::Recordings(r) => {
                 let mut lists = r.lists.lock().unwrap();
                 let Some(list) = lists.get_mut(repo) else { return Ok(DeleteOutcome::AlreadyGone) };
-                let before = (list.tags().len(), list.untagged.len());
+                let before = (list.tags().len(), list.untagged().len());
                 list.remove_digest(digest);
-                Ok(if before == (list.tags().len(), list.untagged.len()) { DeleteOutcome::AlreadyGone } else { DeleteOutcome::Deleted })
+                Ok(if before == (list.tags().len(), list.untagged().len()) { DeleteOutcome::AlreadyGone } else { DeleteOutcome::Deleted })
             }
         }
     }

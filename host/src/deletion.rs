@@ -12,7 +12,7 @@
 //! [`DeletionPlan::new`] is pure and [`DeletionPlan::check`] re-proves the invariant
 //! against the verdicts, so the executor can refuse a plan that would break it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use anyhow::bail;
 
@@ -47,32 +47,42 @@ impl DeletionPlan {
     /// and `untagged_actions[i]` for untagged manifest `i`.
     pub fn new(list: &TagList, tag_actions: &[Action], untagged_actions: &[Action]) -> anyhow::Result<Self> {
         let tags = list.tags();
-        if tag_actions.len() != tags.len() || untagged_actions.len() != list.untagged.len() {
+        if tag_actions.len() != tags.len() || untagged_actions.len() != list.untagged().len() {
             bail!("verdicts do not cover the tag list ({} tags, {} verdicts)", tags.len(), tag_actions.len());
         }
-        let kept: HashSet<&Digest> = tags.iter().zip(tag_actions).filter(|(_, a)| **a == Action::Keep).map(|(t, _)| &t.digest).collect();
-        // BTreeMap: a deterministic order (by digest) for plans, logs and tests.
-        let mut by_digest: BTreeMap<&Digest, Vec<String>> = BTreeMap::new();
+        // Group by the list's digest ids (interned when the list was built) rather than
+        // hashing digests again; `check` below re-proves the result without them.
+        let columns = list.columns();
+        let mut kept = vec![false; columns.digests().len()];
+        let mut tagged = vec![false; columns.digests().len()];
+        for (&id, action) in columns.tag_digests().iter().zip(tag_actions) {
+            tagged[id as usize] = true;
+            kept[id as usize] |= *action == Action::Keep;
+        }
+        let mut by_digest: Vec<Option<DigestDeletion>> = vec![None; columns.digests().len()];
         let mut shared_tags = Vec::new();
-        for (tag, action) in tags.iter().zip(tag_actions) {
+        for ((tag, &id), action) in tags.iter().zip(columns.tag_digests()).zip(tag_actions) {
             if *action != Action::Delete {
                 continue;
             }
-            if kept.contains(&tag.digest) {
+            if kept[id as usize] {
                 shared_tags.push(TagDeletion { tag: tag.name.clone(), digest: tag.digest.clone() });
             } else {
-                by_digest.entry(&tag.digest).or_default().push(tag.name.clone());
+                let deletion =
+                    by_digest[id as usize].get_or_insert_with(|| DigestDeletion { digest: tag.digest.clone(), tags: Vec::new() });
+                deletion.tags.push(tag.name.clone());
             }
         }
-        let tagged: HashSet<&Digest> = tags.iter().map(|t| &t.digest).collect();
-        for (u, action) in list.untagged.iter().zip(untagged_actions) {
+        for ((u, &id), action) in list.untagged().iter().zip(columns.untagged_digests()).zip(untagged_actions) {
             // A manifest listed as untagged but also tagged (an inconsistent listing) is
             // decided by its tags alone.
-            if *action == Action::Delete && !tagged.contains(&u.digest) {
-                by_digest.entry(&u.digest).or_default();
+            if *action == Action::Delete && !tagged[id as usize] {
+                by_digest[id as usize].get_or_insert_with(|| DigestDeletion { digest: u.digest.clone(), tags: Vec::new() });
             }
         }
-        let digests = by_digest.into_iter().map(|(digest, tags)| DigestDeletion { digest: digest.clone(), tags }).collect();
+        let mut digests: Vec<DigestDeletion> = by_digest.into_iter().flatten().collect();
+        // A deterministic order (by digest) for plans, logs and tests.
+        digests.sort_unstable_by(|a, b| a.digest.cmp(&b.digest));
         let plan = DeletionPlan { digests, shared_tags };
         plan.check(list, tag_actions)?;
         Ok(plan)
@@ -114,6 +124,8 @@ impl DeletionPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
     use crate::model::{Tag, UntaggedManifest};
 
     fn d(n: u32) -> Digest {

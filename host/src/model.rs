@@ -11,6 +11,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+mod columns;
+pub use columns::{ListColumns, StringTable};
+
 /// A point in time, microseconds since the Unix epoch (UTC): the same unit as the WIT
 /// contract's `timestamp`, so no conversion loses precision on the way to a plugin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -85,9 +88,15 @@ impl<'de> Deserialize<'de> for Timestamp {
 }
 
 /// A manifest digest such as `sha256:<64 hex>`, validated on construction.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct Digest(String);
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest {
+    text: String,
+    /// The first 16 hex digits as a number. A digest is a cryptographic hash, so this
+    /// is already a well-spread hash of the whole text: interning a tag list's
+    /// digests hashes with it instead of reading every digest's text
+    /// ([`ListColumns`]). Derived from `text`, so the derived comparisons agree.
+    key: u64,
+}
 
 impl Digest {
     /// Validates `algorithm:hex` as the OCI spec defines it for sha256 and sha512.
@@ -103,22 +112,41 @@ impl Digest {
         if hex.len() != want || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             bail!("`{s}` is not a valid {algorithm} digest (expected {want} lowercase hex digits)");
         }
-        Ok(Digest(s.to_owned()))
+        Ok(Digest::from_valid(s.to_owned(), hex))
     }
 
     /// The sha256 digest of `bytes`.
     pub fn sha256_of(bytes: &[u8]) -> Self {
-        Digest(format!("sha256:{}", sha256_hex(bytes)))
+        let hex = sha256_hex(bytes);
+        let text = format!("sha256:{hex}");
+        Digest::from_valid(text, &hex)
+    }
+
+    fn from_valid(text: String, hex: &str) -> Self {
+        let key = u64::from_str_radix(&hex[..16], 16).expect("validated hex digits");
+        Digest { text, key }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// A 64-bit hash of the digest, free to read (see the field's comment). Equal
+    /// digests have equal keys; different digests almost always differ.
+    pub fn key(&self) -> u64 {
+        self.key
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
     }
 }
 
@@ -178,12 +206,14 @@ pub struct UntaggedManifest {
     pub pushed_at: Option<Timestamp>,
 }
 
-/// Every tag and untagged manifest of one repository, tags sorted by name.
+/// Every tag and untagged manifest of one repository, tags sorted by name, with their
+/// columnar form ([`ListColumns`]) built alongside.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TagList {
     pub repository: String,
     tags: Vec<Tag>,
-    pub untagged: Vec<UntaggedManifest>,
+    untagged: Vec<UntaggedManifest>,
+    columns: ListColumns,
 }
 
 impl TagList {
@@ -195,12 +225,23 @@ impl TagList {
         if let Some(w) = tags.windows(2).find(|w| w[0].name == w[1].name) {
             bail!("repository {repository}: tag `{}` is listed twice", w[0].name);
         }
-        Ok(TagList { repository, tags, untagged })
+        let columns = ListColumns::build(&tags, &untagged);
+        Ok(TagList { repository, tags, untagged, columns })
     }
 
     /// The tags, sorted by name.
     pub fn tags(&self) -> &[Tag] {
         &self.tags
+    }
+
+    /// The manifests no tag points at.
+    pub fn untagged(&self) -> &[UntaggedManifest] {
+        &self.untagged
+    }
+
+    /// The same list column by column, as plugins receive it.
+    pub fn columns(&self) -> &ListColumns {
+        &self.columns
     }
 
     pub fn is_empty(&self) -> bool {
@@ -210,12 +251,14 @@ impl TagList {
     /// Removes the named tags (a deletion applied to an in-memory copy).
     pub fn remove_tags(&mut self, names: &std::collections::HashSet<&str>) {
         self.tags.retain(|t| !names.contains(t.name.as_str()));
+        self.columns = ListColumns::build(&self.tags, &self.untagged);
     }
 
     /// Removes every tag and untagged manifest on `digest`.
     pub fn remove_digest(&mut self, digest: &Digest) {
         self.tags.retain(|t| &t.digest != digest);
         self.untagged.retain(|u| &u.digest != digest);
+        self.columns = ListColumns::build(&self.tags, &self.untagged);
     }
 }
 
@@ -262,8 +305,8 @@ impl RetentionDecisions {
         if tags.len() != list.tags.len() {
             bail!("answer has {} tag verdicts for {} tags", tags.len(), list.tags.len());
         }
-        if untagged.len() != list.untagged.len() {
-            bail!("answer has {} untagged verdicts for {} untagged manifests", untagged.len(), list.untagged.len());
+        if untagged.len() != list.untagged().len() {
+            bail!("answer has {} untagged verdicts for {} untagged manifests", untagged.len(), list.untagged().len());
         }
         if let Some((i, &r)) = tags.iter().chain(untagged.iter()).enumerate().find(|&(_, &r)| usize::from(r) >= rules.len()) {
             bail!("verdict {i} refers to rule {r}, but only {} rules were given", rules.len());

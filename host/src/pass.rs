@@ -105,7 +105,7 @@ pub fn apply_guards(list: TagList, decisions: &RetentionDecisions, guards: &Guar
             Verdict { action: rule.action, reason: rule.reason.clone(), decided_by: "plugin" }
         })
         .collect();
-    let untagged: Vec<Verdict> = (0..list.untagged.len())
+    let untagged: Vec<Verdict> = (0..list.untagged().len())
         .map(|i| {
             let rule = decisions.untagged(i);
             Verdict { action: rule.action, reason: rule.reason.clone(), decided_by: "plugin" }

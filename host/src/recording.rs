@@ -95,7 +95,7 @@ impl Recording {
         write!(out, "{},\n \"tags\": [", &head[..head.len() - 1])?;
         write_entries(out, self.list.tags())?;
         write!(out, "],\n \"untagged\": [")?;
-        write_entries(out, &self.list.untagged)?;
+        write_entries(out, self.list.untagged())?;
         writeln!(out, "]}}")?;
         Ok(())
     }
@@ -140,7 +140,7 @@ mod tests {
         .unwrap();
         assert_eq!(r.list.tags().len(), 2);
         assert_eq!(r.list.tags()[0].name, "a", "tags are sorted by name");
-        assert!(r.list.untagged.is_empty());
+        assert!(r.list.untagged().is_empty());
     }
 
     #[test]

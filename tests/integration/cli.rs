@@ -152,7 +152,7 @@ fn eval_prints_the_gitlab_docs_example_as_json() {
     assert_eq!(sorted, ["dev-v42", "v42", "v43"], "GitLab's documented outcome");
     let untagged = v["untagged"].as_array().expect("an untagged array");
     assert_eq!(untagged.len(), 1);
-    assert_eq!(untagged[0]["digest"], recording.list.untagged[0].digest.as_str());
+    assert_eq!(untagged[0]["digest"], recording.list.untagged()[0].digest.as_str());
     assert_eq!(untagged[0]["action"], decisions.untagged(0).action.to_string().as_str());
     assert!(untagged[0]["reason"].as_str().is_some_and(|r| !r.is_empty()));
     let untagged_deletes = usize::from(decisions.untagged(0).action == Action::Delete);
@@ -555,7 +555,7 @@ async fn record_writes_a_recording_of_the_registrys_tags() {
     assert_eq!(by("old-1").created_at, Some(Timestamp::parse_rfc3339(&days_ago(30)).unwrap()));
     assert_eq!(by("new-1").created_at, Some(Timestamp::parse_rfc3339(&days_ago(1)).unwrap()));
     assert_eq!(by("alias").digest, by("old-1").digest);
-    assert!(recording.list.untagged.is_empty());
+    assert!(recording.list.untagged().is_empty());
     let age = Timestamp::now().unix_micros() - recording.recorded_at.unix_micros();
     assert!((0..600_000_000).contains(&age), "recorded_at is the time of recording: {}", recording.recorded_at);
 

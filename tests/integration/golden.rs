@@ -45,7 +45,7 @@ fn check(case: &std::path::Path, plugin: &RetentionPlugin) -> Result<(), String>
         .collect();
     let got_untagged: Vec<Value> = recording
         .list
-        .untagged
+        .untagged()
         .iter()
         .enumerate()
         .map(|(i, u)| {

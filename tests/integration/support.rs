@@ -7,7 +7,7 @@ use tagwarden::runtime::{Plugin, PluginLimits, PluginRuntime, RuntimeConfig};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    manifest_dir().parent().unwrap().to_path_buf()
 }
 
 /// A plugin component built by `cargo xtask build-plugins`.
@@ -37,4 +37,11 @@ pub fn plugin(name: &str, limits: PluginLimits) -> Plugin {
         }
     };
     loaded.with_limits(limits)
+}
+
+/// This crate's directory, as Cargo reports it when it runs us. The compile-time
+/// value is only a fallback: a build cache shared between clones (as `.ci/run` uses)
+/// can hand one clone a binary compiled in another whose path no longer exists.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }

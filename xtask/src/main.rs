@@ -40,7 +40,7 @@ fn main() -> ExitCode {
 type Result<T = ()> = std::result::Result<T, String>;
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    manifest_dir().parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
@@ -125,4 +125,11 @@ fn bench(extra: &[String]) -> Result {
 fn demo(extra: &[String]) -> Result {
     run(cargo().args(["build", "--release", "-p", "tagwarden", "--bin", "tagwarden"]))?;
     run(cargo().args(["run", "--quiet", "--release", "-p", "tagwarden-testbed", "--bin", "tagwarden-demo", "--"]).args(extra))
+}
+
+/// This crate's directory, as Cargo reports it when it runs us. The compile-time
+/// value is only a fallback: a build cache shared between clones (as `.ci/run` uses)
+/// can hand one clone a binary compiled in another whose path no longer exists.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }

@@ -70,7 +70,7 @@ impl EvalReport {
             })
             .collect();
         let untagged: Vec<UntaggedVerdict> = list
-            .untagged
+            .untagged()
             .iter()
             .enumerate()
             .map(|(i, u)| {

@@ -251,7 +251,7 @@ fn print_plan(r: &RepositoryReport) {
         rows.push(vec![action.into(), t.name.clone(), output::short_digest(t.digest.as_str()).into(), v.reason.clone()]);
         deletes.push(v.action == Action::Delete);
     }
-    for (u, v) in plan.list.untagged.iter().zip(&plan.untagged) {
+    for (u, v) in plan.list.untagged().iter().zip(&plan.untagged) {
         let action = if v.action == Action::Delete { "  DELETE" } else { "  keep" };
         rows.push(vec![action.into(), "<untagged>".into(), output::short_digest(u.digest.as_str()).into(), v.reason.clone()]);
         deletes.push(v.action == Action::Delete);

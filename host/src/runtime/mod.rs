@@ -232,6 +232,10 @@ impl PluginRuntime {
             .epoch_interruption(true)
             .consume_fuel(config.fuel)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // For profiling plugins: `perf` reads guest function names from /tmp/perf-<pid>.map.
+        if std::env::var_os("TAGWARDEN_PERFMAP").is_some() {
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&wasm).map_err(|e| anyhow::anyhow!("{e}")).context("cannot create the WebAssembly engine")?;
 
         let mut linker = Linker::new(&engine);

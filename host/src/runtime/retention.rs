@@ -1,15 +1,14 @@
 //! Retention plugins: encode a [`TagList`] columnar, call, validate the answer.
 
-use rustc_hash::FxHashMap;
-
 use super::bindings::retention::exports::tagwarden::policy::retention as wire;
 use super::bindings::retention::tagwarden::policy::types::StringTable;
 use super::{FailureCause, Plugin, PluginError, TypedPre};
-use crate::model::{Action, RetentionDecisions, Rule, TagList, Timestamp};
+use crate::model::{self, Action, ListColumns, RetentionDecisions, Rule, TagList, Timestamp};
 
 /// The wire value for an unknown timestamp (see `wit/policy.wit`).
 const UNKNOWN_TIME: i64 = i64::MIN;
-const UNKNOWN_INDEX: u32 = u32::MAX;
+// The list's "unknown media type" index is copied as is: it must be the wire's.
+const _: () = assert!(ListColumns::UNKNOWN_MEDIA_TYPE == u32::MAX, "wit/policy.wit: unknown media type is the maximum u32");
 
 /// A loaded plugin known to implement the retention world.
 #[derive(Clone, Debug)]
@@ -69,95 +68,33 @@ impl RetentionPlugin {
     }
 }
 
-/// Builds the columnar evaluation: one copy per column, digests and media types
-/// interned into tables.
+/// Builds the wire evaluation. The list's strings are already columnar and interned
+/// ([`TagList::columns`]): names, digests and media types are copied as they are.
 fn encode(list: &TagList, now: Timestamp) -> wire::Evaluation {
-    let tags = list.tags();
-    // Registries give nearly every tag its own digest: size the digest table for that.
-    let mut digests = Interner::with_capacity(tags.len() + list.untagged.len(), 71);
-    let mut media_types = Interner::with_capacity(4, 48);
-    let mut names = TableBuilder::with_capacity(tags.len(), tags.iter().map(|t| t.name.len()).sum());
-    let mut columns = wire::TagColumns {
-        names: StringTable { data: String::new(), ends: Vec::new() },
-        digests: Vec::with_capacity(tags.len()),
-        created_at: Vec::with_capacity(tags.len()),
-        pushed_at: Vec::with_capacity(tags.len()),
-        last_pulled_at: Vec::with_capacity(tags.len()),
-        size_bytes: Vec::with_capacity(tags.len()),
-        media_types: Vec::with_capacity(tags.len()),
-    };
+    let columns = list.columns();
+    let table = |t: &model::StringTable| StringTable { data: t.data().to_owned(), ends: t.ends().to_vec() };
     let time = |t: Option<Timestamp>| t.map_or(UNKNOWN_TIME, Timestamp::unix_micros);
-    for tag in tags {
-        names.push(&tag.name);
-        columns.digests.push(digests.intern(tag.digest.as_str()));
-        columns.created_at.push(time(tag.created_at));
-        columns.pushed_at.push(time(tag.pushed_at));
-        columns.last_pulled_at.push(time(tag.last_pulled_at));
-        columns.size_bytes.push(tag.size_bytes.and_then(|s| i64::try_from(s).ok()).unwrap_or(-1));
-        columns.media_types.push(tag.media_type.as_deref().map_or(UNKNOWN_INDEX, |m| media_types.intern(m)));
-    }
-    columns.names = names.finish();
-    let untagged = wire::UntaggedColumns {
-        digests: list.untagged.iter().map(|u| digests.intern(u.digest.as_str())).collect(),
-        created_at: list.untagged.iter().map(|u| time(u.created_at)).collect(),
-        pushed_at: list.untagged.iter().map(|u| time(u.pushed_at)).collect(),
-    };
+    let tags = list.tags();
+    let untagged = list.untagged();
     wire::Evaluation {
         repository: list.repository.clone(),
         now: now.unix_micros(),
-        digests: digests.finish(),
-        media_types: media_types.finish(),
-        tags: columns,
-        untagged,
-    }
-}
-
-struct TableBuilder {
-    data: String,
-    ends: Vec<u32>,
-}
-
-impl TableBuilder {
-    fn with_capacity(count: usize, bytes: usize) -> Self {
-        TableBuilder { data: String::with_capacity(bytes), ends: Vec::with_capacity(count) }
-    }
-
-    fn push(&mut self, s: &str) {
-        self.data.push_str(s);
-        // Tag lists beyond 4 GiB of names are far past any memory cap; saturate
-        // rather than wrap so the guest reports a malformed table instead of aliasing.
-        self.ends.push(u32::try_from(self.data.len()).unwrap_or(u32::MAX));
-    }
-
-    fn finish(self) -> StringTable {
-        StringTable { data: self.data, ends: self.ends }
-    }
-}
-
-/// Unique strings in first-seen order. FxHash: interning 100k digests with the std
-/// SipHash map was most of the encoding time (docs/benchmarks.md).
-struct Interner<'a> {
-    index: FxHashMap<&'a str, u32>,
-    table: TableBuilder,
-}
-
-impl<'a> Interner<'a> {
-    fn with_capacity(count: usize, typical_len: usize) -> Self {
-        let mut index = FxHashMap::default();
-        index.reserve(count);
-        Interner { index, table: TableBuilder::with_capacity(count, count * typical_len) }
-    }
-
-    fn intern(&mut self, s: &'a str) -> u32 {
-        let next = self.index.len() as u32;
-        *self.index.entry(s).or_insert_with(|| {
-            self.table.push(s);
-            next
-        })
-    }
-
-    fn finish(self) -> StringTable {
-        self.table.finish()
+        digests: table(columns.digests()),
+        media_types: table(columns.media_types()),
+        tags: wire::TagColumns {
+            names: table(columns.names()),
+            digests: columns.tag_digests().to_vec(),
+            created_at: tags.iter().map(|t| time(t.created_at)).collect(),
+            pushed_at: tags.iter().map(|t| time(t.pushed_at)).collect(),
+            last_pulled_at: tags.iter().map(|t| time(t.last_pulled_at)).collect(),
+            size_bytes: tags.iter().map(|t| t.size_bytes.and_then(|s| i64::try_from(s).ok()).unwrap_or(-1)).collect(),
+            media_types: columns.tag_media_types().to_vec(),
+        },
+        untagged: wire::UntaggedColumns {
+            digests: columns.untagged_digests().to_vec(),
+            created_at: untagged.iter().map(|u| time(u.created_at)).collect(),
+            pushed_at: untagged.iter().map(|u| time(u.pushed_at)).collect(),
+        },
     }
 }
 
@@ -185,7 +122,7 @@ mod tests {
         assert_eq!(e.digests.ends.len(), 3, "three unique digests including the untagged one");
         assert_eq!(e.untagged.digests, [2]);
         assert_eq!(e.tags.created_at, [5, UNKNOWN_TIME, UNKNOWN_TIME]);
-        assert_eq!(e.tags.media_types, [0, UNKNOWN_INDEX, UNKNOWN_INDEX]);
+        assert_eq!(e.tags.media_types, [0, ListColumns::UNKNOWN_MEDIA_TYPE, ListColumns::UNKNOWN_MEDIA_TYPE]);
         assert_eq!(e.tags.size_bytes, [-1, -1, -1]);
         assert_eq!(e.now, 9);
     }

@@ -16,7 +16,7 @@ use time::format_description::well_known::Rfc3339;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize()?;
+    let root = manifest_dir().join("../..").canonicalize()?;
     let examples = root.join("examples");
     let tagwarden = sibling_binary("tagwarden")?;
 
@@ -99,4 +99,11 @@ async fn seed(registry: &TestRegistry, dir: &Path) -> anyhow::Result<Vec<String>
         repos.push(repo);
     }
     Ok(repos)
+}
+
+/// This crate's directory, as Cargo reports it when it runs us. The compile-time
+/// value is only a fallback: a build cache shared between clones (as `.ci/run` uses)
+/// can hand one clone a binary compiled in another whose path no longer exists.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }
