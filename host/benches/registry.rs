@@ -107,7 +107,7 @@ async fn run(options: &Options, machine: &Machine) -> anyhow::Result<()> {
     let path = tagwarden::plugins::resolve("hostile-retention", &[])
         .map_err(|e| anyhow::anyhow!("{e:#}\n(build the plugins first: cargo xtask build-plugins)"))?;
     let plugin = runtime.load_file(&path, PluginLimits::default())?.into_retention()?;
-    let policy = Policy { name: "bench".into(), plugin, params: r#""delete""#.into() };
+    let policy = Policy::new("bench", &plugin, r#""delete""#)?;
 
     let mut runs: Vec<DeleteRun> = Vec::new();
     let mut seeds: Vec<Duration> = Vec::new();

@@ -1,7 +1,8 @@
 //! The host's vocabulary: tags, tag lists, timestamps and retention verdicts.
 //!
-//! These are plain data. The runtime converts them to the columnar wire format of
-//! `wit/policy.wit`; registry backends produce them; recordings serialise them.
+//! These are plain data. A [`TagList`] carries its own columnar form ([`ListColumns`]),
+//! which the runtime copies into the wire format of `wit/policy.wit`; registry backends
+//! produce them; recordings serialise them.
 
 use std::fmt;
 use std::str::FromStr;

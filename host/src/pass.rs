@@ -9,6 +9,7 @@
 //! the whole repository; [`DeletionPlan`] proves no kept tag loses its digest; every
 //! deletion is written to the audit log before it is sent.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use crate::backend::Backend;
 use crate::deletion::{DeletionPlan, DigestDeletion, TagDeletion};
 use crate::model::{Action, Digest, ErrorClass, RetentionDecisions, TagList, Timestamp};
 use crate::registry::{DeleteOutcome, RegistryError, TagDeleteOutcome};
-use crate::runtime::{PluginError, RetentionPlugin};
+use crate::runtime::{ConfiguredPolicy, PluginError, RetentionPlugin};
 use crate::store::{AuditEntry, AuditLog, AuditOperation, AuditOutcome};
 
 /// Host-level rules no plugin can override.
@@ -45,19 +46,23 @@ impl Guards {
     }
 }
 
-/// A retention policy bound to its plugin and params.
+/// A named retention policy: its plugin configured with the operator's params. Clones
+/// share the configured plugin, and with it the instances it keeps warm.
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub name: String,
-    pub plugin: RetentionPlugin,
-    /// The params as JSON text.
-    pub params: String,
+    pub retention: Arc<ConfiguredPolicy>,
 }
 
 impl Policy {
+    /// Configures `plugin` with `params` (JSON text), which the plugin validates.
+    pub fn new(name: impl Into<String>, plugin: &RetentionPlugin, params: &str) -> Result<Self, PluginError> {
+        Ok(Policy { name: name.into(), retention: Arc::new(plugin.configure(params)?) })
+    }
+
     /// Who decided, for the audit log and reports.
     pub fn decided_by(&self) -> String {
-        let m = self.plugin.plugin().meta();
+        let m = self.retention.plugin().plugin().meta();
         format!("policy {} ({} {} sha256:{})", self.name, m.name, m.version, &m.sha256[..12])
     }
 }
@@ -131,7 +136,7 @@ pub fn apply_guards(list: TagList, decisions: &RetentionDecisions, guards: &Guar
 
 /// Evaluates `policy` over `list` and applies the guards: the decision half of a pass.
 pub fn plan(policy: &Policy, list: TagList, now: Timestamp, guards: &Guards) -> Result<RepositoryPlan, PassError> {
-    let decisions = policy.plugin.evaluate(&policy.params, &list, now).map_err(PassError::Plugin)?;
+    let decisions = policy.retention.evaluate(&list, now).map_err(PassError::Plugin)?;
     apply_guards(list, &decisions, guards).map_err(|e| PassError::Plan(format!("{e:#}")))
 }
 

@@ -73,11 +73,8 @@ fn context(client: RegistryClient, store: &Store) -> PassContext {
 }
 
 fn policy(plugin: &str, params: serde_json::Value) -> Policy {
-    Policy {
-        name: "test-policy".into(),
-        plugin: support::plugin(plugin, PluginLimits::default()).into_retention().unwrap(),
-        params: params.to_string(),
-    }
+    let plugin = support::plugin(plugin, PluginLimits::default()).into_retention().unwrap();
+    Policy::new("test-policy", &plugin, &params.to_string()).unwrap()
 }
 
 fn gitlab(params: serde_json::Value) -> Policy {
@@ -166,7 +163,7 @@ async fn a_pass_deletes_exactly_what_eval_decides_over_a_recording_of_the_same_r
     Recording { recorded_at: now(), list }.write_to(&mut file).unwrap();
     let recording = Recording::parse(std::str::from_utf8(&file).unwrap()).unwrap();
     let policy = gitlab(gitlab_docs_params());
-    let decisions = policy.plugin.evaluate(&policy.params, &recording.list, recording.recorded_at).unwrap();
+    let decisions = policy.retention.plugin().evaluate(policy.retention.params(), &recording.list, recording.recorded_at).unwrap();
     let eval_deletes: BTreeSet<String> = recording
         .list
         .tags()

@@ -2,10 +2,12 @@
 //! their cause and produce no decisions, the sandbox holds, and the host keeps
 //! serving afterwards.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tagwarden::model::{Action, Digest, Tag, TagList, Timestamp};
-use tagwarden::runtime::{FailureCause, PluginError, PluginKind, PluginLimits};
+use tagwarden::recording::Recording;
+use tagwarden::runtime::{FailureCause, PluginError, PluginKind, PluginLimits, PluginRuntime, RetentionPlugin, RuntimeConfig};
 
 use crate::support;
 
@@ -249,4 +251,75 @@ fn fuel_budget_stops_a_loop_deterministically() {
     assert_eq!(err.cause, FailureCause::FuelExhausted(5_000_000), "{err}");
     // A budget large enough for real work still succeeds.
     assert_eq!(plugin.evaluate("\"delete\"", &tags(3), now()).unwrap().tags_to_delete(), 3);
+}
+
+/// A runtime of its own, so that counting warm instances does not race other tests.
+fn private_plugin(name: &str, config: RuntimeConfig) -> RetentionPlugin {
+    let runtime = Arc::new(PluginRuntime::new(config).unwrap());
+    runtime.load_file(&support::plugin_path(name), quick()).unwrap().into_retention().unwrap()
+}
+
+#[test]
+fn configured_policy_decides_like_fresh_stores_across_many_repositories() {
+    let plugin = support::plugin("gitlab-retention", PluginLimits::default()).into_retention().unwrap();
+    let params =
+        r#"{"name_regex_delete": ".*", "name_regex_keep": "production-.*", "keep_n": 2, "older_than": "7d", "delete_untagged": true}"#;
+    let policy = plugin.configure(params).unwrap();
+    let mut repositories = 0;
+    for case in std::fs::read_dir(support::workspace().join("tests/golden")).unwrap() {
+        let case = case.unwrap().path();
+        let recording = Recording::read(&case.join("recording.json")).unwrap();
+        // Every recording, at its own time, through the one configured policy.
+        let warm = policy.evaluate(&recording.list, recording.recorded_at).unwrap();
+        let fresh = plugin.evaluate(params, &recording.list, recording.recorded_at).unwrap();
+        assert_eq!(warm, fresh, "{}: a warm instance decided differently from a fresh store", case.display());
+        repositories += 1;
+    }
+    assert!(repositories >= 20, "only {repositories} recordings");
+}
+
+#[test]
+fn warm_instances_see_each_calls_time_and_still_nothing_else() {
+    let plugin = private_plugin("hostile-retention", RuntimeConfig::default());
+    let probe = plugin.configure("\"probe\"").unwrap();
+    for days in [0, 1, 30] {
+        let at = Timestamp::from_unix_micros(now().unix_micros() + days * 86_400 * 1_000_000);
+        let decisions = probe.evaluate(&tags(3), at).unwrap();
+        assert_eq!(probe.warm_instances(), 1, "the instance is reused");
+        let seen = &decisions.tag(0).reason;
+        assert!(seen.contains(&format!("clock={}", at.unix_micros() / 1_000_000)), "day {days}: {seen}");
+        for denied in ["fs=denied", "file=denied", "env=0", "net=denied", "elapsed=0"] {
+            assert!(seen.contains(denied), "day {days}: {seen}");
+        }
+    }
+}
+
+#[test]
+fn warm_instances_are_bounded_and_dropped_after_a_failure() {
+    let plugin =
+        private_plugin("hostile-retention", RuntimeConfig { max_warm_instances: 1, max_concurrent_evaluations: 4, ..Default::default() });
+    let delete = plugin.configure("\"delete\"").unwrap();
+    assert_eq!(delete.warm_instances(), 1, "the instance that validated the params stays warm");
+    assert_eq!(delete.evaluate(&tags(3), now()).unwrap().tags_to_delete(), 3);
+    assert_eq!(delete.warm_instances(), 1);
+
+    // The runtime's only warm slot is taken: another policy still works, in fresh stores.
+    let noop = plugin.configure("\"noop\"").unwrap();
+    assert_eq!(noop.evaluate(&tags(3), now()).unwrap().tags_to_delete(), 0);
+    assert_eq!(noop.warm_instances(), 0);
+    drop(delete);
+    noop.evaluate(&tags(3), now()).unwrap();
+    assert_eq!(noop.warm_instances(), 1, "a dropped policy frees its warm slot");
+    drop(noop);
+
+    // A call that fails (here after writing to stderr) never leaves its instance warm.
+    let failing = plugin.configure("\"stderr\"").unwrap();
+    assert_eq!(failing.warm_instances(), 1);
+    let err = failing.evaluate(&tags(3), now()).unwrap_err();
+    assert!(matches!(err.cause, FailureCause::Rejected(_)), "{err}");
+    assert_eq!(failing.warm_instances(), 0);
+
+    // Rejected params configure nothing.
+    let err = plugin.configure("\"reject\"").unwrap_err();
+    assert!(matches!(err.cause, FailureCause::InvalidParams(_)), "{err}");
 }

@@ -118,9 +118,8 @@ fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Resul
         let path = crate::plugins::resolve(&spec, &[]).with_context(context)?;
         let limits = PluginLimits { timeout: p.timeout, memory_bytes: p.memory_mib << 20, fuel: p.fuel };
         let plugin = runtime.load_file(&path, limits).with_context(context)?.into_retention().with_context(context)?;
-        let params = p.params_json();
-        plugin.validate_params(&params).with_context(context)?;
-        out.push(BoundPolicy { policy: Policy { name: p.name.clone(), plugin, params }, matcher: p.matcher() });
+        let policy = Policy::new(&p.name, &plugin, &p.params_json()).with_context(context)?;
+        out.push(BoundPolicy { policy, matcher: p.matcher() });
     }
     Ok(out)
 }

@@ -7,8 +7,11 @@
 //! `Arc`, so a running pass keeps the plugin it started with while a newer file is
 //! loaded beside it.
 //!
-//! Every call runs in a fresh store with a deadline, a memory cap and optionally a fuel
-//! budget ([`PluginLimits`]). Any failure — trap, timeout, memory, panic, malformed
+//! Every call runs with a deadline, a memory cap and optionally a fuel budget
+//! ([`PluginLimits`]), in a fresh store, except that a retention policy configured once
+//! ([`RetentionPlugin::configure`]) keeps its instance warm between repositories so its
+//! params are parsed and its patterns compiled once; every call still sees only its own
+//! input, time and seed ([`sandbox`]). Any failure — trap, timeout, memory, panic, malformed
 //! answer — is a [`PluginError`] naming the plugin and the cause; callers never see a
 //! partial answer.
 
@@ -21,7 +24,7 @@ mod stale;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -30,7 +33,7 @@ use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 pub use backoff::{BackoffDecision, BackoffPlugin, Failure, OperationKind};
-pub use retention::RetentionPlugin;
+pub use retention::{ConfiguredPolicy, RetentionPlugin};
 pub use stale::{Operation, StaleAction, StalePlugin, StaleVerdict};
 
 use sandbox::SandboxState;
@@ -60,11 +63,14 @@ pub struct RuntimeConfig {
     /// Enable fuel metering (deterministic instruction budgets). Costs ~10-30% of
     /// plugin speed, so it is off unless an operator wants budgets.
     pub fuel: bool,
+    /// Instances that configured retention policies may keep warm between calls, over
+    /// all policies (pooling allocator slots set aside for them). 0 turns reuse off.
+    pub max_warm_instances: u32,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { max_memory_bytes: 4 << 30, max_concurrent_evaluations: 64, fuel: false }
+        RuntimeConfig { max_memory_bytes: 4 << 30, max_concurrent_evaluations: 64, fuel: false, max_warm_instances: 16 }
     }
 }
 
@@ -209,17 +215,21 @@ pub struct PluginRuntime {
     config: RuntimeConfig,
     ticker_stop: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
+    /// Instances currently kept warm (or in use after being warm): see [`WarmPermit`].
+    warm_instances: AtomicU32,
 }
 
 impl PluginRuntime {
     /// Creates the engine, the linker and the epoch ticker thread.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        // Slots for evaluations in fresh stores plus those kept warm.
+        let slots = config.max_concurrent_evaluations + config.max_warm_instances;
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(config.max_concurrent_evaluations)
+        pool.total_component_instances(slots)
             // A Rust component is several core instances (main module and shims).
-            .total_core_instances(config.max_concurrent_evaluations * 8)
-            .total_memories(config.max_concurrent_evaluations * 2)
-            .total_tables(config.max_concurrent_evaluations * 8)
+            .total_core_instances(slots * 8)
+            .total_memories(slots * 2)
+            .total_tables(slots * 8)
             .max_memory_size(config.max_memory_bytes)
             // Returning a slot's memory to the kernel after every call was ~40% of a
             // small evaluation; keep the first pages resident and reset them in place,
@@ -259,7 +269,14 @@ impl PluginRuntime {
                 }
             })?
         };
-        Ok(PluginRuntime { engine, linker, config, ticker_stop, ticker: Some(ticker) })
+        Ok(PluginRuntime { engine, linker, config, ticker_stop, ticker: Some(ticker), warm_instances: AtomicU32::new(0) })
+    }
+
+    /// Claims one of the slots set aside for warm instances, if one is free.
+    fn warm_permit(self: &Arc<Self>) -> Option<WarmPermit> {
+        let max = self.config.max_warm_instances;
+        self.warm_instances.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(WarmPermit(self.clone()))
     }
 
     /// Loads a plugin file with default limits. See [`PluginRuntime::load_bytes`].
@@ -350,6 +367,17 @@ impl PluginRuntime {
             }
             _ => Err("exports more than one plugin interface; a plugin implements exactly one world".to_owned()),
         }
+    }
+}
+
+/// A claim on one of the pool slots set aside for instances kept warm between calls
+/// ([`RuntimeConfig::max_warm_instances`]): warm instances can never starve the slots
+/// that fresh evaluations need. Released when dropped, with the instance it covers.
+struct WarmPermit(Arc<PluginRuntime>);
+
+impl Drop for WarmPermit {
+    fn drop(&mut self) {
+        self.0.warm_instances.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -484,22 +512,39 @@ impl Plugin {
         PluginError { plugin: self.inner.name.to_string(), cause, stderr }
     }
 
-    /// Runs `f` in a fresh store and turns every way it can fail — a trap, or an error
-    /// the plugin answered with (`Ok(Err(cause))`) — into a [`PluginError`] that carries
-    /// the plugin's stderr.
+    /// A fresh store for this plugin, with its memory cap.
+    fn new_store(&self) -> Store<SandboxState> {
+        sandbox::new_store(&self.inner.runtime.engine, &self.inner.name, &self.inner.limits)
+    }
+
+    /// Runs `f` in a fresh store. See [`Plugin::call_in`].
     fn call<R>(
         &self,
         now: crate::model::Timestamp,
         f: impl FnOnce(&mut Store<SandboxState>, &TypedPre) -> wasmtime::Result<Result<R, FailureCause>>,
     ) -> Result<R, PluginError> {
+        self.call_in(&mut self.new_store(), now, f)
+    }
+
+    /// Runs `f` in `store` as one call — its own deadline, fuel, clock at `now`, random
+    /// from the seed — and turns every way it can fail (a trap, or an error the plugin
+    /// answered with: `Ok(Err(cause))`) into a [`PluginError`] that carries the
+    /// plugin's stderr. After a trap the store's instance must not be used again.
+    fn call_in<R>(
+        &self,
+        store: &mut Store<SandboxState>,
+        now: crate::model::Timestamp,
+        f: impl FnOnce(&mut Store<SandboxState>, &TypedPre) -> wasmtime::Result<Result<R, FailureCause>>,
+    ) -> Result<R, PluginError> {
         let i = &self.inner;
-        let mut store = sandbox::new_store(&i.runtime.engine, &i.name, &i.limits, now, i.runtime.config.fuel);
-        match f(&mut store, &i.pre) {
+        store.data_mut().begin_call(now);
+        sandbox::arm(store, &i.limits, i.runtime.config.fuel);
+        match f(store, &i.pre) {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(cause)) => Err(self.error(cause, Some(store.data().stderr()))),
             Err(e) => {
                 let stderr = store.data().stderr();
-                let cause = self.classify(&store, &e, &stderr);
+                let cause = self.classify(store, &e, &stderr);
                 Err(self.error(cause, Some(stderr)))
             }
         }

@@ -1,14 +1,29 @@
-//! Retention plugins: encode a [`TagList`] columnar, call, validate the answer.
+//! Retention plugins: encode a [`TagList`] columnar, call, validate the answer; and
+//! policies configured once and kept warm across repositories.
 
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+use super::bindings::retention::RetentionPlugin as Guest;
 use super::bindings::retention::exports::tagwarden::policy::retention as wire;
 use super::bindings::retention::tagwarden::policy::types::StringTable;
-use super::{FailureCause, Plugin, PluginError, TypedPre};
+use super::sandbox::SandboxState;
+use super::{FailureCause, Plugin, PluginError, TypedPre, WarmPermit};
 use crate::model::{self, Action, ListColumns, RetentionDecisions, Rule, TagList, Timestamp};
 
 /// The wire value for an unknown timestamp (see `wit/policy.wit`).
 const UNKNOWN_TIME: i64 = i64::MIN;
 // The list's "unknown media type" index is copied as is: it must be the wire's.
 const _: () = assert!(ListColumns::UNKNOWN_MEDIA_TYPE == u32::MAX, "wit/policy.wit: unknown media type is the maximum u32");
+
+/// An instance whose linear memory grew beyond this is not kept warm: one very large
+/// repository should not pin its memory while the instance sits idle.
+const WARM_MEMORY_MAX: usize = 16 << 20;
+/// Idle instances kept per configured policy: about the passes that run it at once.
+const IDLE_PER_POLICY: usize = 4;
 
 /// A loaded plugin known to implement the retention world.
 #[derive(Clone, Debug)]
@@ -27,30 +42,60 @@ impl RetentionPlugin {
 
     /// Asks the plugin to validate `params` (a JSON object's text) without evaluating.
     pub fn validate_params(&self, params: &str) -> Result<(), PluginError> {
-        self.plugin.call(Timestamp::from_unix_micros(0), |store, pre| {
+        let mut store = self.plugin.new_store();
+        let (_, handle) = self.create(&mut store, params)?;
+        // Dropping the store drops the policy with it; say so to the guest all the same.
+        let _ = handle.resource_drop(&mut store);
+        Ok(())
+    }
+
+    /// Decides every tag and untagged manifest of `list` as of `now`, in a fresh store
+    /// (instantiate, `create` from `params`, evaluate). Either every position gets a
+    /// verdict or the result is an error: never partial. To evaluate many repositories
+    /// with the same params, [`configure`](Self::configure) once instead.
+    pub fn evaluate(&self, params: &str, list: &TagList, now: Timestamp) -> Result<RetentionDecisions, PluginError> {
+        let mut store = self.plugin.new_store();
+        let (guest, handle) = self.create(&mut store, params)?;
+        self.decide(&mut store, &guest, handle, list, now)
+    }
+
+    /// Validates `params` and returns the policy they configure, ready to evaluate
+    /// many repositories without parsing them or compiling its patterns again.
+    pub fn configure(&self, params: &str) -> Result<ConfiguredPolicy, PluginError> {
+        let policy = ConfiguredPolicy { plugin: self.clone(), params: params.to_owned(), idle: Mutex::new(Vec::new()) };
+        // The instance that validated the params serves the first repository.
+        let mut store = self.plugin.new_store();
+        let (guest, handle) = self.create(&mut store, params)?;
+        policy.keep_warm(Instance { store, guest, handle, permit: None });
+        Ok(policy)
+    }
+
+    /// Instantiates the component in `store` and creates its policy from `params`.
+    fn create(&self, store: &mut Store<SandboxState>, params: &str) -> Result<(Guest, ResourceAny), PluginError> {
+        // `create` always runs with its clock at the Unix epoch: a policy created once
+        // serves evaluations at many times, and must not depend on when it was created.
+        self.plugin.call_in(store, Timestamp::from_unix_micros(0), |store, pre| {
             let TypedPre::Retention(pre) = pre else { unreachable!("kind checked at construction") };
             let guest = pre.instantiate(&mut *store)?;
-            let policy = guest.tagwarden_policy_retention().policy();
-            match policy.call_create(&mut *store, params)? {
-                Ok(handle) => handle.resource_drop(&mut *store).map(Ok),
+            match guest.tagwarden_policy_retention().policy().call_create(&mut *store, params)? {
+                Ok(handle) => Ok(Ok((guest, handle))),
                 Err(message) => Ok(Err(FailureCause::InvalidParams(message))),
             }
         })
     }
 
-    /// Decides every tag and untagged manifest of `list` as of `now`, in a fresh store.
-    /// Either every position gets a verdict or the result is an error: never partial.
-    pub fn evaluate(&self, params: &str, list: &TagList, now: Timestamp) -> Result<RetentionDecisions, PluginError> {
+    /// One `evaluate` call on a created policy, its answer validated against `list`.
+    fn decide(
+        &self,
+        store: &mut Store<SandboxState>,
+        guest: &Guest,
+        handle: ResourceAny,
+        list: &TagList,
+        now: Timestamp,
+    ) -> Result<RetentionDecisions, PluginError> {
         let input = encode(list, now);
-        let answer = self.plugin.call(now, |store, pre| {
-            let TypedPre::Retention(pre) = pre else { unreachable!("kind checked at construction") };
-            let guest = pre.instantiate(&mut *store)?;
-            let policy = guest.tagwarden_policy_retention().policy();
-            let handle = match policy.call_create(&mut *store, params)? {
-                Ok(handle) => handle,
-                Err(message) => return Ok(Err(FailureCause::InvalidParams(message))),
-            };
-            Ok(policy.call_evaluate(&mut *store, handle, &input)?.map_err(FailureCause::Rejected))
+        let answer = self.plugin.call_in(store, now, |store, _| {
+            Ok(guest.tagwarden_policy_retention().policy().call_evaluate(store, handle, &input)?.map_err(FailureCause::Rejected))
         })?;
         let rules = answer
             .rules
@@ -65,6 +110,96 @@ impl RetentionPlugin {
             .collect();
         RetentionDecisions::validate(list, rules, answer.tags, answer.untagged)
             .map_err(|e| self.plugin.error(FailureCause::InvalidAnswer(format!("{e:#}")), None))
+    }
+}
+
+/// A retention plugin with validated params, for evaluating many repositories.
+///
+/// Creating a policy (parsing params, compiling patterns) can cost far more than
+/// deciding a small repository (docs/benchmarks.md), so an instance that answered
+/// cleanly is kept warm and the next repository reuses it. Every call still gets its
+/// own deadline, its own `now` and a restarted random seed, so a plugin that follows
+/// the contract (`evaluate` depends only on its input) decides exactly as in a fresh
+/// store. An instance is dropped instead of kept after any failure, when it wrote to
+/// stderr, when its memory grew past 16 MiB, or when the runtime's warm slots
+/// ([`super::RuntimeConfig::max_warm_instances`]) are taken.
+///
+/// Safe to share between threads: concurrent evaluations take different instances.
+pub struct ConfiguredPolicy {
+    plugin: RetentionPlugin,
+    params: String,
+    idle: Mutex<Vec<Instance>>,
+}
+
+/// An instance with its policy created.
+struct Instance {
+    store: Store<SandboxState>,
+    guest: Guest,
+    handle: ResourceAny,
+    /// Held while the instance is warm.
+    permit: Option<WarmPermit>,
+}
+
+impl ConfiguredPolicy {
+    pub fn plugin(&self) -> &RetentionPlugin {
+        &self.plugin
+    }
+
+    /// The params (JSON text) this policy was configured with.
+    pub fn params(&self) -> &str {
+        &self.params
+    }
+
+    /// Decides every tag and untagged manifest of `list` as of `now`, with a warm
+    /// instance when one is idle. Never partial, like [`RetentionPlugin::evaluate`].
+    pub fn evaluate(&self, list: &TagList, now: Timestamp) -> Result<RetentionDecisions, PluginError> {
+        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let mut instance = match idle {
+            Some(instance) => instance,
+            None => {
+                let mut store = self.plugin.plugin.new_store();
+                let (guest, handle) = self.plugin.create(&mut store, &self.params)?;
+                Instance { store, guest, handle, permit: None }
+            }
+        };
+        let decisions = self.plugin.decide(&mut instance.store, &instance.guest, instance.handle, list, now);
+        if decisions.is_ok() {
+            self.keep_warm(instance);
+        }
+        decisions
+    }
+
+    /// Puts a cleanly answering instance back on the idle list, if it may stay warm.
+    fn keep_warm(&self, mut instance: Instance) {
+        let state = instance.store.data();
+        if state.memory.size > WARM_MEMORY_MAX || state.wrote_stderr() {
+            return;
+        }
+        if instance.permit.is_none() {
+            instance.permit = self.plugin.plugin.inner.runtime.warm_permit();
+            if instance.permit.is_none() {
+                return;
+            }
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < IDLE_PER_POLICY {
+            idle.push(instance);
+        }
+    }
+
+    /// Instances kept warm right now (for tests and metrics).
+    pub fn warm_instances(&self) -> usize {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+}
+
+impl fmt::Debug for ConfiguredPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfiguredPolicy")
+            .field("plugin", &self.plugin.plugin.meta().name)
+            .field("params", &self.params)
+            .field("warm_instances", &self.warm_instances())
+            .finish()
     }
 }
 

@@ -1,13 +1,15 @@
-//! The per-evaluation store: what a plugin can see and how much it may use.
+//! The store a plugin runs in: what it can see and how much it may use.
 //!
 //! Plugins built for `wasm32-wasip2` import WASI even when they use none of it (the
 //! Rust standard library does, for stderr and hash seeds). The host links WASI but
 //! grants nothing: no preopened directories, no environment or arguments, no network,
-//! a wall clock frozen at the evaluation's `now`, a monotonic clock that never moves,
-//! and randomness from a fixed seed. Time and entropy therefore cannot make two
-//! evaluations of the same input differ.
+//! a wall clock frozen at the call's `now`, a monotonic clock that never moves, and
+//! randomness from a fixed seed that restarts with every call. Time and entropy
+//! therefore cannot make two calls with the same input differ, whether they run in a
+//! fresh store or in one kept warm for many calls ([`SandboxState::begin_call`]).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
@@ -24,6 +26,10 @@ const LOG_LINES_PER_CALL: u32 = 200;
 /// Longest log line kept, in bytes.
 const LOG_LINE_BYTES: usize = 4096;
 
+/// The fixed seeds behind WASI's random interfaces (see the module comment).
+const SECURE_RANDOM_SEED: [u8; 4] = [0x5a, 0x17, 0xc3, 0x9e];
+const INSECURE_RANDOM_SEED: [u8; 4] = [0x3c, 0xa5, 0x0f, 0x71];
+
 /// Everything a plugin's store holds.
 pub(crate) struct SandboxState {
     wasi: WasiCtx,
@@ -32,6 +38,10 @@ pub(crate) struct SandboxState {
     stderr: MemoryOutputPipe,
     plugin: Arc<str>,
     log_lines: u32,
+    /// The WASI clock's time, set by every call.
+    now: Arc<AtomicI64>,
+    secure_random: SeededRandom,
+    insecure_random: SeededRandom,
 }
 
 impl SandboxState {
@@ -39,24 +49,34 @@ impl SandboxState {
     pub(crate) fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.contents()).trim_end().to_owned()
     }
+
+    /// Whether the plugin has written anything to stderr in this store.
+    pub(crate) fn wrote_stderr(&self) -> bool {
+        !self.stderr.contents().is_empty()
+    }
+
+    /// Starts a call: the clock reads `now`, random starts over from its seed, and the
+    /// per-call log budget is full again.
+    pub(crate) fn begin_call(&mut self, now: Timestamp) {
+        self.now.store(now.unix_micros(), Ordering::Relaxed);
+        self.secure_random.restart();
+        self.insecure_random.restart();
+        self.log_lines = 0;
+    }
 }
 
-/// Builds the store for one evaluation: fresh state, the plugin's memory cap, its
-/// deadline in epoch ticks, and its fuel budget when fuel metering is on.
-pub(crate) fn new_store(
-    engine: &wasmtime::Engine,
-    plugin: &Arc<str>,
-    limits: &PluginLimits,
-    now: Timestamp,
-    fuel_enabled: bool,
-) -> Store<SandboxState> {
+/// Builds a store: fresh state and the plugin's memory cap. [`arm`] it before each call.
+pub(crate) fn new_store(engine: &wasmtime::Engine, plugin: &Arc<str>, limits: &PluginLimits) -> Store<SandboxState> {
     let stderr = MemoryOutputPipe::new(STDERR_CAPTURE_BYTES);
+    let now = Arc::new(AtomicI64::new(0));
+    let secure_random = SeededRandom::new(SECURE_RANDOM_SEED);
+    let insecure_random = SeededRandom::new(INSECURE_RANDOM_SEED);
     let wasi = WasiCtxBuilder::new()
         .stderr(stderr.clone())
-        .wall_clock(FrozenWallClock(now))
+        .wall_clock(FrozenWallClock(now.clone()))
         .monotonic_clock(StoppedMonotonicClock)
-        .secure_random(Deterministic::new(vec![0x5a, 0x17, 0xc3, 0x9e]))
-        .insecure_random(Deterministic::new(vec![0x3c, 0xa5, 0x0f, 0x71]))
+        .secure_random(secure_random.clone())
+        .insecure_random(insecure_random.clone())
         .insecure_random_seed(0x7461_6777_6172_6465_6e00_0000_0000_0001)
         .allow_tcp(false)
         .allow_udp(false)
@@ -65,19 +85,27 @@ pub(crate) fn new_store(
     let state = SandboxState {
         wasi,
         table: ResourceTable::new(),
-        memory: MemoryCap { limit: limits.memory_bytes, exceeded: false },
+        memory: MemoryCap { limit: limits.memory_bytes, size: 0, exceeded: false },
         stderr,
         plugin: plugin.clone(),
         log_lines: 0,
+        now,
+        secure_random,
+        insecure_random,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.memory);
+    store
+}
+
+/// Gives the next call its deadline in epoch ticks (counted from now) and its fuel
+/// budget when fuel metering is on.
+pub(crate) fn arm(store: &mut Store<SandboxState>, limits: &PluginLimits, fuel_enabled: bool) {
     store.set_epoch_deadline(limits.deadline_ticks());
     if fuel_enabled {
         // With metering on engine-wide, a plugin without a budget still needs fuel.
         let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
     }
-    store
 }
 
 impl WasiView for SandboxState {
@@ -117,9 +145,11 @@ impl super::bindings::retention::tagwarden::policy::log::Host for SandboxState {
     }
 }
 
-/// Caps linear memory; remembers whether the cap was hit so the error can say so.
+/// Caps linear memory; remembers whether the cap was hit so the error can say so, and
+/// the largest memory granted so far.
 pub(crate) struct MemoryCap {
     limit: usize,
+    pub(crate) size: usize,
     pub(crate) exceeded: bool,
 }
 
@@ -131,6 +161,7 @@ impl ResourceLimiter for MemoryCap {
             // allocator abort with a less useful message.
             return Err(wasmtime::format_err!("memory cap of {} bytes exceeded (wanted {desired})", self.limit));
         }
+        self.size = self.size.max(desired);
         Ok(true)
     }
 
@@ -139,7 +170,8 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-struct FrozenWallClock(Timestamp);
+/// WASI's wall clock: the current call's `now`, never moving during the call.
+struct FrozenWallClock(Arc<AtomicI64>);
 
 impl HostWallClock for FrozenWallClock {
     fn resolution(&self) -> std::time::Duration {
@@ -147,7 +179,41 @@ impl HostWallClock for FrozenWallClock {
     }
 
     fn now(&self) -> std::time::Duration {
-        std::time::Duration::from_micros(self.0.unix_micros().max(0) as u64)
+        std::time::Duration::from_micros(self.0.load(Ordering::Relaxed).max(0) as u64)
+    }
+}
+
+/// WASI's random: a fixed byte cycle, restarted by every call, shared between the
+/// WASI context (which owns a clone) and [`SandboxState`] (which restarts it).
+#[derive(Clone)]
+struct SeededRandom {
+    seed: [u8; 4],
+    bytes: Arc<Mutex<Deterministic>>,
+}
+
+impl SeededRandom {
+    fn new(seed: [u8; 4]) -> Self {
+        SeededRandom { seed, bytes: Arc::new(Mutex::new(Deterministic::new(seed.to_vec()))) }
+    }
+
+    fn restart(&self) {
+        *self.bytes.lock().unwrap_or_else(PoisonError::into_inner) = Deterministic::new(self.seed.to_vec());
+    }
+}
+
+impl rand::TryRng for SeededRandom {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        self.bytes.lock().unwrap_or_else(PoisonError::into_inner).try_next_u32()
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        self.bytes.lock().unwrap_or_else(PoisonError::into_inner).try_next_u64()
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        self.bytes.lock().unwrap_or_else(PoisonError::into_inner).try_fill_bytes(dst)
     }
 }
 
