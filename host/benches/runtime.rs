@@ -14,7 +14,7 @@
 //! Options:
 //! - a filter argument (`cargo bench -p tagwarden --bench runtime -- 10,100k/wasm`) or
 //!   `TAGWARDEN_BENCH_FILTER`: comma-separated groups (`load`, `10`, `1k`, `100k`, `1m`)
-//!   or single cases (`<group>/<case>`, cases `native`, `native-full`, `wasm`, `noop`, `columns`,
+//!   or single cases (`<group>/<case>`, cases `native`, `native-full`, `wasm`, `wasm-warm`, `noop`, `columns`,
 //!   and for `10` also `noop-warm`, `wasm-warm`, `noop-create`, `wasm-create`, `wasm-create-empty`,
 //!   `native-create`), e.g. to profile one case under `perf`;
 //! - `TAGWARDEN_BENCH_QUICK=1` shortens every measurement and skips the 1M list.
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gitlab_retention::GitlabRetention;
-use tagwarden::model::{Action, Digest, ListColumns, RetentionDecisions, Tag, TagList, Timestamp};
+use tagwarden::model::{Action, Digest, ListColumns, MediaType, RetentionDecisions, Tag, TagList, Timestamp};
 use tagwarden::runtime::{PluginLimits, PluginRuntime, RetentionPlugin, RuntimeConfig};
 use tagwarden_plugin_sdk as sdk;
 use tagwarden_plugin_sdk::RetentionPolicy;
@@ -202,7 +202,7 @@ fn large_list(
     let input = sdk_input(&list);
     check_same_verdicts(&list, &input, &gitlab.evaluate(PARAMS, &list, NOW).expect("wasm evaluate"));
     let n = Some(size);
-    let mut ratio = Ratio { size, native: None, native_full: None, wasm: None, noop: None, columns: None };
+    let mut ratio = Ratio { size, native: None, native_full: None, wasm: None, wasm_warm: None, noop: None, columns: None };
 
     if options.wants(group, "native") {
         let policy = GitlabRetention::create(PARAMS).expect("native create");
@@ -228,6 +228,16 @@ fn large_list(
         ratio.wasm = Some(stats.median);
         let includes = "store + instantiate + create + encode + copy in + SDK decode + evaluate + SDK encode + copy out + validate";
         report.row(group, "**gitlab-retention, full evaluation (Wasm)**", includes, n, stats);
+    }
+    if options.wants(group, "wasm-warm") {
+        let policy = gitlab.configure(PARAMS).expect("gitlab configure");
+        let stats = options.large(size, || {
+            black_box(policy.evaluate(black_box(&list), NOW).expect("wasm evaluate"));
+        });
+        ratio.wasm_warm = Some(stats.median);
+        let kept = if policy.warm_instances() > 0 { "kept warm" } else { "too large to keep warm: each call got a fresh store" };
+        let includes = format!("`ConfiguredPolicy::evaluate`, as a pass calls it: the same instance for every repository ({kept})");
+        report.row(group, "gitlab-retention, configured policy (Wasm)", &includes, n, stats);
     }
     if options.wants(group, "noop") {
         let stats = options.large(size, || {
@@ -306,17 +316,20 @@ fn synthetic_list(n: usize) -> TagList {
         tag.pushed_at = (rng.below(100) < 60).then(|| time(&mut rng));
         tag.last_pulled_at = (rng.below(100) < 30).then(|| time(&mut rng));
         tag.size_bytes = Some(20_000_000 + rng.below(400_000_000));
-        tag.media_type = Some(
-            if rng.below(4) == 0 {
-                "application/vnd.oci.image.index.v1+json"
-            } else {
-                "application/vnd.docker.distribution.manifest.v2+json"
-            }
-            .to_owned(),
-        );
+        tag.media_type = Some(MediaType::from(if rng.below(4) == 0 {
+            "application/vnd.oci.image.index.v1+json"
+        } else {
+            "application/vnd.docker.distribution.manifest.v2+json"
+        }));
         tags.push(tag);
     }
-    TagList::new("group/app", tags, Vec::new()).expect("synthetic names are distinct")
+    // A registry lists tags sorted by name, and a listing or recording allocates them in
+    // that order: lay the strings out the same way, not in generation order.
+    tags.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    let listed: Vec<Tag> =
+        tags.iter().map(|t| Tag { name: t.name.clone(), digest: t.digest.clone(), media_type: t.media_type.clone(), ..*t }).collect();
+    drop(tags);
+    TagList::new("group/app", listed, Vec::new()).expect("synthetic names are distinct")
 }
 
 /// The SDK's view of `list`, borrowing from it: what the native policy is given.
@@ -484,6 +497,7 @@ struct Ratio {
     native: Option<Duration>,
     native_full: Option<Duration>,
     wasm: Option<Duration>,
+    wasm_warm: Option<Duration>,
     noop: Option<Duration>,
     columns: Option<Duration>,
 }
@@ -555,39 +569,39 @@ impl Report {
         if !self.ratios.is_empty() {
             println!();
             println!(
-                "| tags | Wasm ÷ native `evaluate` | (Wasm + list columns) ÷ native `evaluate` | Wasm ÷ native build + create + evaluate | noop plugin ÷ Wasm gitlab-retention |"
+                "| tags | Wasm, fresh store ÷ native `evaluate` | Wasm, configured policy ÷ native `evaluate` | (configured + list columns) ÷ native `evaluate` | (configured + list columns) ÷ native build + create + evaluate | noop plugin ÷ Wasm, fresh store |"
             );
-            println!(
-                "|-----:|-------------------------:|------------------------------------------:|----------------------------------------:|------------------------------------:|"
-            );
+            println!("|-----:|---:|---:|---:|---:|---:|");
             for r in &self.ratios {
+                let per_pass = r.wasm_warm.zip(r.columns).map(|(w, c)| w + c);
                 println!(
-                    "| {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} |",
                     size_label(r.size),
                     show(r.wasm, r.native, times),
-                    show(r.wasm.zip(r.columns).map(|(w, c)| w + c), r.native, times),
-                    show(r.wasm, r.native_full, times),
+                    show(r.wasm_warm, r.native, times),
+                    show(per_pass, r.native, times),
+                    show(per_pass, r.native_full, times),
                     show(r.noop, r.wasm, percent)
                 );
             }
         }
         println!();
         if let Some(r) = self.ratios.iter().find(|r| r.size == 100_000)
-            && let (Some(wasm), Some(native), Some(columns)) = (r.wasm, r.native, r.columns)
+            && let (Some(fresh), Some(warm), Some(native), Some(columns)) = (r.wasm, r.wasm_warm, r.native, r.columns)
         {
-            // The strict reading: the list's columns are built once per listing, but a
-            // listing is evaluated once per pass, so charge them to the evaluation.
-            let (alone, charged) = (ratio(wasm, native), ratio(wasm + columns, native));
+            // What a pass pays per repository is the configured policy's evaluation; the
+            // strict reading also charges the list's columns, built once per listing.
+            let (warm_ratio, charged, fresh_ratio) = (ratio(warm, native), ratio(warm + columns, native), ratio(fresh, native));
             let verdict = if charged <= 2.0 {
                 "met"
-            } else if alone <= 2.0 {
+            } else if warm_ratio <= 2.0 {
                 "met only without the list columns"
             } else {
                 "missed"
             };
             println!(
-                "- Target Wasm ≤ 2× native at 100k tags: {alone:.2}× native `evaluate`; {charged:.2}× with building the list's columns \
-                 charged to the evaluation: **{verdict}**."
+                "- Target Wasm ≤ 2× native at 100k tags: configured policy {warm_ratio:.2}× native `evaluate` ({charged:.2}× with the \
+                 list's columns charged to it); fresh store {fresh_ratio:.2}×: **{verdict}**."
             );
         }
         if let Some(o) = self.overhead {

@@ -55,13 +55,13 @@ impl DeletionPlan {
         let columns = list.columns();
         let mut kept = vec![false; columns.digests().len()];
         let mut tagged = vec![false; columns.digests().len()];
-        for (&id, action) in columns.tag_digests().iter().zip(tag_actions) {
+        for (&id, action) in columns.tags().digests.iter().zip(tag_actions) {
             tagged[id as usize] = true;
             kept[id as usize] |= *action == Action::Keep;
         }
         let mut by_digest: Vec<Option<DigestDeletion>> = vec![None; columns.digests().len()];
         let mut shared_tags = Vec::new();
-        for ((tag, &id), action) in tags.iter().zip(columns.tag_digests()).zip(tag_actions) {
+        for ((tag, &id), action) in tags.iter().zip(&columns.tags().digests).zip(tag_actions) {
             if *action != Action::Delete {
                 continue;
             }
@@ -73,7 +73,7 @@ impl DeletionPlan {
                 deletion.tags.push(tag.name.clone());
             }
         }
-        for ((u, &id), action) in list.untagged().iter().zip(columns.untagged_digests()).zip(untagged_actions) {
+        for ((u, &id), action) in list.untagged().iter().zip(&columns.untagged().digests).zip(untagged_actions) {
             // A manifest listed as untagged but also tagged (an inconsistent listing) is
             // decided by its tags alone.
             if *action == Action::Delete && !tagged[id as usize] {

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 mod columns;
-pub use columns::{ListColumns, StringTable};
+pub use columns::{ListColumns, StringTable, TagColumns, UntaggedColumns};
 
 /// A point in time, microseconds since the Unix epoch (UTC): the same unit as the WIT
 /// contract's `timestamp`, so no conversion loses precision on the way to a plugin.
@@ -158,6 +158,81 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
+/// A manifest media type. The four that registries serve for images are stored as a
+/// small number, so a list of 100k tags holds no copy of them and building its columns
+/// reads no string for them ([`ListColumns`]); any other type is kept as given.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MediaType {
+    /// Index into [`MediaType::KNOWN`].
+    Known(u8),
+    Other(Box<str>),
+}
+
+impl MediaType {
+    /// The manifest media types images come as (OCI and Docker, single and multi-arch).
+    pub const KNOWN: [&'static str; 4] = [
+        crate::registry::OCI_MANIFEST,
+        crate::registry::OCI_INDEX,
+        crate::registry::DOCKER_MANIFEST,
+        crate::registry::DOCKER_MANIFEST_LIST,
+    ];
+
+    pub fn new(s: &str) -> Self {
+        match Self::KNOWN.iter().position(|k| *k == s) {
+            Some(i) => MediaType::Known(i as u8),
+            None => MediaType::Other(s.into()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            MediaType::Known(i) => Self::KNOWN[usize::from(*i)],
+            MediaType::Other(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for MediaType {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for MediaType {
+    fn from(s: &str) -> Self {
+        MediaType::new(s)
+    }
+}
+
+impl From<String> for MediaType {
+    fn from(s: String) -> Self {
+        match Self::KNOWN.iter().position(|k| *k == s) {
+            Some(i) => MediaType::Known(i as u8),
+            None => MediaType::Other(s.into_boxed_str()),
+        }
+    }
+}
+
+impl fmt::Display for MediaType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for MediaType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MediaType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(MediaType::from)
+    }
+}
+
 /// The sha256 of `bytes` as 64 lowercase hex digits (plugin files, digests).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest as _, Sha256};
@@ -186,7 +261,7 @@ pub struct Tag {
     #[serde(default)]
     pub size_bytes: Option<u64>,
     #[serde(default)]
-    pub media_type: Option<String>,
+    pub media_type: Option<MediaType>,
 }
 
 impl Tag {

@@ -11,7 +11,7 @@
 use hashbrown::hash_table::{Entry, HashTable};
 use rustc_hash::FxHashMap;
 
-use super::{Digest, Tag, UntaggedManifest};
+use super::{Digest, MediaType, Tag, Timestamp, UntaggedManifest};
 
 /// Many strings stored back to back: string `i` is `data[ends[i-1]..ends[i]]`
 /// (with `ends[-1] = 0`), the wire shape of `types.string-table`.
@@ -58,39 +58,95 @@ impl StringTable {
     }
 }
 
-/// A tag list's strings laid out for plugins and the planner. Positions follow the
-/// list: tag `i` of [`TagList::tags`](super::TagList::tags) is position `i` here.
+/// A tag list laid out for plugins and the planner: the wire shape of
+/// `retention.evaluation` in `wit/policy.wit`, so an evaluation copies it as it is.
+/// Positions follow the list: tag `i` of [`TagList::tags`](super::TagList::tags) is
+/// position `i` in every tag column.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListColumns {
     names: StringTable,
     digests: StringTable,
-    tag_digests: Vec<u32>,
-    untagged_digests: Vec<u32>,
     media_types: StringTable,
-    tag_media_types: Vec<u32>,
+    tags: TagColumns,
+    untagged: UntaggedColumns,
+}
+
+/// One column per tag field.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TagColumns {
+    /// Index into [`ListColumns::digests`]; tags that share a manifest share an index.
+    pub digests: Vec<u32>,
+    /// Microseconds since the Unix epoch, or [`ListColumns::UNKNOWN_TIME`].
+    pub created_at: Vec<i64>,
+    pub pushed_at: Vec<i64>,
+    pub last_pulled_at: Vec<i64>,
+    /// Bytes, or [`ListColumns::UNKNOWN_SIZE`].
+    pub size_bytes: Vec<i64>,
+    /// Index into [`ListColumns::media_types`], or [`ListColumns::UNKNOWN_MEDIA_TYPE`].
+    pub media_types: Vec<u32>,
+}
+
+/// One column per untagged-manifest field.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UntaggedColumns {
+    /// Index into [`ListColumns::digests`].
+    pub digests: Vec<u32>,
+    pub created_at: Vec<i64>,
+    pub pushed_at: Vec<i64>,
 }
 
 impl ListColumns {
+    /// A time the registry did not report (the minimum `i64`, as on the wire).
+    pub const UNKNOWN_TIME: i64 = i64::MIN;
+    /// A size the registry did not report.
+    pub const UNKNOWN_SIZE: i64 = -1;
     /// The media-type index of a tag whose media type is unknown.
     pub const UNKNOWN_MEDIA_TYPE: u32 = u32::MAX;
 
     /// Lays out `tags` and `untagged` (a [`TagList`](super::TagList) does this for
     /// its own contents when it is built).
     pub fn build(tags: &[Tag], untagged: &[UntaggedManifest]) -> Self {
+        let time = |t: Option<Timestamp>| t.map_or(Self::UNKNOWN_TIME, Timestamp::unix_micros);
         let mut names = StringTable::with_capacity(tags.len(), tags.iter().map(|t| t.name.len()).sum());
         // Registries give nearly every tag its own digest: size the digest table for that.
         let mut digests = DigestInterner::with_capacity(tags.len() + untagged.len());
-        // A repository holds a handful of manifest media types.
+        // A repository holds a handful of manifest media types, nearly always known ones.
         let mut media_types = Interner::with_capacity(4, 48);
-        let mut tag_digests = Vec::with_capacity(tags.len());
-        let mut tag_media_types = Vec::with_capacity(tags.len());
+        let mut known_ids = [Self::UNKNOWN_MEDIA_TYPE; MediaType::KNOWN.len()];
+        let n = tags.len();
+        let mut columns = TagColumns {
+            digests: Vec::with_capacity(n),
+            created_at: Vec::with_capacity(n),
+            pushed_at: Vec::with_capacity(n),
+            last_pulled_at: Vec::with_capacity(n),
+            size_bytes: Vec::with_capacity(n),
+            media_types: Vec::with_capacity(n),
+        };
         for tag in tags {
             names.push(&tag.name);
-            tag_digests.push(digests.intern(&tag.digest));
-            tag_media_types.push(tag.media_type.as_deref().map_or(Self::UNKNOWN_MEDIA_TYPE, |m| media_types.intern(m)));
+            columns.digests.push(digests.intern(&tag.digest));
+            columns.created_at.push(time(tag.created_at));
+            columns.pushed_at.push(time(tag.pushed_at));
+            columns.last_pulled_at.push(time(tag.last_pulled_at));
+            columns.size_bytes.push(tag.size_bytes.and_then(|s| i64::try_from(s).ok()).unwrap_or(Self::UNKNOWN_SIZE));
+            columns.media_types.push(match &tag.media_type {
+                None => Self::UNKNOWN_MEDIA_TYPE,
+                Some(MediaType::Known(k)) => {
+                    let id = &mut known_ids[usize::from(*k)];
+                    if *id == Self::UNKNOWN_MEDIA_TYPE {
+                        *id = media_types.intern(MediaType::KNOWN[usize::from(*k)]);
+                    }
+                    *id
+                }
+                Some(MediaType::Other(m)) => media_types.intern(m),
+            });
         }
-        let untagged_digests = untagged.iter().map(|u| digests.intern(&u.digest)).collect();
-        ListColumns { names, digests: digests.table, tag_digests, untagged_digests, media_types: media_types.table, tag_media_types }
+        let untagged = UntaggedColumns {
+            digests: untagged.iter().map(|u| digests.intern(&u.digest)).collect(),
+            created_at: untagged.iter().map(|u| time(u.created_at)).collect(),
+            pushed_at: untagged.iter().map(|u| time(u.pushed_at)).collect(),
+        };
+        ListColumns { names, digests: digests.table, media_types: media_types.table, tags: columns, untagged }
     }
 
     /// Tag names, in list order.
@@ -103,26 +159,19 @@ impl ListColumns {
         &self.digests
     }
 
-    /// For each tag, the index of its digest in [`Self::digests`]. Tags that share a
-    /// manifest share an index.
-    pub fn tag_digests(&self) -> &[u32] {
-        &self.tag_digests
-    }
-
-    /// For each untagged manifest, the index of its digest in [`Self::digests`].
-    pub fn untagged_digests(&self) -> &[u32] {
-        &self.untagged_digests
-    }
-
     /// Unique media types, first seen first.
     pub fn media_types(&self) -> &StringTable {
         &self.media_types
     }
 
-    /// For each tag, the index of its media type in [`Self::media_types`], or
-    /// [`Self::UNKNOWN_MEDIA_TYPE`].
-    pub fn tag_media_types(&self) -> &[u32] {
-        &self.tag_media_types
+    /// The tags' fields, one column each.
+    pub fn tags(&self) -> &TagColumns {
+        &self.tags
+    }
+
+    /// The untagged manifests' fields, one column each.
+    pub fn untagged(&self) -> &UntaggedColumns {
+        &self.untagged
     }
 }
 
@@ -181,7 +230,7 @@ impl<'a> Interner<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Digest, TagList, Timestamp};
+    use crate::model::{Digest, TagList};
 
     #[test]
     fn columns_follow_the_list_with_interned_digests_and_media_types() {
@@ -203,12 +252,29 @@ mod tests {
         assert_eq!(cols.names().ends(), [1, 3, 4]);
         assert_eq!(cols.names().get(1), Some("bb"));
         assert_eq!(cols.names().get(3), None);
-        assert_eq!(cols.tag_digests(), [0, 1, 0]);
+        assert_eq!(cols.tags().digests, [0, 1, 0]);
         assert_eq!(cols.digests().len(), 3, "three unique digests including the untagged one");
         assert_eq!(cols.digests().get(2), Some(d('3').as_str()));
-        assert_eq!(cols.untagged_digests(), [2]);
+        assert_eq!(cols.untagged().digests, [2]);
         assert_eq!(cols.media_types().len(), 1);
-        assert_eq!(cols.tag_media_types(), [0, ListColumns::UNKNOWN_MEDIA_TYPE, 0]);
+        assert_eq!(cols.tags().media_types, [0, ListColumns::UNKNOWN_MEDIA_TYPE, 0]);
+    }
+
+    #[test]
+    fn known_and_other_media_types_share_one_table() {
+        let tag = |name: &str, media_type: &str| {
+            let mut t = Tag::new(name, Digest::sha256_of(name.as_bytes()));
+            t.media_type = Some(media_type.into());
+            t
+        };
+        let oci = crate::registry::OCI_MANIFEST;
+        let list = TagList::new("g/r", vec![tag("a", "custom/type"), tag("b", oci), tag("c", "custom/type"), tag("d", oci)], Vec::new())
+            .expect("a valid list");
+        assert!(matches!(list.tags()[1].media_type, Some(MediaType::Known(_))), "known types are not stored as text");
+        let cols = list.columns();
+        assert_eq!(cols.tags().media_types, [0, 1, 0, 1]);
+        assert_eq!(cols.media_types().get(0), Some("custom/type"));
+        assert_eq!(cols.media_types().get(1), Some(oci));
     }
 
     #[test]
@@ -221,7 +287,7 @@ mod tests {
         let list = TagList::new("g/r", vec![Tag::new("a", a.clone()), Tag::new("b", b.clone()), Tag::new("c", a.clone())], Vec::new())
             .expect("a valid list");
         let cols = list.columns();
-        assert_eq!(cols.tag_digests(), [0, 1, 0]);
+        assert_eq!(cols.tags().digests, [0, 1, 0]);
         assert_eq!(cols.digests().get(0), Some(a.as_str()));
         assert_eq!(cols.digests().get(1), Some(b.as_str()));
     }
@@ -233,7 +299,7 @@ mod tests {
             TagList::new("g/r", vec![Tag::new("a", d(1)), Tag::new("b", d(2)), Tag::new("c", d(1))], Vec::new()).expect("a valid list");
         list.remove_digest(&d(1));
         assert_eq!(list.columns().names().data(), "b");
-        assert_eq!(list.columns().tag_digests(), [0]);
+        assert_eq!(list.columns().tags().digests, [0]);
         assert_eq!(list.columns().digests().get(0), Some(d(2).as_str()));
         list.remove_tags(&std::collections::HashSet::from(["b"]));
         assert_eq!(list.columns(), &ListColumns::default());

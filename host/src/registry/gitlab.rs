@@ -7,7 +7,7 @@ use super::auth::Scope;
 use super::client::{RegistryClient, tag_list_or_error};
 use super::error::RegistryError;
 use super::transport::Kind;
-use crate::model::{Digest, Tag, TagList, Timestamp};
+use crate::model::{Digest, MediaType, Tag, TagList, Timestamp};
 
 /// One entry of `GET /gitlab/v1/repositories/<path>/tags/list/`.
 #[derive(Debug, Deserialize)]
@@ -53,7 +53,7 @@ pub(super) async fn tag_list(client: &RegistryClient, repo: &str) -> Result<Opti
             created_at,
             pushed_at,
             size_bytes: entry.size_bytes,
-            media_type: entry.media_type.filter(|m| !m.is_empty()),
+            media_type: entry.media_type.filter(|m| !m.is_empty()).map(MediaType::from),
             ..Tag::new(entry.name, digest)
         });
     }

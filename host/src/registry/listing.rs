@@ -64,7 +64,7 @@ impl RegistryClient {
                         Some(digest) => resolver.metadata(&digest, 0).await?.map(|meta| Tag {
                             created_at: meta.created_at,
                             size_bytes: meta.size_bytes,
-                            media_type: Some(meta.media_type),
+                            media_type: Some(meta.media_type.into()),
                             ..Tag::new(name.clone(), digest)
                         }),
                     };

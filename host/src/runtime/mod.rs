@@ -66,11 +66,21 @@ pub struct RuntimeConfig {
     /// Instances that configured retention policies may keep warm between calls, over
     /// all policies (pooling allocator slots set aside for them). 0 turns reuse off.
     pub max_warm_instances: u32,
+    /// An instance whose linear memory grew past this is not kept warm, so idle warm
+    /// instances pin at most `max_warm_instances` times this. The default (64 MiB, the
+    /// default per-plugin cap) keeps a 100k-tag repository's instance warm.
+    pub max_warm_memory_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { max_memory_bytes: 4 << 30, max_concurrent_evaluations: 64, fuel: false, max_warm_instances: 16 }
+        RuntimeConfig {
+            max_memory_bytes: 4 << 30,
+            max_concurrent_evaluations: 64,
+            fuel: false,
+            max_warm_instances: 16,
+            max_warm_memory_bytes: 64 << 20,
+        }
     }
 }
 

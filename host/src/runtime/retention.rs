@@ -5,23 +5,19 @@ use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
 use wasmtime::Store;
-use wasmtime::component::ResourceAny;
+use wasmtime::component::{ComponentType, Func, Lower, ResourceAny};
 
 use super::bindings::retention::RetentionPlugin as Guest;
 use super::bindings::retention::exports::tagwarden::policy::retention as wire;
-use super::bindings::retention::tagwarden::policy::types::StringTable;
 use super::sandbox::SandboxState;
-use super::{FailureCause, Plugin, PluginError, TypedPre, WarmPermit};
+use super::{CONTRACT_PACKAGE, FailureCause, Plugin, PluginError, TypedPre, WarmPermit};
 use crate::model::{self, Action, ListColumns, RetentionDecisions, Rule, TagList, Timestamp};
 
-/// The wire value for an unknown timestamp (see `wit/policy.wit`).
-const UNKNOWN_TIME: i64 = i64::MIN;
-// The list's "unknown media type" index is copied as is: it must be the wire's.
-const _: () = assert!(ListColumns::UNKNOWN_MEDIA_TYPE == u32::MAX, "wit/policy.wit: unknown media type is the maximum u32");
+// The list's columns are lowered as they are: their "unknown" values must be the wire's.
+const _: () = assert!(ListColumns::UNKNOWN_TIME == i64::MIN, "wit/policy.wit: an unknown timestamp is the minimum s64");
+const _: () = assert!(ListColumns::UNKNOWN_SIZE == -1, "wit/policy.wit: an unknown size is -1");
+const _: () = assert!(ListColumns::UNKNOWN_MEDIA_TYPE == u32::MAX, "wit/policy.wit: an unknown media type is the maximum u32");
 
-/// An instance whose linear memory grew beyond this is not kept warm: one very large
-/// repository should not pin its memory while the instance sits idle.
-const WARM_MEMORY_MAX: usize = 16 << 20;
 /// Idle instances kept per configured policy: about the passes that run it at once.
 const IDLE_PER_POLICY: usize = 4;
 
@@ -55,8 +51,8 @@ impl RetentionPlugin {
     /// with the same params, [`configure`](Self::configure) once instead.
     pub fn evaluate(&self, params: &str, list: &TagList, now: Timestamp) -> Result<RetentionDecisions, PluginError> {
         let mut store = self.plugin.new_store();
-        let (guest, handle) = self.create(&mut store, params)?;
-        self.decide(&mut store, &guest, handle, list, now)
+        let (evaluate, handle) = self.create(&mut store, params)?;
+        self.decide(&mut store, evaluate, handle, list, now)
     }
 
     /// Validates `params` and returns the policy they configure, ready to evaluate
@@ -65,20 +61,30 @@ impl RetentionPlugin {
         let policy = ConfiguredPolicy { plugin: self.clone(), params: params.to_owned(), idle: Mutex::new(Vec::new()) };
         // The instance that validated the params serves the first repository.
         let mut store = self.plugin.new_store();
-        let (guest, handle) = self.create(&mut store, params)?;
-        policy.keep_warm(Instance { store, guest, handle, permit: None });
+        let (evaluate, handle) = self.create(&mut store, params)?;
+        policy.keep_warm(Instance { store, evaluate, handle, permit: None });
         Ok(policy)
     }
 
     /// Instantiates the component in `store` and creates its policy from `params`.
-    fn create(&self, store: &mut Store<SandboxState>, params: &str) -> Result<(Guest, ResourceAny), PluginError> {
+    /// Returns the policy and the instance's `[method]policy.evaluate`.
+    fn create(&self, store: &mut Store<SandboxState>, params: &str) -> Result<(Func, ResourceAny), PluginError> {
+        let interface = format!("{CONTRACT_PACKAGE}/retention@{}", self.plugin.meta().contract_version);
         // `create` always runs with its clock at the Unix epoch: a policy created once
         // serves evaluations at many times, and must not depend on when it was created.
         self.plugin.call_in(store, Timestamp::from_unix_micros(0), |store, pre| {
             let TypedPre::Retention(pre) = pre else { unreachable!("kind checked at construction") };
-            let guest = pre.instantiate(&mut *store)?;
+            let instance = pre.instance_pre().instantiate(&mut *store)?;
+            let guest = Guest::new(&mut *store, &instance)?;
+            // Called directly rather than through the generated binding, so the input
+            // can be lowered from borrowed columns (`EvaluationRef`).
+            let evaluate = instance
+                .get_export_index(&mut *store, None, &interface)
+                .and_then(|i| instance.get_export_index(&mut *store, Some(&i), "[method]policy.evaluate"))
+                .and_then(|i| instance.get_func(&mut *store, i))
+                .ok_or_else(|| wasmtime::format_err!("{interface} exports no `[method]policy.evaluate`"))?;
             match guest.tagwarden_policy_retention().policy().call_create(&mut *store, params)? {
-                Ok(handle) => Ok(Ok((guest, handle))),
+                Ok(handle) => Ok(Ok((evaluate, handle))),
                 Err(message) => Ok(Err(FailureCause::InvalidParams(message))),
             }
         })
@@ -88,14 +94,16 @@ impl RetentionPlugin {
     fn decide(
         &self,
         store: &mut Store<SandboxState>,
-        guest: &Guest,
+        evaluate: Func,
         handle: ResourceAny,
         list: &TagList,
         now: Timestamp,
     ) -> Result<RetentionDecisions, PluginError> {
-        let input = encode(list, now);
+        let input = EvaluationRef::new(list, now);
         let answer = self.plugin.call_in(store, now, |store, _| {
-            Ok(guest.tagwarden_policy_retention().policy().call_evaluate(store, handle, &input)?.map_err(FailureCause::Rejected))
+            let typed = evaluate.typed::<(ResourceAny, &EvaluationRef<'_>), (Result<wire::Decisions, String>,)>(&*store)?;
+            let (answer,) = typed.call(&mut *store, (handle, &input))?;
+            Ok(answer.map_err(FailureCause::Rejected))
         })?;
         let rules = answer
             .rules
@@ -121,8 +129,9 @@ impl RetentionPlugin {
 /// own deadline, its own `now` and a restarted random seed, so a plugin that follows
 /// the contract (`evaluate` depends only on its input) decides exactly as in a fresh
 /// store. An instance is dropped instead of kept after any failure, when it wrote to
-/// stderr, when its memory grew past 16 MiB, or when the runtime's warm slots
-/// ([`super::RuntimeConfig::max_warm_instances`]) are taken.
+/// stderr, when its memory grew past [`super::RuntimeConfig::max_warm_memory_bytes`],
+/// or when the runtime's warm slots ([`super::RuntimeConfig::max_warm_instances`]) are
+/// taken.
 ///
 /// Safe to share between threads: concurrent evaluations take different instances.
 pub struct ConfiguredPolicy {
@@ -134,7 +143,7 @@ pub struct ConfiguredPolicy {
 /// An instance with its policy created.
 struct Instance {
     store: Store<SandboxState>,
-    guest: Guest,
+    evaluate: Func,
     handle: ResourceAny,
     /// Held while the instance is warm.
     permit: Option<WarmPermit>,
@@ -158,11 +167,11 @@ impl ConfiguredPolicy {
             Some(instance) => instance,
             None => {
                 let mut store = self.plugin.plugin.new_store();
-                let (guest, handle) = self.plugin.create(&mut store, &self.params)?;
-                Instance { store, guest, handle, permit: None }
+                let (evaluate, handle) = self.plugin.create(&mut store, &self.params)?;
+                Instance { store, evaluate, handle, permit: None }
             }
         };
-        let decisions = self.plugin.decide(&mut instance.store, &instance.guest, instance.handle, list, now);
+        let decisions = self.plugin.decide(&mut instance.store, instance.evaluate, instance.handle, list, now);
         if decisions.is_ok() {
             self.keep_warm(instance);
         }
@@ -172,7 +181,7 @@ impl ConfiguredPolicy {
     /// Puts a cleanly answering instance back on the idle list, if it may stay warm.
     fn keep_warm(&self, mut instance: Instance) {
         let state = instance.store.data();
-        if state.memory.size > WARM_MEMORY_MAX || state.wrote_stderr() {
+        if state.memory.size > self.plugin.plugin.inner.runtime.config.max_warm_memory_bytes || state.wrote_stderr() {
             return;
         }
         if instance.permit.is_none() {
@@ -203,62 +212,74 @@ impl fmt::Debug for ConfiguredPolicy {
     }
 }
 
-/// Builds the wire evaluation. The list's strings are already columnar and interned
-/// ([`TagList::columns`]): names, digests and media types are copied as they are.
-fn encode(list: &TagList, now: Timestamp) -> wire::Evaluation {
-    let columns = list.columns();
-    let table = |t: &model::StringTable| StringTable { data: t.data().to_owned(), ends: t.ends().to_vec() };
-    let time = |t: Option<Timestamp>| t.map_or(UNKNOWN_TIME, Timestamp::unix_micros);
-    let tags = list.tags();
-    let untagged = list.untagged();
-    wire::Evaluation {
-        repository: list.repository.clone(),
-        now: now.unix_micros(),
-        digests: table(columns.digests()),
-        media_types: table(columns.media_types()),
-        tags: wire::TagColumns {
-            names: table(columns.names()),
-            digests: columns.tag_digests().to_vec(),
-            created_at: tags.iter().map(|t| time(t.created_at)).collect(),
-            pushed_at: tags.iter().map(|t| time(t.pushed_at)).collect(),
-            last_pulled_at: tags.iter().map(|t| time(t.last_pulled_at)).collect(),
-            size_bytes: tags.iter().map(|t| t.size_bytes.and_then(|s| i64::try_from(s).ok()).unwrap_or(-1)).collect(),
-            media_types: columns.tag_media_types().to_vec(),
-        },
-        untagged: wire::UntaggedColumns {
-            digests: columns.untagged_digests().to_vec(),
-            created_at: untagged.iter().map(|u| time(u.created_at)).collect(),
-            pushed_at: untagged.iter().map(|u| time(u.pushed_at)).collect(),
-        },
-    }
+/// `retention.evaluation` (`wit/policy.wit`) borrowing the list's columns: lowering
+/// copies them into the guest straight from the list, with no copy on the host.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct EvaluationRef<'a> {
+    repository: &'a str,
+    now: i64,
+    digests: StringTableRef<'a>,
+    #[component(name = "media-types")]
+    media_types: StringTableRef<'a>,
+    tags: TagColumnsRef<'a>,
+    untagged: UntaggedColumnsRef<'a>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Digest, Tag, UntaggedManifest};
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct StringTableRef<'a> {
+    data: &'a str,
+    ends: &'a [u32],
+}
 
-    #[test]
-    fn encoding_is_columnar_with_interned_digests() {
-        let d = |c: char| Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).unwrap();
-        let mut a = Tag::new("a", d('1'));
-        a.created_at = Some(Timestamp::from_unix_micros(5));
-        a.media_type = Some("m".into());
-        let list = TagList::new(
-            "g/r",
-            vec![a, Tag::new("bb", d('2')), Tag::new("c", d('1'))],
-            vec![UntaggedManifest { digest: d('3'), created_at: None, pushed_at: None }],
-        )
-        .unwrap();
-        let e = encode(&list, Timestamp::from_unix_micros(9));
-        assert_eq!(e.tags.names.data, "abbc");
-        assert_eq!(e.tags.names.ends, [1, 3, 4]);
-        assert_eq!(e.tags.digests, [0, 1, 0]);
-        assert_eq!(e.digests.ends.len(), 3, "three unique digests including the untagged one");
-        assert_eq!(e.untagged.digests, [2]);
-        assert_eq!(e.tags.created_at, [5, UNKNOWN_TIME, UNKNOWN_TIME]);
-        assert_eq!(e.tags.media_types, [0, ListColumns::UNKNOWN_MEDIA_TYPE, ListColumns::UNKNOWN_MEDIA_TYPE]);
-        assert_eq!(e.tags.size_bytes, [-1, -1, -1]);
-        assert_eq!(e.now, 9);
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct TagColumnsRef<'a> {
+    names: StringTableRef<'a>,
+    digests: &'a [u32],
+    #[component(name = "created-at")]
+    created_at: &'a [i64],
+    #[component(name = "pushed-at")]
+    pushed_at: &'a [i64],
+    #[component(name = "last-pulled-at")]
+    last_pulled_at: &'a [i64],
+    #[component(name = "size-bytes")]
+    size_bytes: &'a [i64],
+    #[component(name = "media-types")]
+    media_types: &'a [u32],
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct UntaggedColumnsRef<'a> {
+    digests: &'a [u32],
+    #[component(name = "created-at")]
+    created_at: &'a [i64],
+    #[component(name = "pushed-at")]
+    pushed_at: &'a [i64],
+}
+
+impl<'a> EvaluationRef<'a> {
+    fn new(list: &'a TagList, now: Timestamp) -> Self {
+        let c = list.columns();
+        let table = |t: &'a model::StringTable| StringTableRef { data: t.data(), ends: t.ends() };
+        let (t, u) = (c.tags(), c.untagged());
+        EvaluationRef {
+            repository: &list.repository,
+            now: now.unix_micros(),
+            digests: table(c.digests()),
+            media_types: table(c.media_types()),
+            tags: TagColumnsRef {
+                names: table(c.names()),
+                digests: &t.digests,
+                created_at: &t.created_at,
+                pushed_at: &t.pushed_at,
+                last_pulled_at: &t.last_pulled_at,
+                size_bytes: &t.size_bytes,
+                media_types: &t.media_types,
+            },
+            untagged: UntaggedColumnsRef { digests: &u.digests, created_at: &u.created_at, pushed_at: &u.pushed_at },
+        }
     }
 }

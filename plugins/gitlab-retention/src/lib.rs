@@ -120,9 +120,10 @@ impl RetentionPolicy for GitlabRetention {
         let now = input.now;
         let age_rule = self.older_than.as_ref().map(|o| (o, now.saturating_sub(o.duration)));
 
-        // Steps 1 and 2: name rules. Candidates hold tag indices, in input (name) order.
+        // Steps 1 and 2: name rules. Candidates hold each tag's time and index, in input
+        // (name) order: the later steps need nothing else of the tag.
         let mut tags = Vec::with_capacity(input.tags.len());
-        let mut candidates: Vec<u32> = Vec::new();
+        let mut candidates: Vec<(Option<Timestamp>, u32)> = Vec::new();
         for (i, tag) in input.tags.iter().enumerate() {
             let verdict = if self.keep_latest && tag.name == "latest" {
                 Verdict::keep(reason::KEEP_LATEST)
@@ -131,7 +132,7 @@ impl RetentionPolicy for GitlabRetention {
             } else if self.keep.as_ref().is_some_and(|re| re.is_match(tag.name)) {
                 Verdict::keep(reason::KEEP_MATCH)
             } else {
-                candidates.push(u32::try_from(i).map_err(|_| "more than 4294967295 tags")?);
+                candidates.push((tag_time(&tag), u32::try_from(i).map_err(|_| "more than 4294967295 tags")?));
                 self.delete_verdict.clone()
             };
             tags.push(verdict);
@@ -142,23 +143,20 @@ impl RetentionPolicy for GitlabRetention {
         // the N greatest (time, index) keys, which are unique, so a selection finds them
         // without sorting everything.
         if let Some((n, kept)) = &self.keep_n {
-            let mut keyed: Vec<(Timestamp, u32)> =
-                candidates.iter().map(|&i| (tag_time(&input.tags[i as usize]).unwrap_or(now), i)).collect();
-            let first_kept = keyed.len().saturating_sub(*n);
-            if first_kept > 0 && first_kept < keyed.len() {
-                keyed.select_nth_unstable(first_kept);
+            let first_kept = candidates.len().saturating_sub(*n);
+            if first_kept > 0 && first_kept < candidates.len() {
+                candidates.select_nth_unstable_by_key(first_kept, |&(time, i)| (time.unwrap_or(now), i));
             }
-            for &(_, i) in &keyed[first_kept..] {
+            for &(_, i) in &candidates[first_kept..] {
                 tags[i as usize] = kept.clone();
             }
-            candidates.clear();
-            candidates.extend(keyed[..first_kept].iter().map(|&(_, i)| i));
+            candidates.truncate(first_kept);
         }
 
         // Step 4: delete only what is strictly older than the cutoff.
         if let Some((older_than, cutoff)) = age_rule {
-            for &i in &candidates {
-                if let Some(keep) = older_than.keeps(tag_time(&input.tags[i as usize]), cutoff) {
+            for &(time, i) in &candidates {
+                if let Some(keep) = older_than.keeps(time, cutoff) {
                     tags[i as usize] = keep;
                 }
             }

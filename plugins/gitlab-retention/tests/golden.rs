@@ -132,7 +132,7 @@ fn run_case(dir: &Path) -> Result<(), String> {
         untagged.push(UntaggedManifest { digest: &m.digest, created_at: timestamp(&m.created_at)?, pushed_at: timestamp(&m.pushed_at)? });
     }
     let now = timestamp(&Some(recording.recorded_at.clone()))?.expect("recorded_at");
-    let input = RetentionInput { repository: &recording.repository, now, tags, untagged };
+    let input = RetentionInput { repository: &recording.repository, now, tags: tags.into(), untagged };
 
     let (policy, want_tags, want_untagged) = match (expected, GitlabRetention::create(&params)) {
         (Expected::Error { error_contains }, Err(err)) => {
