@@ -558,9 +558,11 @@ impl Report {
         }
         println!();
         println!(
-            "Native rows run gitlab-retention compiled into this benchmark, where Cargo unifies its `regex` features with the host's \
-             dependencies (regex-automata gains the full DFA); the `.wasm` has only the plugin's own features. Lists of 1k tags and \
-             more run with a 2 GiB memory cap and a 60 s timeout; the 10-tag cases use the default limits."
+            "Native rows run gitlab-retention compiled into this benchmark (release profile), where Cargo unifies its `regex` \
+             features with the host's dependencies (regex-automata gains the full DFA); the `.wasm` is built with the `plugin` \
+             profile (LTO) and the plugin's own features (`perf`: lazy DFA, literal prefilters). Synthetic tags are allocated in \
+             name order, as a registry listing or a recording delivers them. Lists of 1k tags and more run with a 2 GiB memory cap \
+             and a 60 s timeout; the 10-tag cases use the default limits."
         );
         let show =
             |a: Option<Duration>, b: Option<Duration>, f: fn(f64) -> String| a.zip(b).map_or("–".to_owned(), |(a, b)| f(ratio(a, b)));
@@ -587,21 +589,19 @@ impl Report {
         }
         println!();
         if let Some(r) = self.ratios.iter().find(|r| r.size == 100_000)
-            && let (Some(fresh), Some(warm), Some(native), Some(columns)) = (r.wasm, r.wasm_warm, r.native, r.columns)
+            && let (Some(fresh), Some(warm), Some(native), Some(native_full), Some(columns)) =
+                (r.wasm, r.wasm_warm, r.native, r.native_full, r.columns)
         {
-            // What a pass pays per repository is the configured policy's evaluation; the
-            // strict reading also charges the list's columns, built once per listing.
-            let (warm_ratio, charged, fresh_ratio) = (ratio(warm, native), ratio(warm + columns, native), ratio(fresh, native));
-            let verdict = if charged <= 2.0 {
-                "met"
-            } else if warm_ratio <= 2.0 {
-                "met only without the list columns"
-            } else {
-                "missed"
-            };
+            // Two like-for-like readings. Evaluation: each side has its input ready (the
+            // list's columns; the native `Vec<Tag>`). Per listing: each side also builds
+            // that input from the host's list (and native creates its policy).
+            let (evaluation, per_listing) = (ratio(warm, native), ratio(warm + columns, native_full));
+            let verdict = if evaluation <= 2.0 && per_listing <= 2.0 { "met" } else { "missed" };
             println!(
-                "- Target Wasm ≤ 2× native at 100k tags: configured policy {warm_ratio:.2}× native `evaluate` ({charged:.2}× with the \
-                 list's columns charged to it); fresh store {fresh_ratio:.2}×: **{verdict}**."
+                "- Target Wasm ≤ 2× native at 100k tags: evaluation {evaluation:.2}× (configured policy ÷ native `evaluate`), \
+                 per listing {per_listing:.2}× (list columns + configured policy ÷ native build input + `create` + `evaluate`); \
+                 a fresh store is {:.2}× native `evaluate`: **{verdict}**.",
+                ratio(fresh, native)
             );
         }
         if let Some(o) = self.overhead {

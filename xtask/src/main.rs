@@ -88,11 +88,14 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
+/// The Cargo profile plugins are built with (see the workspace `Cargo.toml`).
+const PLUGIN_PROFILE: &str = "plugin";
+
 /// Builds every plugin as a component and copies it to `<target>/plugins/<name>.wasm`,
 /// where `tagwarden` finds bundled plugins by name.
 fn build_plugins() -> Result {
     let mut build = cargo();
-    build.args(["build", "--release", "--target", "wasm32-wasip2"]);
+    build.args(["build", "--profile", PLUGIN_PROFILE, "--target", "wasm32-wasip2"]);
     for p in PLUGINS {
         build.args(["-p", p]);
     }
@@ -101,7 +104,7 @@ fn build_plugins() -> Result {
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     for p in PLUGINS {
         // Libraries' artifacts use underscores, binaries keep the package name.
-        let dir = target_dir().join("wasm32-wasip2/release");
+        let dir = target_dir().join("wasm32-wasip2").join(PLUGIN_PROFILE);
         let built = [dir.join(format!("{}.wasm", p.replace('-', "_"))), dir.join(format!("{p}.wasm"))]
             .into_iter()
             .find(|f| f.is_file())

@@ -125,7 +125,7 @@ impl RetentionPolicy for GitlabRetention {
         let mut tags = Vec::with_capacity(input.tags.len());
         let mut candidates: Vec<(Option<Timestamp>, u32)> = Vec::new();
         for (i, tag) in input.tags.iter().enumerate() {
-            let verdict = if self.keep_latest && tag.name == "latest" {
+            let verdict = if self.keep_latest && is_latest(tag.name) {
                 Verdict::keep(reason::KEEP_LATEST)
             } else if !self.delete.as_ref().is_some_and(|re| re.is_match(tag.name)) {
                 self.no_match.clone()
@@ -192,6 +192,12 @@ impl OlderThan {
             Some(_) => None,
         }
     }
+}
+
+/// `name == "latest"`, compared as a fixed-size array: in Wasm the `str` comparison
+/// was a `memcmp` call for every six-character name (2 % of a 100k-tag evaluation).
+fn is_latest(name: &str) -> bool {
+    <[u8; 6]>::try_from(name.as_bytes()).is_ok_and(|b| b == *b"latest")
 }
 
 /// When the tag was last pushed, else when its image was built: GitLab's `updated_at || created_at`.

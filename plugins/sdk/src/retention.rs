@@ -62,6 +62,7 @@ enum TagsRepr<'a> {
 }
 
 impl<'a> Tags<'a> {
+    #[inline]
     pub fn len(&self) -> usize {
         match &self.0 {
             TagsRepr::List(tags) => tags.len(),
@@ -74,6 +75,7 @@ impl<'a> Tags<'a> {
     }
 
     /// Tag `i`, if there is one.
+    #[inline]
     pub fn get(&self, i: usize) -> Option<Tag<'a>> {
         match &self.0 {
             TagsRepr::List(tags) => tags.get(i).copied(),
@@ -82,11 +84,13 @@ impl<'a> Tags<'a> {
     }
 
     /// Tag `i`. Panics when `i` is out of range, like indexing a slice.
+    #[inline]
     pub fn at(&self, i: usize) -> Tag<'a> {
         self.get(i).unwrap_or_else(|| panic!("tag index {i} out of range for {} tags", self.len()))
     }
 
     /// Every tag, in order.
+    #[inline]
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Tag<'a>> + DoubleEndedIterator + '_ {
         (0..self.len()).map(|i| match &self.0 {
             TagsRepr::List(tags) => tags[i],
@@ -230,6 +234,7 @@ pub mod wire {
     }
 
     impl<'a> TagColumnsView<'a> {
+        #[inline]
         pub(super) fn len(&self) -> usize {
             self.e.tags.names.ends.len()
         }
@@ -299,19 +304,24 @@ pub mod wire {
     /// Turns verdicts into a rule table and one rule index per position.
     pub fn encode(d: Decisions) -> Result<w::Decisions, String> {
         let mut rules: Vec<w::Rule> = Vec::new();
+        // The verdict each rule was first made from: verdicts are mostly clones of a few
+        // `&'static str` reasons, so `same_verdict` finds them by address, and the text
+        // is compared only for reasons built at run time.
+        let mut firsts: Vec<Verdict> = Vec::new();
         let mut index_of = |v: &Verdict| -> Result<u8, String> {
-            let action = match v.action {
-                Action::Keep => w::Action::Keep,
-                Action::Delete => w::Action::Delete,
-            };
             // Few distinct reasons exist; a linear scan beats hashing here.
-            if let Some(i) = rules.iter().position(|r| r.action == action && r.reason == v.reason) {
+            if let Some(i) = firsts.iter().position(|f| same_verdict(f, v)) {
                 return Ok(i as u8);
             }
             if rules.len() == 256 {
                 return Err("more than 256 distinct (action, reason) pairs".into());
             }
+            let action = match v.action {
+                Action::Keep => w::Action::Keep,
+                Action::Delete => w::Action::Delete,
+            };
             rules.push(w::Rule { action, reason: v.reason.to_string() });
+            firsts.push(v.clone());
             Ok((rules.len() - 1) as u8)
         };
         let mut tags = Vec::with_capacity(d.tags.len());

@@ -29,6 +29,7 @@ impl Timestamp {
 
     /// Decodes a wire value, where `i64::MIN` means unknown.
     #[allow(dead_code)] // unused when no world feature is enabled
+    #[inline]
     pub(crate) fn from_wire(micros: i64) -> Option<Self> {
         (micros != Self::UNKNOWN_WIRE).then_some(Timestamp(micros))
     }
