@@ -102,7 +102,7 @@ fn small_repository(options: &Options, report: &mut Report, gitlab: &RetentionPl
             black_box(hostile.evaluate(NOOP, black_box(&list), NOW).expect("noop evaluate"));
         });
         report.overhead = Some(stats.median);
-        let includes = "fresh store + instantiate + create + encode + copy in + `uniform` verdicts + copy out + validate";
+        let includes = "fresh store + instantiate + create + copy the columns in + `uniform` verdicts + copy out + validate";
         report.row(g, "**host overhead**: noop plugin, full evaluation", includes, n, stats);
     }
     if options.wants(g, "noop-warm") {
@@ -111,7 +111,7 @@ fn small_repository(options: &Options, report: &mut Report, gitlab: &RetentionPl
             black_box(policy.evaluate(black_box(&list), NOW).expect("noop evaluate"));
         });
         report.overhead_warm = Some(stats.median);
-        let includes = "`ConfiguredPolicy::evaluate`: the instance kept warm from the previous repository; encode + copy in + verdicts + copy out + validate";
+        let includes = "`ConfiguredPolicy::evaluate`: the instance kept warm from the previous repository; copy the columns in + verdicts + copy out + validate";
         report.row(g, "host overhead, warm instance: noop plugin", includes, n, stats);
     }
     if options.wants(g, "noop-create") {
@@ -131,7 +131,7 @@ fn small_repository(options: &Options, report: &mut Report, gitlab: &RetentionPl
             black_box(gitlab.evaluate(PARAMS, black_box(&list), NOW).expect("gitlab evaluate"));
         });
         report.small_full = Some(stats.median);
-        let includes = "what the host pays per repository: store + instantiate + create (params JSON, 2 regexes) + encode + copy in + evaluate + copy out + validate";
+        let includes = "what the host pays per repository: store + instantiate + create (params JSON, 2 regexes) + copy the columns in + evaluate + copy out + validate";
         report.row(g, "**gitlab-retention, full evaluation (Wasm)**", includes, n, stats);
     }
     if options.wants(g, "wasm-warm") {
@@ -226,7 +226,7 @@ fn large_list(
             black_box(gitlab.evaluate(PARAMS, black_box(&list), NOW).expect("wasm evaluate"));
         });
         ratio.wasm = Some(stats.median);
-        let includes = "store + instantiate + create + encode + copy in + SDK decode + evaluate + SDK encode + copy out + validate";
+        let includes = "store + instantiate + create + copy the columns in + SDK checks + evaluate + SDK encode + copy out + validate";
         report.row(group, "**gitlab-retention, full evaluation (Wasm)**", includes, n, stats);
     }
     if options.wants(group, "wasm-warm") {
