@@ -16,14 +16,7 @@ mod params;
 use std::borrow::Cow;
 use std::sync::{Mutex, PoisonError};
 
-// `bytes::Regex` over each name's bytes, not `Regex` over `&str`: for a pattern `Regex`
-// accepts and valid UTF-8 input, whether it matches is the same (Unicode mode stays on,
-// so `.` is still one character; only where an *empty* match may start differs, which
-// `is_match` on a name cannot observe: an empty match anywhere means one at the start).
-// What it saves is the check that empty matches fall on character boundaries, ~5 % of a
-// 100k-tag evaluation in Wasm. It also accepts `(?-u)` byte patterns `Regex` refuses;
-// tag names are ASCII (OCI), so they behave there as ASCII patterns.
-use regex::bytes::Regex;
+use regex::Regex;
 use serde_json::Value;
 use tagwarden_plugin_sdk::params::{Params, expected};
 use tagwarden_plugin_sdk::{Decisions, Duration, RetentionInput, RetentionPolicy, Tag, Timestamp, Verdict, export_retention, log};
@@ -134,9 +127,9 @@ impl RetentionPolicy for GitlabRetention {
         for (i, tag) in input.tags.iter().enumerate() {
             let verdict = if self.keep_latest && is_latest(tag.name) {
                 Verdict::keep(reason::KEEP_LATEST)
-            } else if !self.delete.as_ref().is_some_and(|re| re.is_match(tag.name.as_bytes())) {
+            } else if !self.delete.as_ref().is_some_and(|re| re.is_match(tag.name)) {
                 self.no_match.clone()
-            } else if self.keep.as_ref().is_some_and(|re| re.is_match(tag.name.as_bytes())) {
+            } else if self.keep.as_ref().is_some_and(|re| re.is_match(tag.name)) {
                 Verdict::keep(reason::KEEP_MATCH)
             } else {
                 candidates.push((tag_time(&tag), u32::try_from(i).map_err(|_| "more than 4294967295 tags")?));
