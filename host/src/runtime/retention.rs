@@ -1,5 +1,5 @@
-//! Retention plugins: encode a [`TagList`] columnar, call, validate the answer; and
-//! policies configured once and kept warm across repositories.
+//! Retention plugins: lower a [`TagList`]'s columns into the guest, call, validate the answer;
+//! and policies configured once and kept warm across repositories.
 
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
