@@ -13,7 +13,7 @@
 //!
 //! Options:
 //! - a filter argument (`cargo bench -p tagwarden --bench runtime -- 10,100k/wasm`) or
-//!   `TAGWARDEN_BENCH_FILTER`: comma-separated groups (`load`, `10`, `1k`, `100k`, `1m`)
+//!   `TAGWARDEN_BENCH_FILTER`: comma-separated groups (`load` with cases `gitlab`, `cached`; `10`, `1k`, `100k`, `1m`)
 //!   or single cases (`<group>/<case>`, cases `native`, `native-full`, `wasm`, `wasm-warm`, `noop`, `columns`,
 //!   and for `10` also `noop-warm`, `wasm-warm`, `noop-create`, `wasm-create`, `wasm-create-empty`,
 //!   `native-create`), e.g. to profile one case under `perf`;
@@ -63,6 +63,19 @@ fn main() {
         });
         let includes = format!("read + compile the {kib} KiB component (Cranelift, both cores) + check its world + `info`");
         report.row("load", "gitlab-retention: load", &includes, None, stats);
+    }
+    if options.wants("load", "cached") {
+        // What the CLI does from its second run on: the compiled code from the cache.
+        let cache = tempfile::tempdir().expect("a temporary directory");
+        let config = RuntimeConfig { compile_cache: Some(cache.path().to_owned()), ..RuntimeConfig::default() };
+        let cached = Arc::new(PluginRuntime::new(config).expect("cannot create the plugin runtime"));
+        cached.load_file(&gitlab_path, PluginLimits::default()).expect("load gitlab-retention");
+        let stats = options.once(|| {
+            let plugin = cached.load_file(&gitlab_path, PluginLimits::default()).expect("load gitlab-retention");
+            assert!(plugin.meta().from_compile_cache, "the second load comes from the cache");
+        });
+        let includes = "read + sha256 of the component and of the cache entry + deserialize + check its world + `info`";
+        report.row("load", "gitlab-retention: load from the compile cache", includes, None, stats);
     }
 
     // Loaded once, as a pass does; every evaluation below reuses the compiled code.

@@ -11,6 +11,24 @@ use anyhow::bail;
 /// The environment variable naming extra plugin directories.
 pub const PLUGIN_DIR_ENV: &str = "TAGWARDEN_PLUGIN_DIR";
 
+/// The environment variable naming the directory for compiled plugins (`off` turns
+/// the cache off).
+pub const CACHE_DIR_ENV: &str = "TAGWARDEN_CACHE_DIR";
+
+/// Where the CLI keeps compiled plugins: `TAGWARDEN_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/tagwarden/compiled`, else `~/.cache/tagwarden/compiled`; `None`
+/// (compile every time) when it is `off` or no home directory is known.
+pub fn compile_cache_dir() -> Option<PathBuf> {
+    let from_env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    match from_env(CACHE_DIR_ENV) {
+        Some(dir) if dir.as_os_str() == "off" => None,
+        Some(dir) => Some(dir),
+        None => from_env("XDG_CACHE_HOME")
+            .or_else(|| from_env("HOME").map(|home| home.join(".cache")))
+            .map(|cache| cache.join("tagwarden").join("compiled")),
+    }
+}
+
 /// Directories searched for bundled plugins, in order.
 pub fn search_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = extra.to_vec();

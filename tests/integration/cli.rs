@@ -53,7 +53,8 @@ impl Outcome {
 /// Runs the binary in `dir` with a clean environment for the variables it reads.
 fn tagwarden_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcome {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagwarden"));
-    cmd.current_dir(dir).args(args).env("NO_COLOR", "1");
+    // Compiled plugins are cached per test, not in the user's ~/.cache.
+    cmd.current_dir(dir).args(args).env("NO_COLOR", "1").env("TAGWARDEN_CACHE_DIR", dir.join("compiled"));
     for var in ["TAGWARDEN_LOG", "TAGWARDEN_PLUGIN_DIR", "TAGWARDEN_REGISTRY_PASSWORD", "RUST_LOG"] {
         cmd.env_remove(var);
     }
@@ -261,6 +262,35 @@ fn plugins_inspect_describes_a_bundled_plugin() {
     assert_eq!(field(&out.stdout, "sha256"), Some(sha256_hex(&wasm).as_str()), "{}", out.stdout);
     assert_eq!(field(&out.stdout, "loads"), Some("yes"), "{}", out.stdout);
     assert!(field(&out.stdout, "plugin").is_some_and(|p| p.starts_with("gitlab-retention ")), "{}", out.stdout);
+}
+
+#[test]
+fn compiled_plugins_are_cached_and_a_damaged_cache_entry_is_compiled_again() {
+    let dir = tempdir();
+    let path = support::plugin_path("hostile-retention");
+    let inspect = || {
+        let out = tagwarden(dir.path(), &["plugins", "inspect", path_str(&path)]);
+        out.assert_success();
+        assert_eq!(field(&out.stdout, "loads"), Some("yes"), "{}", out.stdout);
+        field(&out.stdout, "compiled").unwrap_or_else(|| panic!("no compiled line:\n{}", out.stdout)).to_owned()
+    };
+    assert_eq!(inspect(), "now");
+    assert_eq!(inspect(), "from cache", "the second process reuses the first one's compiled code");
+
+    // Flip one byte of the compiled code: the checksum no longer matches, so the entry
+    // is compiled again (and rewritten), never loaded.
+    let entries: Vec<_> = std::fs::read_dir(dir.path().join("compiled")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1, "one entry, no temporary files left: {entries:?}");
+    let mut bytes = std::fs::read(&entries[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&entries[0], &bytes).unwrap();
+    assert_eq!(inspect(), "now");
+    assert_eq!(inspect(), "from cache");
+
+    // `off` turns the cache off.
+    let out = tagwarden_env(dir.path(), &["plugins", "inspect", path_str(&path)], &[("TAGWARDEN_CACHE_DIR", "off")]);
+    assert_eq!(field(&out.stdout, "compiled"), Some("now"), "{}", out.stdout);
 }
 
 #[test]

@@ -2,14 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 
 use super::{OutputFormat, PluginOptions, output};
 use crate::model::Timestamp;
 use crate::recording::Recording;
-use crate::runtime::{PluginRuntime, RuntimeConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -39,7 +37,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     };
     let recording = Recording::read(&args.recording)?;
     let path = crate::plugins::resolve(&args.plugin, &args.plugin_options.plugin_dirs)?;
-    let runtime = Arc::new(PluginRuntime::new(RuntimeConfig::default())?);
+    let runtime = super::plugin_runtime(false)?;
     let plugin = runtime.load_file(&path, args.plugin_options.limits())?.into_retention()?;
     let decisions = plugin.evaluate(&params, &recording.list, now)?;
     let report = output::EvalReport::new(&recording.list, now, plugin.plugin().meta(), &decisions);

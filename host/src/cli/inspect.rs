@@ -2,10 +2,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use super::{OutputFormat, output};
-use crate::runtime::{PluginLimits, PluginRuntime, RuntimeConfig};
+use crate::runtime::PluginLimits;
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
@@ -17,7 +16,7 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.path.display()))?;
-    let runtime = Arc::new(PluginRuntime::new(RuntimeConfig::default())?);
+    let runtime = super::plugin_runtime(false)?;
     let loaded = runtime.load_bytes(&args.path.display().to_string(), &bytes, PluginLimits::default());
     let report = output::InspectReport {
         path: args.path.display().to_string(),

@@ -76,6 +76,17 @@ impl PluginOptions {
     }
 }
 
+/// The plugin runtime for one command, caching compiled plugins on disk so the next
+/// command does not compile them again ([`crate::plugins::compile_cache_dir`]).
+fn plugin_runtime(fuel: bool) -> anyhow::Result<std::sync::Arc<crate::runtime::PluginRuntime>> {
+    let config = crate::runtime::RuntimeConfig {
+        fuel,
+        compile_cache: crate::plugins::compile_cache_dir(),
+        ..crate::runtime::RuntimeConfig::default()
+    };
+    Ok(std::sync::Arc::new(crate::runtime::PluginRuntime::new(config)?))
+}
+
 /// Sets up logging to stderr: warnings by default (plugin warnings included).
 pub fn init_logging(verbose: u8) {
     let default = match verbose {

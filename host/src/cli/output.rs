@@ -216,6 +216,7 @@ pub fn print_inspect(r: &InspectReport) {
         println!("about:     {}", p.description);
         println!("kind:      {}", p.kind);
         println!("contract:  tagwarden:policy@{}", p.contract_version);
+        println!("compiled:  {}", if p.from_compile_cache { "from cache" } else { "now" });
     }
     match &r.error {
         None => println!("loads:     yes"),

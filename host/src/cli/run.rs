@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::model::{Action, Timestamp};
 use crate::pass::{self, DeletionLimits, Guards, PassContext, Policy, Progress, RepositoryReport};
 use crate::registry::{RegistryClient, RegistryConfig};
-use crate::runtime::{PluginLimits, PluginRuntime, RuntimeConfig};
+use crate::runtime::{PluginLimits, PluginRuntime};
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
@@ -54,7 +54,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // the registry is contacted.
     // Fuel metering slows every plugin, so it is on only when some policy sets a budget.
     let fuel = config.policies.iter().any(|p| p.fuel.is_some());
-    let runtime = Arc::new(PluginRuntime::new(RuntimeConfig { fuel, ..RuntimeConfig::default() })?);
+    let runtime = super::plugin_runtime(fuel)?;
     let policies = load_policies(&config, &runtime)?;
     let store = Store::open(&config.resolve_path(&config.state.dir).join("tagwarden.db"))?;
     let backend = backend(&config, &store)?;
