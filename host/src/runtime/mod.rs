@@ -93,7 +93,8 @@ impl Default for RuntimeConfig {
 /// Per-plugin limits for one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginLimits {
-    /// Wall-clock deadline for one call (instantiate, configure, decide). Default 1 s.
+    /// Wall-clock deadline for one call: instantiating and `create`, or one `evaluate`
+    /// (or one backoff/stale decision). Default 1 s.
     pub timeout: Duration,
     /// Linear memory cap. Default 64 MiB.
     pub memory_bytes: usize,
