@@ -178,10 +178,11 @@ impl MediaType {
     ];
 
     pub fn new(s: &str) -> Self {
-        match Self::KNOWN.iter().position(|k| *k == s) {
-            Some(i) => MediaType::Known(i as u8),
-            None => MediaType::Other(s.into()),
-        }
+        Self::known(s).unwrap_or_else(|| MediaType::Other(s.into()))
+    }
+
+    fn known(s: &str) -> Option<Self> {
+        Self::KNOWN.iter().position(|k| *k == s).map(|i| MediaType::Known(i as u8))
     }
 
     pub fn as_str(&self) -> &str {
@@ -208,10 +209,7 @@ impl From<&str> for MediaType {
 
 impl From<String> for MediaType {
     fn from(s: String) -> Self {
-        match Self::KNOWN.iter().position(|k| *k == s) {
-            Some(i) => MediaType::Known(i as u8),
-            None => MediaType::Other(s.into_boxed_str()),
-        }
+        MediaType::known(&s).unwrap_or_else(|| MediaType::Other(s.into_boxed_str()))
     }
 }
 
@@ -284,13 +282,24 @@ pub struct UntaggedManifest {
 
 /// Every tag and untagged manifest of one repository, tags sorted by name, with their
 /// columnar form ([`ListColumns`]) built alongside.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TagList {
     pub repository: String,
     tags: Vec<Tag>,
     untagged: Vec<UntaggedManifest>,
-    columns: ListColumns,
+    /// Built with the list; after a change, built again on first use (a simulated pass
+    /// removes tags one deletion at a time and must not pay a rebuild for each).
+    columns: std::sync::OnceLock<ListColumns>,
 }
+
+/// Two lists are equal when their contents are: the columns follow from them.
+impl PartialEq for TagList {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.repository, &self.tags, &self.untagged) == (&other.repository, &other.tags, &other.untagged)
+    }
+}
+
+impl Eq for TagList {}
 
 impl TagList {
     /// Builds a tag list, sorting tags by name (byte-wise) as the contract promises
@@ -301,7 +310,7 @@ impl TagList {
         if let Some(w) = tags.windows(2).find(|w| w[0].name == w[1].name) {
             bail!("repository {repository}: tag `{}` is listed twice", w[0].name);
         }
-        let columns = ListColumns::build(&tags, &untagged);
+        let columns = ListColumns::build(&tags, &untagged).into();
         Ok(TagList { repository, tags, untagged, columns })
     }
 
@@ -317,7 +326,7 @@ impl TagList {
 
     /// The same list column by column, as plugins receive it.
     pub fn columns(&self) -> &ListColumns {
-        &self.columns
+        self.columns.get_or_init(|| ListColumns::build(&self.tags, &self.untagged))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -327,14 +336,14 @@ impl TagList {
     /// Removes the named tags (a deletion applied to an in-memory copy).
     pub fn remove_tags(&mut self, names: &std::collections::HashSet<&str>) {
         self.tags.retain(|t| !names.contains(t.name.as_str()));
-        self.columns = ListColumns::build(&self.tags, &self.untagged);
+        self.columns = Default::default();
     }
 
     /// Removes every tag and untagged manifest on `digest`.
     pub fn remove_digest(&mut self, digest: &Digest) {
         self.tags.retain(|t| &t.digest != digest);
         self.untagged.retain(|u| &u.digest != digest);
-        self.columns = ListColumns::build(&self.tags, &self.untagged);
+        self.columns = Default::default();
     }
 }
 

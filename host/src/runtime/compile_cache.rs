@@ -22,6 +22,8 @@ use wasmtime::component::Component;
 /// The compiled form of `bytes` (whose sha256 is `sha256`), from `dir` when a valid
 /// entry exists, else compiled now and stored for next time. The flag says which.
 pub(super) fn load_or_compile(engine: &Engine, dir: &Path, sha256: &str, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
+    // `DefaultHasher` may hash differently under another Rust release: that only means a
+    // cache miss, and wasmtime rejects a payload from another build anyway.
     let mut config = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut config);
     let path = dir.join(format!("{sha256}-{:016x}.cwasm", config.finish()));

@@ -328,7 +328,8 @@ impl PluginRuntime {
             ))
         })?;
         let typed = match kind {
-            PluginKind::Retention => bindings::retention::RetentionPluginPre::new(pre).map(TypedPre::Retention),
+            PluginKind::Retention => bindings::retention::RetentionPluginPre::new(pre)
+                .and_then(|pre| Ok(TypedPre::Retention(pre, retention::evaluate_export(&component, &contract_version)?))),
             PluginKind::Backoff => bindings::backoff::BackoffPluginPre::new(pre).map(TypedPre::Backoff),
             PluginKind::Stale => bindings::stale::StalePluginPre::new(pre).map(TypedPre::Stale),
         }
@@ -454,7 +455,8 @@ fn check_binary_header(bytes: &[u8]) -> Result<(), String> {
 
 /// The typed pre-instantiated component of each kind.
 enum TypedPre {
-    Retention(bindings::retention::RetentionPluginPre<SandboxState>),
+    /// With the export index of `[method]policy.evaluate`, which the host calls directly.
+    Retention(bindings::retention::RetentionPluginPre<SandboxState>, wasmtime::component::ComponentExportIndex),
     Backoff(bindings::backoff::BackoffPluginPre<SandboxState>),
     Stale(bindings::stale::StalePluginPre<SandboxState>),
 }
@@ -462,7 +464,7 @@ enum TypedPre {
 impl TypedPre {
     fn info(&self, store: &mut Store<SandboxState>) -> wasmtime::Result<bindings::PluginInfo> {
         match self {
-            TypedPre::Retention(p) => p.instantiate(&mut *store)?.tagwarden_policy_retention().call_info(store),
+            TypedPre::Retention(p, _) => p.instantiate(&mut *store)?.tagwarden_policy_retention().call_info(store),
             TypedPre::Backoff(p) => p.instantiate(&mut *store)?.tagwarden_policy_backoff().call_info(store),
             TypedPre::Stale(p) => p.instantiate(&mut *store)?.tagwarden_policy_stale().call_info(store),
         }
@@ -503,7 +505,7 @@ impl Plugin {
     pub fn with_limits(&self, limits: PluginLimits) -> Plugin {
         let i = &self.inner;
         let pre = match &i.pre {
-            TypedPre::Retention(p) => TypedPre::Retention(p.clone()),
+            TypedPre::Retention(p, evaluate) => TypedPre::Retention(p.clone(), *evaluate),
             TypedPre::Backoff(p) => TypedPre::Backoff(p.clone()),
             TypedPre::Stale(p) => TypedPre::Stale(p.clone()),
         };

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
 use wasmtime::Store;
-use wasmtime::component::{ComponentType, Func, Lower, ResourceAny};
+use wasmtime::component::{Component, ComponentExportIndex, ComponentType, Func, Lower, ResourceAny};
 
 use super::bindings::retention::RetentionPlugin as Guest;
 use super::bindings::retention::exports::tagwarden::policy::retention as wire;
@@ -17,6 +17,17 @@ use crate::model::{self, Action, ListColumns, RetentionDecisions, Rule, TagList,
 const _: () = assert!(ListColumns::UNKNOWN_TIME == i64::MIN, "wit/policy.wit: an unknown timestamp is the minimum s64");
 const _: () = assert!(ListColumns::UNKNOWN_SIZE == -1, "wit/policy.wit: an unknown size is -1");
 const _: () = assert!(ListColumns::UNKNOWN_MEDIA_TYPE == u32::MAX, "wit/policy.wit: an unknown media type is the maximum u32");
+
+/// The index of `[method]policy.evaluate` in a retention component, found once at load.
+/// The host calls it directly rather than through the generated binding, so that the
+/// input is lowered from the list's borrowed columns (`EvaluationRef`).
+pub(super) fn evaluate_export(component: &Component, contract_version: &str) -> wasmtime::Result<ComponentExportIndex> {
+    let interface = format!("{CONTRACT_PACKAGE}/retention@{contract_version}");
+    component
+        .get_export_index(None, &interface)
+        .and_then(|i| component.get_export_index(Some(&i), "[method]policy.evaluate"))
+        .ok_or_else(|| wasmtime::format_err!("{interface} exports no `[method]policy.evaluate`"))
+}
 
 /// Idle instances kept per configured policy: about the passes that run it at once.
 const IDLE_PER_POLICY: usize = 4;
@@ -69,20 +80,13 @@ impl RetentionPlugin {
     /// Instantiates the component in `store` and creates its policy from `params`.
     /// Returns the policy and the instance's `[method]policy.evaluate`.
     fn create(&self, store: &mut Store<SandboxState>, params: &str) -> Result<(Func, ResourceAny), PluginError> {
-        let interface = format!("{CONTRACT_PACKAGE}/retention@{}", self.plugin.meta().contract_version);
         // `create` always runs with its clock at the Unix epoch: a policy created once
         // serves evaluations at many times, and must not depend on when it was created.
         self.plugin.call_in(store, Timestamp::from_unix_micros(0), |store, pre| {
-            let TypedPre::Retention(pre) = pre else { unreachable!("kind checked at construction") };
+            let TypedPre::Retention(pre, evaluate) = pre else { unreachable!("kind checked at construction") };
             let instance = pre.instance_pre().instantiate(&mut *store)?;
             let guest = Guest::new(&mut *store, &instance)?;
-            // Called directly rather than through the generated binding, so the input
-            // can be lowered from borrowed columns (`EvaluationRef`).
-            let evaluate = instance
-                .get_export_index(&mut *store, None, &interface)
-                .and_then(|i| instance.get_export_index(&mut *store, Some(&i), "[method]policy.evaluate"))
-                .and_then(|i| instance.get_func(&mut *store, i))
-                .ok_or_else(|| wasmtime::format_err!("{interface} exports no `[method]policy.evaluate`"))?;
+            let evaluate = instance.get_func(&mut *store, evaluate).expect("found at load, in the same component");
             match guest.tagwarden_policy_retention().policy().call_create(&mut *store, params)? {
                 Ok(handle) => Ok(Ok((evaluate, handle))),
                 Err(message) => Ok(Err(FailureCause::InvalidParams(message))),

@@ -53,7 +53,7 @@ mod retention;
 #[doc(hidden)]
 pub use retention::wire as __retention_wire;
 #[cfg(feature = "retention")]
-pub use retention::{Action, Decisions, RetentionInput, RetentionPolicy, Tag, Tags, UntaggedManifest, Verdict};
+pub use retention::{Action, Decisions, RetentionInput, RetentionPolicy, Tag, Tags, TagsIter, UntaggedManifest, Verdict};
 
 #[cfg(feature = "stale")]
 mod stale;

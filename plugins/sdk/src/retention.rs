@@ -77,10 +77,7 @@ impl<'a> Tags<'a> {
     /// Tag `i`, if there is one.
     #[inline]
     pub fn get(&self, i: usize) -> Option<Tag<'a>> {
-        match &self.0 {
-            TagsRepr::List(tags) => tags.get(i).copied(),
-            TagsRepr::Columns(view) => (i < view.len()).then(|| view.tag(i)),
-        }
+        (i < self.len()).then(|| self.tag(i))
     }
 
     /// Tag `i`. Panics when `i` is out of range, like indexing a slice.
@@ -91,13 +88,49 @@ impl<'a> Tags<'a> {
 
     /// Every tag, in order.
     #[inline]
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = Tag<'a>> + DoubleEndedIterator + '_ {
-        (0..self.len()).map(|i| match &self.0 {
+    pub fn iter(&self) -> TagsIter<'_, 'a> {
+        TagsIter { tags: self, positions: 0..self.len() }
+    }
+
+    /// Tag `i`, which the caller knows is in range.
+    #[inline]
+    fn tag(&self, i: usize) -> Tag<'a> {
+        match &self.0 {
             TagsRepr::List(tags) => tags[i],
             TagsRepr::Columns(view) => view.tag(i),
-        })
+        }
     }
 }
+
+/// The iterator of [`Tags::iter`].
+#[derive(Debug, Clone)]
+pub struct TagsIter<'t, 'a> {
+    tags: &'t Tags<'a>,
+    positions: std::ops::Range<usize>,
+}
+
+impl<'a> Iterator for TagsIter<'_, 'a> {
+    type Item = Tag<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Tag<'a>> {
+        self.positions.next().map(|i| self.tags.tag(i))
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.positions.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for TagsIter<'_, '_> {
+    #[inline]
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.positions.next_back().map(|i| self.tags.tag(i))
+    }
+}
+
+impl ExactSizeIterator for TagsIter<'_, '_> {}
 
 impl<'a> From<Vec<Tag<'a>>> for Tags<'a> {
     fn from(tags: Vec<Tag<'a>>) -> Self {
@@ -111,12 +144,12 @@ impl<'a> FromIterator<Tag<'a>> for Tags<'a> {
     }
 }
 
-impl<'a, 'b> IntoIterator for &'b Tags<'a> {
+impl<'t, 'a> IntoIterator for &'t Tags<'a> {
     type Item = Tag<'a>;
-    type IntoIter = Box<dyn ExactSizeIterator<Item = Tag<'a>> + 'b>;
+    type IntoIter = TagsIter<'t, 'a>;
 
     fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
+        self.iter()
     }
 }
 
@@ -430,6 +463,8 @@ mod tests {
         assert_eq!(input.tags.at(1).size_bytes, Some(10));
 
         assert_eq!(input.tags.iter().map(|t| t.name).collect::<Vec<_>>(), ["latest", "v1"]);
+        assert_eq!((&input.tags).into_iter().rev().map(|t| t.name).collect::<Vec<_>>(), ["v1", "latest"]);
+        assert_eq!(input.tags.iter().len(), 2);
         assert_eq!(input.tags.get(2), None);
 
         let mut bad = ev.clone();
