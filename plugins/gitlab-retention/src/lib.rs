@@ -12,16 +12,17 @@
 //! Untagged manifests are outside GitLab's model: they are kept unless `delete_untagged`.
 
 mod params;
+mod pattern;
 
 use std::borrow::Cow;
 use std::sync::{Mutex, PoisonError};
 
-use regex::Regex;
 use serde_json::Value;
 use tagwarden_plugin_sdk::params::{Params, expected};
 use tagwarden_plugin_sdk::{Decisions, Duration, RetentionInput, RetentionPolicy, Tag, Timestamp, Verdict, export_retention, log};
 
 use params::{DURATION_EXAMPLES, GitlabParams};
+use pattern::NamePattern;
 
 /// Every param this plugin accepts.
 const KNOWN_PARAMS: &[&str] =
@@ -46,9 +47,9 @@ mod reason {
 pub struct GitlabRetention {
     keep_latest: bool,
     /// `\A<name_regex_delete>\z`; `None` when not given (GitLab's `\A\z`, which matches no tag).
-    delete: Option<Regex>,
+    delete: Option<NamePattern>,
     /// `\A<name_regex_keep>\z`; `None` when not given (protects nothing).
-    keep: Option<Regex>,
+    keep: Option<NamePattern>,
     /// Verdict for a tag the delete regex does not match.
     no_match: Verdict,
     /// Verdict for a tag that passed every step.
@@ -206,13 +207,15 @@ fn tag_time(tag: &Tag<'_>) -> Option<Timestamp> {
 }
 
 /// Reads a regex param and compiles it as GitLab does: `\A<pattern>\z`, no group.
-fn regex_param(params: &Params, key: &str) -> Result<Option<Regex>, String> {
+fn regex_param(params: &Params, key: &str) -> Result<Option<NamePattern>, String> {
     let pattern = match params.get(key) {
         None => return Ok(None),
         Some(Value::String(pattern)) => pattern,
         Some(other) => return Err(expected(key, "a regex string", other)),
     };
-    Regex::new(&format!(r"\A{pattern}\z")).map(Some).map_err(|e| format!("{key}: invalid regex: {} (pattern {pattern:?})", one_line(&e)))
+    NamePattern::new(format!(r"\A{pattern}\z"))
+        .map(Some)
+        .map_err(|e| format!("{key}: invalid regex: {} (pattern {pattern:?})", one_line(&e)))
 }
 
 /// The gist of a regex error on one line: its syntax errors span several lines (the
@@ -226,7 +229,7 @@ fn one_line(error: &regex::Error) -> String {
 }
 
 /// Warns about the `\A..\z` trap: `C|D` becomes `\AC|D\z`, "starts with C or ends with D".
-fn warn_if_top_level_alternation(key: &str, regex: &Regex) {
+fn warn_if_top_level_alternation(key: &str, regex: &NamePattern) {
     let anchored = regex.as_str();
     let pattern = &anchored[2..anchored.len() - 2];
     if has_top_level_alternation(pattern) {
