@@ -182,7 +182,13 @@ fn small_repository(options: &Options, report: &mut Report, gitlab: &RetentionPl
             black_box(GitlabRetention::create(black_box(PARAMS)).expect("native create"));
         });
         report.native_create = Some(stats.median);
-        report.row(g, "native `create` alone", "parse the params JSON, compile `\\A.*\\z` and `\\A(main|production)-.*\\z`", None, stats);
+        report.row(
+            g,
+            "native `create` alone",
+            "parse the params JSON, build lazy DFAs for `\\A.*\\z` and `\\A(main|production)-.*\\z`",
+            None,
+            stats,
+        );
     }
     if options.wants(g, "native") {
         let policy = GitlabRetention::create(PARAMS).expect("native create");
@@ -571,11 +577,10 @@ impl Report {
         }
         println!();
         println!(
-            "Native rows run gitlab-retention compiled into this benchmark (release profile), where Cargo unifies its `regex` \
-             features with the host's dependencies (regex-automata gains the full DFA); the `.wasm` is built with the `plugin` \
-             profile (LTO) and the plugin's own features (`perf`: lazy DFA, literal prefilters). Synthetic tags are allocated in \
-             name order, as a registry listing or a recording delivers them. Lists of 1k tags and more run with a 2 GiB memory cap \
-             and a 60 s timeout; the 10-tag cases use the default limits."
+            "Native rows run gitlab-retention compiled into this benchmark (release profile); the `.wasm` is built with the \
+             `plugin` profile (LTO, SIMD128). Both match names with the same code (a lazy DFA walked by `pattern::NamePattern`). \
+             Synthetic tags are allocated in name order, as a registry listing or a recording delivers them. Lists of 1k tags and \
+             more run with a 2 GiB memory cap and a 60 s timeout; the 10-tag cases use the default limits."
         );
         let show =
             |a: Option<Duration>, b: Option<Duration>, f: fn(f64) -> String| a.zip(b).map_or("–".to_owned(), |(a, b)| f(ratio(a, b)));

@@ -45,14 +45,13 @@ const CONTRACT_PACKAGE: &str = "tagwarden:policy";
 
 /// How often the epoch advances; deadlines are whole multiples of it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
-/// Linear memory per pool slot that stays mapped between calls and is reset in place.
-const LINEAR_MEMORY_KEEP_RESIDENT: usize = 4 << 20;
 /// Table bytes per slot kept resident likewise.
 const TABLE_KEEP_RESIDENT: usize = 64 << 10;
 /// Bytes of guest stderr kept for error messages; a guest writing more traps.
 const STDERR_CAPTURE_BYTES: usize = 64 * 1024;
 
-/// Engine-wide settings. Each has a reason; all can be overridden from config.
+/// Engine-wide settings, each with its reason. The CLI uses the defaults (plus its
+/// compile cache); the daemon's configuration will expose them.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// Largest memory cap any plugin may be given: sizes the pooling allocator's slots
@@ -71,6 +70,13 @@ pub struct RuntimeConfig {
     /// instances pin at most `max_warm_instances` times this. The default (64 MiB, the
     /// default per-plugin cap) keeps a 100k-tag repository's instance warm.
     pub max_warm_memory_bytes: usize,
+    /// Linear memory a pool slot keeps mapped after a call and resets in place (only
+    /// the pages the call dirtied, where the kernel can report them: Linux 6.7+),
+    /// instead of returning it to the kernel. A fresh store then starts without page
+    /// faults up to this size: at 100k tags (~20 MB of guest memory) faulting it in
+    /// again was half of a fresh evaluation. The price is resident memory: each slot
+    /// that has run a large evaluation keeps up to this much.
+    pub keep_resident_bytes: usize,
     /// A directory for compiled components, so that loading a plugin file this engine
     /// has compiled before skips the compiler (~0.5 s for gitlab-retention). `None`
     /// compiles every time. See [`compile_cache`](self) for what is trusted.
@@ -85,6 +91,7 @@ impl Default for RuntimeConfig {
             fuel: false,
             max_warm_instances: 16,
             max_warm_memory_bytes: 64 << 20,
+            keep_resident_bytes: 32 << 20,
             compile_cache: None,
         }
     }
@@ -251,9 +258,8 @@ impl PluginRuntime {
             .total_tables(slots * 8)
             .max_memory_size(config.max_memory_bytes)
             // Returning a slot's memory to the kernel after every call was ~40% of a
-            // small evaluation; keep the first pages resident and reset them in place,
-            // using the kernel's dirty-page scan where it exists (Linux 6.7+).
-            .linear_memory_keep_resident(LINEAR_MEMORY_KEEP_RESIDENT)
+            // small evaluation; see `RuntimeConfig::keep_resident_bytes`.
+            .linear_memory_keep_resident(config.keep_resident_bytes)
             .table_keep_resident(TABLE_KEEP_RESIDENT)
             .pagemap_scan(wasmtime::Enabled::Auto);
         let mut wasm = Config::new();

@@ -244,6 +244,15 @@ pub mod wire {
         Ok(())
     }
 
+    /// Checks that every index in `column` is below `len`; `what` names the column.
+    fn check_indices(column: &[u32], len: usize, what: &str) -> Result<(), String> {
+        // The maximum vectorises; the loop that finds the culprit runs only on error.
+        match column.iter().copied().max() {
+            Some(max) if max as usize >= len => Err(format!("{what} index {max} out of range (the table has {len} entries)")),
+            _ => Ok(()),
+        }
+    }
+
     /// String `i` of a table checked by [`check_table`]; `i` must be in range.
     #[inline(always)]
     fn string(t: &StringTable, i: usize) -> &str {
@@ -302,19 +311,16 @@ pub mod wire {
         column_len("last-pulled-at", t.last_pulled_at.len(), n)?;
         column_len("size-bytes", t.size_bytes.len(), n)?;
         column_len("media-types", t.media_types.len(), n)?;
-        let unique = e.digests.ends.len();
-        let digest_index = |i: u32| if (i as usize) < unique { Ok(i as usize) } else { Err(format!("digest index {i} out of range")) };
-        for &i in &t.digests {
-            digest_index(i)?;
-        }
+        check_indices(&t.digests, e.digests.ends.len(), "digest")?;
         let u = &e.untagged;
         let m = u.digests.len();
         column_len("untagged created-at", u.created_at.len(), m)?;
         column_len("untagged pushed-at", u.pushed_at.len(), m)?;
+        check_indices(&u.digests, e.digests.ends.len(), "untagged digest")?;
         let mut untagged = Vec::with_capacity(m);
         for i in 0..m {
             untagged.push(UntaggedManifest {
-                digest: string(&e.digests, digest_index(u.digests[i])?),
+                digest: string(&e.digests, u.digests[i] as usize),
                 created_at: Timestamp::from_wire(u.created_at[i]),
                 pushed_at: Timestamp::from_wire(u.pushed_at[i]),
             });
@@ -469,13 +475,20 @@ mod tests {
 
         let mut bad = ev.clone();
         bad.tags.digests = vec![5, 0];
-        assert!(wire::decode(&bad).unwrap_err().contains("out of range"));
+        assert_eq!(wire::decode(&bad).unwrap_err(), "digest index 5 out of range (the table has 2 entries)");
+        let mut bad = ev.clone();
+        bad.untagged = w::UntaggedColumns { digests: vec![2], created_at: vec![i64::MIN], pushed_at: vec![i64::MIN] };
+        assert!(wire::decode(&bad).unwrap_err().starts_with("untagged digest index 2 out of range"));
         // Offsets past the data, going backwards, or inside a character are refused up
         // front, so reading a tag later cannot fail.
-        for ends in [vec![6, 10], vec![6, 5], vec![1, 9]] {
+        for (ends, at) in [(vec![6, 10], "6..10"), (vec![6, 5], "6..5"), (vec![1, 9], "0..1"), (vec![7, 9, 9, 8], "9..8")] {
             let mut bad = ev.clone();
             bad.tags.names = StringTable { data: "éatestv1".into(), ends };
-            assert!(wire::decode(&bad).unwrap_err().contains("malformed tag name table"));
+            assert_eq!(wire::decode(&bad).unwrap_err(), format!("malformed tag name table at offset {at}"));
         }
+        // Multi-byte names whose offsets are all boundaries pass.
+        let mut good = ev.clone();
+        good.tags.names = StringTable { data: "élatest".into(), ends: vec![2, 8] };
+        assert_eq!(wire::decode(&good).unwrap().tags.at(0).name, "é");
     }
 }
