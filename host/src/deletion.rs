@@ -1,18 +1,22 @@
 //! Safe deletion planning: turning per-tag verdicts into registry operations.
 //!
-//! The invariant: **no tag the policy keeps ever stops resolving to its digest.**
-//! Deleting a manifest by digest removes every tag on it, so:
+//! The invariant: **no tag the policy keeps ever stops resolving to its digest, and no
+//! manifest that an image index which stays references is deleted** (a kept multi-arch
+//! tag must still pull on every platform). Deleting a manifest by digest removes every
+//! tag on it, so:
 //!
-//! - a digest is deleted by digest only when every tag on it is to be deleted (and,
-//!   for an untagged manifest, when it was decided `delete`);
-//! - a tag whose digest is shared with a kept tag is removed on its own: by the
-//!   registry's tag delete (OCI 1.1) where supported, else by moving it onto a dummy
-//!   manifest and deleting that (see [`crate::pass`] for the execution).
+//! - a manifest *stays* when a kept tag points at it, when it is untagged and not
+//!   decided `delete`, or when an index that stays references it (transitively);
+//! - a digest is deleted by digest only when it does not stay and every tag on it is to
+//!   be deleted (and, for an untagged manifest, when it was decided `delete`);
+//! - a tag to delete whose manifest stays is removed on its own: by the registry's tag
+//!   delete (OCI 1.1) where supported, else by moving it onto a dummy manifest and
+//!   deleting that (see [`crate::pass`] for the execution).
 //!
 //! [`DeletionPlan::new`] is pure and [`DeletionPlan::check`] re-proves the invariant
 //! against the verdicts, so the executor can refuse a plan that would break it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::bail;
 
@@ -24,7 +28,8 @@ pub struct DeletionPlan {
     /// Manifests to delete by digest, with the tags that go with them (empty for an
     /// untagged manifest). Every tag on these digests is to be deleted.
     pub digests: Vec<DigestDeletion>,
-    /// Tags to remove one by one because a kept tag shares their digest.
+    /// Tags to remove one by one because their manifest stays: a kept tag shares it, or
+    /// an image index that stays references it.
     pub shared_tags: Vec<TagDeletion>,
 }
 
@@ -40,6 +45,40 @@ pub struct DigestDeletion {
 pub struct TagDeletion {
     pub tag: String,
     pub digest: Digest,
+}
+
+/// Manifests that stay only because an image index that stays references them, each
+/// with the index that references it (the first one found). An index stays when a kept
+/// tag points at it, when it is untagged and not decided `delete`, or when an index that
+/// stays references it.
+pub fn referenced_by_staying_indexes<'a>(
+    list: &'a TagList,
+    tag_actions: &[Action],
+    untagged_actions: &[Action],
+) -> HashMap<&'a Digest, &'a Digest> {
+    let children = list.index_children();
+    let mut referenced = HashMap::new();
+    if children.is_empty() {
+        return referenced;
+    }
+    let mut staying: Vec<&Digest> = list
+        .tags()
+        .iter()
+        .zip(tag_actions)
+        .filter(|(_, a)| **a == Action::Keep)
+        .map(|(t, _)| &t.digest)
+        .chain(list.untagged().iter().zip(untagged_actions).filter(|(_, a)| **a == Action::Keep).map(|(u, _)| &u.digest))
+        .collect();
+    let mut seen: HashSet<&Digest> = staying.iter().copied().collect();
+    while let Some(index) = staying.pop() {
+        for child in children.get(index).into_iter().flatten() {
+            if seen.insert(child) {
+                referenced.insert(child, index);
+                staying.push(child);
+            }
+        }
+    }
+    referenced
 }
 
 impl DeletionPlan {
@@ -59,6 +98,16 @@ impl DeletionPlan {
             tagged[id as usize] = true;
             kept[id as usize] |= *action == Action::Keep;
         }
+        // Manifests an index that stays references stay too (hashing digests only when
+        // the list has indexes).
+        let referenced = referenced_by_staying_indexes(list, tag_actions, untagged_actions);
+        if !referenced.is_empty() {
+            let tags = tags.iter().map(|t| &t.digest).zip(&columns.tags().digests);
+            let untagged = list.untagged().iter().map(|u| &u.digest).zip(&columns.untagged().digests);
+            for (digest, &id) in tags.chain(untagged) {
+                kept[id as usize] |= referenced.contains_key(digest);
+            }
+        }
         let mut by_digest: Vec<Option<DigestDeletion>> = vec![None; columns.digests().len()];
         let mut shared_tags = Vec::new();
         for ((tag, &id), action) in tags.iter().zip(&columns.tags().digests).zip(tag_actions) {
@@ -76,7 +125,7 @@ impl DeletionPlan {
         for ((u, &id), action) in list.untagged().iter().zip(&columns.untagged().digests).zip(untagged_actions) {
             // A manifest listed as untagged but also tagged (an inconsistent listing) is
             // decided by its tags alone.
-            if *action == Action::Delete && !tagged[id as usize] {
+            if *action == Action::Delete && !tagged[id as usize] && !kept[id as usize] {
                 by_digest[id as usize].get_or_insert_with(|| DigestDeletion { digest: u.digest.clone(), tags: Vec::new() });
             }
         }
@@ -84,13 +133,13 @@ impl DeletionPlan {
         // A deterministic order (by digest) for plans, logs and tests.
         digests.sort_unstable_by(|a, b| a.digest.cmp(&b.digest));
         let plan = DeletionPlan { digests, shared_tags };
-        plan.check(list, tag_actions)?;
+        plan.check(list, tag_actions, untagged_actions)?;
         Ok(plan)
     }
 
-    /// Proves the invariant: no digest deleted by digest carries a kept tag, and no kept
-    /// tag is removed.
-    pub fn check(&self, list: &TagList, tag_actions: &[Action]) -> anyhow::Result<()> {
+    /// Proves the invariant: no digest deleted by digest carries a kept tag or is
+    /// referenced by an index that stays, and no kept tag is removed.
+    pub fn check(&self, list: &TagList, tag_actions: &[Action], untagged_actions: &[Action]) -> anyhow::Result<()> {
         let kept: Vec<(&str, &Digest)> =
             list.tags().iter().zip(tag_actions).filter(|(_, a)| **a == Action::Keep).map(|(t, _)| (t.name.as_str(), &t.digest)).collect();
         let deleted_digests: HashSet<&Digest> = self.digests.iter().map(|d| &d.digest).collect();
@@ -106,6 +155,32 @@ impl DeletionPlan {
             }
             if removed_tags.contains(name) {
                 bail!("refusing a plan that removes kept tag `{name}`");
+            }
+        }
+        // Indexes that stay, found again from the plan itself: every manifest in the
+        // list that the plan does not delete by digest.
+        let mut staying: Vec<&Digest> = list
+            .tags()
+            .iter()
+            .map(|t| &t.digest)
+            .chain(list.untagged().iter().map(|u| &u.digest))
+            .filter(|d| !deleted_digests.contains(d))
+            .collect();
+        let mut seen: HashSet<&Digest> = staying.iter().copied().collect();
+        while let Some(index) = staying.pop() {
+            for child in list.index_children().get(index).into_iter().flatten() {
+                if deleted_digests.contains(child) {
+                    bail!("refusing a plan that deletes {child}, which index {index} references and keeps");
+                }
+                if seen.insert(child) {
+                    staying.push(child);
+                }
+            }
+        }
+        // Untagged manifests are deleted only when decided so.
+        for (u, action) in list.untagged().iter().zip(untagged_actions) {
+            if *action == Action::Keep && deleted_digests.contains(&u.digest) && !list.tags().iter().any(|t| t.digest == u.digest) {
+                bail!("refusing a plan that deletes untagged manifest {}, which was decided keep", u.digest);
             }
         }
         Ok(())
@@ -182,26 +257,85 @@ mod tests {
     fn check_refuses_a_plan_that_would_break_a_kept_tag() {
         let list = TagList::new("r", vec![Tag::new("a", d(1)), Tag::new("b", d(1))], vec![]).unwrap();
         let bad = DeletionPlan { digests: vec![DigestDeletion { digest: d(1), tags: vec!["a".into()] }], shared_tags: vec![] };
-        let err = bad.check(&list, &[Action::Delete, Action::Keep]).unwrap_err().to_string();
+        let err = bad.check(&list, &[Action::Delete, Action::Keep], &[]).unwrap_err().to_string();
         assert!(err.contains("kept tag `b`"), "{err}");
         let bad = DeletionPlan { digests: vec![], shared_tags: vec![TagDeletion { tag: "b".into(), digest: d(1) }] };
-        assert!(bad.check(&list, &[Action::Delete, Action::Keep]).is_err());
+        assert!(bad.check(&list, &[Action::Delete, Action::Keep], &[]).is_err());
+    }
+
+    /// A list where digest 10 is an index of 11 and 12, tagged `multi`; 11 is also tagged
+    /// `multi-amd64`; 12 is listed untagged; 20 is an unrelated image tagged `other`.
+    fn multi_arch() -> TagList {
+        TagList::new(
+            "r",
+            vec![Tag::new("multi", d(10)), Tag::new("multi-amd64", d(11)), Tag::new("other", d(20))],
+            vec![UntaggedManifest { digest: d(12), created_at: None, pushed_at: None }],
+        )
+        .unwrap()
+        .with_index_children([(d(10), vec![d(11), d(12)])])
     }
 
     #[test]
-    fn random_lists_never_lose_a_kept_tag() {
-        // A small deterministic generator: many digests shared by several tags.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
+    fn a_platform_image_of_a_kept_index_loses_only_its_own_tag() {
+        let list = multi_arch();
+        // Keep `multi`, delete `multi-amd64`, `other` and the untagged arm64 image.
+        let tags = [Action::Keep, Action::Delete, Action::Delete];
+        let p = DeletionPlan::new(&list, &tags, &[Action::Delete]).unwrap();
+        assert_eq!(p.shared_tags, vec![TagDeletion { tag: "multi-amd64".into(), digest: d(11) }], "{p:?}");
+        assert_eq!(p.digests, vec![DigestDeletion { digest: d(20), tags: vec!["other".into()] }], "{p:?}");
+    }
+
+    #[test]
+    fn a_deleted_index_no_longer_protects_its_children() {
+        let list = multi_arch();
+        let p = DeletionPlan::new(&list, &[Action::Delete, Action::Delete, Action::Keep], &[Action::Delete]).unwrap();
+        let deleted: Vec<&Digest> = p.digests.iter().map(|x| &x.digest).collect();
+        assert!(deleted.contains(&&d(10)) && deleted.contains(&&d(11)) && deleted.contains(&&d(12)), "{p:?}");
+        assert!(p.shared_tags.is_empty());
+    }
+
+    #[test]
+    fn nested_indexes_protect_their_grandchildren() {
+        // `top` -> index 30 -> index 31 -> image 32, which is also tagged `leaf`.
+        let list = TagList::new("r", vec![Tag::new("leaf", d(32)), Tag::new("top", d(30))], vec![])
+            .unwrap()
+            .with_index_children([(d(30), vec![d(31)]), (d(31), vec![d(32)])]);
+        let p = DeletionPlan::new(&list, &[Action::Delete, Action::Keep], &[]).unwrap();
+        assert!(p.digests.is_empty(), "{p:?}");
+        assert_eq!(p.shared_tags, vec![TagDeletion { tag: "leaf".into(), digest: d(32) }]);
+        let referenced = referenced_by_staying_indexes(&list, &[Action::Delete, Action::Keep], &[]);
+        assert_eq!(referenced.get(&d(32)), Some(&&d(31)));
+    }
+
+    #[test]
+    fn check_refuses_a_plan_that_would_break_a_kept_index() {
+        let list = multi_arch();
+        let tags = [Action::Keep, Action::Delete, Action::Keep];
+        let bad = DeletionPlan { digests: vec![DigestDeletion { digest: d(11), tags: vec!["multi-amd64".into()] }], shared_tags: vec![] };
+        let err = bad.check(&list, &tags, &[Action::Keep]).unwrap_err().to_string();
+        assert!(err.contains(&format!("deletes {}, which index {} references", d(11), d(10))), "{err}");
+        let bad = DeletionPlan { digests: vec![DigestDeletion { digest: d(12), tags: vec![] }], shared_tags: vec![] };
+        assert!(bad.check(&list, &tags, &[Action::Delete]).is_err(), "the untagged child is referenced too");
+    }
+
+    /// A small deterministic random generator (xorshift64) for the randomized tests.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state
-        };
+        }
+    }
+
+    #[test]
+    fn random_lists_never_lose_a_kept_tag() {
+        // Many digests shared by several tags.
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for round in 0..500 {
             let n = (next() % 40) as usize + 1;
             let tags: Vec<(String, u32)> = (0..n).map(|i| (format!("t{i}"), (next() % (n as u64 / 2 + 1)) as u32)).collect();
-            let delete: Vec<String> = tags.iter().filter(|_| next() % 2 == 0).map(|(n, _)| n.clone()).collect();
+            let delete: Vec<String> = tags.iter().filter(|_| next().is_multiple_of(2)).map(|(n, _)| n.clone()).collect();
             let tag_refs: Vec<(&str, u32)> = tags.iter().map(|(n, i)| (n.as_str(), *i)).collect();
             let delete_refs: Vec<&str> = delete.iter().map(String::as_str).collect();
             let p = plan(&tag_refs, &delete_refs).unwrap();
@@ -218,6 +352,66 @@ mod tests {
                     assert!(!registry.contains_key(name), "round {round}: {name} survived");
                 } else {
                     assert_eq!(registry.get(name), Some(digest), "round {round}: kept tag {name} lost");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_lists_with_indexes_never_break_a_kept_image() {
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        for round in 0..500 {
+            let digests = (next() % 12) as u32 + 2;
+            // Some digests are indexes over higher-numbered ones (no cycles).
+            let mut children: BTreeMap<Digest, Vec<Digest>> = BTreeMap::new();
+            for i in 0..digests {
+                if next().is_multiple_of(3) && i + 1 < digests {
+                    let kids: Vec<Digest> = (i + 1..digests).filter(|_| next().is_multiple_of(2)).map(d).collect();
+                    if !kids.is_empty() {
+                        children.insert(d(i), kids);
+                    }
+                }
+            }
+            let n = (next() % 16) as usize + 1;
+            let tags: Vec<Tag> = (0..n).map(|i| Tag::new(format!("t{i}"), d((next() % u64::from(digests)) as u32))).collect();
+            let untagged: Vec<UntaggedManifest> = (0..digests)
+                .filter(|i| !tags.iter().any(|t| t.digest == d(*i)) && next().is_multiple_of(2))
+                .map(|i| UntaggedManifest { digest: d(i), created_at: None, pushed_at: None })
+                .collect();
+            let list = TagList::new("r", tags, untagged).unwrap().with_index_children(children.clone());
+            let tag_actions: Vec<Action> =
+                list.tags().iter().map(|_| if next().is_multiple_of(2) { Action::Delete } else { Action::Keep }).collect();
+            let untagged_actions: Vec<Action> =
+                list.untagged().iter().map(|_| if next().is_multiple_of(2) { Action::Delete } else { Action::Keep }).collect();
+            let p = DeletionPlan::new(&list, &tag_actions, &untagged_actions).unwrap();
+
+            // Apply the plan to a model registry: manifests by digest, tags by name.
+            let mut manifests: HashSet<Digest> = (0..digests).map(d).collect();
+            let mut registry: BTreeMap<&str, &Digest> = list.tags().iter().map(|t| (t.name.as_str(), &t.digest)).collect();
+            for dd in &p.digests {
+                manifests.remove(&dd.digest);
+                registry.retain(|_, v| **v != dd.digest);
+            }
+            for t in &p.shared_tags {
+                registry.remove(t.tag.as_str());
+            }
+            // Every kept tag resolves, and everything it references (transitively) exists.
+            for (t, a) in list.tags().iter().zip(&tag_actions) {
+                if *a == Action::Delete {
+                    assert!(!registry.contains_key(t.name.as_str()), "round {round}: {} survived", t.name);
+                    continue;
+                }
+                assert_eq!(registry.get(t.name.as_str()), Some(&&t.digest), "round {round}: kept tag {} lost", t.name);
+                let mut stack = vec![&t.digest];
+                while let Some(x) = stack.pop() {
+                    assert!(manifests.contains(x), "round {round}: {x}, needed by kept tag {}, was deleted", t.name);
+                    stack.extend(children.get(x).into_iter().flatten());
+                }
+            }
+            // Untagged manifests decided keep stay.
+            for (u, a) in list.untagged().iter().zip(&untagged_actions) {
+                if *a == Action::Keep {
+                    assert!(manifests.contains(&u.digest), "round {round}: kept untagged {} deleted", u.digest);
                 }
             }
         }

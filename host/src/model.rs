@@ -4,6 +4,7 @@
 //! which the runtime copies into the wire format of `wit/policy.wit`; registry backends
 //! produce them; recordings serialise them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -290,12 +291,17 @@ pub struct TagList {
     /// Built with the list; after a change, built again on first use (a simulated pass
     /// removes tags one deletion at a time and must not pay a rebuild for each).
     columns: std::sync::OnceLock<ListColumns>,
+    /// For each image index (multi-arch image) among the list's manifests, and each
+    /// index nested in one, the manifests it references. The deletion planner never
+    /// deletes a manifest that an index which stays references.
+    index_children: BTreeMap<Digest, Vec<Digest>>,
 }
 
 /// Two lists are equal when their contents are: the columns follow from them.
 impl PartialEq for TagList {
     fn eq(&self, other: &Self) -> bool {
-        (&self.repository, &self.tags, &self.untagged) == (&other.repository, &other.tags, &other.untagged)
+        (&self.repository, &self.tags, &self.untagged, &self.index_children)
+            == (&other.repository, &other.tags, &other.untagged, &other.index_children)
     }
 }
 
@@ -311,7 +317,20 @@ impl TagList {
             bail!("repository {repository}: tag `{}` is listed twice", w[0].name);
         }
         let columns = ListColumns::build(&tags, &untagged).into();
-        Ok(TagList { repository, tags, untagged, columns })
+        Ok(TagList { repository, tags, untagged, columns, index_children: BTreeMap::new() })
+    }
+
+    /// The same list, knowing which manifests each image index references (see
+    /// [`TagList::index_children`]). Indexes without children are left out.
+    pub fn with_index_children(mut self, children: impl IntoIterator<Item = (Digest, Vec<Digest>)>) -> Self {
+        self.index_children = children.into_iter().filter(|(_, c)| !c.is_empty()).collect();
+        self
+    }
+
+    /// The manifests each image index of the list references, by index digest. Only
+    /// indexes appear; a source that cannot tell (an old recording) gives none.
+    pub fn index_children(&self) -> &BTreeMap<Digest, Vec<Digest>> {
+        &self.index_children
     }
 
     /// The tags, sorted by name.
@@ -343,6 +362,7 @@ impl TagList {
     pub fn remove_digest(&mut self, digest: &Digest) {
         self.tags.retain(|t| &t.digest != digest);
         self.untagged.retain(|u| &u.digest != digest);
+        self.index_children.remove(digest);
         self.columns = Default::default();
     }
 }

@@ -110,13 +110,25 @@ pub fn apply_guards(list: TagList, decisions: &RetentionDecisions, guards: &Guar
             Verdict { action: rule.action, reason: rule.reason.clone(), decided_by: "plugin" }
         })
         .collect();
-    let untagged: Vec<Verdict> = (0..list.untagged().len())
-        .map(|i| {
+    let tag_actions: Vec<Action> = tags.iter().map(|v| v.action).collect();
+    let plugin_untagged: Vec<Action> = (0..list.untagged().len()).map(|i| decisions.untagged(i).action).collect();
+    // An untagged manifest that an index which stays references (a platform image of a
+    // kept multi-arch tag) is kept whatever the plugin said.
+    let referenced = crate::deletion::referenced_by_staying_indexes(&list, &tag_actions, &plugin_untagged);
+    let untagged: Vec<Verdict> = list
+        .untagged()
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
             let rule = decisions.untagged(i);
-            Verdict { action: rule.action, reason: rule.reason.clone(), decided_by: "plugin" }
+            match referenced.get(&u.digest) {
+                Some(index) if rule.action == Action::Delete => {
+                    Verdict { action: Action::Keep, reason: format!("referenced by index {index}, which stays"), decided_by: "host" }
+                }
+                _ => Verdict { action: rule.action, reason: rule.reason.clone(), decided_by: "plugin" },
+            }
         })
         .collect();
-    let tag_actions: Vec<Action> = tags.iter().map(|v| v.action).collect();
     let untagged_actions: Vec<Action> = untagged.iter().map(|v| v.action).collect();
     let deletion = DeletionPlan::new(&list, &tag_actions, &untagged_actions)?;
     let to_delete = tag_actions.iter().filter(|a| **a == Action::Delete).count();
@@ -720,5 +732,36 @@ mod dummy {
                 Err(fail(&format!("deleting the dummy manifest {dummy} (tags moved onto it remain until the next pass)"), e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Digest, Rule, Tag, UntaggedManifest};
+
+    fn d(n: u8) -> Digest {
+        Digest::sha256_of(&[n])
+    }
+
+    fn untagged(n: u8) -> UntaggedManifest {
+        UntaggedManifest { digest: d(n), created_at: None, pushed_at: None }
+    }
+
+    #[test]
+    fn untagged_platform_images_of_a_kept_index_are_kept_by_the_host() {
+        // `v1` → index 1 over 2 and 3, both listed untagged; 4 is an unrelated untagged image.
+        let list = TagList::new("r", vec![Tag::new("v1", d(1))], vec![untagged(2), untagged(3), untagged(4)])
+            .unwrap()
+            .with_index_children([(d(1), vec![d(2), d(3)])]);
+        let rules = vec![Rule { action: Action::Keep, reason: "keep".into() }, Rule { action: Action::Delete, reason: "untagged".into() }];
+        let decisions = RetentionDecisions::validate(&list, rules, vec![0], vec![1, 1, 1]).unwrap();
+        let plan = apply_guards(list, &decisions, &Guards::default()).unwrap();
+        for v in &plan.untagged[..2] {
+            assert_eq!((v.action, v.decided_by), (Action::Keep, "host"), "{v:?}");
+            assert_eq!(v.reason, format!("referenced by index {}, which stays", d(1)));
+        }
+        assert_eq!((plan.untagged[2].action, plan.untagged[2].decided_by), (Action::Delete, "plugin"));
+        assert_eq!(plan.deletion.digests.iter().map(|x| &x.digest).collect::<Vec<_>>(), [&d(4)]);
     }
 }

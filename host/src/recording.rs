@@ -1,20 +1,25 @@
-//! Recorded tag lists (`tagwarden.recording.v1`, documented in docs/recording-format.md).
+//! Recorded tag lists (`tagwarden.recording.v1` and `.v2`, documented in
+//! docs/recording-format.md). v2 adds `indexes`, what each image index references.
 //!
 //! A recording is one repository's tags as a registry reported them at `recorded_at`.
 //! `tagwarden record` writes them, `eval` and the `recording` backend read them, and the
 //! golden tests are made of them. Reading is strict: an unknown field, a bad digest or
 //! a bad timestamp is an error naming the file, the position and the field.
 
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Tag, TagList, Timestamp, UntaggedManifest};
+use crate::model::{Digest, Tag, TagList, Timestamp, UntaggedManifest};
 
-/// The `format` value of this version.
+/// The `format` value of a recording without `indexes`.
 pub const FORMAT_V1: &str = "tagwarden.recording.v1";
+/// The `format` value of a recording that may carry `indexes`. Written only when the list
+/// has image indexes, so that recordings older tagwardens can read stay v1.
+pub const FORMAT_V2: &str = "tagwarden.recording.v2";
 
 /// One repository's recorded tag list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +38,9 @@ struct RecordingFile {
     tags: Vec<Tag>,
     #[serde(default)]
     untagged: Vec<UntaggedManifest>,
+    /// Image index digest → the manifests it references (absent in older recordings).
+    #[serde(default)]
+    indexes: BTreeMap<Digest, Vec<Digest>>,
 }
 
 impl Recording {
@@ -57,13 +65,19 @@ impl Recording {
                 anyhow::anyhow!("{line}:{column}: at `{path}`: {msg}")
             }
         })?;
-        if file.format != FORMAT_V1 {
-            bail!("`format` is `{}`; this tagwarden reads `{FORMAT_V1}`", file.format);
+        if file.format != FORMAT_V1 && file.format != FORMAT_V2 {
+            bail!("`format` is `{}`; this tagwarden reads `{FORMAT_V1}` and `{FORMAT_V2}`", file.format);
+        }
+        if file.format == FORMAT_V1 && !file.indexes.is_empty() {
+            bail!("`indexes` is a `{FORMAT_V2}` field; set `format` to `{FORMAT_V2}`");
         }
         if file.repository.is_empty() {
             bail!("`repository` is empty; expected a repository path such as `group/app`");
         }
-        let list = TagList::new(file.repository, file.tags, file.untagged)?;
+        if let Some((index, _)) = file.indexes.iter().find(|(_, children)| children.is_empty()) {
+            bail!("`indexes.{index}` lists no children; expected the digests the index references, or leave the index out");
+        }
+        let list = TagList::new(file.repository, file.tags, file.untagged)?.with_index_children(file.indexes);
         Ok(Recording { recorded_at: file.recorded_at, list })
     }
 
@@ -86,7 +100,7 @@ impl Recording {
     /// Writes the recording as JSON to `out`: a readable layout with one entry per line.
     pub fn write_to(&self, out: &mut impl Write) -> anyhow::Result<()> {
         let head = serde_json::json!({
-            "format": FORMAT_V1,
+            "format": if self.list.index_children().is_empty() { FORMAT_V1 } else { FORMAT_V2 },
             "repository": self.list.repository,
             "recorded_at": self.recorded_at,
         });
@@ -96,7 +110,16 @@ impl Recording {
         write_entries(out, self.list.tags())?;
         write!(out, "],\n \"untagged\": [")?;
         write_entries(out, self.list.untagged())?;
-        writeln!(out, "]}}")?;
+        write!(out, "]")?;
+        if !self.list.index_children().is_empty() {
+            write!(out, ",\n \"indexes\": {{")?;
+            for (i, (index, children)) in self.list.index_children().iter().enumerate() {
+                out.write_all(if i == 0 { b"\n  " } else { b",\n  " })?;
+                write!(out, "{}: {}", serde_json::to_string(index)?, serde_json::to_string(children)?)?;
+            }
+            write!(out, "\n }}")?;
+        }
+        writeln!(out, "}}")?;
         Ok(())
     }
 }
@@ -160,7 +183,10 @@ mod tests {
         assert!(err.contains("missing field `name`"), "{err}");
 
         let err = format!("{:#}", Recording::parse(&doc("[]").replace("v1", "v9")).unwrap_err());
-        assert!(err.contains("tagwarden.recording.v9"), "{err}");
+        assert!(
+            err.contains("tagwarden.recording.v9") && err.contains("reads `tagwarden.recording.v1` and `tagwarden.recording.v2`"),
+            "{err}"
+        );
 
         let err = format!("{:#}", Recording::parse(&doc("[]").replace("\"tags\"", "\"tagz\"")).unwrap_err());
         assert!(err.contains("unknown field `tagz`"), "{err}");
@@ -179,11 +205,38 @@ mod tests {
         r.write_to(&mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(Recording::parse(&text).unwrap(), r, "{text}");
-        let dir = std::env::temp_dir().join(format!("tw-rec-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("r.json");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
         r.write(&path).unwrap();
         assert_eq!(Recording::read(&path).unwrap(), r);
-        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    const D3: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+
+    #[test]
+    fn index_children_are_read_and_written() {
+        let text = doc(&format!(r#"[{{"name": "multi", "digest": "{D1}"}}], "indexes": {{"{D1}": ["{D2}", "{D3}"]}}"#));
+        let err = format!("{:#}", Recording::parse(&text).unwrap_err());
+        assert!(err.contains("`indexes` is a `tagwarden.recording.v2` field"), "{err}");
+        let r = Recording::parse(&text.replace(FORMAT_V1, FORMAT_V2)).unwrap();
+        let d = |s: &str| Digest::parse(s).unwrap();
+        assert_eq!(r.list.index_children().get(&d(D1)), Some(&vec![d(D2), d(D3)]));
+        let mut out = Vec::new();
+        r.write_to(&mut out).unwrap();
+        let written = String::from_utf8(out).unwrap();
+        assert!(written.contains("\"indexes\"") && written.contains(FORMAT_V2), "{written}");
+        assert_eq!(Recording::parse(&written).unwrap(), r, "{written}");
+    }
+
+    #[test]
+    fn bad_index_entries_are_refused_with_where_and_what() {
+        let bad_child =
+            doc(&format!(r#"[{{"name": "multi", "digest": "{D1}"}}], "indexes": {{"{D1}": ["sha256:12"]}}"#)).replace(FORMAT_V1, FORMAT_V2);
+        let err = format!("{:#}", Recording::parse(&bad_child).unwrap_err());
+        assert!(err.contains("indexes") && err.contains("64 lowercase hex"), "{err}");
+        let empty = doc(&format!(r#"[{{"name": "multi", "digest": "{D1}"}}], "indexes": {{"{D1}": []}}"#)).replace(FORMAT_V1, FORMAT_V2);
+        let err = format!("{:#}", Recording::parse(&empty).unwrap_err());
+        assert!(err.contains(&format!("`indexes.{D1}` lists no children")), "{err}");
     }
 }

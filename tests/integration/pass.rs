@@ -248,6 +248,75 @@ async fn a_tag_sharing_its_digest_with_a_kept_tag_is_removed_via_the_dummy_manif
     assert!(matches!(events.last(), Some(Progress::Deleting { done: 1, total: 1 })), "{events:?}");
 }
 
+/// The platform images an index references, read from the registry with the test bed's client.
+async fn index_children(seed: &Seeder, repo: &str, index: &str) -> Vec<String> {
+    let body: serde_json::Value =
+        seed.request(reqwest::Method::GET, &format!("/v2/{repo}/manifests/{index}")).await.unwrap().json().await.unwrap();
+    body["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap().to_string()).collect()
+}
+
+/// Repository `app`: `v1` is a two-platform index whose amd64 image is also tagged `v1-amd64`
+/// (as `docker manifest create` workflows leave it), and `other` an ordinary image. Returns the
+/// index digest, its children and the repository's tags.
+async fn multi_arch_repository(seed: &Seeder, other: &str) -> (String, Vec<String>, BTreeMap<String, String>) {
+    let index = seed.push_index("app", "v1", [Some(&ago(days(30))), Some(&ago(days(30)))]).await.unwrap();
+    let children = index_children(seed, "app", &index).await;
+    seed.retag("app", &children[0], "v1-amd64").await.unwrap();
+    seed.push_image("app", other, Some(&ago(days(30)))).await.unwrap();
+    (index, children, snapshot(seed, "app").await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_tag_of_a_kept_multi_arch_image_loses_its_tag_but_never_its_manifest() {
+    let reg = registry().await;
+    let seed = reg.client();
+    let (index, children, before) = multi_arch_repository(&seed, "old").await;
+
+    let store = Store::in_memory().unwrap();
+    let ctx = context(client(reg.url(), &store), &store);
+    // Keep `v1`, delete every other tag.
+    let report = run(&ctx, &gitlab(json!({"name_regex_delete": ".*", "name_regex_keep": "v1"})), "app").await;
+    assert_eq!(report.status, RepositoryStatus::Completed, "{report:#?}");
+    assert_eq!((report.tags_to_delete, report.tags_deleted, report.manifests_deleted, report.failed), (2, 2, 1, 0), "{report:#?}");
+
+    let after = snapshot(&seed, "app").await;
+    assert_eq!(after, without(&before, &set(["v1-amd64", "old"])));
+    for child in &children {
+        assert_eq!(seed.resolve("app", child).await.unwrap().as_deref(), Some(child.as_str()), "platform image {child} of kept `v1`");
+    }
+    let rows = audit(&store, "app");
+    assert!(
+        rows.iter().all(|r| r.operation != "delete_manifest" || !children.contains(&r.digest)),
+        "no child of the kept index is deleted by digest: {rows:#?}"
+    );
+    assert!(rows.iter().any(|r| r.operation == "untag_via_dummy" && r.tags == ["v1-amd64"]), "{rows:#?}");
+    assert_eq!(audited_deletions(&rows), set(["v1-amd64", "old"]));
+
+    // A second listing reads the index's children from the metadata cache, not the registry.
+    let gets = stats(&ctx).manifest_get;
+    let list = ctx.backend.registry().unwrap().tag_list("app", &no_progress).await.unwrap().unwrap();
+    let mut expected: Vec<tagwarden::model::Digest> = children.iter().map(|c| tagwarden::model::Digest::parse(c).unwrap()).collect();
+    expected.sort();
+    assert_eq!(list.index_children().get(&tagwarden::model::Digest::parse(&index).unwrap()), Some(&expected));
+    assert_eq!(stats(&ctx).manifest_get, gets, "warm listing: no manifest GET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_multi_arch_image_takes_its_platform_tags_with_it() {
+    let reg = registry().await;
+    let seed = reg.client();
+    let (_, children, before) = multi_arch_repository(&seed, "keep").await;
+
+    let store = Store::in_memory().unwrap();
+    let ctx = context(client(reg.url(), &store), &store);
+    let report = run(&ctx, &gitlab(json!({"name_regex_delete": "v1.*"})), "app").await;
+    assert_eq!(report.status, RepositoryStatus::Completed, "{report:#?}");
+    // Nothing that stays references the amd64 image, so it goes by digest with its tag.
+    assert_eq!((report.tags_deleted, report.manifests_deleted, report.failed), (2, 2, 0), "{report:#?}");
+    assert_eq!(snapshot(&seed, "app").await, without(&before, &set(["v1", "v1-amd64"])));
+    assert_eq!(seed.resolve("app", &children[0]).await.unwrap(), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_plan_deletes_by_digest_and_moves_several_shared_tags_onto_one_dummy() {
     let reg = registry().await;

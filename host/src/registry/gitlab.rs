@@ -61,7 +61,8 @@ pub(super) async fn tag_list(client: &RegistryClient, repo: &str) -> Result<Opti
     tags.reverse();
     let mut seen = std::collections::HashSet::new();
     tags.retain(|t| seen.insert(t.name.clone()));
-    tag_list_or_error(client, repo, TagList::new(repo, tags, Vec::new())).map(Some)
+    let list = tag_list_or_error(client, repo, TagList::new(repo, tags, Vec::new()))?;
+    client.with_index_children(repo, list).await.map(Some)
 }
 
 fn invalid(client: &RegistryClient, repo: &str, tag: &str, what: &str) -> RegistryError {

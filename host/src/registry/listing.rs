@@ -1,7 +1,7 @@
 //! Full tag lists: digests, creation times and sizes, with the metadata cache in front of the
 //! per-digest requests (see the module docs in `mod.rs` for the request plan).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -53,19 +53,26 @@ impl RegistryClient {
         progress(0, total);
         let done = AtomicUsize::new(0);
         let resolver = Resolver::new(self, repo);
+        // Digests that turned out to be image indexes: their children are looked up below.
+        let indexes: Mutex<Vec<Digest>> = Mutex::default();
         let resolved: Result<Vec<Option<Tag>>, RegistryError> = futures::stream::iter(names)
             // An owned name, not `&String`: a closure over borrowed items makes the future !Send
             // (the compiler cannot prove it for every lifetime).
             .map(|name| {
-                let (resolver, done) = (&resolver, &done);
+                let (resolver, done, indexes) = (&resolver, &done, &indexes);
                 async move {
                     let tag = match self.head_manifest(repo, &name).await? {
                         None => None, // deleted since the listing
-                        Some(digest) => resolver.metadata(&digest, 0).await?.map(|meta| Tag {
-                            created_at: meta.created_at,
-                            size_bytes: meta.size_bytes,
-                            media_type: Some(meta.media_type.into()),
-                            ..Tag::new(name.clone(), digest)
+                        Some(digest) => resolver.metadata(&digest, 0).await?.map(|meta| {
+                            if !meta.children.is_empty() {
+                                indexes.lock().unwrap_or_else(|e| e.into_inner()).push(digest.clone());
+                            }
+                            Tag {
+                                created_at: meta.created_at,
+                                size_bytes: meta.size_bytes,
+                                media_type: Some(meta.media_type.into()),
+                                ..Tag::new(name.clone(), digest)
+                            }
                         }),
                     };
                     progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
@@ -75,10 +82,33 @@ impl RegistryClient {
             .buffer_unordered(self.inner.concurrency)
             .try_collect()
             .await;
+        let index_children = match resolved {
+            Ok(_) => resolver.index_children(indexes.into_inner().unwrap_or_else(|e| e.into_inner())).await,
+            Err(_) => Ok(BTreeMap::new()),
+        };
         // Keep what was learnt even when the listing failed: the next attempt starts further on.
         resolver.save().await;
         let tags = resolved?.into_iter().flatten().collect();
-        tag_list_or_error(self, repo, TagList::new(repo, tags, Vec::new())).map(Some)
+        let list = tag_list_or_error(self, repo, TagList::new(repo, tags, Vec::new()))?;
+        Ok(Some(list.with_index_children(index_children?)))
+    }
+
+    /// `list` (from GitLab's tags API, which does not say what an index references) with
+    /// the children of its image indexes: each index manifest is read once, then cached.
+    pub(super) async fn with_index_children(&self, repo: &str, list: TagList) -> Result<TagList, RegistryError> {
+        let indexes: Vec<Digest> = list
+            .tags()
+            .iter()
+            .filter(|t| t.media_type.as_deref().is_some_and(|m| matches!(m, media::OCI_INDEX | media::DOCKER_MANIFEST_LIST)))
+            .map(|t| t.digest.clone())
+            .collect();
+        if indexes.is_empty() {
+            return Ok(list);
+        }
+        let resolver = Resolver::new(self, repo);
+        let children = resolver.index_children(indexes).await;
+        resolver.save().await;
+        Ok(list.with_index_children(children?))
     }
 }
 
@@ -121,6 +151,30 @@ impl<'a> Resolver<'a> {
         Ok(Some(meta))
     }
 
+    /// The children of each index among `roots` and of the indexes nested in them (down to
+    /// `MAX_INDEX_DEPTH`), from metadata this listing resolved, the cache, or the registry.
+    async fn index_children(&self, roots: Vec<Digest>) -> Result<BTreeMap<Digest, Vec<Digest>>, RegistryError> {
+        let mut found = BTreeMap::new();
+        let mut queue: Vec<(Digest, u8)> = roots.into_iter().map(|d| (d, 0)).collect();
+        let mut seen = HashSet::new();
+        while let Some((digest, depth)) = queue.pop() {
+            if !seen.insert(digest.clone()) {
+                continue;
+            }
+            let Some(meta) = self.metadata(&digest, depth).await? else {
+                continue; // gone: nothing to protect
+            };
+            if meta.children.is_empty() {
+                continue;
+            }
+            if depth < MAX_INDEX_DEPTH {
+                queue.extend(meta.children.iter().map(|c| (c.clone(), depth + 1)));
+            }
+            found.insert(digest, meta.children);
+        }
+        Ok(found)
+    }
+
     /// Reads the manifest (and config, or children) from the registry. The flag says whether
     /// everything it refers to was there.
     async fn fetch(&self, digest: &Digest, depth: u8) -> Result<Option<(ManifestMetadata, bool)>, RegistryError> {
@@ -135,7 +189,7 @@ impl<'a> Resolver<'a> {
             .unwrap_or_else(|| "application/octet-stream".to_string());
         let Some(manifest) = manifest else {
             tracing::warn!(repository = self.repo, %digest, media_type, "manifest is not JSON; no creation time");
-            let meta = ManifestMetadata { media_type, created_at: None, size_bytes: None, config_digest: None };
+            let meta = ManifestMetadata { media_type, created_at: None, size_bytes: None, config_digest: None, children: Vec::new() };
             return Ok(Some((meta, true)));
         };
         if manifest.is_index(content_type.as_deref()) {
@@ -161,6 +215,7 @@ impl<'a> Resolver<'a> {
             created_at: created_at.or_else(|| manifest.created_annotation()),
             size_bytes: manifest.image_size(),
             config_digest: manifest.config.as_ref().and_then(|c| Digest::parse(&c.digest).ok()),
+            children: Vec::new(),
         };
         Ok(Some((meta, complete)))
     }
@@ -173,9 +228,12 @@ impl<'a> Resolver<'a> {
         manifest: &Manifest,
         depth: u8,
     ) -> Result<(ManifestMetadata, bool), RegistryError> {
-        let children = if depth < MAX_INDEX_DEPTH { manifest.children() } else { Vec::new() };
+        // Every child is recorded (the deletion planner protects them); metadata is
+        // fetched only down to `MAX_INDEX_DEPTH`.
+        let all_children = manifest.children();
+        let children: &[Digest] = if depth < MAX_INDEX_DEPTH { &all_children } else { &[] };
         // One cache read for all children, then the registry for the rest.
-        let cached = self.cached(&children);
+        let cached = self.cached(children);
         let fetched = futures::future::try_join_all(
             children
                 .iter()
@@ -199,6 +257,7 @@ impl<'a> Resolver<'a> {
             created_at: metas.iter().filter_map(|m| m.created_at).max().or_else(|| manifest.created_annotation()),
             size_bytes: if metas.is_empty() { None } else { metas.iter().map(|m| m.size_bytes).sum() },
             config_digest: None,
+            children: all_children.clone(),
         };
         Ok((meta, complete))
     }

@@ -17,11 +17,16 @@
 //! digest) and the config blob (`created`). An image without `created` in its config falls back to
 //! the `org.opencontainers.image.created` annotation, else has no creation time. An index
 //! (multi-arch image) has no config: its creation time is the **newest** of its children's
-//! (children whose manifests are gone are skipped), and its size the sum of theirs. On a warm cache
-//! a tag costs one `HEAD`.
+//! (children whose manifests are gone are skipped), and its size the sum of theirs. What each index
+//! references is cached with it and put in the list ([`TagList::index_children`]), so that the
+//! deletion planner never deletes a platform image of a kept multi-arch tag. On a warm cache a tag
+//! costs one `HEAD`.
 //!
 //! When the registry answers `GET /gitlab/v1/` (200 or 401), tag lists come from GitLab's tags API
-//! instead: one request per 1,000 tags, with digests, sizes and times included.
+//! instead: one request per 1,000 tags, with digests, sizes and times included; each index manifest
+//! is then read once (and cached) for what it references.
+//!
+//! [`TagList::index_children`]: crate::model::TagList::index_children
 //!
 //! Architecture invariants:
 //! - This is the only module that speaks HTTP to registries; nothing here touches wasmtime.

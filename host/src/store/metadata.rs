@@ -21,6 +21,8 @@ pub struct ManifestMetadata {
     pub size_bytes: Option<u64>,
     /// The config blob, for image manifests.
     pub config_digest: Option<Digest>,
+    /// For an image index: the manifests it references, sorted, without duplicates. Empty otherwise.
+    pub children: Vec<Digest>,
 }
 
 /// Manifest metadata keyed by digest; cheap to clone, shareable between tasks.
@@ -59,7 +61,9 @@ impl MetadataCache {
         let tx = conn.transaction().with_context(|| self.context("reading"))?;
         {
             let mut stmt = tx
-                .prepare_cached("SELECT media_type, created_at, size_bytes, config_digest FROM manifest_metadata WHERE digest = ?1")
+                .prepare_cached(
+                    "SELECT media_type, created_at, size_bytes, config_digest, children FROM manifest_metadata WHERE digest = ?1",
+                )
                 .with_context(|| self.context("reading"))?;
             for digest in digests {
                 let row = stmt
@@ -69,22 +73,31 @@ impl MetadataCache {
                             row.get::<_, Option<i64>>(1)?,
                             row.get::<_, Option<i64>>(2)?,
                             row.get::<_, Option<String>>(3)?,
+                            row.get::<_, Option<String>>(4)?,
                         ))
                     })
                     .optional()
                     .with_context(|| self.context("reading"))?;
-                let Some((media_type, created, size, config)) = row else {
+                let Some((media_type, created, size, config, children)) = row else {
                     continue;
                 };
                 let config_digest = config
                     .map(|c| Digest::parse(&c))
                     .transpose()
                     .with_context(|| format!("{}: corrupt config digest for {digest}", self.context("reading")))?;
+                let children = children
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split_ascii_whitespace()
+                    .map(Digest::parse)
+                    .collect::<anyhow::Result<Vec<_>>>()
+                    .with_context(|| format!("{}: corrupt index children for {digest}", self.context("reading")))?;
                 let meta = ManifestMetadata {
                     media_type,
                     created_at: created.map(Timestamp::from_unix_micros),
                     size_bytes: size.and_then(|s| u64::try_from(s).ok()),
                     config_digest,
+                    children,
                 };
                 found.insert(digest.clone(), meta);
             }
@@ -105,8 +118,8 @@ impl MetadataCache {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO manifest_metadata
-                     (digest, media_type, created_at, size_bytes, config_digest, cached_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     (digest, media_type, created_at, size_bytes, config_digest, children, cached_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .with_context(|| self.context("writing"))?;
             for (digest, meta) in entries {
@@ -116,6 +129,7 @@ impl MetadataCache {
                     meta.created_at.map(Timestamp::unix_micros),
                     meta.size_bytes.and_then(|s| i64::try_from(s).ok()),
                     meta.config_digest.as_ref().map(Digest::as_str),
+                    (!meta.children.is_empty()).then(|| meta.children.iter().map(Digest::as_str).collect::<Vec<_>>().join(" ")),
                     now,
                 ])
                 .with_context(|| self.context("writing"))?;
@@ -159,7 +173,21 @@ mod tests {
             created_at: created.map(Timestamp::from_unix_micros),
             size_bytes: Some(1234),
             config_digest: Some(digest(9)),
+            children: Vec::new(),
         }
+    }
+
+    #[test]
+    fn index_children_round_trip() {
+        let cache = MetadataCache::in_memory().unwrap();
+        let index = ManifestMetadata {
+            media_type: "application/vnd.oci.image.index.v1+json".into(),
+            config_digest: None,
+            children: vec![digest(3), digest(5)],
+            ..meta(Some(7))
+        };
+        cache.put_many(&[(digest(1), index.clone())]).unwrap();
+        assert_eq!(cache.get(&digest(1)).unwrap(), Some(index));
     }
 
     #[test]

@@ -58,6 +58,14 @@ const MIGRATIONS: &[&str] = &[
         detail      TEXT
     );
     CREATE INDEX audit_log_repository ON audit_log (repository, id);",
+    // 3: the manifests an image index references (digests separated by spaces; NULL for
+    // image manifests). Index entries cached before this have no children recorded, so
+    // they are dropped and fetched again: the deletion planner relies on the children.
+    "ALTER TABLE manifest_metadata ADD COLUMN children TEXT;
+    DELETE FROM manifest_metadata WHERE media_type IN (
+        'application/vnd.oci.image.index.v1+json',
+        'application/vnd.docker.distribution.manifest.list.v2+json'
+    );",
 ];
 
 /// How long a statement waits for another process's write lock before failing.
@@ -187,6 +195,40 @@ mod tests {
         std::fs::create_dir(&path).unwrap();
         let err = format!("{:#}", Store::open(&path).unwrap_err());
         assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn migrating_drops_cached_indexes_whose_children_were_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tagwarden.db");
+        // A database as tagwarden left it before migration 3: an image and an index cached.
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..2] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 2).unwrap();
+        tx.commit().unwrap();
+        for (digest, media_type) in
+            [("sha256:aa", "application/vnd.oci.image.manifest.v1+json"), ("sha256:bb", "application/vnd.oci.image.index.v1+json")]
+        {
+            conn.execute(
+                "INSERT INTO manifest_metadata (digest, media_type, cached_at) VALUES (?1, ?2, 0)",
+                rusqlite::params![digest, media_type],
+            )
+            .unwrap();
+        }
+        drop(conn);
+        let conn = Store::open(&path).unwrap();
+        let conn = conn.lock();
+        let left: Vec<String> = conn
+            .prepare("SELECT digest FROM manifest_metadata")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(left, ["sha256:aa"], "the index is fetched again, with its children");
     }
 
     #[test]
