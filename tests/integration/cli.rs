@@ -281,6 +281,14 @@ fn compiled_plugins_are_cached_and_a_damaged_cache_entry_is_compiled_again() {
     // is compiled again (and rewritten), never loaded.
     let entries: Vec<_> = std::fs::read_dir(dir.path().join("compiled")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(entries.len(), 1, "one entry, no temporary files left: {entries:?}");
+
+    // A hit records its use in the entry's modification time (what pruning orders by).
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&entries[0]).unwrap().set_modified(an_hour_ago).unwrap();
+    assert_eq!(inspect(), "from cache");
+    let used = std::fs::metadata(&entries[0]).unwrap().modified().unwrap();
+    assert!(used > an_hour_ago + std::time::Duration::from_secs(3000), "the hit did not mark the entry used");
+
     let mut bytes = std::fs::read(&entries[0]).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;

@@ -11,13 +11,25 @@
 //! damaged file is recompiled, never loaded; wasmtime itself refuses payloads from
 //! another version or configuration. Every failure here falls back to compiling: the
 //! cache can make loading faster, never make it fail.
+//!
+//! The cache stays bounded: a hit sets the entry's modification time (its last use), and
+//! every new entry prunes the least recently used ones beyond [`MAX_ENTRIES`] or
+//! [`MAX_BYTES`], plus temporary files that a killed writer left behind.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+/// Entries kept: one per plugin file and tagwarden build, so this covers many versions.
+const MAX_ENTRIES: usize = 64;
+/// Bytes kept (a bundled plugin compiles to 1-3 MB).
+const MAX_BYTES: u64 = 256 << 20;
+/// A temporary file this old belongs to a writer that died (a write takes milliseconds).
+const STALE_TMP: Duration = Duration::from_secs(3600);
 
 /// The compiled form of `bytes` (whose sha256 is `sha256`), from `dir` when a valid
 /// entry exists, else compiled now and stored for next time. The flag says which.
@@ -29,15 +41,72 @@ pub(super) fn load_or_compile(engine: &Engine, dir: &Path, sha256: &str, bytes: 
     let path = dir.join(format!("{sha256}-{:016x}.cwasm", config.finish()));
     if let Ok(file) = std::fs::read(&path) {
         match load(engine, &file) {
-            Some(component) => return Ok((component, true)),
+            Some(component) => {
+                mark_used(&path);
+                return Ok((component, true));
+            }
             None => tracing::warn!(path = %path.display(), "ignoring a damaged or incompatible compiled plugin; compiling again"),
         }
     }
     let component = Component::new(engine, bytes)?;
-    if let Err(e) = store(&component, &path) {
-        tracing::warn!(path = %path.display(), "cannot cache the compiled plugin: {e:#}");
+    match store(&component, &path) {
+        Ok(()) => prune(dir, &path, MAX_ENTRIES, MAX_BYTES),
+        Err(e) => tracing::warn!(path = %path.display(), "cannot cache the compiled plugin: {e:#}"),
     }
     Ok((component, false))
+}
+
+/// Records a use of `path` as its modification time, which [`prune`] orders by.
+fn mark_used(path: &Path) {
+    let touched = std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));
+    if let Err(e) = touched {
+        tracing::debug!(path = %path.display(), "cannot mark the compiled plugin as used: {e}");
+    }
+}
+
+/// Removes the least recently used entries of `dir` beyond `max_entries` or `max_bytes`
+/// (never `keep`, the entry just written), and stale temporary files. Errors are logged:
+/// a cache that could not be pruned still works.
+fn prune(dir: &Path, keep: &Path, max_entries: usize, max_bytes: u64) {
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let now = SystemTime::now();
+    let mut entries: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
+    for entry in listing.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            if now.duration_since(used).is_ok_and(|age| age > STALE_TMP) {
+                remove(&path);
+            }
+        } else if name.ends_with(".cwasm") && meta.is_file() && path != keep {
+            entries.push((used, meta.len(), path));
+        }
+    }
+    // Newest first; the entry just written counts against the limits first.
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+    let mut bytes = std::fs::metadata(keep).map_or(0, |m| m.len());
+    let mut count = 1;
+    for (_, len, path) in entries {
+        count += 1;
+        bytes += len;
+        if count > max_entries || bytes > max_bytes {
+            remove(&path);
+        }
+    }
+}
+
+fn remove(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::debug!(path = %path.display(), "pruned from the compile cache"),
+        // Another process may have pruned it first.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), "cannot prune the compile cache: {e}"),
+    }
 }
 
 fn load(engine: &Engine, file: &[u8]) -> Option<Component> {
@@ -66,4 +135,73 @@ fn store(component: &Component, path: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     Ok(written?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Creates `name` in `dir` with `len` bytes, last used `age_s` seconds ago.
+    fn file(dir: &Path, name: &str, len: usize, age_s: u64) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![0u8; len]).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(age_s)).unwrap();
+        path
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn prune_keeps_the_most_recently_used_entries_within_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (name, age) in [("a.cwasm", 50), ("b.cwasm", 40), ("c.cwasm", 30), ("d.cwasm", 20)] {
+            file(d, name, 10, age);
+        }
+        // The entry just written is kept even though it is the oldest file here.
+        let keep = file(d, "new.cwasm", 10, 100);
+        file(d, "notes.txt", 10, 1000);
+        prune(d, &keep, 3, u64::MAX);
+        assert_eq!(names(d), ["c.cwasm", "d.cwasm", "new.cwasm", "notes.txt"]);
+    }
+
+    #[test]
+    fn prune_keeps_the_most_recently_used_entries_within_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        file(d, "old.cwasm", 60, 30);
+        file(d, "recent.cwasm", 30, 10);
+        let keep = file(d, "new.cwasm", 50, 0);
+        prune(d, &keep, 100, 100);
+        assert_eq!(names(d), ["new.cwasm", "recent.cwasm"]);
+    }
+
+    #[test]
+    fn prune_removes_temporary_files_only_once_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        file(d, ".x.cwasm.1.tmp", 10, 2 * 3600);
+        file(d, ".y.cwasm.2.tmp", 10, 5);
+        let keep = file(d, "new.cwasm", 10, 0);
+        prune(d, &keep, 100, u64::MAX);
+        assert_eq!(names(d), [".y.cwasm.2.tmp", "new.cwasm"]);
+    }
+
+    #[test]
+    fn a_use_moves_an_entry_to_the_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let old = file(d, "old.cwasm", 10, 50);
+        file(d, "mid.cwasm", 10, 40);
+        mark_used(&old);
+        let keep = file(d, "new.cwasm", 10, 0);
+        prune(d, &keep, 2, u64::MAX);
+        assert_eq!(names(d), ["new.cwasm", "old.cwasm"]);
+    }
 }
