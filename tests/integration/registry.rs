@@ -512,6 +512,24 @@ impl GitlabMock {
         GitlabMock { url, requests, task }
     }
 
+    /// The index `group/multi:v1` points at: children `sha256:fff…` and `sha256:eee…`.
+    fn index() -> String {
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest('f'), "size": 1},
+                {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest('e'), "size": 1},
+            ],
+        })
+        .to_string()
+    }
+
+    fn index_digest() -> String {
+        Digest::sha256_of(Self::index().as_bytes()).to_string()
+    }
+
     fn answer(target: &str) -> (u16, Option<&'static str>, String) {
         let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
         let tag = |name: &str, d: char, created: &str, updated: Option<&str>, published: Option<&str>| {
@@ -535,6 +553,14 @@ impl GitlabMock {
             "/gitlab/v1/repositories/group/app/tags/list/?last=b&n=1000" => {
                 (200, None, serde_json::json!([tag("c", 'a', "2024-03-01T00:00:00.5Z", None, None)]).to_string())
             }
+            // `group/multi`: one multi-arch tag; the API gives its media type, not its children.
+            "/gitlab/v1/repositories/group/multi/tags/list/?n=1000" => {
+                let mut v1 = tag("v1", 'd', "2024-01-01T00:00:00Z", None, None);
+                v1["digest"] = Self::index_digest().into();
+                v1["media_type"] = "application/vnd.oci.image.index.v1+json".into();
+                (200, None, serde_json::json!([v1]).to_string())
+            }
+            t if t == format!("/v2/group/multi/manifests/{}", Self::index_digest()) => (200, None, Self::index()),
             t if t.starts_with("/gitlab/v1/repositories/") => {
                 (404, None, r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#.into())
             }
@@ -561,4 +587,18 @@ async fn gitlab_tags_api_replaces_per_tag_requests() {
     assert_eq!((stats.probe, stats.tag_list, stats.manifest_head, stats.manifest_get, stats.blob_get), (1, 3, 0, 0, 0), "{stats:?}");
     let requests = mock.requests.lock().unwrap().clone();
     assert!(requests.iter().all(|r| r.starts_with("/gitlab/v1/")), "{requests:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_tags_api_lists_gain_what_each_index_references() {
+    // A mock: GitLab's registry API cannot run here (see `GitlabMock`).
+    let mock = GitlabMock::start().await;
+    let c = client(&mock.url);
+    let list = c.tag_list("group/multi", &no_progress).await.unwrap().unwrap();
+    let d = |ch: char| Digest::parse(&format!("sha256:{}", ch.to_string().repeat(64))).unwrap();
+    let index = Digest::parse(&GitlabMock::index_digest()).unwrap();
+    assert_eq!(list.index_children().get(&index), Some(&vec![d('e'), d('f')]), "children sorted");
+    // The index manifest once, then its children for their metadata (gone here: 404).
+    let stats: RequestStats = c.stats();
+    assert_eq!((stats.tag_list, stats.manifest_get), (1, 3), "{stats:?}");
 }
