@@ -158,14 +158,17 @@ impl DeletionPlan {
             }
         }
         // Indexes that stay, found again from the plan itself: every manifest in the
-        // list that the plan does not delete by digest.
-        let mut staying: Vec<&Digest> = list
-            .tags()
-            .iter()
-            .map(|t| &t.digest)
-            .chain(list.untagged().iter().map(|u| &u.digest))
-            .filter(|d| !deleted_digests.contains(d))
-            .collect();
+        // list that the plan does not delete by digest. (Nothing to walk without indexes.)
+        let mut staying: Vec<&Digest> = if list.index_children().is_empty() {
+            Vec::new()
+        } else {
+            list.tags()
+                .iter()
+                .map(|t| &t.digest)
+                .chain(list.untagged().iter().map(|u| &u.digest))
+                .filter(|d| !deleted_digests.contains(d))
+                .collect()
+        };
         let mut seen: HashSet<&Digest> = staying.iter().copied().collect();
         while let Some(index) = staying.pop() {
             for child in list.index_children().get(index).into_iter().flatten() {
