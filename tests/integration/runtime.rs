@@ -279,6 +279,20 @@ fn configured_policy_decides_like_fresh_stores_across_many_repositories() {
 }
 
 #[test]
+fn a_fresh_store_in_a_reused_slot_sees_nothing_of_the_previous_call() {
+    // One pool slot and no warm instances: every evaluation reuses the same memory, which
+    // the runtime keeps resident (`keep_resident_bytes`) and must reset.
+    let plugin =
+        private_plugin("hostile-retention", RuntimeConfig { max_concurrent_evaluations: 1, max_warm_instances: 0, ..Default::default() });
+    let limits_ok = |mode: &str| plugin.evaluate(&format!("\"{mode}\""), &tags(3), now());
+    for round in 0..3 {
+        assert_eq!(limits_ok("fill").unwrap().tag(0).reason, "filled", "round {round}");
+        let clean = limits_ok("residue").unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(clean.tag(0).reason, "no residue");
+    }
+}
+
+#[test]
 fn warm_instances_see_each_calls_time_and_still_nothing_else() {
     let plugin = private_plugin("hostile-retention", RuntimeConfig::default());
     let probe = plugin.configure("\"probe\"").unwrap();

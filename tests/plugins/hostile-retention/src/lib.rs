@@ -12,6 +12,9 @@
 //! | `"stderr"`  | writes to stderr, then returns an error             |
 //! | `"reject"`  | rejects its params                                  |
 //! | `"probe"`   | reports what of the outside world it can see        |
+//! | `"fill"`    | writes 0xA5 over 8 MiB of fresh memory, keeps all   |
+//! | `"residue"` | grows memory by 12 MiB and fails if any byte of it  |
+//! |             | is not zero (what an earlier call left behind)      |
 
 use tagwarden_plugin_sdk::{Decisions, RetentionInput, RetentionPolicy, Verdict, export_retention};
 
@@ -53,6 +56,12 @@ impl RetentionPolicy for Hostile {
                 Err("failed on purpose".into())
             }
             "probe" => Ok(Decisions::uniform(input, Verdict::keep(probe()))),
+            "fill" => {
+                let filled = std::hint::black_box(vec![0xA5u8; 8 << 20]);
+                drop(filled);
+                Ok(Decisions::uniform(input, Verdict::keep("filled")))
+            }
+            "residue" => residue().map(|()| Decisions::uniform(input, Verdict::keep("no residue"))),
             other => Err(format!("unknown mode `{other}`")),
         }
     }
@@ -77,3 +86,29 @@ fn probe() -> String {
 }
 
 export_retention!(Hostile);
+
+/// Grows linear memory by 12 MiB and checks that every new byte is zero: pages a fresh
+/// instance gains must not hold what an earlier call wrote in the same pool slot.
+#[cfg(target_arch = "wasm32")]
+fn residue() -> Result<(), String> {
+    const PAGE: usize = 64 << 10;
+    const PAGES: usize = 192;
+    let first = core::arch::wasm32::memory_grow(0, PAGES);
+    if first == usize::MAX {
+        return Err("memory.grow failed".into());
+    }
+    for addr in (first * PAGE..(first + PAGES) * PAGE).step_by(8) {
+        // SAFETY: the pages were just added by `memory.grow`; no Rust object lives there,
+        // and reading initialised linear memory cannot fault.
+        let word = unsafe { core::ptr::read_volatile(addr as *const u64) };
+        if word != 0 {
+            return Err(format!("residue: {word:#018x} at {addr:#x}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn residue() -> Result<(), String> {
+    Err("only meaningful inside Wasm".into())
+}
