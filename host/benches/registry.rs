@@ -379,6 +379,7 @@ async fn pass_deletes(seeded: &Seeded, policy: &Policy, client_concurrency: usiz
     let ctx = PassContext {
         backend: Backend::Oci(client.clone()),
         audit: store.audit_log(),
+        runs: store.runs(),
         guards: Guards::default(),
         limits: DeletionLimits { timeout: Duration::from_secs(3600), concurrency: delete_concurrency },
         dry_run: false,
@@ -462,6 +463,9 @@ async fn pass_deletes(seeded: &Seeded, policy: &Policy, client_concurrency: usiz
 struct MetadataRun {
     cold: Vec<(Duration, RequestStats, CpuUse)>,
     warm: Vec<(Duration, RequestStats, CpuUse)>,
+    /// The re-check a pass makes before deleting, with no tag skipped (its worst case: every
+    /// tag is resolved again), on a warm cache.
+    recheck: Vec<(Duration, RequestStats, CpuUse)>,
     tags: usize,
 }
 
@@ -485,16 +489,27 @@ async fn metadata(options: &Options) -> anyhow::Result<MetadataRun> {
         ensure!(list.tags().iter().all(|t| t.created_at.is_some()), "a tag without a creation time");
         Ok::<_, anyhow::Error>((elapsed, client.stats(), cpu))
     };
-    let mut run = MetadataRun { cold: vec![], warm: vec![], tags: options.tags };
+    let recheck = |client: RegistryClient| async move {
+        let cpu = Cpu::now(pid);
+        let started = Instant::now();
+        let list = client.recheck(REPO, &std::collections::HashSet::new()).await?.context("repository not found")?;
+        let elapsed = started.elapsed();
+        let cpu = cpu.until(&Cpu::now(pid));
+        ensure!(list.tags().len() == options.tags, "re-checked {} tags of {}", list.tags().len(), options.tags);
+        Ok::<_, anyhow::Error>((elapsed, client.stats(), cpu))
+    };
+    let mut run = MetadataRun { cold: vec![], warm: vec![], recheck: vec![], tags: options.tags };
     for _ in 0..options.metadata_repetitions {
         let dir = tempfile::tempdir()?;
         let store = Store::open(&dir.path().join("tagwarden.db"))?;
         run.cold.push(list(client_for(&store)?).await?);
         run.warm.push(list(client_for(&store)?).await?);
+        run.recheck.push(recheck(client_for(&store)?).await?);
         eprintln!(
-            "  metadata: cold {:.2} s, warm {:.3} s",
+            "  metadata: cold {:.2} s, warm {:.3} s, re-check {:.3} s",
             run.cold.last().unwrap().0.as_secs_f64(),
-            run.warm.last().unwrap().0.as_secs_f64()
+            run.warm.last().unwrap().0.as_secs_f64(),
+            run.recheck.last().unwrap().0.as_secs_f64()
         );
     }
     Ok(run)
@@ -625,7 +640,11 @@ fn print_report(options: &Options, machine: &Machine, runs: &[DeleteRun], seeds:
         println!();
         println!("| cache | median | min | per tag | requests | of which | CPU: client | CPU: registry | CPU: other processes (max) |");
         println!("|---|---:|---:|---:|---:|---|---:|---:|---:|");
-        for (label, samples) in [("cold (fresh store)", &m.cold), ("warm (same store, new client)", &m.warm)] {
+        for (label, samples) in [
+            ("cold (fresh store)", &m.cold),
+            ("warm (same store, new client)", &m.warm),
+            ("re-check before deleting (`RegistryClient::recheck`, no tag skipped)", &m.recheck),
+        ] {
             let mut times: Vec<Duration> = samples.iter().map(|s| s.0).collect();
             times.sort();
             let mid = times[times.len() / 2];

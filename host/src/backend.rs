@@ -46,6 +46,34 @@ impl Backend {
         }
     }
 
+    /// The repository's tags as they are now, except those in `skip`, for the re-check
+    /// before deleting (see [`crate::registry::RegistryClient::recheck`]); `None` when the
+    /// repository is gone.
+    pub async fn recheck(&self, repo: &str, skip: &HashSet<&str>) -> Result<Option<TagList>, RegistryError> {
+        match self {
+            Backend::Oci(c) => c.recheck(repo, skip).await,
+            Backend::Recordings(r) => Ok(r.lists.lock().unwrap().get(repo).map(|list| {
+                let mut list = list.clone();
+                list.remove_tags(skip);
+                list
+            })),
+        }
+    }
+
+    /// Whether the repository still has manifest `digest`: how an interrupted or ambiguous
+    /// deletion is settled.
+    pub async fn manifest_exists(&self, repo: &str, digest: &Digest) -> Result<bool, RegistryError> {
+        match self {
+            Backend::Oci(c) => c.manifest_exists(repo, digest).await,
+            Backend::Recordings(r) => Ok(r
+                .lists
+                .lock()
+                .unwrap()
+                .get(repo)
+                .is_some_and(|l| l.tags().iter().any(|t| &t.digest == digest) || l.untagged().iter().any(|u| &u.digest == digest))),
+        }
+    }
+
     /// Deletes a manifest and with it every tag on it.
     pub async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<DeleteOutcome, RegistryError> {
         match self {

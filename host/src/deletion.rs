@@ -189,6 +189,66 @@ impl DeletionPlan {
         Ok(())
     }
 
+    /// The plan narrowed to what is still safe given `current`, the repository as re-listed
+    /// just before deleting (every tag except those this plan deletes by digest): a digest
+    /// that gained a tag the plan did not decide on, or that an image index a current tag
+    /// points at references, is dropped; a tag to remove on its own that has moved or gone
+    /// is dropped. Each drop comes with a sentence for the report. Nothing is ever added.
+    pub fn recheck(&self, current: &TagList) -> (DeletionPlan, Vec<String>) {
+        let planned: HashMap<&Digest, &DigestDeletion> = self.digests.iter().map(|d| (&d.digest, d)).collect();
+        let mut dropped: HashMap<&Digest, String> = HashMap::new();
+        for tag in current.tags() {
+            if let Some(d) = planned.get(&tag.digest)
+                && !d.tags.contains(&tag.name)
+            {
+                dropped.entry(&d.digest).or_insert_with(|| {
+                    format!("kept {}: tag `{}` points at it since the listing; it is decided again next pass", d.digest, tag.name)
+                });
+            }
+        }
+        // Everything current tags point at stays, and with it what those indexes reference.
+        let children = current.index_children();
+        if !children.is_empty() {
+            let mut staying: Vec<(&Digest, &str)> = current.tags().iter().map(|t| (&t.digest, t.name.as_str())).collect();
+            let mut seen: HashSet<&Digest> = staying.iter().map(|(d, _)| *d).collect();
+            while let Some((index, via)) = staying.pop() {
+                for child in children.get(index).into_iter().flatten() {
+                    if planned.contains_key(child) {
+                        dropped
+                            .entry(child)
+                            .or_insert_with(|| format!("kept {child}: image index {index} (tag `{via}`) references it since the listing"));
+                    }
+                    if seen.insert(child) {
+                        staying.push((child, via));
+                    }
+                }
+            }
+        }
+        let now: HashMap<&str, &Digest> = current.tags().iter().map(|t| (t.name.as_str(), &t.digest)).collect();
+        let mut notes: Vec<String> = Vec::new();
+        let shared_tags = self
+            .shared_tags
+            .iter()
+            .filter(|t| match now.get(t.tag.as_str()) {
+                Some(d) if **d == t.digest => true,
+                Some(d) => {
+                    notes.push(format!("kept tag `{}`: it points at {d} since the listing, not {}", t.tag, t.digest));
+                    false
+                }
+                None => {
+                    notes.push(format!("tag `{}` is gone since the listing", t.tag));
+                    false
+                }
+            })
+            .cloned()
+            .collect();
+        let digests = self.digests.iter().filter(|d| !dropped.contains_key(&d.digest)).cloned().collect();
+        let mut dropped: Vec<String> = dropped.into_values().collect();
+        dropped.sort();
+        dropped.extend(notes);
+        (DeletionPlan { digests, shared_tags }, dropped)
+    }
+
     /// Tags this plan removes.
     pub fn tag_count(&self) -> usize {
         self.digests.iter().map(|d| d.tags.len()).sum::<usize>() + self.shared_tags.len()
@@ -268,6 +328,61 @@ mod tests {
 
     /// A list where digest 10 is an index of 11 and 12, tagged `multi`; 11 is also tagged
     /// `multi-amd64`; 12 is listed untagged; 20 is an unrelated image tagged `other`.
+    fn current(tags: &[(&str, u32)]) -> TagList {
+        TagList::new("r", tags.iter().map(|(n, i)| Tag::new(*n, d(*i))).collect(), vec![]).unwrap()
+    }
+
+    #[test]
+    fn recheck_drops_a_digest_that_gained_a_tag_and_keeps_the_rest() {
+        // a → 1 and b → 2 go by digest; c (kept) shares 3 with d, which is removed on its own.
+        let p = plan(&[("a", 1), ("b", 2), ("c", 3), ("d", 3)], &["a", "b", "d"]).unwrap();
+        // Since the listing: `new` was pushed onto 1; nothing else changed.
+        let (after, dropped) = p.recheck(&current(&[("c", 3), ("d", 3), ("new", 1)]));
+        assert_eq!(after.digests, vec![DigestDeletion { digest: d(2), tags: vec!["b".into()] }]);
+        assert_eq!(after.shared_tags, p.shared_tags);
+        assert_eq!(dropped.len(), 1);
+        assert!(dropped[0].contains(&d(1).to_string()) && dropped[0].contains("`new`"), "{dropped:?}");
+    }
+
+    #[test]
+    fn recheck_drops_a_digest_a_kept_tag_moved_onto() {
+        let p = plan(&[("a", 1), ("keep", 2)], &["a"]).unwrap();
+        let (after, dropped) = p.recheck(&current(&[("keep", 1)]));
+        assert!(after.is_empty(), "{after:?}");
+        assert!(dropped[0].contains("`keep`"), "{dropped:?}");
+    }
+
+    #[test]
+    fn recheck_drops_single_tag_removals_whose_tag_moved_or_went() {
+        let p = plan(&[("c", 3), ("d", 3), ("e", 3)], &["d", "e"]).unwrap();
+        assert_eq!(p.shared_tags.len(), 2);
+        // `d` was pushed again (now on 4); `e` was deleted by someone else.
+        let (after, dropped) = p.recheck(&current(&[("c", 3), ("d", 4)]));
+        assert!(after.is_empty(), "{after:?}");
+        assert_eq!(dropped.len(), 2, "{dropped:?}");
+        assert!(dropped.iter().any(|m| m.contains("`d`") && m.contains(&d(4).to_string())), "{dropped:?}");
+        assert!(dropped.iter().any(|m| m.contains("`e`") && m.contains("gone")), "{dropped:?}");
+    }
+
+    #[test]
+    fn recheck_protects_what_a_newly_tagged_index_references() {
+        // `old` (digest 11) goes by digest; since the listing an index 10 over 11 was tagged `multi`.
+        let p = plan(&[("old", 11), ("other", 20)], &["old"]).unwrap();
+        let now = current(&[("multi", 10), ("other", 20)]).with_index_children([(d(10), vec![d(11)])]);
+        let (after, dropped) = p.recheck(&now);
+        assert!(after.is_empty(), "{after:?}");
+        assert!(dropped[0].contains("image index") && dropped[0].contains("`multi`"), "{dropped:?}");
+    }
+
+    #[test]
+    fn recheck_of_an_unchanged_repository_changes_nothing() {
+        let p = plan(&[("a", 1), ("b", 2), ("c", 3), ("d", 3)], &["a", "d"]).unwrap();
+        // The re-listing skips tags deleted by digest (`a`).
+        let (after, dropped) = p.recheck(&current(&[("b", 2), ("c", 3), ("d", 3)]));
+        assert_eq!(after, p);
+        assert!(dropped.is_empty(), "{dropped:?}");
+    }
+
     fn multi_arch() -> TagList {
         TagList::new(
             "r",

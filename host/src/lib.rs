@@ -8,7 +8,9 @@
 //! - [`runtime`]: the only module that touches wasmtime; loads and runs plugins.
 //! - [`registry`]: the only module that speaks HTTP to registries.
 //! - [`store`]: the only module that owns SQL (metadata cache, later the daemon's state).
+//! - [`pass`]: one cleanup pass over one repository (plan, execute, reconcile).
 //! - [`plugins`]: finding plugin files by name or path.
+//! - [`setup`]: config → policies, store, backend and pass context, for every command.
 //! - [`cli`]: the command line; glue over the rest.
 
 pub mod backend;
@@ -16,9 +18,11 @@ pub mod cli;
 pub mod config;
 pub mod deletion;
 pub mod model;
+pub mod owner;
 pub mod pass;
 pub mod plugins;
 pub mod recording;
 pub mod registry;
 pub mod runtime;
+pub mod setup;
 pub mod store;

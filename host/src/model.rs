@@ -162,6 +162,15 @@ impl<'de> Deserialize<'de> for Digest {
 /// A manifest media type. The four that registries serve for images are stored as a
 /// small number, so a list of 100k tags holds no copy of them and building its columns
 /// reads no string for them ([`ListColumns`]); any other type is kept as given.
+/// The OCI image manifest media type.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The OCI image index (multi-arch) media type.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker's image manifest (schema 2) media type.
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker's manifest list (multi-arch) media type.
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum MediaType {
     /// Index into [`MediaType::KNOWN`].
@@ -171,12 +180,7 @@ pub enum MediaType {
 
 impl MediaType {
     /// The manifest media types images come as (OCI and Docker, single and multi-arch).
-    pub const KNOWN: [&'static str; 4] = [
-        crate::registry::OCI_MANIFEST,
-        crate::registry::OCI_INDEX,
-        crate::registry::DOCKER_MANIFEST,
-        crate::registry::DOCKER_MANIFEST_LIST,
-    ];
+    pub const KNOWN: [&'static str; 4] = [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
 
     pub fn new(s: &str) -> Self {
         Self::known(s).unwrap_or_else(|| MediaType::Other(s.into()))

@@ -1,8 +1,10 @@
 //! Integration tests: one binary, one module per area (fast to build, as in ripgrep).
 
 mod cli;
+mod crash;
 mod golden;
 mod pass;
 mod registry;
 mod runtime;
 mod support;
+mod torture;

@@ -22,22 +22,22 @@ use tagwarden_testbed::{Auth, Fault, FaultProxy, RegistryOptions, Seeder, TestRe
 use crate::support;
 
 /// The evaluation time of every pass here; fixtures are created relative to it.
-const NOW: &str = "2026-11-20T12:00:00Z";
+pub(crate) const NOW: &str = "2026-11-20T12:00:00Z";
 
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     Timestamp::parse_rfc3339(NOW).unwrap()
 }
 
-fn days(n: u64) -> Duration {
+pub(crate) fn days(n: u64) -> Duration {
     Duration::from_secs(n * 86_400)
 }
 
 /// RFC 3339 time `age` before [`NOW`], for a fixture's config `created`.
-fn ago(age: Duration) -> String {
+pub(crate) fn ago(age: Duration) -> String {
     now().saturating_sub(age).to_rfc3339()
 }
 
-async fn registry() -> TestRegistry {
+pub(crate) async fn registry() -> TestRegistry {
     TestRegistry::start(RegistryOptions::default()).await.expect("starting the test registry")
 }
 
@@ -46,13 +46,13 @@ async fn registry_with(options: RegistryOptions) -> TestRegistry {
 }
 
 /// A client for `url` with the store's metadata cache, as `run` builds it.
-fn client_with(url: &str, store: &Store, configure: impl FnOnce(&mut RegistryConfig)) -> RegistryClient {
+pub(crate) fn client_with(url: &str, store: &Store, configure: impl FnOnce(&mut RegistryConfig)) -> RegistryClient {
     let mut config = RegistryConfig::new(url.parse().expect("a registry URL"));
     configure(&mut config);
     RegistryClient::new(config, Some(store.metadata_cache())).unwrap()
 }
 
-fn client(url: &str, store: &Store) -> RegistryClient {
+pub(crate) fn client(url: &str, store: &Store) -> RegistryClient {
     client_with(url, store, |_| {})
 }
 
@@ -61,10 +61,11 @@ fn basic(user: &str, password: &str) -> Credentials {
 }
 
 /// A pass context over `client`: no guards, a generous budget, not a dry run.
-fn context(client: RegistryClient, store: &Store) -> PassContext {
+pub(crate) fn context(client: RegistryClient, store: &Store) -> PassContext {
     PassContext {
         backend: Backend::Oci(client),
         audit: store.audit_log(),
+        runs: store.runs(),
         guards: Guards::default(),
         limits: DeletionLimits { timeout: Duration::from_secs(60), concurrency: 4 },
         dry_run: false,
@@ -72,27 +73,27 @@ fn context(client: RegistryClient, store: &Store) -> PassContext {
     }
 }
 
-fn policy(plugin: &str, params: serde_json::Value) -> Policy {
+pub(crate) fn policy(plugin: &str, params: serde_json::Value) -> Policy {
     let plugin = support::plugin(plugin, PluginLimits::default()).into_retention().unwrap();
     Policy::new("test-policy", &plugin, &params.to_string()).unwrap()
 }
 
-fn gitlab(params: serde_json::Value) -> Policy {
+pub(crate) fn gitlab(params: serde_json::Value) -> Policy {
     policy("gitlab-retention", params)
 }
 
-async fn run(ctx: &PassContext, policy: &Policy, repo: &str) -> RepositoryReport {
+pub(crate) async fn run(ctx: &PassContext, policy: &Policy, repo: &str) -> RepositoryReport {
     pass::run_repository(ctx, policy, repo, &|_: Progress| {}).await
 }
 
-fn stats(ctx: &PassContext) -> tagwarden::registry::RequestStats {
+pub(crate) fn stats(ctx: &PassContext) -> tagwarden::registry::RequestStats {
     ctx.backend.registry().expect("an OCI backend").stats()
 }
 
 fn no_progress(_: usize, _: usize) {}
 
 /// Every tag of `repo` and the digest it resolves to, read with the test bed's own client.
-async fn snapshot(seed: &Seeder, repo: &str) -> BTreeMap<String, String> {
+pub(crate) async fn snapshot(seed: &Seeder, repo: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for tag in seed.tags(repo).await.unwrap() {
         let digest = seed.resolve(repo, &tag).await.unwrap().unwrap_or_else(|| panic!("listed tag {tag} does not resolve"));
@@ -101,23 +102,23 @@ async fn snapshot(seed: &Seeder, repo: &str) -> BTreeMap<String, String> {
     out
 }
 
-fn set<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+pub(crate) fn set<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
     names.into_iter().map(str::to_owned).collect()
 }
 
 /// `before` without the tags in `gone`.
-fn without(before: &BTreeMap<String, String>, gone: &BTreeSet<String>) -> BTreeMap<String, String> {
+pub(crate) fn without(before: &BTreeMap<String, String>, gone: &BTreeSet<String>) -> BTreeMap<String, String> {
     before.iter().filter(|(t, _)| !gone.contains(*t)).map(|(t, d)| (t.clone(), d.clone())).collect()
 }
 
-fn audit(store: &Store, repo: &str) -> Vec<AuditRecord> {
+pub(crate) fn audit(store: &Store, repo: &str) -> Vec<AuditRecord> {
     let mut rows = store.audit_log().recent(Some(repo), 10_000).unwrap();
     rows.reverse();
     rows
 }
 
 /// Tags named in audit rows whose outcome is `deleted`.
-fn audited_deletions(rows: &[AuditRecord]) -> BTreeSet<String> {
+pub(crate) fn audited_deletions(rows: &[AuditRecord]) -> BTreeSet<String> {
     rows.iter().filter(|r| r.outcome == "deleted").flat_map(|r| r.tags.iter().cloned()).collect()
 }
 

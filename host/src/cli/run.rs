@@ -1,21 +1,18 @@
 //! `tagwarden run --once`: one cleanup pass over every configured policy.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::Context;
 
 use super::{OutputFormat, output};
-use crate::backend::{Backend, RecordingBackend};
 use crate::config::Config;
 use crate::model::{Action, Timestamp};
-use crate::pass::{self, DeletionLimits, Guards, PassContext, Policy, Progress, RepositoryReport};
-use crate::registry::{RegistryClient, RegistryConfig};
-use crate::runtime::{PluginLimits, PluginRuntime};
-use crate::store::Store;
+use crate::pass::{self, PassContext, Policy, Progress, RepositoryReport};
+use crate::setup::{self, BoundPolicy};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -55,18 +52,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Fuel metering slows every plugin, so it is on only when some policy sets a budget.
     let fuel = config.policies.iter().any(|p| p.fuel.is_some());
     let runtime = super::plugin_runtime(fuel)?;
-    let policies = load_policies(&config, &runtime)?;
-    let store = Store::open(&config.resolve_path(&config.state.dir).join("tagwarden.db"))?;
-    let backend = backend(&config, &store)?;
-    let guards = Guards::new(&config.deletion.protect, config.deletion.max_delete_fraction)?;
-    let ctx = PassContext {
-        backend,
-        audit: store.audit_log(),
-        guards,
-        limits: DeletionLimits { timeout: config.deletion.timeout, concurrency: config.deletion.concurrency },
-        dry_run: args.dry_run,
-        now,
-    };
+    let policies = setup::load_policies(&config, &runtime)?;
+    let store = setup::open_store(&config)?;
+    let ctx = setup::pass_context(&config, &store, args.dry_run, now)?;
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let reports = tokio.block_on(run_pass(&ctx, &policies, args.repository.as_deref()))?;
     match args.output {
@@ -99,45 +87,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(if reports.iter().all(|r| r.status.is_success()) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// A policy and the repositories it applies to.
-struct BoundPolicy {
-    policy: Policy,
-    matcher: globset::GlobSet,
-}
-
-fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Result<Vec<BoundPolicy>> {
-    let mut out = Vec::new();
-    for p in &config.policies {
-        let context = || format!("cannot load policy `{}` of {}", p.name, config.path.display());
-        // A plugin given as a path is relative to the config file.
-        let spec = if p.plugin.ends_with(".wasm") || p.plugin.contains('/') {
-            config.resolve_path(Path::new(&p.plugin)).display().to_string()
-        } else {
-            p.plugin.clone()
-        };
-        let path = crate::plugins::resolve(&spec, &[]).with_context(context)?;
-        let limits = PluginLimits { timeout: p.timeout, memory_bytes: p.memory_mib << 20, fuel: p.fuel };
-        let plugin = runtime.load_file(&path, limits).with_context(context)?.into_retention().with_context(context)?;
-        let policy = Policy::new(&p.name, &plugin, &p.params_json()).with_context(context)?;
-        out.push(BoundPolicy { policy, matcher: p.matcher() });
-    }
-    Ok(out)
-}
-
-fn backend(config: &Config, store: &Store) -> anyhow::Result<Backend> {
-    let r = &config.registry;
-    if let Some(dir) = &r.recordings {
-        return Ok(Backend::Recordings(RecordingBackend::load(&config.resolve_path(dir))?));
-    }
-    let url = url::Url::parse(r.url.as_deref().expect("validated: url or recordings"))?;
-    let mut rc = RegistryConfig::new(url);
-    rc.credentials = config.credentials()?;
-    rc.request_timeout = r.timeout;
-    rc.concurrency = r.concurrency.max(config.deletion.concurrency);
-    rc.max_retries = r.max_retries;
-    Ok(Backend::Oci(RegistryClient::new(rc, Some(store.metadata_cache()))?))
-}
-
 /// Runs every (repository, policy) pair: each repository goes to the first policy
 /// whose patterns match it.
 async fn run_pass(ctx: &PassContext, policies: &[BoundPolicy], only: Option<&str>) -> anyhow::Result<Vec<RepositoryReport>> {
@@ -145,14 +94,24 @@ async fn run_pass(ctx: &PassContext, policies: &[BoundPolicy], only: Option<&str
         Some(repo) => vec![repo.to_owned()],
         None => ctx.backend.repositories().await.with_context(|| format!("listing the repositories of {}", ctx.backend.label()))?,
     };
-    let work: Vec<(&str, &Policy)> = repositories
-        .iter()
-        .filter_map(|repo| policies.iter().find(|p| p.matcher.is_match(repo)).map(|p| (repo.as_str(), &p.policy)))
-        .collect();
+    let work: Vec<(&str, &Policy)> =
+        repositories.iter().filter_map(|repo| setup::policy_for(policies, repo).map(|p| (repo.as_str(), p))).collect();
     if let Some(repo) = only
         && work.is_empty()
     {
         anyhow::bail!("no policy's `repositories` patterns match `{repo}`");
+    }
+    // The start-up check: what interrupted passes left on repositories that no policy
+    // visits this time (the others are settled by their own pass, first thing).
+    if !ctx.dry_run && only.is_none() {
+        let visited: std::collections::HashSet<&str> = work.iter().map(|(r, _)| *r).collect();
+        for repo in pass::repositories_to_reconcile(ctx)?.iter().filter(|r| !visited.contains(r.as_str())) {
+            match pass::reconcile_repository(ctx, repo).await {
+                Ok(rec) if !rec.is_empty() => eprintln!("{repo}: {}", describe_reconciliation(&rec)),
+                Ok(_) => {}
+                Err(e) => eprintln!("{repo}: could not settle what an interrupted pass left: {e}"),
+            }
+        }
     }
     let printer = ProgressPrinter::new(work.len());
     let mut reports = Vec::with_capacity(work.len());
@@ -212,6 +171,18 @@ impl ProgressPrinter {
     }
 
     fn finish(&self, i: usize, r: &RepositoryReport) {
+        if !r.reconciliation.is_empty() {
+            self.line(&format!("[{}/{}] {}: {}", i + 1, self.total, r.repository, describe_reconciliation(&r.reconciliation)));
+            if self.tty {
+                let _ = writeln!(std::io::stderr());
+            }
+        }
+        for change in &r.changed_since_listing {
+            self.line(&format!("[{}/{}] {}: {change}", i + 1, self.total, r.repository));
+            if self.tty {
+                let _ = writeln!(std::io::stderr());
+            }
+        }
         self.line(&format!(
             "[{}/{}] {}: {}, {} tags, {} to delete, {} deleted ({:.1}s)",
             i + 1,
@@ -303,4 +274,26 @@ fn print_summary(reports: &[RepositoryReport], dry_run: bool) {
             n => format!(", {n} not completed"),
         }
     );
+}
+
+/// One line on what a pass settled of interrupted earlier passes.
+fn describe_reconciliation(rec: &pass::Reconciliation) -> String {
+    let mut parts = Vec::new();
+    if !rec.finished_removals.is_empty() {
+        parts.push(format!("{} tags found on tagwarden's dummy manifest (removals an interrupted pass left)", rec.finished_removals.len()));
+    }
+    if rec.confirmed_deleted > 0 {
+        parts.push(format!("{} interrupted deletions confirmed", rec.confirmed_deleted));
+    }
+    if rec.found_not_deleted > 0 {
+        parts.push(format!("{} interrupted deletions found undone (decided again)", rec.found_not_deleted));
+    }
+    if rec.runs_closed > 0 {
+        parts.push(format!("{} interrupted runs closed", rec.runs_closed));
+    }
+    if rec.left_open > 0 {
+        parts.push(format!("{} open deletions left to their owner or a later pass", rec.left_open));
+    }
+    parts.extend(rec.errors.iter().cloned());
+    format!("settled what interrupted passes left: {}", parts.join(", "))
 }

@@ -267,7 +267,7 @@ mod tests {
             t.media_type = Some(media_type.into());
             t
         };
-        let oci = crate::registry::OCI_MANIFEST;
+        let oci = crate::model::OCI_MANIFEST;
         let list = TagList::new("g/r", vec![tag("a", "custom/type"), tag("b", oci), tag("c", "custom/type"), tag("d", oci)], Vec::new())
             .expect("a valid list");
         assert!(matches!(list.tags()[1].media_type, Some(MediaType::Known(_))), "known types are not stored as text");

@@ -276,11 +276,61 @@ impl RegistryClient {
         if error.is_registry_not_found() { Ok(TagDeleteOutcome::AlreadyGone) } else { Err(error) }
     }
 
-    /// Uploads `bytes` as a blob (monolithic: `POST` an upload session, then `PUT` the bytes to its
-    /// `Location` with `digest=`). Returns the blob's digest.
+    /// Whether the registry has blob `digest` in `repo` (`HEAD`; 404 means no).
+    pub async fn blob_exists(&self, repo: &str, digest: &Digest) -> Result<bool, RegistryError> {
+        self.check_repository(repo)?;
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let mut req = Request::new(Kind::BlobHead, Method::HEAD, url, Some(repo), Scope::Pull(repo.to_string()));
+        req.pass_statuses = &[404];
+        let answer = self.transport().send(&req).await?;
+        Ok(answer.status.is_success())
+    }
+
+    /// Whether the registry has manifest `digest` in `repo` (`HEAD`; 404 means no). This is how an
+    /// ambiguous delete (a timeout, a reset, a 5xx after the registry may have acted) is settled.
+    pub async fn manifest_exists(&self, repo: &str, digest: &Digest) -> Result<bool, RegistryError> {
+        self.check_repository(repo)?;
+        Ok(self.head_manifest(repo, digest.as_str()).await?.is_some())
+    }
+
+    /// Uploads `bytes` as a blob unless the registry has it already (monolithic: `POST` an upload
+    /// session, then `PUT` the bytes to its `Location` with `digest=`). Returns the blob's digest.
+    ///
+    /// A fault after the registry accepted the bytes (a 5xx or reset on the `PUT`) consumes the
+    /// upload session, so the transport's retry of the same `PUT` answers `404
+    /// BLOB_UPLOAD_UNKNOWN`. After any failed attempt the blob is looked for first (it may be
+    /// there), and otherwise the upload starts again with a new session, a few times.
     pub async fn push_blob(&self, repo: &str, bytes: Vec<u8>) -> Result<Digest, RegistryError> {
+        const ATTEMPTS: usize = 3;
         self.check_repository(repo)?;
         let digest = Digest::sha256_of(&bytes);
+        let bytes = Bytes::from(bytes);
+        let mut last_error = None;
+        for _ in 0..ATTEMPTS {
+            match self.blob_exists(repo, &digest).await {
+                Ok(true) => return Ok(digest),
+                Ok(false) => {}
+                Err(e) if e.class.is_retryable() => {
+                    last_error = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            match self.upload_blob(repo, &digest, bytes.clone()).await {
+                Ok(()) => return Ok(digest),
+                // A lost session, or a fault that may have come after the registry acted: look again.
+                Err(e) if e.class.is_retryable() || e.code.as_deref() == Some("BLOB_UPLOAD_UNKNOWN") => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        if self.blob_exists(repo, &digest).await.unwrap_or(false) {
+            return Ok(digest);
+        }
+        Err(last_error.expect("every failed attempt records its error"))
+    }
+
+    /// One monolithic upload: a new session, then the bytes.
+    async fn upload_blob(&self, repo: &str, digest: &Digest, bytes: Bytes) -> Result<(), RegistryError> {
         let url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
         let start = Request::new(Kind::Upload, Method::POST, url, Some(repo), Scope::Push(repo.to_string()));
         let answer = self.transport().send(&start).await?;
@@ -292,9 +342,9 @@ impl RegistryClient {
             self.base_url().join(location).map_err(|e| self.malformed(&start, &answer, &format!("bad upload Location: {e}")))?;
         upload.query_pairs_mut().append_pair("digest", digest.as_str());
         let mut put = Request::new(Kind::Put, Method::PUT, upload, Some(repo), Scope::Push(repo.to_string()));
-        put.body = Some(("application/octet-stream".into(), Bytes::from(bytes)));
+        put.body = Some(("application/octet-stream".into(), bytes));
         self.transport().send(&put).await?;
-        Ok(digest)
+        Ok(())
     }
 
     /// Uploads a manifest as `reference` (a tag, or its digest). Returns the manifest's digest.

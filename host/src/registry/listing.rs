@@ -49,6 +49,33 @@ impl RegistryClient {
         let Some(names) = self.tag_names(repo).await? else {
             return Ok(None);
         };
+        self.resolve_tags(repo, names, progress).await.map(Some)
+    }
+
+    /// The repository's tags as they are now, for the re-check before deleting: every tag except
+    /// those in `skip` (tags the plan deletes by digest, whose moves cannot hurt a kept tag),
+    /// resolved afresh (one `HEAD` each; metadata from the cache). On GitLab's registry, the
+    /// whole list from its tags API (a request per 1,000 tags). `None` when the repository is gone.
+    pub async fn recheck(&self, repo: &str, skip: &HashSet<&str>) -> Result<Option<TagList>, RegistryError> {
+        self.check_repository(repo)?;
+        if self.gitlab_api().await? {
+            return gitlab::tag_list(self, repo).await;
+        }
+        let Some(names) = self.tag_names(repo).await? else {
+            return Ok(None);
+        };
+        let names = names.into_iter().filter(|n| !skip.contains(n.as_str())).collect();
+        self.resolve_tags(repo, names, &|_, _| {}).await.map(Some)
+    }
+
+    /// `names` resolved to digests, with their metadata and the children of image indexes among
+    /// them. Tags deleted meanwhile are left out.
+    async fn resolve_tags(
+        &self,
+        repo: &str,
+        names: Vec<String>,
+        progress: &(dyn Fn(usize, usize) + Send + Sync),
+    ) -> Result<TagList, RegistryError> {
         let total = names.len();
         progress(0, total);
         let done = AtomicUsize::new(0);
@@ -90,7 +117,7 @@ impl RegistryClient {
         resolver.save().await;
         let tags = resolved?.into_iter().flatten().collect();
         let list = tag_list_or_error(self, repo, TagList::new(repo, tags, Vec::new()))?;
-        Ok(Some(list.with_index_children(index_children?)))
+        Ok(list.with_index_children(index_children?))
     }
 
     /// `list` (from GitLab's tags API, which does not say what an index references) with

@@ -34,6 +34,7 @@ pub(crate) enum Kind {
     ManifestHead,
     ManifestGet,
     BlobGet,
+    BlobHead,
     Delete,
     Upload,
     Put,
@@ -52,6 +53,8 @@ pub struct RequestStats {
     pub manifest_get: u64,
     /// Config blob reads.
     pub blob_get: u64,
+    /// Blob existence checks (before and after uploading the dummy manifest's config).
+    pub blob_head: u64,
     pub delete: u64,
     /// Blob upload sessions started (`POST /v2/<name>/blobs/uploads/`).
     pub upload: u64,
@@ -73,6 +76,7 @@ impl RequestStats {
             + self.manifest_head
             + self.manifest_get
             + self.blob_get
+            + self.blob_head
             + self.delete
             + self.upload
             + self.put
@@ -83,7 +87,7 @@ impl RequestStats {
 
 #[derive(Default)]
 struct Counters {
-    by_kind: [AtomicU64; 9],
+    by_kind: [AtomicU64; 10],
     token: AtomicU64,
     retries: AtomicU64,
 }
@@ -97,6 +101,7 @@ impl Counters {
             manifest_head: k(Kind::ManifestHead),
             manifest_get: k(Kind::ManifestGet),
             blob_get: k(Kind::BlobGet),
+            blob_head: k(Kind::BlobHead),
             delete: k(Kind::Delete),
             upload: k(Kind::Upload),
             put: k(Kind::Put),
@@ -633,6 +638,7 @@ mod tests {
             Kind::ManifestHead,
             Kind::ManifestGet,
             Kind::BlobGet,
+            Kind::BlobHead,
             Kind::Delete,
             Kind::Upload,
             Kind::Put,
@@ -641,6 +647,6 @@ mod tests {
             c.by_kind[kind as usize].fetch_add(1, Ordering::Relaxed);
         }
         c.token.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(c.snapshot().total(), 10);
+        assert_eq!(c.snapshot().total(), 11);
     }
 }

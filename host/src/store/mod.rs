@@ -8,7 +8,10 @@
 //!   go stale and are never expired.
 //!
 //! - [`AuditLog`] (`audit_log`): every deletion attempt, written before the request and
-//!   completed after it.
+//!   completed after it; rows still `attempted` are what reconciliation resolves.
+//!
+//! - [`RunLog`] (`runs`): one row per pass that reached a plan, opened before its first deletion
+//!   request and closed after its last; its audit rows point at it.
 //!
 //! The daemon's state (runs, schedules) will be further tables of the same database, added as new
 //! entries of [`MIGRATIONS`].
@@ -21,6 +24,7 @@
 
 mod audit;
 mod metadata;
+mod runs;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,8 +33,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rusqlite::Connection;
 
-pub use audit::{AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditRecord};
+pub use audit::{AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditRecord, OpenAttempt};
 pub use metadata::{ManifestMetadata, MetadataCache};
+pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunSummary};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many have run.
 /// Append only: never edit an entry that has shipped.
@@ -66,6 +71,32 @@ const MIGRATIONS: &[&str] = &[
         'application/vnd.oci.image.index.v1+json',
         'application/vnd.docker.distribution.manifest.list.v2+json'
     );",
+    // 4: runs (one row per pass that reached a plan: the pass-level intent, written before its
+    // first deletion request and closed after its last) and the audit rows they own. Open rows
+    // (`outcome = 'attempted'`) are what reconciliation looks for, so they have their own index.
+    "CREATE TABLE runs (
+        id                INTEGER PRIMARY KEY AUTOINCREMENT,
+        registry          TEXT NOT NULL,
+        repository        TEXT NOT NULL,
+        policy            TEXT NOT NULL,
+        decided_by        TEXT NOT NULL,
+        owner             TEXT NOT NULL,
+        started_at        INTEGER NOT NULL,
+        finished_at       INTEGER,
+        status            TEXT NOT NULL,
+        tags_seen         INTEGER NOT NULL,
+        tags_to_delete    INTEGER NOT NULL,
+        digests_planned   INTEGER NOT NULL,
+        tags_planned      INTEGER NOT NULL,
+        tags_deleted      INTEGER,
+        manifests_deleted INTEGER,
+        failed            INTEGER,
+        detail            TEXT
+    );
+    CREATE INDEX runs_repository ON runs (registry, repository, id);
+    CREATE INDEX runs_open ON runs (registry, repository) WHERE finished_at IS NULL;
+    ALTER TABLE audit_log ADD COLUMN run_id INTEGER REFERENCES runs (id);
+    CREATE INDEX audit_log_open ON audit_log (registry, repository) WHERE outcome = 'attempted';",
 ];
 
 /// How long a statement waits for another process's write lock before failing.
@@ -129,6 +160,11 @@ impl Store {
     /// The audit log of deletions.
     pub fn audit_log(&self) -> AuditLog {
         AuditLog::new(self.clone())
+    }
+
+    /// The runs table: one row per pass that reached a plan.
+    pub fn runs(&self) -> RunLog {
+        RunLog::new(self.clone())
     }
 
     /// The manifest metadata table.

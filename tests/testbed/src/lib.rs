@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 
-pub use proxy::{Fault, FaultProxy};
+pub use proxy::{Fault, FaultProxy, Held, HeldRequest};
 pub use seeder::{ACCEPT_ALL_MANIFESTS, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Seeder};
 pub use token::{IssuedToken, TOKEN_ISSUER, TOKEN_LIFETIME_SECS, TOKEN_SERVICE, TokenServer, TokenServerOptions};
 

@@ -27,8 +27,16 @@ pub enum Fault {
     RateLimit { path_contains: String, retry_after_secs: u64, times: usize },
     /// Close the connection without answering the next `times` matching requests.
     Reset { path_contains: String, times: usize },
-    /// Delay every matching answer by `millis` (until cleared), to test timeouts.
+    /// Delay every matching answer by `millis` (until cleared), to test timeouts. The request
+    /// reaches the registry only after the delay.
     Delay { path_contains: String, millis: u64 },
+    /// Forward matching requests at once, then hold the registry's answer for `millis` (until
+    /// cleared): the registry has acted, the client may have given up waiting. The ambiguous
+    /// outcome of a timed-out delete.
+    SlowAnswer { method: Option<String>, path_contains: String, millis: u64 },
+    /// Forward the next `times` matching requests to the registry, then answer `status` instead
+    /// of what it said: a fault *after* the registry acted (e.g. a 503 once an upload landed).
+    StatusAfterForward { method: Option<String>, path_contains: String, status: u16, times: usize },
     /// Rewrite `GET /v2/<name>/tags/list` answers into pages of at most `page_size` tags (each page in
     /// reverse order, so clients must sort) with a relative `Link: </v2/<name>/tags/list?n=..&last=..>;
     /// rel="next"` header, as distribution 3 and GitLab do. Persistent until cleared.
@@ -39,6 +47,60 @@ pub enum Fault {
 struct State {
     faults: Vec<Fault>,
     requests: Vec<(String, String)>,
+    holds: Vec<HoldRule>,
+}
+
+/// Requests to stop at the proxy until the test says what to do with them (see [`FaultProxy::hold`]).
+struct HoldRule {
+    method: Option<String>,
+    path_contains: String,
+    remaining: usize,
+    held: tokio::sync::mpsc::UnboundedSender<HeldRequest>,
+}
+
+/// A request stopped at the proxy. Dropping it forwards the request.
+pub struct HeldRequest {
+    /// `(method, path-and-query)` of the request.
+    pub request: (String, String),
+    decision: tokio::sync::oneshot::Sender<Release>,
+}
+
+/// What to do with a held request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Release {
+    Forward,
+    Drop,
+    ForwardThenDrop,
+}
+
+impl HeldRequest {
+    /// Sends the request on to the registry (the default when dropped).
+    pub fn forward(self) {
+        let _ = self.decision.send(Release::Forward);
+    }
+
+    /// Closes the connection without forwarding: the registry never sees the request.
+    pub fn drop_connection(self) {
+        let _ = self.decision.send(Release::Drop);
+    }
+
+    /// Sends the request on, then closes the connection instead of answering: the registry
+    /// acted, the client cannot know.
+    pub fn forward_then_drop(self) {
+        let _ = self.decision.send(Release::ForwardThenDrop);
+    }
+}
+
+/// Receives the requests a [`FaultProxy::hold`] rule stops.
+pub struct Held {
+    rx: tokio::sync::mpsc::UnboundedReceiver<HeldRequest>,
+}
+
+impl Held {
+    /// The next held request, or `None` after `timeout` (or when the proxy is gone).
+    pub async fn next(&mut self, timeout: Duration) -> Option<HeldRequest> {
+        tokio::time::timeout(timeout, self.rx.recv()).await.ok().flatten()
+    }
 }
 
 /// A reverse proxy on `127.0.0.1:<free port>` that forwards every header and body unchanged (rewriting
@@ -61,6 +123,14 @@ enum Action {
     Forward,
     Answer(Response<Body>),
     Drop,
+    /// Forward, then answer this instead of the registry's answer.
+    ForwardThenAnswer(Response<Body>),
+    /// Wait for the test's decision: forward (`true`) or drop.
+    Hold(tokio::sync::oneshot::Receiver<Release>),
+}
+
+fn method_matches(rule: &Option<String>, method: &str) -> bool {
+    rule.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
 }
 
 impl FaultProxy {
@@ -94,9 +164,11 @@ impl FaultProxy {
         self.state.lock().unwrap().faults.push(fault);
     }
 
-    /// Removes every queued or persistent fault.
+    /// Removes every queued or persistent fault and hold rule.
     pub fn clear(&self) {
-        self.state.lock().unwrap().faults.clear();
+        let mut st = self.state.lock().unwrap();
+        st.faults.clear();
+        st.holds.clear();
     }
 
     /// Requests seen so far (faulted ones included), as `(method, path-and-query)`, in arrival order.
@@ -114,6 +186,21 @@ impl FaultProxy {
             .iter()
             .filter(|(m, p)| (method.is_empty() || method == "*" || m.eq_ignore_ascii_case(method)) && p.contains(path_contains))
             .count()
+    }
+
+    /// Stops the next `times` requests with method `method` (any when `None`) whose path-and-query
+    /// contains `path_contains` before they reach the registry, and hands each to the test, which
+    /// decides to forward it or drop its connection — e.g. after killing the client, or after
+    /// changing the registry behind the client's back. Requests that are held see no other fault.
+    pub fn hold(&self, method: Option<&str>, path_contains: &str, times: usize) -> Held {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.state.lock().unwrap().holds.push(HoldRule {
+            method: method.map(str::to_owned),
+            path_contains: path_contains.to_owned(),
+            remaining: times,
+            held: tx,
+        });
+        Held { rx }
     }
 
     /// Forgets the requests seen so far.
@@ -170,9 +257,22 @@ fn tags_list_repo(path: &str) -> Option<&str> {
 
 impl Shared {
     /// Decides what to do with a request and takes counted faults off the queue.
-    fn decide(&self, method: &str, path_and_query: &str) -> (Action, u64, Option<usize>) {
+    fn decide(&self, method: &str, path_and_query: &str) -> (Action, u64, u64, Option<usize>) {
         let mut st = self.state.lock().unwrap();
         st.requests.push((method.to_string(), path_and_query.to_string()));
+        if let Some(rule) = st
+            .holds
+            .iter_mut()
+            .find(|h| h.remaining > 0 && method_matches(&h.method, method) && path_and_query.contains(h.path_contains.as_str()))
+        {
+            rule.remaining -= 1;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let held = HeldRequest { request: (method.to_string(), path_and_query.to_string()), decision: tx };
+            if rule.held.send(held).is_ok() {
+                return (Action::Hold(rx), 0, 0, None);
+            }
+        }
+        let mut slow_answer = 0;
         let mut delay = 0;
         let mut paginate = None;
         let mut action = Action::Forward;
@@ -184,6 +284,21 @@ impl Shared {
                     delay = delay.max(*millis);
                 }
                 Fault::PaginateTags { page_size } => paginate = Some((*page_size).max(1)),
+                Fault::SlowAnswer { method: m, path_contains, millis }
+                    if method_matches(m, method) && path_and_query.contains(path_contains.as_str()) =>
+                {
+                    slow_answer = slow_answer.max(*millis);
+                }
+                Fault::StatusAfterForward { method: m, path_contains, status, times }
+                    if !decided && *times > 0 && path_and_query.contains(path_contains.as_str()) && method_matches(m, method) =>
+                {
+                    *times -= 1;
+                    decided = true;
+                    action = Action::ForwardThenAnswer(error_body(*status, status_code(*status), "injected fault after forwarding"));
+                    if *times == 0 {
+                        remove = Some(i);
+                    }
+                }
                 Fault::Status { method: m, path_contains, status, times }
                     if !decided
                         && *times > 0
@@ -224,19 +339,46 @@ impl Shared {
         if let Some(i) = remove {
             st.faults.remove(i);
         }
-        (action, delay, paginate)
+        (action, delay, slow_answer, paginate)
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, DropConnection> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, DropConnection> {
         let method = req.method().as_str().to_string();
         let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".to_string());
-        let (action, delay, paginate) = self.decide(&method, &path_and_query);
+        let (action, delay, slow_answer, paginate) = self.decide(&method, &path_and_query);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
+        let mut replace_answer = None;
         match action {
             Action::Answer(resp) => return Ok(resp),
             Action::Drop => return Err(DropConnection),
+            Action::Hold(decision) => {
+                // Read the request now and decide in a task of its own: a client killed while
+                // its request is held must not cancel the request the test chooses to forward.
+                let (parts, body) = req.into_parts();
+                let body = match body.collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => return Err(DropConnection),
+                };
+                let me = self.clone();
+                let task = tokio::spawn(async move {
+                    // A dropped `HeldRequest` forwards.
+                    let release = decision.await.unwrap_or(Release::Forward);
+                    if release == Release::Drop {
+                        return None;
+                    }
+                    let answer = me.forward_parts(parts, body, &path_and_query).await;
+                    (release == Release::Forward).then_some(answer)
+                });
+                return match task.await {
+                    Ok(Some(resp)) => {
+                        Ok(resp.unwrap_or_else(|e| error_body(502, "UNKNOWN", &format!("fault proxy could not reach the upstream: {e:#}"))))
+                    }
+                    _ => Err(DropConnection),
+                };
+            }
+            Action::ForwardThenAnswer(resp) => replace_answer = Some(resp),
             Action::Forward => {}
         }
         let resp = match (paginate, tags_list_repo(req.uri().path())) {
@@ -246,6 +388,12 @@ impl Shared {
             }
             _ => self.forward(req, &path_and_query).await,
         };
+        if slow_answer > 0 {
+            tokio::time::sleep(Duration::from_millis(slow_answer)).await;
+        }
+        if let Some(resp) = replace_answer {
+            return Ok(resp);
+        }
         Ok(resp.unwrap_or_else(|e| error_body(502, "UNKNOWN", &format!("fault proxy could not reach the upstream: {e:#}"))))
     }
 
@@ -253,6 +401,15 @@ impl Shared {
     async fn send_upstream(&self, req: Request<Incoming>, path_and_query: &str) -> anyhow::Result<reqwest::Response> {
         let (parts, body) = req.into_parts();
         let body = body.collect().await.context("reading the request body")?.to_bytes();
+        self.send_parts(&parts, body, path_and_query).await
+    }
+
+    async fn send_parts(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: hyper::body::Bytes,
+        path_and_query: &str,
+    ) -> anyhow::Result<reqwest::Response> {
         let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())?;
         let mut rb = self.http.request(method, format!("{}{}", self.upstream, path_and_query));
         for (name, value) in parts.headers.iter() {
@@ -267,8 +424,19 @@ impl Shared {
     }
 
     async fn forward(&self, req: Request<Incoming>, path_and_query: &str) -> anyhow::Result<Response<Body>> {
-        let is_head = req.method() == hyper::Method::HEAD;
-        let upstream = self.send_upstream(req, path_and_query).await?;
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.context("reading the request body")?.to_bytes();
+        self.forward_parts(parts, body, path_and_query).await
+    }
+
+    async fn forward_parts(
+        &self,
+        parts: hyper::http::request::Parts,
+        body: hyper::body::Bytes,
+        path_and_query: &str,
+    ) -> anyhow::Result<Response<Body>> {
+        let is_head = parts.method == hyper::Method::HEAD;
+        let upstream = self.send_parts(&parts, body, path_and_query).await?;
         let status = upstream.status().as_u16();
         let headers = upstream.headers().clone();
         let body = upstream.bytes().await.context("reading the upstream body")?;

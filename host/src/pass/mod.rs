@@ -1,0 +1,411 @@
+//! One cleanup pass over one repository: list → reconcile → evaluate → guard → re-check →
+//! delete → report.
+//!
+//! [`plan`] is the decision half (pure apart from the plugin call) and is what `eval`
+//! shows; [`run_repository`] adds listing, reconciliation and deletion and is what
+//! `run --once` and the daemon call. There is no second evaluator. Layout: `plan.rs`
+//! decides, `execute.rs` deletes, `dummy.rs` is GitLab's dummy-manifest method,
+//! `reconcile.rs` settles what interrupted passes left.
+//!
+//! Safety, in order: the plugin's answer is validated by the runtime (no partial
+//! answers); host protection rules override it; the delete-fraction guard may refuse
+//! the whole repository; [`DeletionPlan`](crate::deletion::DeletionPlan) proves no kept
+//! tag loses its digest; a re-check just before deleting drops every digest that gained a
+//! tag since the listing; every deletion is written to the audit log before it is sent.
+//!
+//! Crash safety: at every instant of a pass, every kept tag resolves to its digest (only
+//! digests without a kept tag are deleted; only tags decided `delete` are moved onto the
+//! dummy), every request sent has an audit row written before it, and the run row says a
+//! pass is under way. What an interruption leaves — `attempted` audit rows, tags on the
+//! dummy, an open run — is recognised and settled by the next pass over the repository
+//! before it decides anything, so it never sees a half-done removal as a tag.
+
+mod dummy;
+mod execute;
+mod plan;
+mod reconcile;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use dummy::DIGEST as DUMMY_DIGEST;
+pub use execute::RECHECK_INTERVAL;
+pub use plan::{Guards, Policy, RepositoryPlan, Verdict, apply_guards, plan};
+pub use reconcile::Reconciliation;
+
+use crate::backend::Backend;
+use crate::model::{TagList, Timestamp};
+use crate::registry::RegistryError;
+use crate::runtime::PluginError;
+use crate::store::{AuditLog, NewRun, RunLog, RunPlan, RunSummary};
+use execute::Execution;
+
+/// Why a repository's pass produced no plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("{0}")]
+    Plugin(PluginError),
+    #[error("{0}")]
+    Plan(String),
+    #[error("{0}")]
+    Registry(RegistryError),
+}
+
+/// Limits of the deletion half.
+#[derive(Debug, Clone)]
+pub struct DeletionLimits {
+    /// Budget for one repository's deletions (GitLab's delete timeout).
+    pub timeout: Duration,
+    /// Deletes in flight at once.
+    pub concurrency: usize,
+}
+
+/// Everything a pass needs besides the policy.
+pub struct PassContext {
+    pub backend: Backend,
+    pub audit: AuditLog,
+    pub runs: RunLog,
+    pub guards: Guards,
+    pub limits: DeletionLimits,
+    pub dry_run: bool,
+    pub now: Timestamp,
+}
+
+/// Progress of one repository, for a progress line.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Listing { done: usize, total: usize },
+    Evaluating { tags: usize },
+    Deleting { done: usize, total: usize },
+}
+
+/// How a repository's pass ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(tag = "status", content = "detail", rename_all = "snake_case")]
+pub enum RepositoryStatus {
+    /// Everything the plan asked for is done (possibly nothing).
+    #[default]
+    Completed,
+    /// The repository does not exist in the registry: a success with nothing to do.
+    NotFound,
+    /// `--dry-run`: the plan was made, nothing deleted.
+    Planned,
+    /// A guard refused the plan; nothing deleted.
+    Refused(String),
+    /// Stopped early (time budget, transient errors); resume later.
+    Unfinished(String),
+    /// Could not proceed (plugin failure, permanent registry error).
+    Failed(String),
+}
+
+impl RepositoryStatus {
+    /// Whether this counts as success for an exit code.
+    pub fn is_success(&self) -> bool {
+        matches!(self, RepositoryStatus::Completed | RepositoryStatus::NotFound | RepositoryStatus::Planned)
+    }
+
+    /// A one-word name for state tables and JSON.
+    pub fn key(&self) -> &'static str {
+        match self {
+            RepositoryStatus::Completed => "completed",
+            RepositoryStatus::NotFound => "not_found",
+            RepositoryStatus::Planned => "planned",
+            RepositoryStatus::Refused(_) => "refused",
+            RepositoryStatus::Unfinished(_) => "unfinished",
+            RepositoryStatus::Failed(_) => "failed",
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            RepositoryStatus::Completed => "completed",
+            RepositoryStatus::NotFound => "not found (nothing to do)",
+            RepositoryStatus::Planned => "planned (dry run)",
+            RepositoryStatus::Refused(_) => "refused",
+            RepositoryStatus::Unfinished(_) => "unfinished",
+            RepositoryStatus::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The result of one repository's pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepositoryReport {
+    pub repository: String,
+    pub policy: String,
+    #[serde(flatten)]
+    pub status: RepositoryStatus,
+    pub tags_seen: usize,
+    pub tags_to_delete: usize,
+    pub tags_deleted: usize,
+    pub manifests_deleted: usize,
+    pub failed: usize,
+    /// Tags whose deletion was attempted or due but did not happen (failed, or not
+    /// attempted before the time budget ran out). Empty for refused and dry-run passes.
+    pub not_deleted: Vec<String>,
+    pub errors: Vec<String>,
+    /// What the re-check before deleting took out of the plan (a digest that gained a tag,
+    /// a tag that moved), one sentence each: kept this pass, decided again next pass.
+    pub changed_since_listing: Vec<String>,
+    /// What this pass settled of interrupted earlier passes before deciding (nothing on a
+    /// dry run: then `reconciliation.finished_removals` lists the tags waiting on the dummy).
+    pub reconciliation: Reconciliation,
+    /// The run row of this pass, when it was allowed to delete.
+    pub run_id: Option<i64>,
+    pub elapsed_ms: u128,
+    #[serde(skip)]
+    pub plan: Option<RepositoryPlan>,
+}
+
+impl RepositoryReport {
+    fn new(repository: &str, policy: &str) -> Self {
+        RepositoryReport {
+            repository: repository.to_owned(),
+            policy: policy.to_owned(),
+            status: RepositoryStatus::Completed,
+            tags_seen: 0,
+            tags_to_delete: 0,
+            tags_deleted: 0,
+            manifests_deleted: 0,
+            failed: 0,
+            not_deleted: vec![],
+            errors: vec![],
+            changed_since_listing: vec![],
+            reconciliation: Reconciliation::default(),
+            run_id: None,
+            elapsed_ms: 0,
+            plan: None,
+        }
+    }
+}
+
+/// Runs one repository's pass. Never panics on registry or plugin failures: they end
+/// up in the report's status.
+pub async fn run_repository(
+    ctx: &PassContext,
+    policy: &Policy,
+    repository: &str,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+) -> RepositoryReport {
+    let started = Instant::now();
+    let mut report = RepositoryReport::new(repository, &policy.name);
+    pass(ctx, policy, repository, progress, &mut report).await;
+    report.elapsed_ms = started.elapsed().as_millis();
+    report
+}
+
+async fn pass(
+    ctx: &PassContext,
+    policy: &Policy,
+    repository: &str,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+    report: &mut RepositoryReport,
+) {
+    let listing = ctx.backend.tag_list(repository, &|done, total| progress(Progress::Listing { done, total })).await;
+    let mut list = match listing {
+        // Seed 001: a repository gone from the registry is done, not retried forever.
+        Ok(None) => {
+            report.status = RepositoryStatus::NotFound;
+            if !ctx.dry_run {
+                let ex = Execution::new(ctx, repository, policy.decided_by(), None, progress);
+                report.reconciliation = reconcile::reconcile(&ex, None, &[]).await;
+            }
+            return;
+        }
+        Ok(Some(list)) => list,
+        Err(e) => {
+            report.status = status_for_error(&e, "listing tags");
+            report.errors.push(e.to_string());
+            return;
+        }
+    };
+    // Tags on tagwarden's dummy are removals in progress: never shown to a plugin.
+    let leftovers = dummy::split_leftovers(&mut list);
+    report.tags_seen = list.tags().len();
+    let execution = if ctx.dry_run {
+        report.reconciliation.finished_removals = leftovers;
+        None
+    } else {
+        match begin_run(ctx, policy, repository, &list, progress) {
+            Ok(ex) => {
+                report.run_id = ex.run_id;
+                report.reconciliation = reconcile::reconcile(&ex, Some(&list), &leftovers).await;
+                Some(ex)
+            }
+            Err(e) => {
+                // No record of the pass, no deletion.
+                report.status = RepositoryStatus::Failed(format!("{e:#}; nothing was deleted"));
+                report.errors.push(format!("{e:#}"));
+                return;
+            }
+        }
+    };
+    report.errors.extend(report.reconciliation.errors.iter().cloned());
+
+    progress(Progress::Evaluating { tags: list.tags().len() });
+    // Evaluation is CPU-bound: keep it off the async workers' hot path.
+    let planned = tokio::task::block_in_place(|| plan(policy, list, ctx.now, &ctx.guards));
+    let repository_plan = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            report.status = RepositoryStatus::Failed(format!("{e}; nothing was deleted"));
+            report.errors.push(e.to_string());
+            close_run(execution.as_ref(), report);
+            return;
+        }
+    };
+    report.tags_to_delete = repository_plan.tags_to_delete();
+    if let Some(refusal) = &repository_plan.refusal {
+        report.status = RepositoryStatus::Refused(refusal.clone());
+    } else if ctx.dry_run {
+        report.status = RepositoryStatus::Planned;
+    } else if let Some(ex) = &execution {
+        let deletion = &repository_plan.deletion;
+        let intent =
+            RunPlan { tags_to_delete: report.tags_to_delete, digests_planned: deletion.digests.len(), tags_planned: deletion.tag_count() };
+        if let Some(id) = ex.run_id
+            && let Err(e) = ctx.runs.set_plan(id, intent)
+        {
+            report.status = RepositoryStatus::Failed(format!("{e:#}; nothing was deleted"));
+            report.errors.push(format!("{e:#}"));
+            close_run(execution.as_ref(), report);
+            return;
+        }
+        if !deletion.is_empty() {
+            let tally = ex.run(deletion).await;
+            report.tags_deleted = tally.tags_deleted;
+            report.manifests_deleted = tally.manifests_deleted;
+            report.failed = tally.failed;
+            report.not_deleted = tally.not_deleted.clone();
+            report.errors.extend(tally.errors.iter().cloned());
+            report.changed_since_listing = tally.changed_since_listing.clone();
+            report.status = tally.status(ctx.limits.timeout);
+        }
+    }
+    if report.status == RepositoryStatus::Completed && !report.reconciliation.errors.is_empty() {
+        report.status =
+            RepositoryStatus::Unfinished(format!("settling what an interrupted pass left: {}", report.reconciliation.errors.join("; ")));
+    }
+    report.plan = Some(repository_plan);
+    close_run(execution.as_ref(), report);
+}
+
+/// Settles what interrupted passes left on `repository` without deciding anything: the
+/// start-up check for repositories no policy will visit this time. Its run row names no
+/// policy.
+pub async fn reconcile_repository(ctx: &PassContext, repository: &str) -> Result<Reconciliation, RegistryError> {
+    const RECONCILER: &str = "host: reconciliation at start-up";
+    let no_progress = |_: Progress| {};
+    let list = ctx.backend.tag_list(repository, &|_, _| {}).await?;
+    let registry = ctx.backend.label();
+    let run_id = match &list {
+        Some(list) => ctx
+            .runs
+            .begin(&NewRun {
+                registry: &registry,
+                repository,
+                policy: "-",
+                decided_by: RECONCILER,
+                owner: crate::owner::current(),
+                tags_seen: list.tags().len(),
+            })
+            .map_err(|e| tracing::error!(repository, "{e:#}"))
+            .ok(),
+        None => None,
+    };
+    let ex = Execution::new(ctx, repository, RECONCILER.to_owned(), run_id, &no_progress);
+    let rec = match list {
+        Some(mut list) => {
+            let leftovers = dummy::split_leftovers(&mut list);
+            reconcile::reconcile(&ex, Some(&list), &leftovers).await
+        }
+        None => reconcile::reconcile(&ex, None, &[]).await,
+    };
+    if let Some(id) = run_id {
+        let status = if rec.errors.is_empty() { "completed" } else { "unfinished" };
+        let detail = rec.errors.join("; ");
+        let summary = RunSummary {
+            status,
+            tags_deleted: rec.finished_removals.len(),
+            manifests_deleted: 0,
+            failed: 0,
+            detail: Some(detail.as_str()).filter(|d| !d.is_empty()),
+        };
+        if let Err(e) = ctx.runs.finish(id, &summary) {
+            tracing::error!(repository, "{e:#}");
+        }
+    }
+    Ok(rec)
+}
+
+/// Repositories with something an interrupted pass left open (audit rows, runs).
+pub fn repositories_to_reconcile(ctx: &PassContext) -> anyhow::Result<Vec<String>> {
+    let registry = ctx.backend.label();
+    let mut repos = ctx.audit.repositories_with_open_attempts(&registry)?;
+    repos.extend(ctx.runs.repositories_with_open_runs(&registry)?);
+    repos.sort();
+    repos.dedup();
+    Ok(repos)
+}
+
+/// Opens the run row of a pass that may delete: the pass-level intent, before any request.
+fn begin_run<'a>(
+    ctx: &'a PassContext,
+    policy: &Policy,
+    repository: &'a str,
+    list: &TagList,
+    progress: &'a (dyn Fn(Progress) + Send + Sync),
+) -> anyhow::Result<Execution<'a>> {
+    let decided_by = policy.decided_by();
+    let registry = ctx.backend.label();
+    let id = ctx.runs.begin(&NewRun {
+        registry: &registry,
+        repository,
+        policy: &policy.name,
+        decided_by: &decided_by,
+        owner: crate::owner::current(),
+        tags_seen: list.tags().len(),
+    })?;
+    Ok(Execution::new(ctx, repository, decided_by, Some(id), progress))
+}
+
+/// Closes the run with the report's outcome; audit rows that could not be completed are
+/// reported (they stay `attempted`, and the next pass settles them).
+fn close_run(execution: Option<&Execution<'_>>, report: &mut RepositoryReport) {
+    let Some(ex) = execution else { return };
+    let audit_errors = ex.take_audit_errors();
+    if !audit_errors.is_empty() {
+        let message = format!(
+            "{} audit rows could not be completed (the next pass settles them against the registry): {}",
+            audit_errors.len(),
+            audit_errors[0]
+        );
+        if report.status.is_success() {
+            report.status = RepositoryStatus::Unfinished(message.clone());
+        }
+        report.errors.push(message);
+    }
+    let Some(id) = ex.run_id else { return };
+    let detail = match &report.status {
+        RepositoryStatus::Refused(d) | RepositoryStatus::Unfinished(d) | RepositoryStatus::Failed(d) => Some(d.as_str()),
+        _ => None,
+    };
+    let summary = RunSummary {
+        status: report.status.key(),
+        tags_deleted: report.tags_deleted,
+        manifests_deleted: report.manifests_deleted,
+        failed: report.failed,
+        detail,
+    };
+    if let Err(e) = ex.ctx.runs.finish(id, &summary) {
+        // The run stays open; the next pass closes it once this process is gone.
+        tracing::error!(repository = report.repository, "{e:#}");
+        report.errors.push(format!("{e:#}"));
+    }
+}
+
+fn status_for_error(e: &RegistryError, doing: &str) -> RepositoryStatus {
+    let msg = format!("{doing}: {e}");
+    if e.class.is_retryable() { RepositoryStatus::Unfinished(msg) } else { RepositoryStatus::Failed(msg) }
+}

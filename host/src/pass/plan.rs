@@ -1,0 +1,171 @@
+//! The decision half of a pass: the plugin's verdicts, host guards over them, and the
+//! deletion plan. Pure apart from the plugin call; this is what `eval` and `--dry-run` show.
+
+use std::sync::Arc;
+
+use regex::Regex;
+use serde::Serialize;
+
+use super::PassError;
+use crate::deletion::DeletionPlan;
+use crate::model::{Action, RetentionDecisions, TagList, Timestamp};
+use crate::runtime::{ConfiguredPolicy, PluginError, RetentionPlugin};
+
+/// Host-level rules no plugin can override.
+#[derive(Debug, Clone, Default)]
+pub struct Guards {
+    /// Tag names matching any of these (whole name) are always kept.
+    pub protect: Vec<Regex>,
+    /// Refuse a repository whose plan deletes more than this fraction of its tags.
+    pub max_delete_fraction: Option<f64>,
+}
+
+impl Guards {
+    /// Compiles protection patterns; each matches the whole tag name.
+    pub fn new(protect: &[String], max_delete_fraction: Option<f64>) -> anyhow::Result<Self> {
+        let protect = protect
+            .iter()
+            .map(|p| {
+                Regex::new(&format!(r"\A(?:{p})\z")).map_err(|e| anyhow::anyhow!("protection pattern `{p}` is not a valid regex: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Guards { protect, max_delete_fraction })
+    }
+}
+
+/// A named retention policy: its plugin configured with the operator's params. Clones
+/// share the configured plugin, and with it the instances it keeps warm.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub name: String,
+    pub retention: Arc<ConfiguredPolicy>,
+}
+
+impl Policy {
+    /// Configures `plugin` with `params` (JSON text), which the plugin validates.
+    pub fn new(name: impl Into<String>, plugin: &RetentionPlugin, params: &str) -> Result<Self, PluginError> {
+        Ok(Policy { name: name.into(), retention: Arc::new(plugin.configure(params)?) })
+    }
+
+    /// Who decided, for the audit log and reports.
+    pub fn decided_by(&self) -> String {
+        let m = self.retention.plugin().plugin().meta();
+        format!("policy {} ({} {} sha256:{})", self.name, m.name, m.version, &m.sha256[..12])
+    }
+}
+
+/// The final verdict for one tag or manifest, after host guards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub action: Action,
+    pub reason: String,
+    /// `plugin` or `host` (a protection rule overrode the plugin).
+    pub decided_by: &'static str,
+}
+
+/// What a pass would do to one repository.
+#[derive(Debug, Clone)]
+pub struct RepositoryPlan {
+    pub list: TagList,
+    pub tags: Vec<Verdict>,
+    pub untagged: Vec<Verdict>,
+    pub deletion: DeletionPlan,
+    /// Set when a guard refuses the repository: nothing is deleted.
+    pub refusal: Option<String>,
+}
+
+impl RepositoryPlan {
+    pub fn tags_to_delete(&self) -> usize {
+        self.tags.iter().filter(|v| v.action == Action::Delete).count()
+    }
+}
+
+/// Applies host guards to a plugin's decisions and plans the deletions.
+pub fn apply_guards(list: TagList, decisions: &RetentionDecisions, guards: &Guards) -> anyhow::Result<RepositoryPlan> {
+    let tags: Vec<Verdict> = list
+        .tags()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let rule = decisions.tag(i);
+            if rule.action == Action::Delete
+                && let Some(p) = guards.protect.iter().find(|p| p.is_match(&t.name))
+            {
+                let pattern = p.as_str().trim_start_matches(r"\A(?:").trim_end_matches(r")\z");
+                return Verdict { action: Action::Keep, reason: format!("protected by host rule `{pattern}`"), decided_by: "host" };
+            }
+            Verdict { action: rule.action, reason: rule.reason.clone(), decided_by: "plugin" }
+        })
+        .collect();
+    let tag_actions: Vec<Action> = tags.iter().map(|v| v.action).collect();
+    let plugin_untagged: Vec<Action> = (0..list.untagged().len()).map(|i| decisions.untagged(i).action).collect();
+    // An untagged manifest that an index which stays references (a platform image of a
+    // kept multi-arch tag) is kept whatever the plugin said.
+    let referenced = crate::deletion::referenced_by_staying_indexes(&list, &tag_actions, &plugin_untagged);
+    let untagged: Vec<Verdict> = list
+        .untagged()
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let rule = decisions.untagged(i);
+            match referenced.get(&u.digest) {
+                Some(index) if rule.action == Action::Delete => {
+                    Verdict { action: Action::Keep, reason: format!("referenced by index {index}, which stays"), decided_by: "host" }
+                }
+                _ => Verdict { action: rule.action, reason: rule.reason.clone(), decided_by: "plugin" },
+            }
+        })
+        .collect();
+    let untagged_actions: Vec<Action> = untagged.iter().map(|v| v.action).collect();
+    let deletion = DeletionPlan::new(&list, &tag_actions, &untagged_actions)?;
+    let to_delete = tag_actions.iter().filter(|a| **a == Action::Delete).count();
+    let refusal = guards.max_delete_fraction.and_then(|max| {
+        let total = list.tags().len();
+        let fraction = if total == 0 { 0.0 } else { to_delete as f64 / total as f64 };
+        (fraction > max).then(|| {
+            format!(
+                "the plan deletes {to_delete} of {total} tags ({:.0}%), more than `max_delete_fraction` allows ({:.0}%); nothing was deleted",
+                fraction * 100.0,
+                max * 100.0
+            )
+        })
+    });
+    Ok(RepositoryPlan { list, tags, untagged, deletion, refusal })
+}
+
+/// Evaluates `policy` over `list` and applies the guards: the decision half of a pass.
+pub fn plan(policy: &Policy, list: TagList, now: Timestamp, guards: &Guards) -> Result<RepositoryPlan, PassError> {
+    let decisions = policy.retention.evaluate(&list, now).map_err(PassError::Plugin)?;
+    apply_guards(list, &decisions, guards).map_err(|e| PassError::Plan(format!("{e:#}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Digest, Rule, Tag, UntaggedManifest};
+
+    fn d(n: u8) -> Digest {
+        Digest::sha256_of(&[n])
+    }
+
+    fn untagged(n: u8) -> UntaggedManifest {
+        UntaggedManifest { digest: d(n), created_at: None, pushed_at: None }
+    }
+
+    #[test]
+    fn untagged_platform_images_of_a_kept_index_are_kept_by_the_host() {
+        // `v1` → index 1 over 2 and 3, both listed untagged; 4 is an unrelated untagged image.
+        let list = TagList::new("r", vec![Tag::new("v1", d(1))], vec![untagged(2), untagged(3), untagged(4)])
+            .unwrap()
+            .with_index_children([(d(1), vec![d(2), d(3)])]);
+        let rules = vec![Rule { action: Action::Keep, reason: "keep".into() }, Rule { action: Action::Delete, reason: "untagged".into() }];
+        let decisions = RetentionDecisions::validate(&list, rules, vec![0], vec![1, 1, 1]).unwrap();
+        let plan = apply_guards(list, &decisions, &Guards::default()).unwrap();
+        for v in &plan.untagged[..2] {
+            assert_eq!((v.action, v.decided_by), (Action::Keep, "host"), "{v:?}");
+            assert_eq!(v.reason, format!("referenced by index {}, which stays", d(1)));
+        }
+        assert_eq!((plan.untagged[2].action, plan.untagged[2].decided_by), (Action::Delete, "plugin"));
+        assert_eq!(plan.deletion.digests.iter().map(|x| &x.digest).collect::<Vec<_>>(), [&d(4)]);
+    }
+}

@@ -1,0 +1,88 @@
+//! Turns a configuration into what every command runs with: policies bound to the
+//! repositories they apply to, the state store, the backend, and a pass context. `run
+//! --once` and the daemon build these here, so both run identical objects.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::backend::{Backend, RecordingBackend};
+use crate::config::Config;
+use crate::model::Timestamp;
+use crate::pass::{DeletionLimits, Guards, PassContext, Policy};
+use crate::registry::{RegistryClient, RegistryConfig};
+use crate::runtime::{PluginLimits, PluginRuntime};
+use crate::store::Store;
+
+/// A policy and the repositories it applies to.
+pub struct BoundPolicy {
+    pub policy: Policy,
+    matcher: globset::GlobSet,
+}
+
+impl BoundPolicy {
+    /// Whether the policy's `repositories` patterns match `repository`.
+    pub fn matches(&self, repository: &str) -> bool {
+        self.matcher.is_match(repository)
+    }
+}
+
+/// The policy for `repository`: the first whose patterns match (config order).
+pub fn policy_for<'a>(policies: &'a [BoundPolicy], repository: &str) -> Option<&'a Policy> {
+    policies.iter().find(|p| p.matches(repository)).map(|p| &p.policy)
+}
+
+/// Loads every policy's plugin and configures it with the policy's params. Everything that
+/// can be wrong with the config or the plugins fails here, before the registry is contacted.
+pub fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Result<Vec<BoundPolicy>> {
+    let mut out = Vec::new();
+    for p in &config.policies {
+        let context = || format!("cannot load policy `{}` of {}", p.name, config.path.display());
+        // A plugin given as a path is relative to the config file.
+        let spec = if p.plugin.ends_with(".wasm") || p.plugin.contains('/') {
+            config.resolve_path(Path::new(&p.plugin)).display().to_string()
+        } else {
+            p.plugin.clone()
+        };
+        let path = crate::plugins::resolve(&spec, &[]).with_context(context)?;
+        let limits = PluginLimits { timeout: p.timeout, memory_bytes: p.memory_mib << 20, fuel: p.fuel };
+        let plugin = runtime.load_file(&path, limits).with_context(context)?.into_retention().with_context(context)?;
+        let policy = Policy::new(&p.name, &plugin, &p.params_json()).with_context(context)?;
+        out.push(BoundPolicy { policy, matcher: p.matcher() });
+    }
+    Ok(out)
+}
+
+/// The state database of `config` (`[state] dir`/tagwarden.db).
+pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&config.resolve_path(&config.state.dir).join("tagwarden.db"))
+}
+
+/// The registry (with the store's metadata cache) or the recordings `config` names.
+pub fn backend(config: &Config, store: &Store) -> anyhow::Result<Backend> {
+    let r = &config.registry;
+    if let Some(dir) = &r.recordings {
+        return Ok(Backend::Recordings(RecordingBackend::load(&config.resolve_path(dir))?));
+    }
+    let url = url::Url::parse(r.url.as_deref().expect("validated: url or recordings"))?;
+    let mut rc = RegistryConfig::new(url);
+    rc.credentials = config.credentials()?;
+    rc.request_timeout = r.timeout;
+    rc.concurrency = r.concurrency.max(config.deletion.concurrency);
+    rc.max_retries = r.max_retries;
+    Ok(Backend::Oci(RegistryClient::new(rc, Some(store.metadata_cache()))?))
+}
+
+/// Everything a pass needs besides its policy, from `config`.
+pub fn pass_context(config: &Config, store: &Store, dry_run: bool, now: Timestamp) -> anyhow::Result<PassContext> {
+    Ok(PassContext {
+        backend: backend(config, store)?,
+        audit: store.audit_log(),
+        runs: store.runs(),
+        guards: Guards::new(&config.deletion.protect, config.deletion.max_delete_fraction)?,
+        limits: DeletionLimits { timeout: config.deletion.timeout, concurrency: config.deletion.concurrency },
+        dry_run,
+        now,
+    })
+}

@@ -1,0 +1,180 @@
+//! The `runs` table: one row per pass that reached a plan and was allowed to delete.
+//!
+//! A run is the pass-level intent: it is written (with what the plan is about to do) before
+//! the pass's first deletion request, and closed with what happened after its last. A run
+//! that is still open when its owner is gone was interrupted; reconciliation closes it as
+//! `interrupted` once its open audit rows are resolved. The daemon's scheduling state builds
+//! on these rows.
+
+use rusqlite::params;
+
+use super::Store;
+use crate::model::Timestamp;
+
+/// A run about to start deleting.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub registry: &'a str,
+    pub repository: &'a str,
+    pub policy: &'a str,
+    pub decided_by: &'a str,
+    /// Who runs it (see `crate::owner`): lets a later process tell a live run from a dead one.
+    pub owner: &'a str,
+    pub tags_seen: usize,
+}
+
+/// What a run's plan is about to do, recorded before its first deletion request.
+#[derive(Debug, Clone, Copy)]
+pub struct RunPlan {
+    pub tags_to_delete: usize,
+    /// Manifests the plan deletes by digest.
+    pub digests_planned: usize,
+    /// Tags the plan removes (with those digests, and one by one).
+    pub tags_planned: usize,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct RunSummary<'a> {
+    /// `completed`, `unfinished`, `failed`, ... (the pass's status label).
+    pub status: &'a str,
+    pub tags_deleted: usize,
+    pub manifests_deleted: usize,
+    pub failed: usize,
+    pub detail: Option<&'a str>,
+}
+
+/// A run that has not been closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRun {
+    pub id: i64,
+    pub owner: String,
+    pub started_at: Timestamp,
+}
+
+/// The runs table.
+#[derive(Clone, Debug)]
+pub struct RunLog {
+    store: Store,
+}
+
+impl RunLog {
+    pub(super) fn new(store: Store) -> Self {
+        RunLog { store }
+    }
+
+    /// Opens a run; returns its id.
+    pub fn begin(&self, run: &NewRun<'_>) -> anyhow::Result<i64> {
+        let conn = self.store.lock();
+        conn.execute(
+            "INSERT INTO runs (registry, repository, policy, decided_by, owner, started_at, status,
+                               tags_seen, tags_to_delete, digests_planned, tags_planned)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'deleting', ?7, 0, 0, 0)",
+            params![
+                run.registry,
+                run.repository,
+                run.policy,
+                run.decided_by,
+                run.owner,
+                Timestamp::now().unix_micros(),
+                run.tags_seen as i64,
+            ],
+        )
+        .map_err(|e| anyhow::anyhow!("recording the run of {} in {}: {e}", run.repository, self.store.describe()))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Records what run `id`'s plan is about to do.
+    pub fn set_plan(&self, id: i64, plan: RunPlan) -> anyhow::Result<()> {
+        self.store
+            .lock()
+            .execute(
+                "UPDATE runs SET tags_to_delete = ?2, digests_planned = ?3, tags_planned = ?4 WHERE id = ?1",
+                params![id, plan.tags_to_delete as i64, plan.digests_planned as i64, plan.tags_planned as i64],
+            )
+            .map_err(|e| anyhow::anyhow!("recording the plan of run {id} in {}: {e}", self.store.describe()))?;
+        Ok(())
+    }
+
+    /// Closes run `id` with how it ended.
+    pub fn finish(&self, id: i64, s: &RunSummary<'_>) -> anyhow::Result<()> {
+        self.store
+            .lock()
+            .execute(
+                "UPDATE runs SET finished_at = ?2, status = ?3, tags_deleted = ?4, manifests_deleted = ?5, failed = ?6, detail = ?7
+                 WHERE id = ?1",
+                params![
+                    id,
+                    Timestamp::now().unix_micros(),
+                    s.status,
+                    s.tags_deleted as i64,
+                    s.manifests_deleted as i64,
+                    s.failed as i64,
+                    s.detail
+                ],
+            )
+            .map_err(|e| anyhow::anyhow!("closing run {id} in {}: {e}", self.store.describe()))?;
+        Ok(())
+    }
+
+    /// Closes run `id` as interrupted, unless it was closed meanwhile.
+    pub fn close_interrupted(&self, id: i64, detail: &str) -> anyhow::Result<()> {
+        self.store
+            .lock()
+            .execute(
+                "UPDATE runs SET finished_at = ?2, status = 'interrupted', detail = ?3 WHERE id = ?1 AND finished_at IS NULL",
+                params![id, Timestamp::now().unix_micros(), detail],
+            )
+            .map_err(|e| anyhow::anyhow!("closing run {id} in {}: {e}", self.store.describe()))?;
+        Ok(())
+    }
+
+    /// Runs on `repository` of `registry` that were never closed, oldest first.
+    pub fn open(&self, registry: &str, repository: &str) -> anyhow::Result<Vec<OpenRun>> {
+        let conn = self.store.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, owner, started_at FROM runs WHERE finished_at IS NULL AND registry = ?1 AND repository = ?2 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![registry, repository], |r| {
+            Ok(OpenRun { id: r.get(0)?, owner: r.get(1)?, started_at: Timestamp::from_unix_micros(r.get(2)?) })
+        })?;
+        rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading open runs in {}: {e}", self.store.describe()))
+    }
+
+    /// Repositories of `registry` with runs never closed, sorted.
+    pub fn repositories_with_open_runs(&self, registry: &str) -> anyhow::Result<Vec<String>> {
+        let conn = self.store.lock();
+        let mut stmt =
+            conn.prepare_cached("SELECT DISTINCT repository FROM runs WHERE finished_at IS NULL AND registry = ?1 ORDER BY repository")?;
+        let rows = stmt.query_map(params![registry], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading open runs in {}: {e}", self.store.describe()))
+    }
+
+    /// The status of run `id` (`deleting` while open), for tests and reports.
+    pub fn status(&self, id: i64) -> anyhow::Result<Option<String>> {
+        use rusqlite::OptionalExtension;
+        Ok(self.store.lock().query_row("SELECT status FROM runs WHERE id = ?1", params![id], |r| r.get(0)).optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_open_before_deleting_and_close_once() {
+        let runs = Store::in_memory().unwrap().runs();
+        let new = NewRun { registry: "http://r", repository: "g/app", policy: "p", decided_by: "p (x)", owner: "me", tags_seen: 10 };
+        let a = runs.begin(&new).unwrap();
+        runs.set_plan(a, RunPlan { tags_to_delete: 4, digests_planned: 3, tags_planned: 4 }).unwrap();
+        let b = runs.begin(&new).unwrap();
+        assert_eq!(runs.open("http://r", "g/app").unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [a, b]);
+        assert_eq!(runs.repositories_with_open_runs("http://r").unwrap(), ["g/app"]);
+        runs.finish(a, &RunSummary { status: "completed", tags_deleted: 4, manifests_deleted: 3, failed: 0, detail: None }).unwrap();
+        runs.close_interrupted(b, "owner gone").unwrap();
+        runs.close_interrupted(a, "too late").unwrap();
+        assert_eq!(runs.status(a).unwrap().as_deref(), Some("completed"), "a closed run is not closed again");
+        assert_eq!(runs.status(b).unwrap().as_deref(), Some("interrupted"));
+        assert!(runs.open("http://r", "g/app").unwrap().is_empty());
+    }
+}
