@@ -82,18 +82,23 @@ async fn seed_repository(seed: &Seeder, repo: &str, rng: &mut Rng) -> serde_json
     params
 }
 
-/// Tags the policy keeps on `repo` as it is now: what an uninterrupted pass leaves.
-async fn kept_tags(url: &str, repo: &str, params: &serde_json::Value) -> BTreeMap<String, String> {
+/// Tags the policy keeps on `repo` as it is now (what an uninterrupted pass leaves), and how
+/// many deletion requests the plan makes (digests, then tags removed one by one plus the
+/// dummy method's few requests), so interruptions can land in every phase.
+async fn kept_tags(url: &str, repo: &str, params: &serde_json::Value) -> (BTreeMap<String, String>, usize) {
     let store = Store::in_memory().unwrap();
     let list = client(url, &store).tag_list(repo, &|_, _| {}).await.unwrap().expect("the repository exists");
     let plan = tagwarden::pass::plan(&gitlab(params.clone()), list, Timestamp::parse_rfc3339(NOW).unwrap(), &Guards::default()).unwrap();
-    plan.list
+    let requests = plan.deletion.digests.len() + if plan.deletion.shared_tags.is_empty() { 0 } else { plan.deletion.shared_tags.len() + 4 };
+    let kept = plan
+        .list
         .tags()
         .iter()
         .zip(&plan.tags)
         .filter(|(_, v)| v.action == Action::Keep)
         .map(|(t, _)| (t.name.clone(), t.digest.to_string()))
-        .collect()
+        .collect();
+    (kept, requests)
 }
 
 /// Every tag of `repo` and the digest it resolves to. Deletions forwarded after a kill may
@@ -134,14 +139,14 @@ async fn interrupted_passes_converge_without_losing_a_kept_tag() {
         let repo = format!("t/r{iteration}");
         let params = seed_repository(&seed, &repo, &mut rng).await;
         let before = snapshot(&seed, &repo).await;
-        let kept = kept_tags(reg.url(), &repo, &params).await;
+        let (kept, requests) = kept_tags(reg.url(), &repo, &params).await;
         figures.tags += before.len();
         let dir = tempfile::tempdir().unwrap();
         let config = write_config_for(dir.path(), proxy.url(), &params, &[&repo]);
         let context = format!("iteration {iteration} ({repo}, params {params})");
 
         // Interrupt the k-th mutating request (a delete, or a manifest PUT moving a tag).
-        let k = rng.below(12) as usize;
+        let k = rng.below(requests as u64 + 1) as usize;
         let kill = rng.chance(60);
         let mut held_deletes = proxy.hold(Some("DELETE"), &format!("/v2/{repo}/"), usize::MAX);
         let mut held_puts = proxy.hold(Some("PUT"), &format!("/v2/{repo}/manifests/"), usize::MAX);
