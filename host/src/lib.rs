@@ -10,6 +10,7 @@
 //! - [`store`]: the only module that owns SQL (metadata cache, later the daemon's state).
 //! - [`pass`]: one cleanup pass over one repository (plan, execute, reconcile).
 //! - [`plugins`]: finding plugin files by name or path.
+//! - [`scheduler`]: cadence and claim order as pure functions of state and time.
 //! - [`setup`]: config → policies, store, backend and pass context, for every command.
 //! - [`cli`]: the command line; glue over the rest.
 
@@ -24,5 +25,6 @@ pub mod plugins;
 pub mod recording;
 pub mod registry;
 pub mod runtime;
+pub mod scheduler;
 pub mod setup;
 pub mod store;

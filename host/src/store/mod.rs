@@ -13,6 +13,9 @@
 //! - [`RunLog`] (`runs`): one row per pass that reached a plan, opened before its first deletion
 //!   request and closed after its last; its audit rows point at it.
 //!
+//! - [`StateStore`] (`policies`, `repositories`): the cleanup state the scheduler works from,
+//!   and the atomic claim of the next repository.
+//!
 //! The daemon's state (runs, schedules) will be further tables of the same database, added as new
 //! entries of [`MIGRATIONS`].
 //!
@@ -25,6 +28,7 @@
 mod audit;
 mod metadata;
 mod runs;
+mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,6 +40,7 @@ use rusqlite::Connection;
 pub use audit::{AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditRecord, OpenAttempt};
 pub use metadata::{ManifestMetadata, MetadataCache};
 pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunSummary};
+pub use state::{Claim, CleanupStatus, PolicyState, RepositoryState, StateStore};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many have run.
 /// Append only: never edit an entry that has shipped.
@@ -97,6 +102,30 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX runs_open ON runs (registry, repository) WHERE finished_at IS NULL;
     ALTER TABLE audit_log ADD COLUMN run_id INTEGER REFERENCES runs (id);
     CREATE INDEX audit_log_open ON audit_log (registry, repository) WHERE outcome = 'attempted';",
+    // 5: the cleanup state (state.rs). Times are microseconds since the epoch. The claim
+    // query probes (policy, status) in started_at order: that index makes it one seek.
+    "CREATE TABLE policies (
+        name         TEXT PRIMARY KEY NOT NULL,
+        enabled      INTEGER NOT NULL,
+        cadence_secs INTEGER NOT NULL,
+        next_run_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE repositories (
+        path                 TEXT PRIMARY KEY NOT NULL,
+        policy               TEXT NOT NULL,
+        status               TEXT NOT NULL,
+        started_at           INTEGER,
+        completed_at         INTEGER,
+        next_attempt_at      INTEGER,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        last_failure_class   TEXT,
+        last_failure_status  INTEGER,
+        last_failure_reason  TEXT,
+        last_deleted         INTEGER,
+        lease_owner          TEXT,
+        lease_expires_at     INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX repositories_claim ON repositories (policy, status, started_at);",
 ];
 
 /// How long a statement waits for another process's write lock before failing.

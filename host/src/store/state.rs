@@ -1,0 +1,440 @@
+//! The cleanup state: policies (cadence, `next_run_at`) and repositories (status, start and
+//! completion times, backoff, last failure, lease), and the atomic claim of the next
+//! repository to clean.
+//!
+//! [`StateStore`] is the seam for a second implementation (PostgreSQL, several hosts sharing
+//! one queue with `FOR UPDATE SKIP LOCKED`). It is synchronous: SQLite is, a claim is one short
+//! transaction, and callers on async threads run it in `spawn_blocking`; a PostgreSQL
+//! implementation keeps the same shape with a blocking pool. The claim query implements
+//! [`crate::scheduler::claim_order`] and is tested against it.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use super::Store;
+use crate::model::Timestamp;
+
+/// Where a repository's cleanup stands (GitLab's statuses, plus `failed` and `gone`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CleanupStatus {
+    /// Nothing to do until its policy is due.
+    Unscheduled,
+    /// Its policy fired; it runs soon.
+    Scheduled,
+    /// A worker holds it (under a lease).
+    Ongoing,
+    /// A pass hit a limit (time budget, truncation, failed deletes); resumed when no
+    /// scheduled work waits.
+    Unfinished,
+    /// The backoff plugin gave up; only an operator's retry brings it back.
+    Failed,
+    /// The registry no longer has it (seed 001): done, never retried in a loop.
+    Gone,
+}
+
+impl CleanupStatus {
+    pub const ALL: [CleanupStatus; 6] = [
+        CleanupStatus::Unscheduled,
+        CleanupStatus::Scheduled,
+        CleanupStatus::Ongoing,
+        CleanupStatus::Unfinished,
+        CleanupStatus::Failed,
+        CleanupStatus::Gone,
+    ];
+
+    /// The name stored and shown (`cleanup_unscheduled`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CleanupStatus::Unscheduled => "cleanup_unscheduled",
+            CleanupStatus::Scheduled => "cleanup_scheduled",
+            CleanupStatus::Ongoing => "cleanup_ongoing",
+            CleanupStatus::Unfinished => "cleanup_unfinished",
+            CleanupStatus::Failed => "cleanup_failed",
+            CleanupStatus::Gone => "cleanup_gone",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s).with_context(|| format!("unknown cleanup status `{s}` in the state database"))
+    }
+}
+
+/// A policy's scheduling state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyState {
+    pub name: String,
+    pub enabled: bool,
+    pub cadence: Duration,
+    /// When it is next due; its repositories require cleanup once this has passed.
+    pub next_run_at: Timestamp,
+}
+
+/// A repository's cleanup state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryState {
+    pub path: String,
+    pub policy: String,
+    pub status: CleanupStatus,
+    pub started_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+    /// Backoff: not claimed before this.
+    pub next_attempt_at: Option<Timestamp>,
+    pub consecutive_failures: u32,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<Timestamp>,
+}
+
+/// A repository a worker now holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub path: String,
+    pub policy: String,
+    /// The status it was claimed from (`Unscheduled`, `Scheduled` or `Unfinished`).
+    pub from: CleanupStatus,
+    pub started_at: Timestamp,
+}
+
+/// The cleanup state, behind a seam for a second (shared) implementation.
+pub trait StateStore: Send + Sync {
+    /// Creates or updates a policy. A new policy is due at `first_run_at`.
+    fn upsert_policy(&self, name: &str, enabled: bool, cadence: Duration, first_run_at: Timestamp) -> anyhow::Result<()>;
+
+    /// Adds `paths` under `policy` (new ones unscheduled) and moves existing ones to it.
+    fn add_repositories(&self, policy: &str, paths: &[String]) -> anyhow::Result<()>;
+
+    /// Claims the next repository in GitLab's order ([`crate::scheduler::claim_order`]),
+    /// atomically: it becomes ongoing, started now, leased to `owner` until `now + lease`.
+    fn claim_next(&self, now: Timestamp, owner: &str, lease: Duration) -> anyhow::Result<Option<Claim>>;
+
+    /// The state of one repository.
+    fn repository(&self, path: &str) -> anyhow::Result<Option<RepositoryState>>;
+
+    /// The state of one policy.
+    fn policy(&self, name: &str) -> anyhow::Result<Option<PolicyState>>;
+}
+
+/// Clause shared by the two claim queries: claimable now (no backoff pending).
+const NO_BACKOFF: &str = "(next_attempt_at IS NULL OR next_attempt_at <= ?2)";
+
+impl StateStore for Store {
+    fn upsert_policy(&self, name: &str, enabled: bool, cadence: Duration, first_run_at: Timestamp) -> anyhow::Result<()> {
+        let cadence = i64::try_from(cadence.as_secs()).context("cadence too long")?;
+        self.lock()
+            .execute(
+                "INSERT INTO policies (name, enabled, cadence_secs, next_run_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO UPDATE SET enabled = excluded.enabled, cadence_secs = excluded.cadence_secs",
+                params![name, enabled, cadence, first_run_at.unix_micros()],
+            )
+            .with_context(|| format!("recording policy `{name}` in {}", self.describe()))?;
+        Ok(())
+    }
+
+    fn add_repositories(&self, policy: &str, paths: &[String]) -> anyhow::Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO repositories (path, policy, status) VALUES (?1, ?2, 'cleanup_unscheduled')
+                 ON CONFLICT (path) DO UPDATE SET policy = excluded.policy",
+            )?;
+            for path in paths {
+                stmt.execute(params![path, policy])?;
+            }
+        }
+        tx.commit().with_context(|| format!("recording the repositories of policy `{policy}` in {}", self.describe()))?;
+        Ok(())
+    }
+
+    fn claim_next(&self, now: Timestamp, owner: &str, lease: Duration) -> anyhow::Result<Option<Claim>> {
+        let mut conn = self.lock();
+        // IMMEDIATE: the write lock is taken before reading, so two processes never claim
+        // the same repository.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now_us = now.unix_micros();
+        let policies: Vec<(String, i64)> = {
+            let mut stmt = tx.prepare_cached("SELECT name, next_run_at FROM policies WHERE enabled ORDER BY name")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+        };
+        // Tier 0: requiring cleanup, unscheduled before scheduled, oldest start first (never
+        // started first). One indexed probe per due policy and status; policies are few.
+        let mut found: Option<(String, String, CleanupStatus, Option<i64>)> = None;
+        'tiers: for status in [CleanupStatus::Unscheduled, CleanupStatus::Scheduled] {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT path, started_at FROM repositories
+                 WHERE policy = ?1 AND status = ?3 AND (started_at IS NULL OR started_at < ?4) AND {NO_BACKOFF}
+                 ORDER BY started_at LIMIT 1"
+            ))?;
+            for (policy, next_run_at) in policies.iter().filter(|(_, next)| *next < now_us) {
+                let candidate: Option<(String, Option<i64>)> =
+                    stmt.query_row(params![policy, now_us, status.as_str(), next_run_at], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+                if let Some((path, started)) = candidate
+                    && found.as_ref().is_none_or(|(_, _, _, best)| earlier(started, *best))
+                {
+                    found = Some((path, policy.clone(), status, started));
+                }
+            }
+            if found.is_some() {
+                break 'tiers;
+            }
+        }
+        // Tier 1: unfinished work, oldest start first.
+        if found.is_none() {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT path, started_at FROM repositories
+                 WHERE policy = ?1 AND status = 'cleanup_unfinished' AND {NO_BACKOFF}
+                 ORDER BY started_at LIMIT 1"
+            ))?;
+            for (policy, _) in &policies {
+                let candidate: Option<(String, Option<i64>)> =
+                    stmt.query_row(params![policy, now_us], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+                if let Some((path, started)) = candidate
+                    && found.as_ref().is_none_or(|(_, _, _, best)| earlier(started, *best))
+                {
+                    found = Some((path, policy.clone(), CleanupStatus::Unfinished, started));
+                }
+            }
+        }
+        let Some((path, policy, from, _)) = found else {
+            return Ok(None);
+        };
+        let expires = now.unix_micros().saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+        let changed = tx.execute(
+            "UPDATE repositories SET status = 'cleanup_ongoing', started_at = ?2, lease_owner = ?3, lease_expires_at = ?4
+             WHERE path = ?1 AND status = ?5",
+            params![path, now_us, owner, expires, from.as_str()],
+        )?;
+        if changed != 1 {
+            bail!("claiming {path} in {}: its row changed under an immediate transaction", self.describe());
+        }
+        tx.commit().with_context(|| format!("claiming {path} in {}", self.describe()))?;
+        Ok(Some(Claim { path, policy, from, started_at: now }))
+    }
+
+    fn repository(&self, path: &str) -> anyhow::Result<Option<RepositoryState>> {
+        let conn = self.lock();
+        let row = conn
+            .query_row(
+                "SELECT path, policy, status, started_at, completed_at, next_attempt_at, consecutive_failures, lease_owner, lease_expires_at
+                 FROM repositories WHERE path = ?1",
+                params![path],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                        r.get::<_, u32>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                        r.get::<_, Option<i64>>(8)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((path, policy, status, started, completed, next_attempt, failures, owner, expires)) = row else {
+            return Ok(None);
+        };
+        let ts = |t: Option<i64>| t.map(Timestamp::from_unix_micros);
+        Ok(Some(RepositoryState {
+            path,
+            policy,
+            status: CleanupStatus::parse(&status)?,
+            started_at: ts(started),
+            completed_at: ts(completed),
+            next_attempt_at: ts(next_attempt),
+            consecutive_failures: failures,
+            lease_owner: owner,
+            lease_expires_at: ts(expires),
+        }))
+    }
+
+    fn policy(&self, name: &str) -> anyhow::Result<Option<PolicyState>> {
+        let conn = self.lock();
+        Ok(conn
+            .query_row("SELECT name, enabled, cadence_secs, next_run_at FROM policies WHERE name = ?1", params![name], |r| {
+                Ok(PolicyState {
+                    name: r.get(0)?,
+                    enabled: r.get(1)?,
+                    cadence: Duration::from_secs(r.get::<_, i64>(2)?.max(0) as u64),
+                    next_run_at: Timestamp::from_unix_micros(r.get(3)?),
+                })
+            })
+            .optional()?)
+    }
+}
+
+/// Whether start time `a` sorts before `b` in the claim order (never started first).
+fn earlier(a: Option<i64>, b: Option<i64>) -> bool {
+    match (a, b) {
+        (None, Some(_)) => true,
+        (Some(a), Some(b)) => a < b,
+        _ => false,
+    }
+}
+
+impl Store {
+    /// Sets a repository's state as given (tests, and the daemon's transitions once built).
+    pub fn put_repository_state(&self, s: &RepositoryState) -> anyhow::Result<()> {
+        let us = |t: Option<Timestamp>| t.map(Timestamp::unix_micros);
+        self.lock().execute(
+            "INSERT INTO repositories (path, policy, status, started_at, completed_at, next_attempt_at, consecutive_failures, lease_owner, lease_expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (path) DO UPDATE SET policy = excluded.policy, status = excluded.status, started_at = excluded.started_at,
+               completed_at = excluded.completed_at, next_attempt_at = excluded.next_attempt_at,
+               consecutive_failures = excluded.consecutive_failures, lease_owner = excluded.lease_owner,
+               lease_expires_at = excluded.lease_expires_at",
+            params![
+                s.path,
+                s.policy,
+                s.status.as_str(),
+                us(s.started_at),
+                us(s.completed_at),
+                us(s.next_attempt_at),
+                s.consecutive_failures,
+                s.lease_owner,
+                us(s.lease_expires_at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Sets a policy's state as given (tests, and the daemon's cadence step once built).
+    pub fn put_policy_state(&self, p: &PolicyState) -> anyhow::Result<()> {
+        self.lock().execute(
+            "INSERT INTO policies (name, enabled, cadence_secs, next_run_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET enabled = excluded.enabled, cadence_secs = excluded.cadence_secs, next_run_at = excluded.next_run_at",
+            params![p.name, p.enabled, p.cadence.as_secs() as i64, p.next_run_at.unix_micros()],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::claim_order;
+
+    fn t(s: &str) -> Timestamp {
+        Timestamp::parse_rfc3339(s).unwrap()
+    }
+
+    const NOW: &str = "2026-11-20T12:00:00Z";
+
+    fn repo(path: &str, policy: &str, status: CleanupStatus, started_at: Option<&str>) -> RepositoryState {
+        RepositoryState {
+            path: path.into(),
+            policy: policy.into(),
+            status,
+            started_at: started_at.map(t),
+            completed_at: None,
+            next_attempt_at: None,
+            consecutive_failures: 0,
+            lease_owner: None,
+            lease_expires_at: None,
+        }
+    }
+
+    /// The policy states of GitLab's worker spec.
+    fn policy(name: &str, kind: &str) -> PolicyState {
+        let (enabled, next_run_at) = match kind {
+            "runnable" => (true, "2026-11-20T11:00:00Z"),     // due an hour ago
+            "not runnable" => (true, "2026-11-21T12:00:00Z"), // due tomorrow
+            "disabled" => (false, "2026-11-20T11:00:00Z"),
+            _ => unreachable!(),
+        };
+        PolicyState { name: name.into(), enabled, cadence: Duration::from_secs(86_400), next_run_at: t(next_run_at) }
+    }
+
+    /// What the store claims first from `repos` (all under one policy state `kind`).
+    fn claimed(kind: &str, repos: &[RepositoryState]) -> Option<String> {
+        let store = Store::in_memory().unwrap();
+        store.put_policy_state(&policy("p", kind)).unwrap();
+        for r in repos {
+            store.put_repository_state(r).unwrap();
+        }
+        store.claim_next(t(NOW), "me", Duration::from_secs(60)).unwrap().map(|c| c.path)
+    }
+
+    /// The claim order as a table, as GitLab's worker spec has it: two repositories' statuses
+    /// (and starts) × policy runnable / not runnable / disabled. The store's query and the
+    /// pure [`claim_order`] must agree on every row.
+    #[test]
+    fn claim_order_table() {
+        use CleanupStatus::*;
+        let before = Some("2026-11-20T10:00:00Z"); // started before the policy became due
+        let after = Some("2026-11-20T11:30:00Z"); // started since
+        let older = Some("2026-11-19T10:00:00Z");
+        #[rustfmt::skip]
+        let table: &[(CleanupStatus, Option<&str>, CleanupStatus, Option<&str>, &str, Option<&str>)] = &[
+            // a status, a started, b status, b started, policy, claimed first
+            (Unscheduled, before, Scheduled,   older,  "runnable",     Some("a")), // unscheduled before scheduled
+            (Scheduled,   older,  Unscheduled, before, "runnable",     Some("b")),
+            (Unscheduled, before, Unscheduled, older,  "runnable",     Some("b")), // oldest start first
+            (Unscheduled, None,   Unscheduled, older,  "runnable",     Some("a")), // never started first
+            (Unscheduled, after,  Unscheduled, after,  "runnable",     None),      // both ran this cycle
+            (Unscheduled, after,  Unfinished,  before, "runnable",     Some("b")), // then unfinished work
+            (Unfinished,  before, Unscheduled, before, "runnable",     Some("b")), // scheduled work first
+            (Unfinished,  before, Unfinished,  older,  "runnable",     Some("b")),
+            (Ongoing,     older,  Ongoing,     older,  "runnable",     None),      // never an ongoing one
+            (Ongoing,     older,  Unfinished,  before, "runnable",     Some("b")),
+            (Failed,      older,  Gone,        older,  "runnable",     None),
+            (Unscheduled, before, Scheduled,   older,  "not runnable", None),
+            (Unfinished,  before, Unscheduled, before, "not runnable", Some("a")), // unfinished resumes any time
+            (Unscheduled, before, Unfinished,  before, "disabled",     None),
+            (Unfinished,  before, Unfinished,  older,  "disabled",     None),
+        ];
+        for (i, (sa, ta, sb, tb, kind, expected)) in table.iter().enumerate() {
+            let (a, b) = (repo("a", "p", *sa, *ta), repo("b", "p", *sb, *tb));
+            let got = claimed(kind, &[a.clone(), b.clone()]);
+            assert_eq!(got.as_deref(), *expected, "row {i}: {sa:?} {ta:?} / {sb:?} {tb:?}, policy {kind}");
+            // The pure order agrees: the winner sorts first, and nothing claimable is missed.
+            let p = policy("p", kind);
+            let first = match claim_order((&p, &a), (&p, &b), t(NOW)) {
+                std::cmp::Ordering::Greater => &b,
+                _ => &a,
+            };
+            if let Some(winner) = expected {
+                assert_eq!(&first.path, winner, "row {i}: claim_order disagrees with the store");
+            }
+        }
+    }
+
+    #[test]
+    fn a_claim_is_atomic_and_leased_and_backoff_is_respected() {
+        let store = Store::in_memory().unwrap();
+        store.put_policy_state(&policy("p", "runnable")).unwrap();
+        let mut waiting = repo("waiting", "p", CleanupStatus::Unscheduled, None);
+        waiting.next_attempt_at = Some(t("2026-11-20T12:05:00Z"));
+        store.put_repository_state(&waiting).unwrap();
+        store.put_repository_state(&repo("ready", "p", CleanupStatus::Unscheduled, Some("2026-11-20T10:00:00Z"))).unwrap();
+        let claim = store.claim_next(t(NOW), "host-a", Duration::from_secs(300)).unwrap().unwrap();
+        assert_eq!((claim.path.as_str(), claim.from), ("ready", CleanupStatus::Unscheduled));
+        let state = store.repository("ready").unwrap().unwrap();
+        assert_eq!(state.status, CleanupStatus::Ongoing);
+        assert_eq!(state.started_at, Some(t(NOW)));
+        assert_eq!(state.lease_owner.as_deref(), Some("host-a"));
+        assert_eq!(state.lease_expires_at, Some(t("2026-11-20T12:05:00Z")));
+        // `waiting` backs off until 12:05; nothing else is claimable.
+        assert_eq!(store.claim_next(t(NOW), "host-b", Duration::from_secs(300)).unwrap(), None);
+        let later = store.claim_next(t("2026-11-20T12:05:00Z"), "host-b", Duration::from_secs(300)).unwrap().unwrap();
+        assert_eq!(later.path, "waiting");
+    }
+
+    #[test]
+    fn policies_and_repositories_are_added_and_moved() {
+        let store = Store::in_memory().unwrap();
+        store.upsert_policy("a", true, Duration::from_secs(86_400), t(NOW)).unwrap();
+        store.upsert_policy("b", true, Duration::from_secs(7 * 86_400), t(NOW)).unwrap();
+        store.add_repositories("a", &["g/x".into(), "g/y".into()]).unwrap();
+        store.add_repositories("b", &["g/y".into()]).unwrap();
+        assert_eq!(store.repository("g/y").unwrap().unwrap().policy, "b");
+        assert_eq!(store.repository("g/x").unwrap().unwrap().status, CleanupStatus::Unscheduled);
+        // Updating a policy keeps its next run.
+        store.upsert_policy("a", false, Duration::from_secs(3_600), t("2030-01-01T00:00:00Z")).unwrap();
+        let a = store.policy("a").unwrap().unwrap();
+        assert_eq!((a.enabled, a.cadence, a.next_run_at), (false, Duration::from_secs(3_600), t(NOW)));
+    }
+}
