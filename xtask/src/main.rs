@@ -16,6 +16,7 @@ use std::process::{Command, ExitCode};
 const PLUGINS: &[&str] = &[
     "gitlab-retention",
     "ecr-lifecycle",
+    "harbor-retention",
     "exponential-backoff",
     "stale-timeout",
     "hostile-retention",
