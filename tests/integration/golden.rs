@@ -1,6 +1,7 @@
 //! Golden cases (`tests/golden/<case>/`) evaluated through the Wasm runtime.
 //!
-//! The same files are checked natively by the gitlab-retention crate's own tests, so a
+//! A case belongs to the plugin its `plugin` file names, `gitlab-retention` when it has
+//! none. The same files are checked natively by each plugin crate's own tests, so a
 //! difference between the two paths shows up as a failure in exactly one of them.
 
 use serde_json::Value;
@@ -10,7 +11,16 @@ use tagwarden::runtime::{PluginLimits, RetentionPlugin};
 use crate::support;
 
 fn retention() -> RetentionPlugin {
-    support::plugin("gitlab-retention", PluginLimits::default()).into_retention().unwrap()
+    plugin("gitlab-retention")
+}
+
+fn plugin(name: &str) -> RetentionPlugin {
+    support::plugin(name, PluginLimits::default()).into_retention().unwrap()
+}
+
+/// The plugin a case belongs to: its `plugin` file, else gitlab-retention (the first cases).
+fn case_plugin(case: &std::path::Path) -> String {
+    std::fs::read_to_string(case.join("plugin")).map_or_else(|_| "gitlab-retention".to_owned(), |s| s.trim().to_owned())
 }
 
 /// Runs one case; returns a description of the mismatch, if any.
@@ -66,16 +76,22 @@ fn check(case: &std::path::Path, plugin: &RetentionPlugin) -> Result<(), String>
 
 #[test]
 fn every_golden_case_matches_through_wasm() {
-    let plugin = retention();
     let dir = support::workspace().join("tests/golden");
     let mut cases: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     cases.sort();
     assert!(cases.len() >= 20, "expected at least 20 golden cases in {}, found {}", dir.display(), cases.len());
     let failures: Vec<String> = cases
         .iter()
-        .filter_map(|c| check(c, &plugin).err().map(|e| format!("{}: {e}", c.file_name().unwrap().to_string_lossy())))
+        .filter_map(|c| {
+            let name = case_plugin(c);
+            check(c, &plugin(&name)).err().map(|e| format!("{} ({name}): {e}", c.file_name().unwrap().to_string_lossy()))
+        })
         .collect();
     assert!(failures.is_empty(), "{} of {} golden cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    // Every bundled retention plugin with cases has some here.
+    for name in ["gitlab-retention", "ecr-lifecycle", "harbor-retention", "gar-cleanup", "acr-purge"] {
+        assert!(cases.iter().any(|c| case_plugin(c) == name), "no golden case for {name}");
+    }
 }
 
 #[test]

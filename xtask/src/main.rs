@@ -13,7 +13,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 /// Plugin crates built for wasm32-wasip2: (crate name, kind of artifact).
-const PLUGINS: &[&str] = &["gitlab-retention", "exponential-backoff", "stale-timeout", "hostile-retention", "wrong-world"];
+const PLUGINS: &[&str] = &[
+    "gitlab-retention",
+    "ecr-lifecycle",
+    "harbor-retention",
+    "gar-cleanup",
+    "acr-purge",
+    "exponential-backoff",
+    "stale-timeout",
+    "hostile-retention",
+    "wrong-world",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
