@@ -64,6 +64,8 @@ fn main() -> anyhow::Result<()> {
                                 consecutive_failures: 0,
                                 lease_owner: None,
                                 lease_expires_at: None,
+                                last_failure: None,
+                                last_deleted: None,
                             })?;
                         }
                         Ok(out)

@@ -23,6 +23,8 @@ pub struct Config {
     pub deletion: DeletionSection,
     #[serde(rename = "policy", default)]
     pub policies: Vec<PolicySection>,
+    #[serde(default)]
+    pub serve: ServeSection,
     /// The file it was read from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -110,11 +112,61 @@ pub struct PolicySection {
     pub memory_mib: usize,
     #[serde(default)]
     pub fuel: Option<u64>,
+    /// How often the daemon runs the policy (`1d`, `7d`, `14d`, `1month`, `3month`, or a
+    /// duration).
+    #[serde(default = "defaults::cadence", deserialize_with = "cadence")]
+    pub cadence: crate::scheduler::Cadence,
+    /// A disabled policy is never run by the daemon (its repositories are not claimed).
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
+}
+
+/// `[serve]`: the daemon.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSection {
+    /// Passes running at once.
+    #[serde(default = "defaults::worker_capacity")]
+    pub worker_capacity: usize,
+    /// When a policy the daemon has never run is first due: `now` (at once), or
+    /// `after-cadence` (GitLab's behaviour: one cadence after it is first seen).
+    #[serde(default)]
+    pub first_run: FirstRun,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        ServeSection { worker_capacity: defaults::worker_capacity(), first_run: FirstRun::default() }
+    }
+}
+
+/// See [`ServeSection::first_run`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirstRun {
+    #[default]
+    Now,
+    AfterCadence,
+}
+
+fn cadence<'de, D: Deserializer<'de>>(d: D) -> Result<crate::scheduler::Cadence, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|e: anyhow::Error| serde::de::Error::custom(format!("{e:#}")))
 }
 
 mod defaults {
     use std::path::PathBuf;
     use std::time::Duration;
+
+    pub fn cadence() -> crate::scheduler::Cadence {
+        "1d".parse().expect("a valid cadence")
+    }
+    pub fn enabled() -> bool {
+        true
+    }
+    pub fn worker_capacity() -> usize {
+        2
+    }
 
     pub fn request_timeout() -> Duration {
         Duration::from_secs(30)
@@ -206,6 +258,9 @@ impl Config {
         }
         if d.concurrency == 0 {
             bail!("at `deletion.concurrency`: expected at least 1");
+        }
+        if self.serve.worker_capacity == 0 {
+            bail!("at `serve.worker_capacity`: expected at least 1 (passes running at once)");
         }
         if let Some(f) = d.max_delete_fraction
             && !(0.0..=1.0).contains(&f)

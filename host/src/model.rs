@@ -57,6 +57,11 @@ impl Timestamp {
         }
     }
 
+    /// `self + d`, saturating.
+    pub fn saturating_add(self, d: std::time::Duration) -> Self {
+        Timestamp(self.0.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
+    }
+
     /// `self - d`, saturating.
     pub fn saturating_sub(self, d: std::time::Duration) -> Self {
         Timestamp(self.0.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))

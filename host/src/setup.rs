@@ -13,11 +13,15 @@ use crate::model::Timestamp;
 use crate::pass::{DeletionLimits, Guards, PassContext, Policy};
 use crate::registry::{RegistryClient, RegistryConfig};
 use crate::runtime::{PluginLimits, PluginRuntime};
+use crate::scheduler::Cadence;
 use crate::store::Store;
 
 /// A policy and the repositories it applies to.
 pub struct BoundPolicy {
     pub policy: Policy,
+    /// How often the daemon runs it, and whether it runs at all.
+    pub cadence: Cadence,
+    pub enabled: bool,
     matcher: globset::GlobSet,
 }
 
@@ -31,6 +35,11 @@ impl BoundPolicy {
 /// The policy for `repository`: the first whose patterns match (config order).
 pub fn policy_for<'a>(policies: &'a [BoundPolicy], repository: &str) -> Option<&'a Policy> {
     policies.iter().find(|p| p.matches(repository)).map(|p| &p.policy)
+}
+
+/// The policy named `name`.
+pub fn policy_by_name<'a>(policies: &'a [BoundPolicy], name: &str) -> Option<&'a Policy> {
+    policies.iter().find(|p| p.policy.name == name).map(|p| &p.policy)
 }
 
 /// Loads every policy's plugin and configures it with the policy's params. Everything that
@@ -49,7 +58,7 @@ pub fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::R
         let limits = PluginLimits { timeout: p.timeout, memory_bytes: p.memory_mib << 20, fuel: p.fuel };
         let plugin = runtime.load_file(&path, limits).with_context(context)?.into_retention().with_context(context)?;
         let policy = Policy::new(&p.name, &plugin, &p.params_json()).with_context(context)?;
-        out.push(BoundPolicy { policy, matcher: p.matcher() });
+        out.push(BoundPolicy { policy, cadence: p.cadence, enabled: p.enabled, matcher: p.matcher() });
     }
     Ok(out)
 }

@@ -6,6 +6,7 @@ mod inspect;
 mod output;
 mod record;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,15 @@ enum Command {
     Record(record::RecordArgs),
     /// Show the most recent deletion attempts from the audit log.
     Audit(audit::AuditArgs),
+    /// Run the cleanup daemon: policies on their cadence, a bounded pool of workers.
+    Serve(serve::ServeArgs),
+    /// Repositories by cleanup status, and the last 24 hours' runs (from the state database).
+    Status(serve::StatusArgs),
+    /// Repositories in the daemon's state: list them, retry a failed one.
+    Repos {
+        #[command(subcommand)]
+        command: serve::ReposCommand,
+    },
     /// Work with plugin files.
     Plugins {
         #[command(subcommand)]
@@ -107,6 +117,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Record(args) => record::run(args),
         Command::Audit(args) => audit::run(args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Status(args) => serve::status(args),
+        Command::Repos { command } => serve::repos(command),
         Command::Plugins { command: PluginsCommand::Inspect(args) } => inspect::run(args),
     }
 }

@@ -159,7 +159,8 @@ pub struct RepositoryReport {
 }
 
 impl RepositoryReport {
-    fn new(repository: &str, policy: &str) -> Self {
+    /// An empty report (status `completed`, nothing seen) for `repository` under `policy`.
+    pub fn new(repository: &str, policy: &str) -> Self {
         RepositoryReport {
             repository: repository.to_owned(),
             policy: policy.to_owned(),

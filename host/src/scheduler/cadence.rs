@@ -22,7 +22,7 @@ impl Cadence {
 
     /// When a policy that runs at `now` runs next (GitLab: `now + cadence`).
     pub fn next_after(self, now: Timestamp) -> Timestamp {
-        Timestamp::from_unix_micros(now.unix_micros().saturating_add(i64::try_from(self.0.as_micros()).unwrap_or(i64::MAX)))
+        now.saturating_add(self.0)
     }
 }
 

@@ -9,8 +9,9 @@
 //! the unfinished ones (oldest start first), so one huge repository that never finishes in a
 //! pass cannot starve the rest. An ongoing repository is never claimed.
 //!
-//! The daemon (`tagwarden serve`) that drives this is not built yet.
+//! `daemon.rs` drives it: `tagwarden serve`.
 
 pub mod cadence;
+pub mod daemon;
 
 pub use cadence::{Cadence, claim_order, requires_cleanup};

@@ -39,8 +39,8 @@ use rusqlite::Connection;
 
 pub use audit::{AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditRecord, OpenAttempt};
 pub use metadata::{ManifestMetadata, MetadataCache};
-pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunSummary};
-pub use state::{Claim, CleanupStatus, PolicyState, RepositoryState, StateStore};
+pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunSummary, RunTotals};
+pub use state::{Claim, CleanupOutcome, CleanupStatus, Lease, PolicyState, RepositoryState, StateStore};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many have run.
 /// Append only: never edit an entry that has shipped.

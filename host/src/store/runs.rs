@@ -44,6 +44,14 @@ pub struct RunSummary<'a> {
     pub detail: Option<&'a str>,
 }
 
+/// Totals over runs (see [`RunLog::since`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunTotals {
+    pub runs: u64,
+    pub tags_deleted: u64,
+    pub failed_runs: u64,
+}
+
 /// A run that has not been closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenRun {
@@ -148,6 +156,22 @@ impl RunLog {
             conn.prepare_cached("SELECT DISTINCT repository FROM runs WHERE finished_at IS NULL AND registry = ?1 ORDER BY repository")?;
         let rows = stmt.query_map(params![registry], |r| r.get(0))?;
         rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading open runs in {}: {e}", self.store.describe()))
+    }
+
+    /// Runs started since `since`: how many, tags deleted, how many failed.
+    pub fn since(&self, since: Timestamp) -> anyhow::Result<RunTotals> {
+        let conn = self.store.lock();
+        Ok(conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(tags_deleted), 0), COUNT(*) FILTER (WHERE status = 'failed') FROM runs WHERE started_at >= ?1",
+            params![since.unix_micros()],
+            |r| {
+                Ok(RunTotals {
+                    runs: r.get::<_, i64>(0)? as u64,
+                    tags_deleted: r.get::<_, i64>(1)? as u64,
+                    failed_runs: r.get::<_, i64>(2)? as u64,
+                })
+            },
+        )?)
     }
 
     /// The status of run `id` (`deleting` while open), for tests and reports.

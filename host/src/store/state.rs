@@ -84,6 +84,10 @@ pub struct RepositoryState {
     pub consecutive_failures: u32,
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<Timestamp>,
+    /// The last failure's error class (`transient`, `unauthorized`, ...) and reason.
+    pub last_failure: Option<(String, String)>,
+    /// Tags the last pass deleted.
+    pub last_deleted: Option<u64>,
 }
 
 /// A repository a worker now holds.
@@ -96,8 +100,59 @@ pub struct Claim {
     pub started_at: Timestamp,
 }
 
+/// How a claimed repository's pass ended, as the state records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CleanupOutcome {
+    /// Everything planned is done: unscheduled until its policy is due again.
+    Done { deleted: usize },
+    /// The repository no longer exists: done, never retried in a loop (seed 001).
+    Gone,
+    /// A limit was hit (budget, deletes that may pass): resumed when capacity allows.
+    Unfinished { deleted: usize, reason: String },
+    /// The pass failed. `next_attempt_at` is when to try again; `None` means give up
+    /// (`cleanup_failed` until an operator retries).
+    Failed { class: String, http_status: Option<u16>, reason: String, next_attempt_at: Option<Timestamp> },
+}
+
+/// An ongoing repository and who holds it, for recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub path: String,
+    pub owner: Option<String>,
+    pub expires_at: Option<Timestamp>,
+}
+
 /// The cleanup state, behind a seam for a second (shared) implementation.
 pub trait StateStore: Send + Sync {
+    /// Records how `owner`'s claim on `path` ended. `false` (nothing changed) when the claim
+    /// is no longer `owner`'s: recovery took it back.
+    fn finish_claim(&self, path: &str, owner: &str, outcome: &CleanupOutcome, now: Timestamp) -> anyhow::Result<bool>;
+
+    /// Every ongoing repository with its lease.
+    fn leases(&self) -> anyhow::Result<Vec<Lease>>;
+
+    /// Puts an ongoing repository whose holder is gone back to `cleanup_unfinished`, if
+    /// `owner` still holds it. The failure count is not increased (GitLab's rule).
+    fn recover(&self, path: &str, owner: Option<&str>) -> anyhow::Result<bool>;
+
+    /// Schedules the next run of every due policy all of whose repositories have started
+    /// since it became due (GitLab: `next_run_at = now + cadence`). Returns the policies moved.
+    fn advance_policies(&self, now: Timestamp) -> anyhow::Result<Vec<String>>;
+
+    /// The earliest future time something becomes claimable (a policy due, a backoff over).
+    fn next_wakeup(&self, now: Timestamp) -> anyhow::Result<Option<Timestamp>>;
+
+    /// How many repositories are in each status.
+    fn status_counts(&self) -> anyhow::Result<Vec<(CleanupStatus, usize)>>;
+
+    /// Repositories (all, or in `status`), by path.
+    fn repositories(&self, status: Option<CleanupStatus>) -> anyhow::Result<Vec<RepositoryState>>;
+
+    /// Puts a `cleanup_failed` (or any not ongoing) repository back in the queue with no
+    /// backoff (as unfinished work: claimed as soon as no scheduled work waits): an
+    /// operator's retry.
+    fn retry(&self, path: &str) -> anyhow::Result<bool>;
+
     /// Creates or updates a policy. A new policy is due at `first_run_at`.
     fn upsert_policy(&self, name: &str, enabled: bool, cadence: Duration, first_run_at: Timestamp) -> anyhow::Result<()>;
 
@@ -212,11 +267,144 @@ impl StateStore for Store {
         Ok(Some(Claim { path, policy, from, started_at: now }))
     }
 
+    fn finish_claim(&self, path: &str, owner: &str, outcome: &CleanupOutcome, now: Timestamp) -> anyhow::Result<bool> {
+        let now = now.unix_micros();
+        let conn = self.lock();
+        let guard = "WHERE path = ?1 AND lease_owner = ?2 AND status = 'cleanup_ongoing'";
+        let changed = match outcome {
+            CleanupOutcome::Done { deleted } => conn.execute(
+                &format!(
+                    "UPDATE repositories SET status = 'cleanup_unscheduled', completed_at = ?3, last_deleted = ?4,
+                       consecutive_failures = 0, next_attempt_at = NULL, lease_owner = NULL, lease_expires_at = NULL {guard}"
+                ),
+                params![path, owner, now, *deleted as i64],
+            )?,
+            CleanupOutcome::Gone => conn.execute(
+                &format!(
+                    "UPDATE repositories SET status = 'cleanup_gone', completed_at = ?3, last_deleted = 0, consecutive_failures = 0,
+                       next_attempt_at = NULL, lease_owner = NULL, lease_expires_at = NULL {guard}"
+                ),
+                params![path, owner, now],
+            )?,
+            CleanupOutcome::Unfinished { deleted, reason } => conn.execute(
+                &format!(
+                    "UPDATE repositories SET status = 'cleanup_unfinished', last_deleted = ?3, consecutive_failures = 0,
+                       next_attempt_at = NULL, last_failure_reason = ?4, lease_owner = NULL, lease_expires_at = NULL {guard}"
+                ),
+                params![path, owner, *deleted as i64, reason],
+            )?,
+            CleanupOutcome::Failed { class, http_status, reason, next_attempt_at } => conn.execute(
+                &format!(
+                    "UPDATE repositories SET status = ?3, next_attempt_at = ?4, consecutive_failures = consecutive_failures + 1,
+                       last_failure_class = ?5, last_failure_status = ?6, last_failure_reason = ?7,
+                       lease_owner = NULL, lease_expires_at = NULL {guard}"
+                ),
+                params![
+                    path,
+                    owner,
+                    if next_attempt_at.is_some() { "cleanup_unfinished" } else { "cleanup_failed" },
+                    next_attempt_at.map(Timestamp::unix_micros),
+                    class,
+                    http_status,
+                    reason
+                ],
+            )?,
+        };
+        Ok(changed == 1)
+    }
+
+    fn leases(&self) -> anyhow::Result<Vec<Lease>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached("SELECT path, lease_owner, lease_expires_at FROM repositories WHERE status = 'cleanup_ongoing'")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Lease { path: r.get(0)?, owner: r.get(1)?, expires_at: r.get::<_, Option<i64>>(2)?.map(Timestamp::from_unix_micros) })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn recover(&self, path: &str, owner: Option<&str>) -> anyhow::Result<bool> {
+        let changed = self.lock().execute(
+            "UPDATE repositories SET status = 'cleanup_unfinished', lease_owner = NULL, lease_expires_at = NULL
+             WHERE path = ?1 AND status = 'cleanup_ongoing' AND lease_owner IS ?2",
+            params![path, owner],
+        )?;
+        Ok(changed == 1)
+    }
+
+    fn advance_policies(&self, now: Timestamp) -> anyhow::Result<Vec<String>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let due: Vec<(String, i64)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT p.name, p.cadence_secs FROM policies p WHERE p.enabled AND p.next_run_at < ?1 AND NOT EXISTS (
+                   SELECT 1 FROM repositories r WHERE r.policy = p.name
+                     AND r.status NOT IN ('cleanup_gone', 'cleanup_failed')
+                     AND (r.status = 'cleanup_ongoing' OR r.started_at IS NULL OR r.started_at < p.next_run_at))",
+            )?;
+            stmt.query_map(params![now.unix_micros()], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+        };
+        for (name, cadence) in &due {
+            tx.execute(
+                "UPDATE policies SET next_run_at = ?2 WHERE name = ?1",
+                params![name, now.unix_micros().saturating_add(cadence.saturating_mul(1_000_000))],
+            )?;
+        }
+        tx.commit()?;
+        Ok(due.into_iter().map(|(n, _)| n).collect())
+    }
+
+    fn next_wakeup(&self, now: Timestamp) -> anyhow::Result<Option<Timestamp>> {
+        let conn = self.lock();
+        let next: Option<i64> = conn.query_row(
+            "SELECT MIN(t) FROM (
+               SELECT next_run_at AS t FROM policies WHERE enabled AND next_run_at > ?1
+               UNION ALL
+               SELECT next_attempt_at FROM repositories WHERE status = 'cleanup_unfinished' AND next_attempt_at > ?1)",
+            params![now.unix_micros()],
+            |r| r.get(0),
+        )?;
+        Ok(next.map(Timestamp::from_unix_micros))
+    }
+
+    fn status_counts(&self) -> anyhow::Result<Vec<(CleanupStatus, usize)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM repositories GROUP BY status")?;
+        let rows: Vec<(String, i64)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        let mut counts: Vec<(CleanupStatus, usize)> = CleanupStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        for (status, n) in rows {
+            let status = CleanupStatus::parse(&status)?;
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == status) {
+                c.1 = n as usize;
+            }
+        }
+        Ok(counts)
+    }
+
+    fn repositories(&self, status: Option<CleanupStatus>) -> anyhow::Result<Vec<RepositoryState>> {
+        let paths: Vec<String> = {
+            let conn = self.lock();
+            let mut stmt = conn.prepare_cached("SELECT path FROM repositories WHERE ?1 IS NULL OR status = ?1 ORDER BY path")?;
+            stmt.query_map(params![status.map(CleanupStatus::as_str)], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        paths.iter().filter_map(|p| self.repository(p).transpose()).collect()
+    }
+
+    fn retry(&self, path: &str) -> anyhow::Result<bool> {
+        let changed = self.lock().execute(
+            "UPDATE repositories SET status = 'cleanup_unfinished', next_attempt_at = NULL, consecutive_failures = 0
+             WHERE path = ?1 AND status != 'cleanup_ongoing'",
+            params![path],
+        )?;
+        Ok(changed == 1)
+    }
+
     fn repository(&self, path: &str) -> anyhow::Result<Option<RepositoryState>> {
         let conn = self.lock();
         let row = conn
             .query_row(
-                "SELECT path, policy, status, started_at, completed_at, next_attempt_at, consecutive_failures, lease_owner, lease_expires_at
+                "SELECT path, policy, status, started_at, completed_at, next_attempt_at, consecutive_failures, lease_owner, lease_expires_at,
+                        last_failure_class, last_failure_reason, last_deleted
                  FROM repositories WHERE path = ?1",
                 params![path],
                 |r| {
@@ -230,11 +418,12 @@ impl StateStore for Store {
                         r.get::<_, u32>(6)?,
                         r.get::<_, Option<String>>(7)?,
                         r.get::<_, Option<i64>>(8)?,
+                        (r.get::<_, Option<String>>(9)?, r.get::<_, Option<String>>(10)?, r.get::<_, Option<i64>>(11)?),
                     ))
                 },
             )
             .optional()?;
-        let Some((path, policy, status, started, completed, next_attempt, failures, owner, expires)) = row else {
+        let Some((path, policy, status, started, completed, next_attempt, failures, owner, expires, (class, reason, deleted))) = row else {
             return Ok(None);
         };
         let ts = |t: Option<i64>| t.map(Timestamp::from_unix_micros);
@@ -248,6 +437,8 @@ impl StateStore for Store {
             consecutive_failures: failures,
             lease_owner: owner,
             lease_expires_at: ts(expires),
+            last_failure: class.map(|c| (c, reason.unwrap_or_default())),
+            last_deleted: deleted.map(|d| d.max(0) as u64),
         }))
     }
 
@@ -276,7 +467,7 @@ fn earlier(a: Option<i64>, b: Option<i64>) -> bool {
 }
 
 impl Store {
-    /// Sets a repository's state as given (tests, and the daemon's transitions once built).
+    /// Sets a repository's state as given, failure details aside (tests and benchmarks).
     pub fn put_repository_state(&self, s: &RepositoryState) -> anyhow::Result<()> {
         let us = |t: Option<Timestamp>| t.map(Timestamp::unix_micros);
         self.lock().execute(
@@ -301,7 +492,7 @@ impl Store {
         Ok(())
     }
 
-    /// Sets a policy's state as given (tests, and the daemon's cadence step once built).
+    /// Sets a policy's state as given (tests and benchmarks).
     pub fn put_policy_state(&self, p: &PolicyState) -> anyhow::Result<()> {
         self.lock().execute(
             "INSERT INTO policies (name, enabled, cadence_secs, next_run_at) VALUES (?1, ?2, ?3, ?4)
@@ -334,6 +525,8 @@ mod tests {
             consecutive_failures: 0,
             lease_owner: None,
             lease_expires_at: None,
+            last_failure: None,
+            last_deleted: None,
         }
     }
 
