@@ -9,12 +9,15 @@
 //! - [`registry`]: the only module that speaks HTTP to registries.
 //! - [`store`]: the only module that owns SQL (metadata cache, later the daemon's state).
 //! - [`plugins`]: finding plugin files by name or path.
+//! - [`input`]: reading operator-supplied files: regular files only, bounded, UTF-8 with positions.
+//! - [`untrusted`]: plugin-supplied text made safe for terminals and logs.
 //! - [`cli`]: the command line; glue over the rest.
 
 pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod deletion;
+pub mod input;
 pub mod model;
 pub mod pass;
 pub mod plugins;
@@ -22,3 +25,4 @@ pub mod recording;
 pub mod registry;
 pub mod runtime;
 pub mod store;
+pub mod untrusted;
