@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::model::{Action, Timestamp};
 use crate::pass::{self, DeletionLimits, Guards, PassContext, Policy, Progress, RepositoryReport};
 use crate::registry::{RegistryClient, RegistryConfig};
-use crate::runtime::{PluginLimits, PluginRuntime};
+use crate::runtime::PluginRuntime;
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
@@ -116,8 +116,7 @@ fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Resul
             p.plugin.clone()
         };
         let path = crate::plugins::resolve(&spec, &[]).with_context(context)?;
-        let limits = PluginLimits { timeout: p.timeout, memory_bytes: p.memory_mib << 20, fuel: p.fuel };
-        let plugin = runtime.load_file(&path, limits).with_context(context)?.into_retention().with_context(context)?;
+        let plugin = runtime.load_file(&path, p.limits()).with_context(context)?.into_retention().with_context(context)?;
         let policy = Policy::new(&p.name, &plugin, &p.params_json()).with_context(context)?;
         out.push(BoundPolicy { policy, matcher: p.matcher() });
     }
@@ -127,7 +126,9 @@ fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Resul
 fn backend(config: &Config, store: &Store) -> anyhow::Result<Backend> {
     let r = &config.registry;
     if let Some(dir) = &r.recordings {
-        return Ok(Backend::Recordings(RecordingBackend::load(&config.resolve_path(dir))?));
+        let backend = RecordingBackend::load(&config.resolve_path(dir))
+            .with_context(|| format!("at `registry.recordings` of {}", config.path.display()))?;
+        return Ok(Backend::Recordings(backend));
     }
     let url = url::Url::parse(r.url.as_deref().expect("validated: url or recordings"))?;
     let mut rc = RegistryConfig::new(url);
@@ -178,6 +179,8 @@ impl ProgressPrinter {
     }
 
     fn line(&self, text: &str) {
+        // Repository names come from the registry or a recording.
+        let text = crate::untrusted::escape(text);
         let mut err = std::io::stderr().lock();
         if self.tty {
             let _ = write!(err, "\r\x1b[2K{text}");
@@ -242,7 +245,7 @@ fn plan_json(plan: &pass::RepositoryPlan) -> serde_json::Value {
 fn print_plan(r: &RepositoryReport) {
     let Some(plan) = &r.plan else { return };
     let style = output::Style::stdout();
-    println!("{} (policy {}):", r.repository, r.policy);
+    println!("{} (policy {}):", crate::untrusted::escape(&r.repository), crate::untrusted::escape(&r.policy));
     let mut rows = vec![vec!["  ACTION".into(), "TAG".into(), "DIGEST".into(), "REASON".into()]];
     let mut deletes = vec![false];
     for (t, v) in plan.list.tags().iter().zip(&plan.tags) {
