@@ -3,6 +3,7 @@
 mod cli;
 mod golden;
 mod pass;
+mod properties;
 mod registry;
 mod runtime;
 mod support;
