@@ -342,7 +342,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
 }
 
 fn parse(text: &str) -> Result<Duration, DurationError> {
-    let text = text.trim();
+    // ASCII whitespace only, here and between parts, as documented: a no-break space or a
+    // vertical tab is not a separator an operator means.
+    let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
     if text.starts_with('-') {
         return Err(DurationError::Negative);
     }
@@ -356,7 +358,7 @@ fn parse(text: &str) -> Result<Duration, DurationError> {
         }
         let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         let number: u64 = rest[..digits].parse().map_err(|_| DurationError::Malformed)?;
-        rest = rest[digits..].trim_start();
+        rest = rest[digits..].trim_start_matches(|c: char| c.is_ascii_whitespace());
         let letters = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
         let unit = unit_micros(&rest[..letters].to_ascii_lowercase()).ok_or(DurationError::Malformed)?;
         rest = &rest[letters..];
@@ -440,6 +442,14 @@ mod tests {
         assert!(err("{").starts_with("params: expected a JSON object, could not parse it: "));
         assert!(err("").starts_with("params: expected a JSON object, could not parse it: "));
         assert_eq!(err(r#"{"c": 1, "a": 1, "d": 2}"#), r#"unknown param "c", "d"; known params are a, b"#);
+    }
+
+    #[test]
+    fn only_ascii_spaces_separate_duration_parts() {
+        assert_eq!(parse_duration(" 2 weeks\n"), Ok(Duration::from_secs(14 * 86_400)));
+        for text in ["2\u{b} weeks", "2\u{a0}weeks", "\u{a0}7d"] {
+            assert!(parse_duration(text).is_err(), "{text:?}");
+        }
     }
 
     #[test]
