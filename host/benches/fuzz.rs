@@ -157,10 +157,13 @@ struct Tally {
     slowest: Duration,
 }
 
+/// Runs one parser on one input and judges what it did.
+type Run = Box<dyn Fn(&[u8]) -> Verdict>;
+
 struct Target {
     name: &'static str,
     seeds: Vec<Vec<u8>>,
-    run: Box<dyn Fn(&[u8]) -> Verdict>,
+    run: Run,
     hang_after: Duration,
 }
 

@@ -500,7 +500,7 @@ mod tests {
         assert_eq!(t.to_rfc3339(), "2026-11-20T12:00:00.123456Z");
         assert_eq!(Timestamp::parse_rfc3339("1970-01-01T00:00:01Z").unwrap().unix_micros(), 1_000_000);
         assert_eq!(Timestamp::parse_rfc3339("2026-11-20t12:00:00z").unwrap(), Timestamp::parse_rfc3339("2026-11-20T12:00:00Z").unwrap());
-        for bad in ["2026-10-01X12:00:00Z", "2026-10-01\012:00:00Z", "2026-10-01 12:00:00Z", "2026-10-01é2:00:00Z"] {
+        for bad in ["2026-10-01X12:00:00Z", "2026-10-01\u{0}12:00:00Z", "2026-10-01 12:00:00Z", "2026-10-01é2:00:00Z"] {
             let err = Timestamp::parse_rfc3339(bad).unwrap_err().to_string();
             assert!(err.contains("separated by `T`"), "{bad:?}: {err}");
         }

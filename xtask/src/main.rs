@@ -6,7 +6,7 @@
 //! - `demo`           setup + build-plugins + the main job against a local registry
 //! - `bench`          setup + build-plugins + the benchmarks (figures for docs/benchmarks.md)
 //! - `fuzz`           build-plugins + a mutation campaign over every input parser
-//!                    (`-- --seconds N --seed S`; 60 s by default; docs/benchmarks.md)
+//!   (`-- --seconds N --seed S`; 60 s by default; docs/benchmarks.md)
 //!
 //! Everything runs in the release profile: one build of wasmtime serves tests,
 //! benchmarks and the binary.
