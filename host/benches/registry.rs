@@ -19,7 +19,7 @@
 //!   `url = .../v2/<repo>/manifests/<digest>` per digest, in the order the pass uses (by
 //!   digest). Timed: the curl process, wall clock. (`curl-unlisted`, `curl-1-unlisted`: the
 //!   same without that listing, digests from seeding; run only when named in the filter.)
-//! - `pass`: `pass::run_repository` with the `hostile-retention` plugin in mode `"delete"`
+//! - `pass`: `pass::run_repository` with the `hostile-retention` plugin in mode `delete`
 //!   (every tag deleted), deletion concurrency C, a fresh on-disk store (so its listing
 //!   runs with a cold metadata cache). The deletion phase is timed from the end of the
 //!   evaluation to the last `Progress::Deleting` callback: the `Evaluating` callback's
@@ -107,7 +107,7 @@ async fn run(options: &Options, machine: &Machine) -> anyhow::Result<()> {
     let path = tagwarden::plugins::resolve("hostile-retention", &[])
         .map_err(|e| anyhow::anyhow!("{e:#}\n(build the plugins first: cargo xtask build-plugins)"))?;
     let plugin = runtime.load_file(&path, PluginLimits::default())?.into_retention()?;
-    let policy = Policy::new("bench", &plugin, r#""delete""#)?;
+    let policy = Policy::new("bench", &plugin, r#"{"mode": "delete"}"#)?;
 
     let mut runs: Vec<DeleteRun> = Vec::new();
     let mut seeds: Vec<Duration> = Vec::new();

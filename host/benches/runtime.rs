@@ -37,7 +37,7 @@ use tagwarden_plugin_sdk::RetentionPolicy;
 /// keep the 10 newest, never delete anything younger than 30 days.
 const PARAMS: &str = r#"{"name_regex_delete": ".*", "name_regex_keep": "(main|production)-.*", "keep_n": 10, "older_than": "30d"}"#;
 /// The hostile-retention plugin's mode that keeps everything doing no per-tag work.
-const NOOP: &str = r#""noop""#;
+const NOOP: &str = r#"{"mode": "noop"}"#;
 
 const SECOND: i64 = 1_000_000;
 const DAY: i64 = 86_400 * SECOND;

@@ -108,8 +108,9 @@ pub struct PolicySection {
     pub params: toml::Table,
     #[serde(default = "defaults::plugin_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Linear memory cap in MiB: 1 to [`crate::runtime::MAX_PLUGIN_MEMORY_MIB`].
     #[serde(default = "defaults::plugin_memory_mib")]
-    pub memory_mib: usize,
+    pub memory_mib: u64,
     #[serde(default)]
     pub fuel: Option<u64>,
     /// How often the daemon runs the policy (`1d`, `7d`, `14d`, `1month`, `3month`, or a
@@ -187,7 +188,7 @@ mod defaults {
     pub fn plugin_timeout() -> Duration {
         Duration::from_secs(1)
     }
-    pub fn plugin_memory_mib() -> usize {
+    pub fn plugin_memory_mib() -> u64 {
         64
     }
 }
@@ -201,7 +202,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 impl Config {
     /// Reads and validates a config file.
     pub fn read(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let text = crate::input::read_text(path, "config", crate::input::limits::CONFIG_BYTES, "")?;
         let mut config = Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.path = path.to_path_buf();
@@ -213,7 +214,7 @@ impl Config {
         let de = toml::Deserializer::parse(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
+            let inner = crate::input::plain_expectations(&e.into_inner().to_string(), "a table");
             anyhow::anyhow!("at `{path}`: {}", inner.trim_end())
         })?;
         config.validate()?;
@@ -238,7 +239,14 @@ impl Config {
                     bail!("at `registry.url`: put credentials in `username` and `password_env`/`password_file`, not in the URL");
                 }
             }
-            (None, Some(_)) => {}
+            (None, Some(dir)) => {
+                if dir.as_os_str().is_empty() {
+                    bail!("at `registry.recordings`: empty path; expected a directory of recordings or one recording file");
+                }
+            }
+        }
+        if r.timeout.is_zero() {
+            bail!("at `registry.timeout`: expected a positive duration such as \"30s\" (with 0 every request would time out)");
         }
         if r.password_env.is_some() && r.password_file.is_some() {
             bail!("at `registry`: set `password_env` or `password_file`, not both");
@@ -275,6 +283,9 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.policies.iter().enumerate() {
+            if p.name.trim().is_empty() {
+                bail!("at `policy[{i}].name`: empty; expected a name for reports and the audit log, e.g. \"apps\"");
+            }
             if !names.insert(p.name.as_str()) {
                 bail!("at `policy[{i}].name`: `{}` is used by two policies", p.name);
             }
@@ -282,10 +293,28 @@ impl Config {
                 bail!("at `policy[{i}].repositories`: expected at least one pattern, e.g. [\"group/*\"]");
             }
             for (j, pattern) in p.repositories.iter().enumerate() {
+                if pattern.is_empty() {
+                    bail!("at `policy[{i}].repositories[{j}]`: empty pattern, which matches no repository; expected e.g. \"group/*\"");
+                }
                 globset::Glob::new(pattern).map_err(|e| anyhow::anyhow!("at `policy[{i}].repositories[{j}]`: {e}"))?;
             }
-            if p.memory_mib == 0 {
-                bail!("at `policy[{i}].memory_mib`: expected at least 1");
+            if p.plugin.is_empty() {
+                bail!(
+                    "at `policy[{i}].plugin`: empty; expected a bundled plugin's name such as \"gitlab-retention\" or a path to a .wasm file"
+                );
+            }
+            let max = crate::runtime::MAX_PLUGIN_MEMORY_MIB;
+            if !(1..=max).contains(&p.memory_mib) {
+                bail!(
+                    "at `policy[{i}].memory_mib`: expected 1 to {max} (MiB; a WebAssembly memory cannot exceed 4 GiB), got {}",
+                    p.memory_mib
+                );
+            }
+            if p.timeout.is_zero() {
+                bail!("at `policy[{i}].timeout`: expected a positive duration such as \"1s\" (with 0 every plugin call would time out)");
+            }
+            if p.fuel == Some(0) {
+                bail!("at `policy[{i}].fuel`: expected at least 1 (or leave it out for no fuel budget)");
             }
         }
         Ok(())
@@ -306,8 +335,7 @@ impl Config {
                 .map_err(|_| anyhow::anyhow!("`registry.password_env` names {var}, which is not set; export it or use `password_file`"))?
         } else if let Some(file) = &r.password_file {
             let file = self.resolve_path(file);
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| anyhow::anyhow!("cannot read `registry.password_file` {}: {e}", file.display()))?;
+            let text = crate::input::read_text(&file, "`registry.password_file`", crate::input::limits::SECRET_BYTES, "")?;
             text.trim_end_matches(['\n', '\r']).to_owned()
         } else {
             bail!("`registry.username` is set but neither `password_env` nor `password_file` is");
@@ -317,6 +345,11 @@ impl Config {
 }
 
 impl PolicySection {
+    /// The plugin's limits for this policy (validated: the memory cap cannot overflow).
+    pub fn limits(&self) -> crate::runtime::PluginLimits {
+        crate::runtime::PluginLimits { timeout: self.timeout, memory_bytes: (self.memory_mib as usize) << 20, fuel: self.fuel }
+    }
+
     /// The params as the JSON text plugins receive.
     pub fn params_json(&self) -> String {
         toml_to_json(&toml::Value::Table(self.params.clone())).to_string()
@@ -411,6 +444,44 @@ params = { keep_n = 5, name_regex_delete = ".*" }
         assert!(c.policies[0].params_json().contains(r#""since":"2026-01-01T00:00:00Z""#), "{}", c.policies[0].params_json());
         let e = err("[registry\n");
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn values_that_would_change_meaning_are_refused() {
+        let policy = |line: &str| GOOD.replace("plugin = \"gitlab-retention\"", &format!("plugin = \"gitlab-retention\"\n{line}"));
+        // `<< 20` would wrap: 2^64-1 MiB gave a 4 GiB cap, 2^44 MiB a cap of 0.
+        for mib in ["9223372036854775807", "17592186044416", "4097", "0"] {
+            let e = err(&policy(&format!("memory_mib = {mib}")));
+            assert!(e.contains("policy[0].memory_mib") && e.contains("expected 1 to 4096"), "{mib}: {e}");
+        }
+        assert_eq!(Config::parse(&policy("memory_mib = 4096")).unwrap().policies[0].limits().memory_bytes, 4 << 30);
+        let e = err(&policy("timeout = \"0s\""));
+        assert!(e.contains("policy[0].timeout") && e.contains("positive"), "{e}");
+        let e = err(&policy("fuel = 0"));
+        assert!(e.contains("policy[0].fuel"), "{e}");
+        let e = err(&GOOD.replace("repositories = [\"group/*\"]", "repositories = [\"\"]"));
+        assert!(e.contains("policy[0].repositories[0]") && e.contains("empty pattern"), "{e}");
+        let e = err(&GOOD.replace("name = \"apps\"", "name = \"\""));
+        assert!(e.contains("policy[0].name") && e.contains("empty"), "{e}");
+        let e = err(&GOOD.replace("plugin = \"gitlab-retention\"", "plugin = \"\""));
+        assert!(e.contains("policy[0].plugin"), "{e}");
+        let e = err(&GOOD.replace("url = \"http://127.0.0.1:5000\"", "recordings = \"\""));
+        assert!(e.contains("registry.recordings") && e.contains("empty path"), "{e}");
+        let e = err(&GOOD.replace("[deletion]", "timeout = \"0s\"\n\n[deletion]"));
+        assert!(e.contains("registry.timeout"), "{e}");
+    }
+
+    #[test]
+    fn errors_use_plain_words_not_rust_types() {
+        let e = err(&GOOD.replace("[deletion]", "concurrency = -1\n\n[deletion]"));
+        assert!(e.contains("registry.concurrency") && e.contains("a non-negative integer"), "{e}");
+        assert!(!e.contains("usize"), "{e}");
+    }
+
+    #[test]
+    fn special_files_and_huge_files_are_refused() {
+        let e = format!("{:#}", Config::read(Path::new("/dev/zero")).unwrap_err());
+        assert_eq!(e, "config /dev/zero is a character device; expected a regular file");
     }
 
     #[test]

@@ -12,12 +12,15 @@
 //! - [`plugins`]: finding plugin files by name or path.
 //! - [`scheduler`]: cadence and claim order as pure functions of state and time.
 //! - [`setup`]: config → policies, store, backend and pass context, for every command.
+//! - [`input`]: reading operator-supplied files: regular files only, bounded, UTF-8 with positions.
+//! - [`untrusted`]: plugin-supplied text made safe for terminals and logs.
 //! - [`cli`]: the command line; glue over the rest.
 
 pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod deletion;
+pub mod input;
 pub mod model;
 pub mod owner;
 pub mod pass;
@@ -28,3 +31,4 @@ pub mod runtime;
 pub mod scheduler;
 pub mod setup;
 pub mod store;
+pub mod untrusted;

@@ -11,11 +11,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line first (what failed, where, what to do); causes and plugin
-            // stderr follow indented for those who need them.
+            // stderr follow indented for those who need them. Escaped: messages quote
+            // plugins and input files, which must not restyle the terminal.
+            use tagwarden::untrusted::escape_lines;
             let mut chain = e.chain();
-            eprintln!("error: {}", chain.next().map(|c| c.to_string()).unwrap_or_default());
+            eprintln!("error: {}", escape_lines(&chain.next().map(|c| c.to_string()).unwrap_or_default(), "  "));
             for cause in chain {
-                eprintln!("  caused by: {}", cause.to_string().replace('\n', "\n    "));
+                eprintln!("  caused by: {}", escape_lines(&cause.to_string(), "    "));
             }
             ExitCode::FAILURE
         }

@@ -41,8 +41,19 @@ impl Timestamp {
         Timestamp((t.unix_timestamp_nanos() / 1_000) as i64)
     }
 
-    /// Parses an RFC 3339 timestamp such as `2026-11-20T12:00:00Z`.
+    /// Parses an RFC 3339 timestamp such as `2026-11-20T12:00:00Z`. The date and time
+    /// are separated by `T` (or `t`), as RFC 3339 section 5.6 writes it; the space its
+    /// note allows is refused, like any other character (the `time` crate alone accepts
+    /// any byte there, even NUL).
     pub fn parse_rfc3339(s: &str) -> anyhow::Result<Self> {
+        const EXPECTED: &str = "expected e.g. 2026-11-20T12:00:00Z";
+        match s.as_bytes().get(10) {
+            Some(b'T' | b't') | None => {}
+            Some(_) => {
+                let shown = crate::untrusted::escape(s);
+                bail!("`{shown}` is not an RFC 3339 timestamp (the date and the time must be separated by `T`); {EXPECTED}")
+            }
+        }
         let t = OffsetDateTime::parse(s, &Rfc3339)
             .map_err(|e| anyhow::anyhow!("`{s}` is not an RFC 3339 timestamp ({e}); expected e.g. 2026-11-20T12:00:00Z"))?;
         Ok(Self::from_datetime(t))
@@ -409,12 +420,19 @@ pub struct RetentionDecisions {
     untagged: Vec<u8>,
 }
 
+/// Longest reason a plugin may give for a rule, in bytes: a reason names the rule and
+/// why it applied, in one line of a table (`wit/policy.wit`).
+pub const MAX_REASON_BYTES: usize = 1024;
+
 impl RetentionDecisions {
     /// Validates a raw answer against the list it answers. Errors describe what is
     /// wrong; there is no partially valid answer.
     pub fn validate(list: &TagList, rules: Vec<Rule>, tags: Vec<u8>, untagged: Vec<u8>) -> anyhow::Result<Self> {
         if rules.len() > 256 {
             bail!("answer has {} rules; at most 256 are allowed", rules.len());
+        }
+        if let Some((i, rule)) = rules.iter().enumerate().find(|(_, r)| r.reason.len() > MAX_REASON_BYTES) {
+            bail!("rule {i}'s reason is {} bytes long; at most {MAX_REASON_BYTES} are allowed", rule.reason.len());
         }
         if tags.len() != list.tags.len() {
             bail!("answer has {} tag verdicts for {} tags", tags.len(), list.tags.len());
@@ -490,6 +508,11 @@ mod tests {
         let t = Timestamp::parse_rfc3339("2026-11-20T12:00:00.123456Z").unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-20T12:00:00.123456Z");
         assert_eq!(Timestamp::parse_rfc3339("1970-01-01T00:00:01Z").unwrap().unix_micros(), 1_000_000);
+        assert_eq!(Timestamp::parse_rfc3339("2026-11-20t12:00:00z").unwrap(), Timestamp::parse_rfc3339("2026-11-20T12:00:00Z").unwrap());
+        for bad in ["2026-10-01X12:00:00Z", "2026-10-01\u{0}12:00:00Z", "2026-10-01 12:00:00Z", "2026-10-01é2:00:00Z"] {
+            let err = Timestamp::parse_rfc3339(bad).unwrap_err().to_string();
+            assert!(err.contains("separated by `T`"), "{bad:?}: {err}");
+        }
         let err = Timestamp::parse_rfc3339("yesterday").unwrap_err().to_string();
         assert!(err.contains("RFC 3339"), "{err}");
     }

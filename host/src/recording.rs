@@ -39,31 +39,47 @@ struct RecordingFile {
     #[serde(default)]
     untagged: Vec<UntaggedManifest>,
     /// Image index digest → the manifests it references (absent in older recordings).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "map_without_duplicates")]
     indexes: BTreeMap<Digest, Vec<Digest>>,
 }
 
 impl Recording {
-    /// Reads and validates a recording file.
+    /// Reads and validates a recording file: a regular file of at most 1 GiB, or what
+    /// `TAGWARDEN_MAX_RECORDING_MIB` says ([`crate::input::recording_limit`]).
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read recording {}", path.display()))?;
+        let raise = format!("set {} to a larger number of MiB to read it", crate::input::limits::RECORDING_MIB_ENV);
+        let text = crate::input::read_text(path, "recording", crate::input::recording_limit()?, &raise)?;
         Self::parse(&text).with_context(|| format!("invalid recording {}", path.display()))
     }
 
-    /// Parses recording text; errors give `line:column`, the field path and what was expected.
+    /// Parses recording text; errors give `line:column`, the field path and what was
+    /// expected. The text is one JSON object and nothing after it but whitespace.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
+        if !text.trim_start().starts_with('{') {
+            bail!(
+                "not a tagwarden recording: it does not start with a JSON object; a recording looks like \
+                 {{\"format\": \"{FORMAT_V1}\", \"repository\": …, \"recorded_at\": …, \"tags\": […]}} (docs/recording-format.md)"
+            );
+        }
         let de = &mut serde_json::Deserializer::from_str(text);
-        let file: RecordingFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let position = |e: &serde_json::Error| format!("{}:{}", e.line(), e.column());
+        let file: RecordingFile = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let inner = e.inner();
-            let (line, column) = (inner.line(), inner.column());
             let path = e.path().to_string();
-            let msg = strip_position(&inner.to_string());
+            let msg = crate::input::plain_expectations(&strip_position(&inner.to_string()), "an object");
             // A syntax error has no meaningful field path (serde shows `?`).
             if path == "." || path.contains('?') {
-                anyhow::anyhow!("{line}:{column}: {msg}")
+                anyhow::anyhow!("{}: {msg}", position(inner))
             } else {
-                anyhow::anyhow!("{line}:{column}: at `{path}`: {msg}")
+                anyhow::anyhow!("{}: at `{path}`: {msg}", position(inner))
             }
+        })?;
+        // Anything after the object would be silently ignored otherwise.
+        de.end().map_err(|e| {
+            anyhow::anyhow!(
+                "{}: data after the end of the recording's JSON object; a recording file holds exactly one object",
+                position(&e)
+            )
         })?;
         if file.format != FORMAT_V1 && file.format != FORMAT_V2 {
             bail!("`format` is `{}`; this tagwarden reads `{FORMAT_V1}` and `{FORMAT_V2}`", file.format);
@@ -135,6 +151,33 @@ fn write_entries<T: Serialize>(out: &mut impl Write, entries: &[T]) -> anyhow::R
     Ok(())
 }
 
+/// A JSON object as a map, refusing a key given twice (serde would keep the last one).
+fn map_without_duplicates<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: Deserialize<'de> + Ord + std::fmt::Display,
+    V: Deserialize<'de>,
+{
+    struct Visitor<K, V>(std::marker::PhantomData<(K, V)>);
+    impl<'de, K: Deserialize<'de> + Ord + std::fmt::Display, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<K, V> {
+        type Value = BTreeMap<K, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<K, V>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!("`{k}` is given twice")));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Visitor(std::marker::PhantomData))
+}
+
 /// serde_json appends " at line L column C"; the caller reports the position first.
 fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
@@ -193,6 +236,34 @@ mod tests {
 
         let err = format!("{:#}", Recording::parse("{\"format\": ").unwrap_err());
         assert!(err.contains("1:"), "{err}");
+    }
+
+    #[test]
+    fn data_after_the_object_is_refused() {
+        // Once, the `untagged` list after a stray `}` was silently dropped.
+        let text = doc("[]").trim_end_matches('}').to_owned() + "}, \"untagged\": []}";
+        let err = format!("{:#}", Recording::parse(&text).unwrap_err());
+        assert!(err.contains("data after the end of the recording's JSON object"), "{err}");
+        assert!(err.starts_with("1:"), "{err}");
+        assert!(Recording::parse(&format!("{}\n\n", doc("[]"))).is_ok(), "trailing whitespace is fine");
+    }
+
+    #[test]
+    fn an_index_given_twice_is_refused() {
+        let text = doc(&format!(r#"[{{"name": "m", "digest": "{D1}"}}], "indexes": {{"{D1}": ["{D2}"], "{D1}": ["{D3}"]}}"#))
+            .replace(FORMAT_V1, FORMAT_V2);
+        let err = format!("{:#}", Recording::parse(&text).unwrap_err());
+        assert!(err.contains("indexes") && err.contains(&format!("`{D1}` is given twice")), "{err}");
+    }
+
+    #[test]
+    fn something_else_than_a_recording_is_named_as_such() {
+        for text in ["root:x:0:0:root:/root:/bin/bash\n", "", "[1, 2]"] {
+            let err = format!("{:#}", Recording::parse(text).unwrap_err());
+            assert!(err.starts_with("not a tagwarden recording"), "{text:?}: {err}");
+        }
+        let err = format!("{:#}", Recording::parse(&doc(r#"[{"name": "a", "digest": 5}]"#)).unwrap_err());
+        assert!(!err.contains("struct") && !err.contains("u64"), "{err}");
     }
 
     #[test]

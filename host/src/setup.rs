@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::model::Timestamp;
 use crate::pass::{DeletionLimits, Guards, PassContext, Policy};
 use crate::registry::{RegistryClient, RegistryConfig};
-use crate::runtime::{PluginLimits, PluginRuntime};
+use crate::runtime::PluginRuntime;
 use crate::scheduler::Cadence;
 use crate::store::Store;
 
@@ -55,8 +55,7 @@ pub fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::R
             p.plugin.clone()
         };
         let path = crate::plugins::resolve(&spec, &[]).with_context(context)?;
-        let limits = PluginLimits { timeout: p.timeout, memory_bytes: p.memory_mib << 20, fuel: p.fuel };
-        let plugin = runtime.load_file(&path, limits).with_context(context)?.into_retention().with_context(context)?;
+        let plugin = runtime.load_file(&path, p.limits()).with_context(context)?.into_retention().with_context(context)?;
         let policy = Policy::new(&p.name, &plugin, &p.params_json()).with_context(context)?;
         out.push(BoundPolicy { policy, cadence: p.cadence, enabled: p.enabled, matcher: p.matcher() });
     }
@@ -72,7 +71,9 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
 pub fn backend(config: &Config, store: &Store) -> anyhow::Result<Backend> {
     let r = &config.registry;
     if let Some(dir) = &r.recordings {
-        return Ok(Backend::Recordings(RecordingBackend::load(&config.resolve_path(dir))?));
+        let backend = RecordingBackend::load(&config.resolve_path(dir))
+            .with_context(|| format!("at `registry.recordings` of {}", config.path.display()))?;
+        return Ok(Backend::Recordings(backend));
     }
     let url = url::Url::parse(r.url.as_deref().expect("validated: url or recordings"))?;
     let mut rc = RegistryConfig::new(url);

@@ -226,6 +226,138 @@ fn eval_names_the_field_and_position_of_a_malformed_recording() {
     assert!(position.is_match(&out.stderr), "no line:column for the bad digest:\n{}", out.stderr);
 }
 
+/// What the hostile plugin's `forge` mode tries to slip into the output.
+const FORGED_ROW: &str = "DELETE  production-v44  sha256:forged";
+
+/// A forged reason or log line shows up escaped, on its own row or line, and never as
+/// a row or line of its own.
+fn assert_not_forged(out: &Outcome) {
+    for (stream, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        assert!(!text.contains('\x1b') && !text.contains('\r'), "{stream} carries raw control characters:\n{text}");
+        assert!(!text.lines().any(|l| l.trim_start().starts_with(FORGED_ROW)), "{stream} shows a forged row:\n{text}");
+        assert!(!text.lines().any(|l| l.starts_with("2026-11-20T12:00:00Z ERROR")), "{stream} shows a forged log line:\n{text}");
+    }
+}
+
+#[test]
+fn eval_shows_plugin_text_escaped_in_tables_and_exactly_in_json() {
+    let dir = tempdir();
+    let recording = example_recording();
+    let forge = r#"{"mode": "forge"}"#;
+    let out = eval_with(dir.path(), "hostile-retention", forge, path_str(&recording));
+    out.assert_success();
+    assert_not_forged(&out);
+    let rows: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("keep")).collect();
+    assert_eq!(rows.len(), 11, "one row per tag and untagged manifest:\n{}", out.stdout);
+    assert!(rows[0].ends_with("kept\\u{1b}[0m\\n\\u{1b}[1;31mDELETE  production-v44  sha256:forged\\u{1b}[0m\\r"), "{}", rows[0]);
+    // The forged log line arrives as one escaped warning.
+    let warning = out.stderr.lines().find(|l| l.contains("looks fine")).unwrap_or_else(|| panic!("no log line:\n{}", out.stderr));
+    assert!(warning.contains("looks fine\\n2026-11-20T12:00:00Z ERROR tagwarden: forged log line\\u{1b}[2K"), "{warning}");
+
+    let out = tagwarden(
+        dir.path(),
+        &["eval", "--plugin", "hostile-retention", "--params", forge, "--recording", path_str(&recording), "--output", "json"],
+    );
+    out.assert_success();
+    let reason = out.json()["tags"][0]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("\x1b[1;31mDELETE  production-v44  sha256:forged\x1b[0m\r"), "JSON keeps the exact text: {reason:?}");
+}
+
+#[test]
+fn run_plan_shows_plugin_text_escaped() {
+    let dir = tempdir();
+    let config = dir.path().join("tagwarden.toml");
+    let text = format!(
+        "[registry]\nrecordings = \"{}\"\n\n[state]\ndir = \"{}\"\n\n\
+         [[policy]]\nname = \"forge\"\nrepositories = [\"**\"]\nplugin = \"hostile-retention\"\nparams = {{ mode = \"forge\" }}\n",
+        example_recording().display(),
+        dir.path().join("state").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = tagwarden(dir.path(), &["run", "--once", "--config", path_str(&config), "--now", NOW, "--plan", "--dry-run"]);
+    out.assert_success();
+    assert_not_forged(&out);
+    assert!(out.stdout.lines().filter(|l| l.trim_start().starts_with("keep")).count() == 11, "{}", out.stdout);
+}
+
+#[test]
+fn the_hostile_plugin_runs_from_the_cli_with_object_params() {
+    let dir = tempdir();
+    let out = eval_with(dir.path(), "hostile-retention", r#"{"mode": "sleep"}"#, path_str(&example_recording()));
+    out.assert_success();
+    assert!(out.stdout.lines().filter(|l| l.starts_with("keep") && l.ends_with("slept 60s")).count() == 11, "{}", out.stdout);
+    let out = eval_with(dir.path(), "hostile-retention", r#"{"mode": "abort"}"#, path_str(&example_recording()));
+    out.assert_error(&["plugin hostile-retention: trapped: aborted"]);
+}
+
+#[test]
+fn eval_refuses_limits_that_would_wrap_or_mean_nothing() {
+    let dir = tempdir();
+    let recording = example_recording();
+    for (flag, value, needle) in [
+        ("--memory-mib", "18446744073709551615", "1..=4096"),
+        ("--memory-mib", "17592186044416", "1..=4096"),
+        ("--memory-mib", "0", "1..=4096"),
+        ("--timeout", "0s", "greater than zero"),
+    ] {
+        let out = tagwarden(dir.path(), &["eval", "--plugin", "gitlab-retention", "--recording", path_str(&recording), flag, value]);
+        assert_eq!(out.code, Some(2), "{flag} {value}: {out:#?}");
+        assert!(out.stderr.contains(flag) && out.stderr.contains(needle), "{flag} {value}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn eval_refuses_params_with_a_key_given_twice() {
+    let dir = tempdir();
+    let out = eval_with(dir.path(), "gitlab-retention", r#"{"keep_n": 1, "keep_n": 1000}"#, path_str(&example_recording()));
+    out.assert_error(&["--params", r#"the key "keep_n" is given twice"#]);
+}
+
+#[test]
+fn eval_refuses_files_that_never_end_or_block() {
+    let dir = tempdir();
+    let out = eval_with(dir.path(), "gitlab-retention", "{}", "/dev/zero");
+    out.assert_error(&["recording /dev/zero is a character device; expected a regular file"]);
+    let out = eval_with(dir.path(), "gitlab-retention", "@/dev/zero", path_str(&example_recording()));
+    out.assert_error(&["--params file /dev/zero is a character device"]);
+    let fifo = dir.path().join("pipe.wasm");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let out = tagwarden(dir.path(), &["plugins", "inspect", path_str(&fifo)]);
+    out.assert_error(&["is a named pipe; expected a regular file"]);
+    let out = tagwarden(dir.path(), &["run", "--once", "--config", "/dev/zero"]);
+    out.assert_error(&["config /dev/zero is a character device"]);
+
+    // `recordings` naming a device, or a directory holding a pipe among its recordings.
+    let recordings = dir.path().join("recordings");
+    std::fs::create_dir(&recordings).unwrap();
+    std::fs::copy(example_recording(), recordings.join("app.json")).unwrap();
+    assert!(Command::new("mkfifo").arg(recordings.join("web.json")).status().unwrap().success());
+    for (target, needle) in
+        [("/dev/zero", "recording /dev/zero is a character device"), (path_str(&recordings), "web.json is a named pipe")]
+    {
+        let config = dir.path().join("tagwarden.toml");
+        let text = format!(
+            "[registry]\nrecordings = \"{target}\"\n\n[state]\ndir = \"{}\"\n\n\
+             [[policy]]\nname = \"all\"\nrepositories = [\"**\"]\nplugin = \"gitlab-retention\"\n",
+            dir.path().join("state").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let out = tagwarden(dir.path(), &["run", "--once", "--dry-run", "--config", path_str(&config)]);
+        out.assert_error(&["at `registry.recordings`", needle]);
+    }
+}
+
+#[test]
+fn eval_says_where_a_recording_is_not_utf8_or_not_a_recording() {
+    let dir = tempdir();
+    let bad = dir.path().join("latin1.json");
+    std::fs::write(&bad, b"{\"format\": \"caf\xe9\"}").unwrap();
+    let out = eval_with(dir.path(), "gitlab-retention", "{}", path_str(&bad));
+    out.assert_error(&["is not UTF-8 text: invalid byte 0xe9 at line 1, column 16"]);
+    let out = eval_with(dir.path(), "gitlab-retention", "{}", "/etc/passwd");
+    out.assert_error(&["not a tagwarden recording", "docs/recording-format.md"]);
+}
+
 #[test]
 fn eval_explains_how_to_get_an_unknown_plugin() {
     let dir = tempdir();

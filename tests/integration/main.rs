@@ -4,6 +4,7 @@ mod cli;
 mod crash;
 mod golden;
 mod pass;
+mod properties;
 mod registry;
 mod runtime;
 mod support;

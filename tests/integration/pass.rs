@@ -735,7 +735,7 @@ async fn a_failing_plugin_fails_the_pass_and_deletes_nothing() {
     let store = Store::in_memory().unwrap();
     let ctx = context(client(reg.url(), &store), &store);
     for (mode, want) in [("panic", "hostile plugin panics on purpose"), ("short", "2 tag verdicts for 3 tags")] {
-        let report = run(&ctx, &policy("hostile-retention", json!(mode)), "app").await;
+        let report = run(&ctx, &policy("hostile-retention", json!({ "mode": mode })), "app").await;
         let RepositoryStatus::Failed(message) = &report.status else { panic!("{mode}: expected Failed: {report:#?}") };
         assert!(message.contains("hostile-retention") && message.contains(want), "{mode}: {message}");
         assert!(message.contains("nothing was deleted"), "{mode}: {message}");

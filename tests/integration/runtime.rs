@@ -22,7 +22,12 @@ fn now() -> Timestamp {
 
 fn hostile(mode: &str, limits: PluginLimits) -> Result<tagwarden::model::RetentionDecisions, PluginError> {
     let plugin = support::plugin("hostile-retention", limits).into_retention().unwrap();
-    plugin.evaluate(&format!("\"{mode}\""), &tags(3), now())
+    plugin.evaluate(&mode_params(mode), &tags(3), now())
+}
+
+/// The hostile plugin's params for `mode`.
+fn mode_params(mode: &str) -> String {
+    serde_json::json!({ "mode": mode }).to_string()
 }
 
 fn quick() -> PluginLimits {
@@ -87,8 +92,8 @@ fn rejected_params_are_invalid_params() {
     let err = hostile("reject", quick()).unwrap_err();
     assert_eq!(err.cause, FailureCause::InvalidParams("mode: rejected on purpose".into()));
     let plugin = support::plugin("hostile-retention", quick()).into_retention().unwrap();
-    assert!(plugin.validate_params("\"reject\"").is_err());
-    assert!(plugin.validate_params("\"noop\"").is_ok());
+    assert!(plugin.validate_params(&mode_params("reject")).is_err());
+    assert!(plugin.validate_params(&mode_params("noop")).is_ok());
 }
 
 #[test]
@@ -169,7 +174,7 @@ fn failures_and_successes_interleave_across_threads() {
 fn large_lists_round_trip_in_order() {
     let list = tags(50_000);
     let plugin = support::plugin("hostile-retention", PluginLimits::default()).into_retention().unwrap();
-    let d = plugin.evaluate("\"delete\"", &list, now()).unwrap();
+    let d = plugin.evaluate(&mode_params("delete"), &list, now()).unwrap();
     assert_eq!(d.tag_count(), 50_000);
     assert!((0..d.tag_count()).all(|i| d.tag(i).action == Action::Delete));
 }
@@ -247,10 +252,10 @@ fn fuel_budget_stops_a_loop_deterministically() {
     );
     let limits = PluginLimits { timeout: Duration::from_secs(30), memory_bytes: 16 << 20, fuel: Some(5_000_000) };
     let plugin = runtime.load_file(&support::plugin_path("hostile-retention"), limits).unwrap().into_retention().unwrap();
-    let err = plugin.evaluate("\"loop\"", &tags(3), now()).unwrap_err();
+    let err = plugin.evaluate(&mode_params("loop"), &tags(3), now()).unwrap_err();
     assert_eq!(err.cause, FailureCause::FuelExhausted(5_000_000), "{err}");
     // A budget large enough for real work still succeeds.
-    assert_eq!(plugin.evaluate("\"delete\"", &tags(3), now()).unwrap().tags_to_delete(), 3);
+    assert_eq!(plugin.evaluate(&mode_params("delete"), &tags(3), now()).unwrap().tags_to_delete(), 3);
 }
 
 /// A runtime of its own, so that counting warm instances does not race other tests.
@@ -284,7 +289,7 @@ fn a_fresh_store_in_a_reused_slot_sees_nothing_of_the_previous_call() {
     // the runtime keeps resident (`keep_resident_bytes`) and must reset.
     let plugin =
         private_plugin("hostile-retention", RuntimeConfig { max_concurrent_evaluations: 1, max_warm_instances: 0, ..Default::default() });
-    let limits_ok = |mode: &str| plugin.evaluate(&format!("\"{mode}\""), &tags(3), now());
+    let limits_ok = |mode: &str| plugin.evaluate(&mode_params(mode), &tags(3), now());
     for round in 0..3 {
         assert_eq!(limits_ok("fill").unwrap().tag(0).reason, "filled", "round {round}");
         let clean = limits_ok("residue").unwrap_or_else(|e| panic!("round {round}: {e}"));
@@ -295,7 +300,7 @@ fn a_fresh_store_in_a_reused_slot_sees_nothing_of_the_previous_call() {
 #[test]
 fn warm_instances_see_each_calls_time_and_still_nothing_else() {
     let plugin = private_plugin("hostile-retention", RuntimeConfig::default());
-    let probe = plugin.configure("\"probe\"").unwrap();
+    let probe = plugin.configure(&mode_params("probe")).unwrap();
     for days in [0, 1, 30] {
         let at = Timestamp::from_unix_micros(now().unix_micros() + days * 86_400 * 1_000_000);
         let decisions = probe.evaluate(&tags(3), at).unwrap();
@@ -312,13 +317,13 @@ fn warm_instances_see_each_calls_time_and_still_nothing_else() {
 fn warm_instances_are_bounded_and_dropped_after_a_failure() {
     let plugin =
         private_plugin("hostile-retention", RuntimeConfig { max_warm_instances: 1, max_concurrent_evaluations: 4, ..Default::default() });
-    let delete = plugin.configure("\"delete\"").unwrap();
+    let delete = plugin.configure(&mode_params("delete")).unwrap();
     assert_eq!(delete.warm_instances(), 1, "the instance that validated the params stays warm");
     assert_eq!(delete.evaluate(&tags(3), now()).unwrap().tags_to_delete(), 3);
     assert_eq!(delete.warm_instances(), 1);
 
     // The runtime's only warm slot is taken: another policy still works, in fresh stores.
-    let noop = plugin.configure("\"noop\"").unwrap();
+    let noop = plugin.configure(&mode_params("noop")).unwrap();
     assert_eq!(noop.evaluate(&tags(3), now()).unwrap().tags_to_delete(), 0);
     assert_eq!(noop.warm_instances(), 0);
     drop(delete);
@@ -327,13 +332,135 @@ fn warm_instances_are_bounded_and_dropped_after_a_failure() {
     drop(noop);
 
     // A call that fails (here after writing to stderr) never leaves its instance warm.
-    let failing = plugin.configure("\"stderr\"").unwrap();
+    let failing = plugin.configure(&mode_params("stderr")).unwrap();
     assert_eq!(failing.warm_instances(), 1);
     let err = failing.evaluate(&tags(3), now()).unwrap_err();
     assert!(matches!(err.cause, FailureCause::Rejected(_)), "{err}");
     assert_eq!(failing.warm_instances(), 0);
 
     // Rejected params configure nothing.
-    let err = plugin.configure("\"reject\"").unwrap_err();
+    let err = plugin.configure(&mode_params("reject")).unwrap_err();
     assert!(matches!(err.cause, FailureCause::InvalidParams(_)), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time: no plugin call outlives its deadline by more than a small bound, whatever the plugin
+// does. Waits run on a virtual clock and never block the host (`runtime/virtual_time.rs`).
+
+/// How far past its deadline a plugin call may end in these tests. The mechanism ends a
+/// call within one epoch tick (5 ms) of its deadline; measured (`--nocapture` prints each
+/// figure) 8–30 ms over, with outliers to 115 ms at a load average of 5.5 on 2 cores. The
+/// bound is generous because the tests run on shared machines, where a busy run queue
+/// alone adds that much; a wait that blocked the host would take the full 60 s, or forever.
+const PAST_DEADLINE: Duration = Duration::from_millis(500);
+
+/// One `evaluate` call of `mode` with the `quick` limits: the answer and how long the call
+/// held the host. The policy is created first (`configure`, its own call with its own
+/// deadline), so what is timed is exactly one plugin call.
+fn timed(mode: &str) -> (Result<tagwarden::model::RetentionDecisions, PluginError>, Duration) {
+    let plugin = support::plugin("hostile-retention", quick()).into_retention().unwrap();
+    let policy = plugin.configure(&mode_params(mode)).unwrap();
+    let started = Instant::now();
+    let result = policy.evaluate(&tags(3), now());
+    let elapsed = started.elapsed();
+    // Shown with --nocapture: the figures in docs/plugin-contract.md.
+    eprintln!("{mode}: {elapsed:?} for a deadline of {:?}", quick().timeout);
+    (result, elapsed)
+}
+
+#[test]
+fn a_sleep_or_a_poll_on_a_timer_returns_at_once_on_the_virtual_clock() {
+    for (mode, reason) in [("sleep", "slept 60s"), ("poll", "polled 60s")] {
+        let (result, elapsed) = timed(mode);
+        let decisions = result.unwrap_or_else(|e| panic!("{mode}: {e}"));
+        // The plugin's own clock says the whole minute passed...
+        assert_eq!(decisions.tag(0).reason, reason, "{mode}");
+        // ...and the host was held for none of it.
+        assert!(elapsed < quick().timeout + PAST_DEADLINE, "{mode} held the host for {elapsed:?}");
+    }
+}
+
+#[test]
+fn sleeping_polling_or_spinning_forever_ends_within_the_deadline() {
+    for mode in ["loop", "sleep-forever", "poll-forever"] {
+        let (result, elapsed) = timed(mode);
+        let err = result.unwrap_err();
+        assert_eq!(err.cause, FailureCause::Timeout(quick().timeout), "{mode}: {err}");
+        assert!(elapsed < quick().timeout + PAST_DEADLINE, "{mode} held the host for {elapsed:?}; its deadline is {:?}", quick().timeout);
+    }
+    assert_host_still_serves();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output: what a plugin says is kept exactly, bounded, and escaped wherever it is printed.
+
+#[test]
+fn forged_reasons_are_kept_exactly_for_json() {
+    let decisions = hostile("forge", quick()).unwrap();
+    let reason = &decisions.tag(0).reason;
+    assert!(reason.contains("\x1b[1;31mDELETE  production-v44") && reason.contains('\n'), "{reason:?}");
+}
+
+#[test]
+fn a_reason_longer_than_the_contract_allows_is_an_invalid_answer() {
+    let err = hostile("long-reason", quick()).unwrap_err();
+    match &err.cause {
+        FailureCause::InvalidAnswer(m) => assert_eq!(m, "rule 0's reason is 102400 bytes long; at most 1024 are allowed"),
+        other => panic!("expected an invalid answer, got {other:?}"),
+    }
+}
+
+#[test]
+fn plugin_error_text_and_stderr_cannot_forge_terminal_output() {
+    let err = hostile("stderr", quick()).unwrap_err();
+    assert!(err.stderr.as_deref().unwrap_or_default().contains('\x1b'), "the captured stderr is exact: {err:?}");
+    let shown = err.to_string();
+    assert!(!shown.contains('\x1b'), "{shown:?}");
+    assert!(shown.contains("plugin stderr: hostile plugin: about to fail\\u{1b}[2J"), "{shown:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traps say what happened.
+
+#[test]
+fn traps_name_their_cause() {
+    for (mode, want) in [
+        ("recurse", "trapped: stack overflow: recursion too deep or unbounded"),
+        ("abort", "trapped: aborted (`std::process::abort`"),
+        ("exit", "trapped: called exit(1); a plugin must return its answer"),
+    ] {
+        let err = hostile(mode, quick()).unwrap_err();
+        assert!(matches!(err.cause, FailureCause::Trap(_)), "{mode}: {err:?}");
+        let shown = err.to_string();
+        assert!(shown.starts_with(&format!("plugin hostile-retention: {want}")), "{mode}: {shown}");
+        assert!(!shown.contains("backtrace"), "{mode}: {shown}");
+    }
+    assert_host_still_serves();
+}
+
+#[test]
+fn running_out_of_fuel_says_what_to_change() {
+    let runtime = Arc::new(PluginRuntime::new(RuntimeConfig { fuel: true, max_concurrent_evaluations: 2, ..Default::default() }).unwrap());
+    let limits = PluginLimits { fuel: Some(1), ..quick() };
+    // Even loading (which calls `info`) needs more than one unit.
+    let err = runtime.load_file(&support::plugin_path("hostile-retention"), limits).unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("ran out of fuel: it used its whole budget of 1 units"), "{shown}");
+    assert!(shown.contains("raise the policy's `fuel`"), "{shown}");
+}
+
+#[test]
+fn a_truncated_component_error_gives_the_offset() {
+    let bytes = std::fs::read(support::plugin_path("gitlab-retention")).unwrap();
+    let err = support::runtime().load_bytes("cut.wasm", &bytes[..bytes.len() / 2], PluginLimits::default()).unwrap_err();
+    let shown = err.to_string();
+    // The cause with its byte range, not just "failed to parse WebAssembly module".
+    assert!(shown.contains(&format!("not a valid WebAssembly component ({} bytes", bytes.len() / 2)), "{shown}");
+    assert!(shown.contains("is out of bounds (bound = "), "{shown}");
+}
+
+#[test]
+fn a_plugin_file_that_is_a_device_or_a_pipe_is_refused_without_reading_it() {
+    let err = support::runtime().load_file(std::path::Path::new("/dev/zero"), PluginLimits::default()).unwrap_err();
+    assert!(err.to_string().contains("is a character device; expected a regular file"), "{err}");
 }

@@ -5,6 +5,8 @@
 //! - `test`           setup + build-plugins + the whole test suite
 //! - `demo`           setup + build-plugins + the main job against a local registry
 //! - `bench`          setup + build-plugins + the benchmarks (figures for docs/benchmarks.md)
+//! - `fuzz`           build-plugins + a mutation campaign over every input parser
+//!   (`-- --seconds N --seed S`; 60 s by default; docs/benchmarks.md)
 //!
 //! Everything runs in the release profile: one build of wasmtime serves tests,
 //! benchmarks and the binary.
@@ -33,8 +35,9 @@ fn main() -> ExitCode {
         Some("test") => setup().and_then(|_| build_plugins()).and_then(|_| test(&args[1..])),
         Some("demo") => setup().and_then(|_| build_plugins()).and_then(|_| demo(&args[1..])),
         Some("bench") => setup().and_then(|_| build_plugins()).and_then(|_| bench(&args[1..])),
+        Some("fuzz") => build_plugins().and_then(|_| fuzz(&args[1..])),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build-plugins|test|demo|bench> [args]");
+            eprintln!("usage: cargo xtask <setup|build-plugins|test|demo|bench|fuzz> [args]");
             return ExitCode::from(2);
         }
     };
@@ -132,6 +135,12 @@ fn test(extra: &[String]) -> Result {
 
 fn bench(extra: &[String]) -> Result {
     run(cargo().args(["bench", "-p", "tagwarden"]).args(extra))
+}
+
+/// The mutation campaign (`host/benches/fuzz.rs`); arguments after `--` go to it.
+fn fuzz(extra: &[String]) -> Result {
+    let extra: Vec<&String> = extra.iter().filter(|a| *a != "--").collect();
+    run(cargo().args(["bench", "-p", "tagwarden", "--bench", "fuzz", "--"]).args(extra))
 }
 
 /// The main job: a cleanup pass against a local registry seeded from `examples/`.

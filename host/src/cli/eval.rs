@@ -1,9 +1,7 @@
 //! `tagwarden eval`: a retention plugin over a recorded tag list.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-use anyhow::Context;
 
 use super::{OutputFormat, PluginOptions, output};
 use crate::model::Timestamp;
@@ -52,10 +50,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
 /// canonical JSON text handed to the plugin.
 pub(crate) fn load_params(spec: &str) -> anyhow::Result<String> {
     let (text, origin) = match spec.strip_prefix('@') {
-        Some(file) => (std::fs::read_to_string(file).with_context(|| format!("--params: cannot read {file}"))?, file.to_owned()),
+        Some(file) => {
+            let text = crate::input::read_text(Path::new(file), "--params file", crate::input::limits::PARAMS_BYTES, "")?;
+            (text, file.to_owned())
+        }
         None => (spec.to_owned(), "--params".to_owned()),
     };
-    let value: serde_json::Value = serde_json::from_str(&text)
+    // A key given twice is refused: the plugin receives the canonical text, which would
+    // otherwise silently carry only the last value.
+    let value = crate::input::json_without_duplicate_keys(&text)
         .map_err(|e| anyhow::anyhow!("{origin}: not valid JSON ({e}); expected an object such as '{{\"keep_n\": 5}}'"))?;
     if !value.is_object() {
         anyhow::bail!("{origin}: expected a JSON object such as '{{\"keep_n\": 5}}', got {}", json_kind(&value));
@@ -84,5 +87,9 @@ mod tests {
         assert!(load_params("[1]").unwrap_err().to_string().contains("got an array"));
         assert!(load_params("{keep_n: 1}").unwrap_err().to_string().contains("not valid JSON"));
         assert!(load_params("@/nonexistent/params.json").unwrap_err().to_string().contains("cannot read"));
+        let err = load_params(r#"{"keep_n":1,"keep_n":1000}"#).unwrap_err().to_string();
+        assert!(err.contains(r#"the key "keep_n" is given twice"#), "{err}");
+        let err = load_params("@/dev/zero").unwrap_err().to_string();
+        assert!(err.contains("is a character device; expected a regular file"), "{err}");
     }
 }

@@ -15,7 +15,7 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&args.path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.path.display()))?;
+    let bytes = crate::input::read_bytes(&args.path, "plugin file", crate::input::limits::PLUGIN_BYTES, "")?;
     let runtime = super::plugin_runtime(false)?;
     let loaded = runtime.load_bytes(&args.path.display().to_string(), &bytes, PluginLimits::default());
     let report = output::InspectReport {

@@ -72,17 +72,28 @@ struct PluginOptions {
     /// Extra directory to look for plugins named without a path (repeatable).
     #[arg(long = "plugin-dir", value_name = "DIR")]
     plugin_dirs: Vec<PathBuf>,
-    /// Wall-clock limit for one plugin call.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    /// Wall-clock limit for one plugin call (more than zero).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = positive_duration)]
     timeout: std::time::Duration,
-    /// Memory cap for one plugin call, in MiB.
-    #[arg(long = "memory-mib", value_name = "MIB", default_value_t = 64)]
-    memory_mib: usize,
+    /// Memory cap for one plugin call, in MiB (1 to 4096).
+    #[arg(long = "memory-mib", value_name = "MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=crate::runtime::MAX_PLUGIN_MEMORY_MIB))]
+    memory_mib: u64,
 }
 
 impl PluginOptions {
     fn limits(&self) -> crate::runtime::PluginLimits {
-        crate::runtime::PluginLimits { timeout: self.timeout, memory_bytes: self.memory_mib << 20, fuel: None }
+        // In range (clap checked), so the shift cannot overflow.
+        crate::runtime::PluginLimits { timeout: self.timeout, memory_bytes: (self.memory_mib as usize) << 20, fuel: None }
+    }
+}
+
+/// A duration such as `500ms` or `2s`; zero is refused (every call would time out).
+fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("expected a duration greater than zero, such as \"1s\"".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e}; expected a duration such as \"500ms\" or \"2s\"")),
     }
 }
 

@@ -3,6 +3,9 @@
 use std::io::{IsTerminal, Write};
 
 use serde::Serialize;
+use std::borrow::Cow;
+
+use crate::untrusted::escape;
 
 use crate::model::{Action, RetentionDecisions, TagList, Timestamp};
 use crate::runtime::PluginMeta;
@@ -130,8 +133,12 @@ pub fn short_digest(d: &str) -> &str {
     &d[..(hex_start + 12).min(d.len())]
 }
 
-/// Prints rows as left-aligned columns; the last column is not padded.
+/// Prints rows as left-aligned columns; the last column is not padded. Every cell is
+/// escaped ([`crate::untrusted::escape`]): cells carry plugin reasons, tag and
+/// repository names and error messages, none of which may restyle the terminal or
+/// break a row in two.
 pub fn print_columns(rows: &[Vec<String>], highlight: impl Fn(usize) -> bool, style: &Style) {
+    let rows: Vec<Vec<Cow<'_, str>>> = rows.iter().map(|r| r.iter().map(|c| escape(c)).collect()).collect();
     let Some(cols) = rows.iter().map(Vec::len).max() else { return };
     let widths: Vec<usize> =
         (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
@@ -179,7 +186,7 @@ pub fn print_eval_table(r: &EvalReport) {
     let s = &r.summary;
     println!(
         "\n{}: {} tags, {} to delete, {} to keep; {} untagged, {} to delete  {}",
-        r.repository,
+        escape(&r.repository),
         s.tags,
         s.tags_to_delete,
         s.tags_to_keep,
@@ -208,17 +215,19 @@ pub struct InspectReport {
 }
 
 pub fn print_inspect(r: &InspectReport) {
-    println!("path:      {}", r.path);
+    println!("path:      {}", escape(&r.path));
     println!("sha256:    {}", r.sha256);
     println!("size:      {} bytes", r.size_bytes);
     if let Some(p) = &r.plugin {
+        // Name and version are checked at load; the description is the plugin's own text.
         println!("plugin:    {} {}", p.name, p.version);
-        println!("about:     {}", p.description);
+        println!("about:     {}", escape(&p.description));
         println!("kind:      {}", p.kind);
         println!("contract:  tagwarden:policy@{}", p.contract_version);
         println!("compiled:  {}", if p.from_compile_cache { "from cache" } else { "now" });
     }
     match &r.error {
+        // Already escaped: a `PluginError`'s text.
         None => println!("loads:     yes"),
         Some(e) => println!("loads:     no: {e}"),
     }

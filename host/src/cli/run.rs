@@ -137,6 +137,8 @@ impl ProgressPrinter {
     }
 
     fn line(&self, text: &str) {
+        // Repository names come from the registry or a recording.
+        let text = crate::untrusted::escape(text);
         let mut err = std::io::stderr().lock();
         if self.tty {
             let _ = write!(err, "\r\x1b[2K{text}");
@@ -213,7 +215,7 @@ fn plan_json(plan: &pass::RepositoryPlan) -> serde_json::Value {
 fn print_plan(r: &RepositoryReport) {
     let Some(plan) = &r.plan else { return };
     let style = output::Style::stdout();
-    println!("{} (policy {}):", r.repository, r.policy);
+    println!("{} (policy {}):", crate::untrusted::escape(&r.repository), crate::untrusted::escape(&r.policy));
     let mut rows = vec![vec!["  ACTION".into(), "TAG".into(), "DIGEST".into(), "REASON".into()]];
     let mut deletes = vec![false];
     for (t, v) in plan.list.tags().iter().zip(&plan.tags) {

@@ -177,4 +177,44 @@ mod tests {
     fn content_type_parameters_are_ignored() {
         assert_eq!(essence("application/vnd.oci.image.index.v1+json; charset=utf-8"), OCI_INDEX);
     }
+
+    // Registry answers are outside input too: whatever the bytes, reading them never
+    // panics, and what is read back is what was written.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cases() -> ProptestConfig {
+            ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() }
+        }
+
+        proptest! {
+            #![proptest_config(cases())]
+
+            #[test]
+            fn any_answer_is_read_without_panicking(body in prop::collection::vec(any::<u8>(), 0..200), text in "\\PC{0,120}") {
+                for bytes in [body.as_slice(), text.as_bytes()] {
+                    if let Ok(m) = Manifest::parse(bytes) {
+                        let _ = (m.is_index(None), m.image_config(), m.image_size(), m.created_annotation(), m.children());
+                    }
+                    let _ = config_created(bytes);
+                }
+            }
+
+            #[test]
+            fn created_times_and_index_children_round_trip(
+                us in 0i64..253_402_300_799_999_999,
+                children in prop::collection::btree_set(any::<u32>(), 0..6),
+            ) {
+                let t = Timestamp::from_unix_micros(us);
+                prop_assert_eq!(config_created(format!(r#"{{"created":"{t}"}}"#).as_bytes()), Some(t));
+                let digests: Vec<Digest> = children.iter().map(|c| Digest::sha256_of(&c.to_le_bytes())).collect();
+                let entries: Vec<String> = digests.iter().map(|d| format!(r#"{{"digest":"{d}","size":1}}"#)).collect();
+                let m = Manifest::parse(format!(r#"{{"manifests":[{}]}}"#, entries.join(",")).as_bytes()).unwrap();
+                let mut want = digests.clone();
+                want.sort();
+                prop_assert_eq!(m.children(), want);
+            }
+        }
+    }
 }

@@ -96,7 +96,7 @@ impl BackoffPlugin {
         })?;
         match answer {
             wire::Decision::RetryAfter(micros) => Ok(BackoffDecision::RetryAfter(Duration::from_micros(micros))),
-            wire::Decision::GiveUp(reason) => Ok(BackoffDecision::GiveUp(reason)),
+            wire::Decision::GiveUp(reason) => self.plugin.check_reason(&reason).map(|()| BackoffDecision::GiveUp(reason)),
         }
     }
 }

@@ -21,6 +21,7 @@ mod compile_cache;
 mod retention;
 mod sandbox;
 mod stale;
+mod virtual_time;
 
 use std::fmt;
 use std::path::Path;
@@ -96,6 +97,10 @@ impl Default for RuntimeConfig {
         }
     }
 }
+
+/// The largest memory cap a plugin may be given, in MiB: a 32-bit WebAssembly memory
+/// cannot grow past 4 GiB, the pool's slot size ([`RuntimeConfig::max_memory_bytes`]).
+pub const MAX_PLUGIN_MEMORY_MIB: u64 = 4096;
 
 /// Per-plugin limits for one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,28 +209,35 @@ pub struct PluginError {
 
 impl fmt::Display for PluginError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "plugin {}: ", self.plugin)?;
+        // Everything but the host's own wording may come from the plugin: escaped, so that
+        // it cannot forge terminal output or log lines (`crate::untrusted`).
+        use crate::untrusted::{escape, escape_lines};
+        write!(f, "plugin {}: ", escape(&self.plugin))?;
         match &self.cause {
-            FailureCause::Load(m) => write!(f, "cannot load: {m}")?,
-            FailureCause::InvalidParams(m) => write!(f, "invalid params: {m}")?,
-            FailureCause::Rejected(m) => write!(f, "could not decide: {m}")?,
+            FailureCause::Load(m) => write!(f, "cannot load: {}", escape(m))?,
+            FailureCause::InvalidParams(m) => write!(f, "invalid params: {}", escape(m))?,
+            FailureCause::Rejected(m) => write!(f, "could not decide: {}", escape(m))?,
             FailureCause::Timeout(d) => {
                 write!(f, "timed out after {d:?} (raise the policy's `timeout`, or `--timeout`, if it legitimately needs longer)")?
             }
             FailureCause::MemoryExhausted(cap) => write!(
                 f,
-                "exceeded its memory cap of {} MiB (raise the policy's `memory_mib`, or `--memory-mib`, if the input is that large)",
-                cap >> 20
+                "exceeded its memory cap of {} (raise the policy's `memory_mib`, or `--memory-mib`, if the input is that large)",
+                crate::input::bytes(*cap as u64)
             )?,
-            FailureCause::FuelExhausted(fuel) => write!(f, "ran out of fuel ({fuel} units)")?,
-            FailureCause::Panic(m) => write!(f, "panicked: {m}")?,
-            FailureCause::Trap(m) => write!(f, "trapped: {m}")?,
-            FailureCause::InvalidAnswer(m) => write!(f, "returned an invalid answer: {m}")?,
+            FailureCause::FuelExhausted(fuel) => write!(
+                f,
+                "ran out of fuel: it used its whole budget of {fuel} units (about one per WebAssembly instruction); \
+                 raise the policy's `fuel` if it legitimately needs more, or leave `fuel` out and rely on `timeout`"
+            )?,
+            FailureCause::Panic(m) => write!(f, "panicked: {}", escape(m))?,
+            FailureCause::Trap(m) => write!(f, "trapped: {}", escape(m))?,
+            FailureCause::InvalidAnswer(m) => write!(f, "returned an invalid answer: {}", escape(m))?,
         }
         if let Some(stderr) = self.stderr.as_deref().filter(|s| !s.is_empty()) {
             // Panic messages already are the stderr.
             if !matches!(self.cause, FailureCause::Panic(_)) {
-                write!(f, "\n  plugin stderr: {}", stderr.replace('\n', "\n    "))?;
+                write!(f, "\n  plugin stderr: {}", escape_lines(stderr, "    "))?;
             }
         }
         Ok(())
@@ -275,6 +287,8 @@ impl PluginRuntime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Clock waits and polls that never block the thread (see `virtual_time`).
+        virtual_time::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         bindings::retention::tagwarden::policy::log::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         bindings::retention::tagwarden::policy::types::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
@@ -306,9 +320,9 @@ impl PluginRuntime {
 
     /// Loads a plugin file with default limits. See [`PluginRuntime::load_bytes`].
     pub fn load_file(self: &Arc<Self>, path: &Path, limits: PluginLimits) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|e| PluginError {
+        let bytes = crate::input::read_bytes(path, "plugin file", crate::input::limits::PLUGIN_BYTES, "").map_err(|e| PluginError {
             plugin: path.display().to_string(),
-            cause: FailureCause::Load(format!("cannot read {}: {e}", path.display())),
+            cause: FailureCause::Load(e.to_string()),
             stderr: None,
         })?;
         self.load_bytes(&path.display().to_string(), &bytes, limits)
@@ -325,7 +339,9 @@ impl PluginRuntime {
             Some(dir) => compile_cache::load_or_compile(&self.engine, dir, &sha256, bytes),
             None => Component::new(&self.engine, bytes).map(|c| (c, false)),
         }
-        .map_err(|e| load_err(format!("not a valid WebAssembly component: {e}")))?;
+        .map_err(|e| {
+            load_err(format!("not a valid WebAssembly component ({} bytes; a truncated copy? build or copy it again): {e:#}", bytes.len()))
+        })?;
         let (kind, contract_version) = self.exported_world(&component).map_err(load_err)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             load_err(format!(
@@ -360,6 +376,7 @@ impl PluginRuntime {
             }),
         };
         let info = plugin.call(crate::model::Timestamp::from_unix_micros(0), |store, pre| pre.info(store).map(Ok))?;
+        check_info(&info).map_err(|m| load_err(format!("its `info` {m}")))?;
         let inner = Arc::get_mut(&mut plugin.inner).expect("not shared yet");
         inner.name = Arc::from(info.name.as_str());
         inner.meta.name = info.name;
@@ -442,6 +459,34 @@ fn check_contract_version(version: &str) -> Result<(), String> {
              rebuild the plugin against a matching tagwarden-plugin-sdk, or use a tagwarden that speaks {version}"
         ))
     }
+}
+
+/// Longest plugin name and version accepted from `info`.
+const INFO_NAME_BYTES: usize = 64;
+/// Longest plugin description accepted from `info`.
+const INFO_DESCRIPTION_BYTES: usize = 1024;
+
+/// A plugin's name and version appear in every log line, error and audit row about it,
+/// so they are short identifiers that need no escaping anywhere; the description is
+/// bounded and escaped where shown.
+fn check_info(info: &bindings::PluginInfo) -> Result<(), String> {
+    let identifier = |what: &str, value: &str, allowed: &dyn Fn(char) -> bool| {
+        if value.is_empty() || value.len() > INFO_NAME_BYTES || !value.chars().all(allowed) {
+            Err(format!(
+                "{what} `{}` is not 1 to {INFO_NAME_BYTES} {}; the SDK fills it in from the plugin's Cargo.toml",
+                crate::untrusted::escape(&value.chars().take(INFO_NAME_BYTES).collect::<String>()),
+                if what == "name" { "ASCII letters, digits, `-`, `_` or `.`" } else { "printable ASCII characters" }
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    identifier("name", &info.name, &|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))?;
+    identifier("version", &info.version, &|c| c.is_ascii_graphic())?;
+    if info.description.len() > INFO_DESCRIPTION_BYTES {
+        return Err(format!("description is {} bytes; at most {INFO_DESCRIPTION_BYTES} are allowed", info.description.len()));
+    }
+    Ok(())
 }
 
 /// Distinguishes a core module or a non-wasm file before handing it to the compiler,
@@ -540,6 +585,16 @@ impl Plugin {
         }
     }
 
+    /// A reason in a backoff or stale answer is bounded like a retention rule's.
+    fn check_reason(&self, reason: &str) -> Result<(), PluginError> {
+        let max = crate::model::MAX_REASON_BYTES;
+        if reason.len() > max {
+            let m = format!("its reason is {} bytes long; at most {max} are allowed", reason.len());
+            return Err(self.error(FailureCause::InvalidAnswer(m), None));
+        }
+        Ok(())
+    }
+
     fn error(&self, cause: FailureCause, stderr: Option<String>) -> PluginError {
         PluginError { plugin: self.inner.name.to_string(), cause, stderr }
     }
@@ -587,7 +642,8 @@ impl Plugin {
         if store.data().memory.exceeded {
             return FailureCause::MemoryExhausted(limits.memory_bytes);
         }
-        match e.downcast_ref::<Trap>() {
+        let trap = e.downcast_ref::<Trap>();
+        match trap {
             Some(Trap::Interrupt) => return FailureCause::Timeout(limits.timeout),
             Some(Trap::OutOfFuel) => return FailureCause::FuelExhausted(limits.fuel.unwrap_or(0)),
             _ => {}
@@ -596,7 +652,21 @@ impl Plugin {
         if let Some(at) = stderr.find("panicked at ") {
             return FailureCause::Panic(stderr[at..].lines().take(3).collect::<Vec<_>>().join(" "));
         }
-        FailureCause::Trap(format!("{e:#}").lines().next().unwrap_or_default().to_owned())
+        if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return FailureCause::Trap(format!(
+                "called exit({}); a plugin must return its answer, or an error saying what is wrong, instead of exiting",
+                exit.0
+            ));
+        }
+        // The trap itself, not the backtrace wasmtime wraps it in.
+        FailureCause::Trap(match trap {
+            Some(Trap::StackOverflow) => "stack overflow: recursion too deep or unbounded".to_owned(),
+            Some(Trap::UnreachableCodeReached) => {
+                "aborted (`std::process::abort`, or another path to wasm's `unreachable` instruction)".to_owned()
+            }
+            Some(other) => other.to_string(),
+            None => e.root_cause().to_string(),
+        })
     }
 }
 

@@ -3,10 +3,12 @@
 //! Plugins built for `wasm32-wasip2` import WASI even when they use none of it (the
 //! Rust standard library does, for stderr and hash seeds). The host links WASI but
 //! grants nothing: no preopened directories, no environment or arguments, no network,
-//! a wall clock frozen at the call's `now`, a monotonic clock that never moves, and
-//! randomness from a fixed seed that restarts with every call. Time and entropy
-//! therefore cannot make two calls with the same input differ, whether they run in a
-//! fresh store or in one kept warm for many calls ([`SandboxState::begin_call`]).
+//! a wall clock frozen at the call's `now`, a virtual monotonic clock that starts at 0
+//! with every call and moves only when the plugin waits on it, and never in real time
+//! ([`super::virtual_time`]), and randomness from a fixed seed that restarts with every
+//! call. Time and entropy therefore cannot make two calls with the same input differ,
+//! whether they run in a fresh store or in one kept warm for many calls
+//! ([`SandboxState::begin_call`]), and no wait can hold the host past a deadline.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,9 +17,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::random::Deterministic;
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::LogLevel;
+use super::virtual_time::{VirtualClock, Waits};
 use super::{PluginLimits, STDERR_CAPTURE_BYTES};
 use crate::model::Timestamp;
 
@@ -25,6 +28,9 @@ use crate::model::Timestamp;
 const LOG_LINES_PER_CALL: u32 = 200;
 /// Longest log line kept, in bytes.
 const LOG_LINE_BYTES: usize = 4096;
+/// Most bytes one WASI random call may ask for: the host allocates them, so the default
+/// (64 MiB) would let a plugin make the host allocate far past its own memory cap.
+const RANDOM_BYTES_PER_CALL: u64 = 64 << 10;
 
 /// The fixed seeds behind WASI's random interfaces (see the module comment).
 const SECURE_RANDOM_SEED: [u8; 4] = [0x5a, 0x17, 0xc3, 0x9e];
@@ -38,8 +44,10 @@ pub(crate) struct SandboxState {
     stderr: MemoryOutputPipe,
     plugin: Arc<str>,
     log_lines: u32,
-    /// The WASI clock's time, set by every call.
+    /// The WASI wall clock's time, set by every call.
     now: Arc<AtomicI64>,
+    /// The WASI monotonic clock, restarted by every call.
+    clock: VirtualClock,
     secure_random: SeededRandom,
     insecure_random: SeededRandom,
 }
@@ -59,9 +67,15 @@ impl SandboxState {
     /// per-call log budget is full again.
     pub(crate) fn begin_call(&mut self, now: Timestamp) {
         self.now.store(now.unix_micros(), Ordering::Relaxed);
+        self.clock.restart();
         self.secure_random.restart();
         self.insecure_random.restart();
         self.log_lines = 0;
+    }
+
+    /// What `wasi:clocks/monotonic-clock` and `wasi:io/poll` work on.
+    pub(crate) fn waits(&mut self) -> Waits<'_> {
+        Waits { clock: &self.clock, table: &mut self.table }
     }
 }
 
@@ -71,10 +85,12 @@ pub(crate) fn new_store(engine: &wasmtime::Engine, plugin: &Arc<str>, limits: &P
     let now = Arc::new(AtomicI64::new(0));
     let secure_random = SeededRandom::new(SECURE_RANDOM_SEED);
     let insecure_random = SeededRandom::new(INSECURE_RANDOM_SEED);
+    let clock = VirtualClock::default();
     let wasi = WasiCtxBuilder::new()
         .stderr(stderr.clone())
         .wall_clock(FrozenWallClock(now.clone()))
-        .monotonic_clock(StoppedMonotonicClock)
+        .monotonic_clock(clock.clone())
+        .max_random_size(RANDOM_BYTES_PER_CALL)
         .secure_random(secure_random.clone())
         .insecure_random(insecure_random.clone())
         .insecure_random_seed(0x7461_6777_6172_6465_6e00_0000_0000_0001)
@@ -90,6 +106,7 @@ pub(crate) fn new_store(engine: &wasmtime::Engine, plugin: &Arc<str>, limits: &P
         plugin: plugin.clone(),
         log_lines: 0,
         now,
+        clock,
         secure_random,
         insecure_random,
     };
@@ -134,6 +151,9 @@ impl super::bindings::retention::tagwarden::policy::log::Host for SandboxState {
             message.truncate(cut);
             message.push('…');
         }
+        // One log call is one log line: a newline or escape sequence in it cannot fake
+        // another line or restyle the output.
+        let message = crate::untrusted::escape(&message);
         let plugin = &*self.plugin;
         match level {
             LogLevel::Trace => tracing::trace!(target: "tagwarden::plugin", plugin, "{message}"),
@@ -214,17 +234,5 @@ impl rand::TryRng for SeededRandom {
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
         self.bytes.lock().unwrap_or_else(PoisonError::into_inner).try_fill_bytes(dst)
-    }
-}
-
-struct StoppedMonotonicClock;
-
-impl HostMonotonicClock for StoppedMonotonicClock {
-    fn resolution(&self) -> u64 {
-        1
-    }
-
-    fn now(&self) -> u64 {
-        0
     }
 }

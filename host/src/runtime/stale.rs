@@ -70,6 +70,9 @@ impl StalePlugin {
             };
             Ok(Ok(rule.call_check(&mut *store, handle, &input)?))
         })?;
+        if let wire::Verdict::Stale(f) = &answer {
+            self.plugin.check_reason(&f.reason)?;
+        }
         Ok(match answer {
             wire::Verdict::Healthy => StaleVerdict::Healthy,
             wire::Verdict::Stale(f) => StaleVerdict::Stale {

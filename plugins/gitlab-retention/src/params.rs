@@ -25,7 +25,20 @@ impl GitlabParams for Params {
             Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
             _ => None,
         };
-        parsed.map(Some).ok_or_else(|| expected(key, "a non-negative integer", value))
+        // A whole number past u64 reaches here as a float (serde_json) or as digits that do
+        // not parse: it is a non-negative integer, so say what the limit is instead.
+        let too_large = match value {
+            Value::Number(n) => n.as_f64().is_some_and(|f| f >= u64::MAX as f64),
+            Value::String(s) => !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
+            _ => false,
+        };
+        parsed.map(Some).ok_or_else(|| {
+            if too_large {
+                expected(key, &format!("a non-negative integer no larger than {}", u64::MAX), value)
+            } else {
+                expected(key, "a non-negative integer", value)
+            }
+        })
     }
 
     fn duration_as_given(&self, key: &str) -> Result<Option<(Duration, &str)>, String> {

@@ -346,6 +346,8 @@ fn invalid_params_name_the_param_and_what_was_expected() {
         (r#"{"keep_n": "abc"}"#, &[r#"keep_n: expected a non-negative integer, got "abc""#]),
         (r#"{"keep_n": 1.5}"#, &["keep_n: expected a non-negative integer, got 1.5"]),
         (r#"{"keep_n": ""}"#, &[r#"keep_n: expected a non-negative integer, got """#]),
+        (r#"{"keep_n": 18446744073709551616}"#, &["keep_n: expected a non-negative integer no larger than 18446744073709551615, got"]),
+        (r#"{"keep_n": "18446744073709551616"}"#, &["keep_n: expected a non-negative integer no larger than 18446744073709551615"]),
         (r#"{"older_than": "soon"}"#, &["older_than: expected a duration such as", r#"got "soon""#]),
         (r#"{"older_than": "7"}"#, &["older_than: expected a duration", r#"got "7""#]),
         (r#"{"older_than": "-7d"}"#, &[r#"older_than: expected a non-negative duration, got "-7d""#]),

@@ -71,13 +71,18 @@ pub struct Params {
 }
 
 impl Params {
-    /// Parses `text` as a JSON object and rejects every key not in `known`.
+    /// Parses `text` as a JSON object and rejects every key not in `known`, and every key
+    /// given twice, at any depth (JSON parsers differ on which of the two wins; serde_json
+    /// would keep the last silently).
     ///
     /// Errors: `params: expected a JSON object, could not parse it: <serde error>`,
-    /// `params: expected a JSON object, got <value>`, or
+    /// `params: expected a JSON object, got <value>`,
+    /// `params: the key "a" is given twice at line L column C`, or
     /// `unknown param "a", "b"; known params are <known, comma-separated>`.
     pub fn parse(text: &str, known: &[&str]) -> Result<Self, String> {
-        let value: Value = serde_json::from_str(text).map_err(|e| format!("params: expected a JSON object, could not parse it: {e}"))?;
+        let value = without_duplicate_keys(text).map_err(|e| {
+            if e.is_data() { format!("params: {e}") } else { format!("params: expected a JSON object, could not parse it: {e}") }
+        })?;
         let Value::Object(map) = value else {
             return Err(format!("params: expected a JSON object, got {}", shown(&value)));
         };
@@ -188,6 +193,73 @@ impl Params {
     }
 }
 
+/// Parses JSON text into a [`Value`], refusing an object that gives a key twice.
+fn without_duplicate_keys(text: &str) -> Result<Value, serde_json::Error> {
+    use serde::de::{Deserialize, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+
+    struct Strict(Value);
+
+    impl<'de> Deserialize<'de> for Strict {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(StrictVisitor).map(Strict)
+        }
+    }
+
+    struct StrictVisitor;
+
+    impl<'de> Visitor<'de> for StrictVisitor {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(v.into())
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(v.into())
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(v.into())
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(v.into())
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(v.into())
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Strict(v)) = seq.next_element()? {
+                out.push(v);
+            }
+            Ok(Value::Array(out))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(A::Error::custom(format!("the key {key:?} is given twice")));
+                }
+                let Strict(v) = map.next_value()?;
+                out.insert(key, v);
+            }
+            Ok(Value::Object(out))
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(text);
+    let Strict(value) = Strict::deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
 /// The error `<key>: expected <what>, got <value as JSON>`, as the getters word it.
 ///
 /// The value is shown as JSON (strings in quotes) and cut after 80 bytes, so that a huge
@@ -270,7 +342,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
 }
 
 fn parse(text: &str) -> Result<Duration, DurationError> {
-    let text = text.trim();
+    // ASCII whitespace only, here and between parts, as documented: a no-break space or a
+    // vertical tab is not a separator an operator means.
+    let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
     if text.starts_with('-') {
         return Err(DurationError::Negative);
     }
@@ -284,7 +358,7 @@ fn parse(text: &str) -> Result<Duration, DurationError> {
         }
         let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         let number: u64 = rest[..digits].parse().map_err(|_| DurationError::Malformed)?;
-        rest = rest[digits..].trim_start();
+        rest = rest[digits..].trim_start_matches(|c: char| c.is_ascii_whitespace());
         let letters = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
         let unit = unit_micros(&rest[..letters].to_ascii_lowercase()).ok_or(DurationError::Malformed)?;
         rest = &rest[letters..];
@@ -368,6 +442,22 @@ mod tests {
         assert!(err("{").starts_with("params: expected a JSON object, could not parse it: "));
         assert!(err("").starts_with("params: expected a JSON object, could not parse it: "));
         assert_eq!(err(r#"{"c": 1, "a": 1, "d": 2}"#), r#"unknown param "c", "d"; known params are a, b"#);
+    }
+
+    #[test]
+    fn only_ascii_spaces_separate_duration_parts() {
+        assert_eq!(parse_duration(" 2 weeks\n"), Ok(Duration::from_secs(14 * 86_400)));
+        for text in ["2\u{b} weeks", "2\u{a0}weeks", "\u{a0}7d"] {
+            assert!(parse_duration(text).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_in_either_order() {
+        for text in [r#"{"k": 1, "k": 1000}"#, r#"{"k": 1000, "k": 1}"#, r#"{"k": {"x": 1, "x": 2}}"#] {
+            let err = Params::parse(text, &["k"]).unwrap_err();
+            assert!(err.starts_with("params: the key ") && err.contains("is given twice at line 1"), "{text}: {err}");
+        }
     }
 
     fn params(text: &str) -> Params {

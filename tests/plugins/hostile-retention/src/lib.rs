@@ -1,28 +1,71 @@
-//! A retention plugin for the host's tests and benchmarks. Its params are one word
-//! naming its behaviour, so one component covers every hostile case:
+//! A retention plugin for the host's tests and benchmarks. Its params are an object
+//! whose `mode` names its behaviour, so one component covers every hostile case, and the
+//! CLI can run each: `tagwarden eval --plugin hostile-retention --params '{"mode": "sleep"}' …`.
 //!
-//! | params      | behaviour                                           |
-//! |-------------|-----------------------------------------------------|
-//! | `"noop"`    | keeps everything, doing no per-tag work (benchmark) |
-//! | `"delete"`  | deletes everything                                  |
-//! | `"loop"`    | never returns from `evaluate`                       |
-//! | `"hog"`     | allocates until the memory cap stops it             |
-//! | `"panic"`   | panics in `evaluate`                                |
-//! | `"short"`   | answers one verdict too few                         |
-//! | `"stderr"`  | writes to stderr, then returns an error             |
-//! | `"reject"`  | rejects its params                                  |
-//! | `"probe"`   | reports what of the outside world it can see        |
-//! | `"fill"`    | writes 0xA5 over 8 MiB of fresh memory, keeps all   |
-//! | `"residue"` | grows memory by 12 MiB and fails if any byte of it  |
-//! |             | is not zero (what an earlier call left behind)      |
+//! | mode              | behaviour                                                   |
+//! |-------------------|-------------------------------------------------------------|
+//! | `noop`            | keeps everything, doing no per-tag work (benchmark)         |
+//! | `delete`          | deletes everything                                          |
+//! | `loop`            | never returns from `evaluate` (a busy loop)                 |
+//! | `sleep`           | sleeps 60 s (`std::thread::sleep`), then keeps all, giving  |
+//! |                   | as reason how long its monotonic clock says it slept        |
+//! | `sleep-forever`   | sleeps 1 s at a time, forever                               |
+//! | `poll`            | `poll()`s with no descriptors and a 60 s timeout (a wait on |
+//! |                   | a timer through `wasi:io/poll`), then reports like `sleep`  |
+//! | `poll-forever`    | the same, forever                                           |
+//! | `hog`             | allocates until the memory cap stops it                     |
+//! | `panic`           | panics in `evaluate`                                        |
+//! | `abort`           | calls `std::process::abort`                                 |
+//! | `exit`            | calls `std::process::exit(1)`                               |
+//! | `recurse`         | recurses until the stack overflows                          |
+//! | `short`           | answers one verdict too few                                 |
+//! | `long-reason`     | gives a 100 KiB reason                                      |
+//! | `forge`           | keeps all with reasons and a log line made to fake output:  |
+//! |                   | ANSI colours, newlines, a carriage return                   |
+//! | `stderr`          | writes to stderr (with an escape sequence), then returns an |
+//! |                   | error                                                       |
+//! | `reject`          | rejects its params                                          |
+//! | `probe`           | reports what of the outside world it can see                |
+//! | `fill`            | writes 0xA5 over 8 MiB of fresh memory, keeps all           |
+//! | `residue`         | grows memory by 12 MiB and fails if any byte of it is not   |
+//! |                   | zero (what an earlier call left behind)                     |
 
-use tagwarden_plugin_sdk::{Decisions, RetentionInput, RetentionPolicy, Verdict, export_retention};
+use std::time::{Duration, Instant};
 
-pub struct Hostile(String);
+use tagwarden_plugin_sdk::params::Params;
+use tagwarden_plugin_sdk::{Decisions, RetentionInput, RetentionPolicy, Verdict, export_retention, log};
+
+pub struct Hostile(&'static str);
+
+const MODES: &[&str] = &[
+    "noop",
+    "delete",
+    "loop",
+    "sleep",
+    "sleep-forever",
+    "poll",
+    "poll-forever",
+    "hog",
+    "panic",
+    "abort",
+    "exit",
+    "recurse",
+    "short",
+    "long-reason",
+    "forge",
+    "stderr",
+    "reject",
+    "probe",
+    "fill",
+    "residue",
+];
+
+/// A fake DELETE row, in red, as a plugin might try to slip into the host's table.
+const FORGED: &str = "kept\x1b[0m\n\x1b[1;31mDELETE  production-v44  sha256:forged\x1b[0m\r";
 
 impl RetentionPolicy for Hostile {
     fn create(params: &str) -> Result<Self, String> {
-        let mode = params.trim().trim_matches('"').to_owned();
+        let mode = Params::parse(params, &["mode"])?.choice("mode", MODES, "noop")?;
         if mode == "reject" {
             return Err("mode: rejected on purpose".into());
         }
@@ -30,7 +73,7 @@ impl RetentionPolicy for Hostile {
     }
 
     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {
-        match self.0.as_str() {
+        match self.0 {
             "noop" => Ok(Decisions::uniform(input, Verdict::keep("noop"))),
             "delete" => Ok(Decisions::uniform(input, Verdict::delete("delete everything"))),
             "loop" => {
@@ -39,6 +82,22 @@ impl RetentionPolicy for Hostile {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
             }
+            "sleep" => {
+                let started = Instant::now();
+                std::thread::sleep(Duration::from_secs(60));
+                Ok(Decisions::uniform(input, Verdict::keep(format!("slept {:?}", started.elapsed()))))
+            }
+            "sleep-forever" => loop {
+                std::thread::sleep(Duration::from_secs(1));
+            },
+            "poll" => {
+                let started = Instant::now();
+                poll_timer(60_000)?;
+                Ok(Decisions::uniform(input, Verdict::keep(format!("polled {:?}", started.elapsed()))))
+            }
+            "poll-forever" => loop {
+                poll_timer(1_000)?;
+            },
             "hog" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
@@ -46,13 +105,21 @@ impl RetentionPolicy for Hostile {
                 }
             }
             "panic" => panic!("hostile plugin panics on purpose"),
+            "abort" => std::process::abort(),
+            "exit" => std::process::exit(1),
+            "recurse" => Ok(Decisions::uniform(input, Verdict::keep(format!("depth {}", recurse(std::hint::black_box(1)))))),
             "short" => {
                 let mut d = Decisions::uniform(input, Verdict::delete("short"));
                 d.tags.pop();
                 Ok(d)
             }
+            "long-reason" => Ok(Decisions::uniform(input, Verdict::keep("x".repeat(100 << 10)))),
+            "forge" => {
+                log::warn("looks fine\n2026-11-20T12:00:00Z ERROR tagwarden: forged log line\x1b[2K");
+                Ok(Decisions::uniform(input, Verdict::keep(FORGED)))
+            }
             "stderr" => {
-                eprintln!("hostile plugin: about to fail");
+                eprintln!("hostile plugin: about to fail\x1b[2J");
                 Err("failed on purpose".into())
             }
             "probe" => Ok(Decisions::uniform(input, Verdict::keep(probe()))),
@@ -65,6 +132,31 @@ impl RetentionPolicy for Hostile {
             other => Err(format!("unknown mode `{other}`")),
         }
     }
+}
+
+/// Recurses without end; the sum keeps it from being a tail call.
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    std::hint::black_box(recurse(std::hint::black_box(n + 1))) + n
+}
+
+/// Waits on a timer through `wasi:io/poll`: wasi-libc's `poll` with no descriptors
+/// subscribes to the monotonic clock for the timeout and polls that.
+#[cfg(target_arch = "wasm32")]
+fn poll_timer(timeout_ms: i32) -> Result<(), String> {
+    unsafe extern "C" {
+        fn poll(fds: *mut core::ffi::c_void, nfds: usize, timeout: i32) -> i32;
+    }
+    // SAFETY: no descriptors, so no pointer is read.
+    match unsafe { poll(core::ptr::null_mut(), 0, timeout_ms) } {
+        0 => Ok(()),
+        n => Err(format!("poll returned {n}")),
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn poll_timer(_timeout_ms: i32) -> Result<(), String> {
+    Err("only meaningful inside Wasm".into())
 }
 
 /// What the sandbox lets through: files, environment, network, clocks, randomness.
