@@ -383,7 +383,7 @@ async fn pass_deletes(seeded: &Seeded, policy: &Policy, client_concurrency: usiz
         guards: Guards::default(),
         limits: DeletionLimits { timeout: Duration::from_secs(3600), concurrency: delete_concurrency },
         dry_run: false,
-        now: Timestamp::now(),
+        now: Some(Timestamp::now()),
     };
     let pid = seeded.registry.pid();
     let timeline = Mutex::new(Timeline::default());
@@ -426,7 +426,9 @@ async fn pass_deletes(seeded: &Seeded, policy: &Policy, client_concurrency: usiz
     let mut evals: Vec<Duration> = (0..5)
         .map(|_| {
             let started = Instant::now();
-            let plan = tokio::task::block_in_place(|| pass::plan(policy, list.clone(), ctx.now, &Guards::default()));
+            let plan = tokio::task::block_in_place(|| {
+                pass::plan(policy, list.clone(), ctx.now.unwrap_or_else(Timestamp::now), &Guards::default())
+            });
             let elapsed = started.elapsed();
             assert_eq!(plan.expect("plan").tags_to_delete(), n);
             elapsed

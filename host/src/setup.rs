@@ -85,7 +85,7 @@ pub fn backend(config: &Config, store: &Store) -> anyhow::Result<Backend> {
 }
 
 /// Everything a pass needs besides its policy, from `config`.
-pub fn pass_context(config: &Config, store: &Store, dry_run: bool, now: Timestamp) -> anyhow::Result<PassContext> {
+pub fn pass_context(config: &Config, store: &Store, dry_run: bool, now: Option<Timestamp>) -> anyhow::Result<PassContext> {
     Ok(PassContext {
         backend: backend(config, store)?,
         audit: store.audit_log(),

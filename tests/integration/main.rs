@@ -7,5 +7,6 @@ mod pass;
 mod properties;
 mod registry;
 mod runtime;
+mod serve;
 mod support;
 mod torture;

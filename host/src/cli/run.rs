@@ -54,7 +54,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::plugin_runtime(fuel)?;
     let policies = setup::load_policies(&config, &runtime)?;
     let store = setup::open_store(&config)?;
-    let ctx = setup::pass_context(&config, &store, args.dry_run, now)?;
+    let ctx = setup::pass_context(&config, &store, args.dry_run, Some(now))?;
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let reports = tokio.block_on(run_pass(&ctx, &policies, args.repository.as_deref()))?;
     match args.output {
@@ -107,9 +107,13 @@ async fn run_pass(ctx: &PassContext, policies: &[BoundPolicy], only: Option<&str
         let visited: std::collections::HashSet<&str> = work.iter().map(|(r, _)| *r).collect();
         for repo in pass::repositories_to_reconcile(ctx)?.iter().filter(|r| !visited.contains(r.as_str())) {
             match pass::reconcile_repository(ctx, repo).await {
-                Ok(rec) if !rec.is_empty() => eprintln!("{repo}: {}", describe_reconciliation(&rec)),
+                Ok(rec) if !rec.is_empty() => {
+                    eprintln!("{}", crate::untrusted::escape(&format!("{repo}: {}", describe_reconciliation(&rec))))
+                }
                 Ok(_) => {}
-                Err(e) => eprintln!("{repo}: could not settle what an interrupted pass left: {e}"),
+                Err(e) => {
+                    eprintln!("{}", crate::untrusted::escape(&format!("{repo}: could not settle what an interrupted pass left: {e}")))
+                }
             }
         }
     }

@@ -32,7 +32,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::plugin_runtime(fuel)?;
     let policies = Arc::new(setup::load_policies(&config, &runtime)?);
     let store = setup::open_store(&config)?;
-    let ctx = Arc::new(setup::pass_context(&config, &store, false, Timestamp::now())?);
+    let ctx = Arc::new(setup::pass_context(&config, &store, false, None)?);
     let options = DaemonOptions {
         worker_capacity: config.serve.worker_capacity,
         first_run: config.serve.first_run,
@@ -70,10 +70,12 @@ fn print_event(event: DaemonEvent<'_>) {
                 RepositoryStatus::Refused(d) | RepositoryStatus::Unfinished(d) | RepositoryStatus::Failed(d) => format!(": {d}"),
                 _ => String::new(),
             };
+            // The detail may carry a plugin's words: escaped for the terminal.
             eprintln!(
-                "serve: {}: {}{detail}, {} tags, {} deleted ({:.1}s) → {then}",
-                report.repository,
+                "serve: {}: {}{}, {} tags, {} deleted ({:.1}s) → {then}",
+                crate::untrusted::escape(&report.repository),
                 report.status.label(),
+                crate::untrusted::escape(&detail),
                 report.tags_seen,
                 report.tags_deleted,
                 report.elapsed_ms as f64 / 1000.0
@@ -88,7 +90,7 @@ fn print_event(event: DaemonEvent<'_>) {
 }
 
 /// The state database of a config, which must exist.
-fn state(config: &PathBuf) -> anyhow::Result<Store> {
+fn state(config: &std::path::Path) -> anyhow::Result<Store> {
     let config = Config::read(config)?;
     let db = config.resolve_path(&config.state.dir).join("tagwarden.db");
     if !db.is_file() {

@@ -69,7 +69,8 @@ pub struct PassContext {
     pub guards: Guards,
     pub limits: DeletionLimits,
     pub dry_run: bool,
-    pub now: Timestamp,
+    /// The evaluation time; `None`: the wall clock when each pass starts (the daemon).
+    pub now: Option<Timestamp>,
 }
 
 /// Progress of one repository, for a progress line.
@@ -246,7 +247,7 @@ async fn pass(
 
     progress(Progress::Evaluating { tags: list.tags().len() });
     // Evaluation is CPU-bound: keep it off the async workers' hot path.
-    let planned = tokio::task::block_in_place(|| plan(policy, list, ctx.now, &ctx.guards));
+    let planned = tokio::task::block_in_place(|| plan(policy, list, ctx.now.unwrap_or_else(Timestamp::now), &ctx.guards));
     let repository_plan = match planned {
         Ok(p) => p,
         Err(e) => {

@@ -24,7 +24,8 @@ const IDLE_HORIZON: Duration = Duration::from_secs(60);
 /// How long running passes get to finish after SIGTERM/SIGINT before they are cut off (a
 /// cut-off pass is safe: the next start settles what it left).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// Host default backoff until the backoff plugin is wired in: 2^(n-1) minutes, at most a day.
+/// Host default backoff until the backoff plugin is wired in: 2^n minutes after the n-th
+/// consecutive failure (GitLab's schedule), at most a day.
 const BACKOFF_CAP: Duration = Duration::from_secs(86_400);
 /// Host default: consecutive failures after which a repository is `cleanup_failed`, for
 /// errors retrying may fix (5xx, timeouts) and for those it cannot (401/403, 405, plugin).
@@ -100,7 +101,7 @@ pub async fn run<S: StateStore + Clone + 'static>(
         if running.is_empty() {
             let wakeup = state.next_wakeup(now)?;
             let until = wakeup.map(|w| Duration::from_micros((w.unix_micros() - now.unix_micros()).max(0) as u64));
-            if options.until_idle && until.is_none_or(|u| u > IDLE_HORIZON) {
+            if options.until_idle && until.is_none_or(|u| u >= IDLE_HORIZON) {
                 on_event(DaemonEvent::Idle);
                 return Ok(summary);
             }
@@ -152,7 +153,8 @@ async fn sync<S: StateStore>(
     let now = Timestamp::now();
     for p in policies {
         let first = match options.first_run {
-            FirstRun::Now => now,
+            // Due strictly before the first claim (GitLab's rule is `next_run_at < now`).
+            FirstRun::Now => now.saturating_sub(Duration::from_secs(1)),
             FirstRun::AfterCadence => p.cadence.next_after(now),
         };
         state.upsert_policy(&p.policy.name, p.enabled, p.cadence.every(), first)?;
@@ -225,9 +227,9 @@ pub fn outcome(report: &RepositoryReport, failures: u32, now: Timestamp) -> Clea
     }
 }
 
-/// The host's default backoff: 2^(n-1) minutes after the n-th consecutive failure, capped.
+/// The host's default backoff: 2^n minutes after the n-th consecutive failure, capped.
 pub fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(60u64.saturating_mul(1u64 << failures.saturating_sub(1).min(20))).min(BACKOFF_CAP)
+    Duration::from_secs(60u64.saturating_mul(1u64 << failures.min(20))).min(BACKOFF_CAP)
 }
 
 #[cfg(test)]
@@ -243,9 +245,9 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_from_a_minute_and_caps_at_a_day() {
+    fn backoff_doubles_from_two_minutes_and_caps_at_a_day() {
         let mins: Vec<u64> = (1..=12).map(|n| backoff(n).as_secs() / 60).collect();
-        assert_eq!(mins, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 1440]);
+        assert_eq!(mins, [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 1440, 1440]);
         assert_eq!(backoff(u32::MAX), BACKOFF_CAP);
     }
 
@@ -261,7 +263,7 @@ mod tests {
         let down = RepositoryStatus::Unfinished("listing tags: 503".into());
         match outcome(&report(down.clone(), 0, &["503"]), 1, now) {
             CleanupOutcome::Failed { next_attempt_at: Some(t), class, .. } => {
-                assert_eq!((t.to_rfc3339().as_str(), class.as_str()), ("2026-11-20T12:01:00Z", "transient"))
+                assert_eq!((t.to_rfc3339().as_str(), class.as_str()), ("2026-11-20T12:02:00Z", "transient"))
             }
             other => panic!("{other:?}"),
         }

@@ -560,8 +560,10 @@ mod tests {
         let before = Some("2026-11-20T10:00:00Z"); // started before the policy became due
         let after = Some("2026-11-20T11:30:00Z"); // started since
         let older = Some("2026-11-19T10:00:00Z");
+        /// a status, a started, b status, b started, policy, claimed first.
+        type Row<'a> = (CleanupStatus, Option<&'a str>, CleanupStatus, Option<&'a str>, &'a str, Option<&'a str>);
         #[rustfmt::skip]
-        let table: &[(CleanupStatus, Option<&str>, CleanupStatus, Option<&str>, &str, Option<&str>)] = &[
+        let table: &[Row] = &[
             // a status, a started, b status, b started, policy, claimed first
             (Unscheduled, before, Scheduled,   older,  "runnable",     Some("a")), // unscheduled before scheduled
             (Scheduled,   older,  Unscheduled, before, "runnable",     Some("b")),

@@ -1,9 +1,9 @@
 //! The main job, end to end: start a real registry on 127.0.0.1, seed it from the
-//! recordings in `examples/recordings/`, run `tagwarden run --once` with
-//! `examples/tagwarden.toml`, show what is left, and clean up.
+//! recordings in `examples/recordings/`, show the plan (`tagwarden run --once --dry-run
+//! --plan`), run the daemon until it is idle (`tagwarden serve --until-idle`) with
+//! `examples/tagwarden.toml`, print `tagwarden status`, show what is left, and clean up.
 //!
 //! Run it with `cargo xtask demo` (which builds the plugins and the binary first).
-//! Extra arguments are passed to `tagwarden run`, e.g. `cargo xtask demo --dry-run`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,13 +31,20 @@ async fn main() -> anyhow::Result<()> {
     let config_path = work.path().join("tagwarden.toml");
     std::fs::write(&config_path, config)?;
 
-    eprintln!("demo: running `tagwarden run --once --plan` with examples/tagwarden.toml\n");
-    let status = Command::new(&tagwarden)
-        .args(["run", "--once", "--plan", "--config"])
-        .arg(&config_path)
-        .args(std::env::args().skip(1))
-        .status()
-        .with_context(|| format!("running {}", tagwarden.display()))?;
+    let tagwarden_step = |what: &str, args: &[&str]| -> anyhow::Result<bool> {
+        eprintln!("\ndemo: {what}: `tagwarden {}`\n", args.join(" "));
+        let status = Command::new(&tagwarden)
+            .args(args)
+            .arg("--config")
+            .arg(&config_path)
+            .status()
+            .with_context(|| format!("running {}", tagwarden.display()))?;
+        Ok(status.success())
+    };
+    // The plan first (nothing deleted), then the daemon does it, then its state.
+    let planned = tagwarden_step("the plan, nothing deleted", &["run", "--once", "--dry-run", "--plan"])?;
+    let served = tagwarden_step("the daemon, until nothing is due", &["serve", "--until-idle"])?;
+    let status = tagwarden_step("what the daemon's state says", &["status"])?;
 
     println!("\nWhat the registry holds now:");
     let seeder = registry.client();
@@ -47,8 +54,8 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(registry);
     eprintln!("\ndemo: registry stopped and its storage removed");
-    if !status.success() {
-        bail!("tagwarden run exited with {status}");
+    if !(planned && served && status) {
+        bail!("a tagwarden command failed (see above)");
     }
     Ok(())
 }
