@@ -380,13 +380,36 @@ fn a_sleep_or_a_poll_on_a_timer_returns_at_once_on_the_virtual_clock() {
     }
 }
 
+/// The bound the issue sets: a call ends within its deadline plus this, whatever the guest does.
+const WITHIN_DEADLINE: Duration = Duration::from_millis(50);
+
 #[test]
 fn sleeping_polling_or_spinning_forever_ends_within_the_deadline() {
     for mode in ["loop", "sleep-forever", "poll-forever"] {
-        let (result, elapsed) = timed(mode);
-        let err = result.unwrap_err();
-        assert_eq!(err.cause, FailureCause::Timeout(quick().timeout), "{mode}: {err}");
-        assert!(elapsed < quick().timeout + PAST_DEADLINE, "{mode} held the host for {elapsed:?}; its deadline is {:?}", quick().timeout);
+        // Every call ends (bounded generously: the suite shares two cores with itself), and
+        // the best of a few ends within deadline + 50 ms. Scheduling noise on a loaded machine
+        // delays the thread that sees the call end, not the guest; the best run measures the
+        // mechanism (an epoch tick every 5 ms).
+        let mut best = Duration::MAX;
+        for _ in 0..5 {
+            let (result, elapsed) = timed(mode);
+            let err = result.unwrap_err();
+            assert_eq!(err.cause, FailureCause::Timeout(quick().timeout), "{mode}: {err}");
+            assert!(
+                elapsed < quick().timeout + PAST_DEADLINE,
+                "{mode} held the host for {elapsed:?}; its deadline is {:?}",
+                quick().timeout
+            );
+            best = best.min(elapsed);
+            if best < quick().timeout + WITHIN_DEADLINE {
+                break;
+            }
+        }
+        assert!(
+            best < quick().timeout + WITHIN_DEADLINE,
+            "{mode}: the best of 5 calls took {best:?}; its deadline is {:?}",
+            quick().timeout
+        );
     }
     assert_host_still_serves();
 }
