@@ -25,6 +25,8 @@ pub struct Config {
     pub policies: Vec<PolicySection>,
     #[serde(default)]
     pub serve: ServeSection,
+    #[serde(default)]
+    pub plugins: PluginsSection,
     /// The file it was read from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -139,6 +141,18 @@ impl Default for ServeSection {
     fn default() -> Self {
         ServeSection { worker_capacity: defaults::worker_capacity(), first_run: FirstRun::default() }
     }
+}
+
+/// `[plugins]`: the plugins the daemon consults besides each policy's retention plugin.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsSection {
+    /// A backoff plugin (bundled name or `.wasm` path) deciding when a failed cleanup is
+    /// tried again, or given up. Unset: the host's default schedule (docs/operations.md).
+    pub backoff: Option<String>,
+    /// Its params, passed as a JSON object.
+    #[serde(default)]
+    pub backoff_params: toml::Table,
 }
 
 /// See [`ServeSection::first_run`].

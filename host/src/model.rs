@@ -489,6 +489,18 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// The name stored in the state and shown to operators (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::RateLimited => "rate-limited",
+            ErrorClass::NotFound => "not-found",
+            ErrorClass::Unauthorized => "unauthorized",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Permanent => "permanent",
+        }
+    }
+
     /// Whether retrying the same request soon may succeed.
     pub fn is_retryable(self) -> bool {
         matches!(self, ErrorClass::Transient | ErrorClass::RateLimited | ErrorClass::Timeout)

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::model::Timestamp;
 use crate::pass::{DeletionLimits, Guards, PassContext, Policy};
 use crate::registry::{RegistryClient, RegistryConfig};
-use crate::runtime::PluginRuntime;
+use crate::runtime::{BackoffPlugin, Failure, OperationKind, PluginLimits, PluginRuntime};
 use crate::scheduler::Cadence;
 use crate::store::Store;
 
@@ -60,6 +60,34 @@ pub fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::R
         out.push(BoundPolicy { policy, cadence: p.cadence, enabled: p.enabled, matcher: p.matcher() });
     }
     Ok(out)
+}
+
+/// The configured backoff plugin (`[plugins] backoff`) and its params as JSON, if any. Its
+/// params are validated here, so a typo fails at start, not at the first failure.
+pub fn load_backoff(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Result<Option<(BackoffPlugin, String)>> {
+    let Some(spec) = &config.plugins.backoff else { return Ok(None) };
+    let context = || format!("cannot load the backoff plugin `{spec}` of {} (`plugins.backoff`)", config.path.display());
+    let spec = if spec.ends_with(".wasm") || spec.contains('/') {
+        config.resolve_path(Path::new(spec)).display().to_string()
+    } else {
+        spec.clone()
+    };
+    let path = crate::plugins::resolve(&spec, &[]).with_context(context)?;
+    let plugin = runtime.load_file(&path, PluginLimits::default()).with_context(context)?.into_backoff().with_context(context)?;
+    let params = serde_json::to_string(&config.plugins.backoff_params)?;
+    // A trial decision: bad params fail now, with the plugin's own words.
+    let trial = Failure {
+        operation: OperationKind::Cleanup,
+        attempt: 1,
+        class: crate::model::ErrorClass::Transient,
+        http_status: Some(503),
+        retry_after: None,
+        message: "trial".into(),
+        now: crate::model::Timestamp::now(),
+        seed: 0,
+    };
+    plugin.decide(&params, &trial).with_context(|| format!("{}: `plugins.backoff_params`", context()))?;
+    Ok(Some((plugin, params)))
 }
 
 /// The state database of `config` (`[state] dir`/tagwarden.db).

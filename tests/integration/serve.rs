@@ -40,6 +40,7 @@ fn write_config(dir: &Path, url: &str) -> std::path::PathBuf {
     let config = format!(
         "[registry]\nurl = {url:?}\nmax_retries = 0\n\n[state]\ndir = \"state\"\n\n\
          [deletion]\ntimeout = \"60s\"\nconcurrency = 2\n\n[serve]\nworker_capacity = 2\n\n\
+         [plugins]\nbackoff = \"exponential-backoff\"\nbackoff_params = {{ initial_delay = \"5m\" }}\n\n\
          [[policy]]\nname = \"builds\"\nrepositories = [\"builds/*\"]\nplugin = {plugin:?}\ncadence = \"7d\"\n\
          params = {{ name_regex_delete = \"b-.*\", keep_n = 2 }}\n\n\
          [[policy]]\nname = \"apps\"\nrepositories = [\"apps/*\"]\nplugin = {plugin:?}\ncadence = \"1d\"\n\
@@ -115,9 +116,12 @@ async fn serve_until_idle_cleans_every_repository_backs_off_a_forbidden_one_and_
     assert_eq!(snapshot(&seed, "apps/a1").await, before["apps/a1"], "nothing deleted while forbidden");
     let a1 = store.repository("apps/a1").unwrap().unwrap();
     assert_eq!((a1.status, a1.consecutive_failures), (CleanupStatus::Unfinished, 1), "{a1:?}\n{output}");
-    assert!(a1.next_attempt_at.is_some(), "backs off: {a1:?}");
+    // The backoff plugin decided: a 403 is retried (give_up_on_unauthorized is off), after
+    // its initial_delay of 5 minutes.
+    let retry_in = a1.next_attempt_at.expect("backs off").unix_micros() - Timestamp::now().unix_micros();
+    assert!(retry_in > 4 * 60 * 1_000_000 && retry_in <= 5 * 60 * 1_000_000, "next attempt in {retry_in} µs: {a1:?}");
     let (class, reason) = a1.last_failure.clone().expect("the failure is recorded");
-    assert!(class == "permanent" && reason.contains("403"), "{class}: {reason}");
+    assert!(class == "unauthorized" && reason.contains("403"), "{class}: {reason}");
 
     // Every manifest the registry lost has its audit row; none is left open.
     for repo in ["builds/r0", "builds/r1", "builds/r2", "builds/r3", "apps/a0"] {
@@ -149,4 +153,25 @@ async fn serve_until_idle_cleans_every_repository_backs_off_a_forbidden_one_and_
     let (code, output) = tagwarden(dir.path(), &["status", "--config", &config_arg]);
     assert_eq!(code, Some(0), "{output}");
     assert!(output.contains("cleanup_unscheduled") && output.contains('6'), "{output}");
+}
+
+#[test]
+fn bad_backoff_params_fail_at_start_naming_the_key_and_nothing_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens here: the error must come before any request.
+    let config = write_config(dir.path(), "http://127.0.0.1:9");
+    let text = std::fs::read_to_string(&config).unwrap().replace("initial_delay = \"5m\"", "initial_delay = \"soon\"");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tagwarden"))
+        .current_dir(dir.path())
+        .args(["serve", "--until-idle", "--config"])
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .env("TAGWARDEN_CACHE_DIR", dir.path().join("compiled"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("plugins.backoff_params") && stderr.contains("initial_delay"), "{stderr}");
+    assert!(!dir.path().join("state/tagwarden.db").exists(), "no state written: {stderr}");
 }

@@ -31,6 +31,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let fuel = config.policies.iter().any(|p| p.fuel.is_some());
     let runtime = super::plugin_runtime(fuel)?;
     let policies = Arc::new(setup::load_policies(&config, &runtime)?);
+    let backoff = setup::load_backoff(&config, &runtime)?;
     let store = setup::open_store(&config)?;
     let ctx = Arc::new(setup::pass_context(&config, &store, false, None)?);
     let options = DaemonOptions {
@@ -38,6 +39,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         first_run: config.serve.first_run,
         until_idle: args.until_idle,
         lease: config.deletion.timeout + Duration::from_secs(30 * 60),
+        backoff,
     };
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let summary = tokio.block_on(async {

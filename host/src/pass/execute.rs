@@ -73,6 +73,8 @@ pub(super) struct Tally {
     pub permanent: Option<String>,
     /// The repository disappeared while the pass ran.
     pub gone: bool,
+    /// The class of the first error that stopped a deletion (permanent ones win).
+    pub failure_class: Option<ErrorClass>,
     deletes_work: bool,
 }
 
@@ -110,6 +112,9 @@ impl Tally {
                 self.manifests_deleted += 1;
             }
             Done::Failed { message, class } => {
+                if !class.is_retryable() || self.failure_class.is_none() {
+                    self.failure_class = Some(class);
+                }
                 self.failed += d.tags.len().max(1);
                 self.not_deleted.extend(d.tags.iter().cloned());
                 if !class.is_retryable() {
@@ -118,6 +123,7 @@ impl Tally {
                 self.errors.push(message);
             }
             Done::Unsettled { message } => {
+                self.failure_class.get_or_insert(ErrorClass::Transient);
                 self.unsettled += 1;
                 self.failed += d.tags.len().max(1);
                 self.not_deleted.extend(d.tags.iter().cloned());

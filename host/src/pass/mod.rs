@@ -35,7 +35,7 @@ pub use plan::{Guards, Policy, RepositoryPlan, Verdict, apply_guards, plan};
 pub use reconcile::Reconciliation;
 
 use crate::backend::Backend;
-use crate::model::{TagList, Timestamp};
+use crate::model::{ErrorClass, TagList, Timestamp};
 use crate::registry::RegistryError;
 use crate::runtime::PluginError;
 use crate::store::{AuditLog, NewRun, RunLog, RunPlan, RunSummary};
@@ -142,6 +142,11 @@ pub struct RepositoryReport {
     pub tags_deleted: usize,
     pub manifests_deleted: usize,
     pub failed: usize,
+    /// The error class of what stopped or failed the pass (a registry error's, or
+    /// `permanent` for a plugin failure): what a backoff plugin branches on.
+    pub failure_class: Option<ErrorClass>,
+    /// The HTTP status behind it, when a registry answered.
+    pub failure_http_status: Option<u16>,
     /// Tags whose deletion was attempted or due but did not happen (failed, or not
     /// attempted before the time budget ran out). Empty for refused and dry-run passes.
     pub not_deleted: Vec<String>,
@@ -171,6 +176,8 @@ impl RepositoryReport {
             tags_deleted: 0,
             manifests_deleted: 0,
             failed: 0,
+            failure_class: None,
+            failure_http_status: None,
             not_deleted: vec![],
             errors: vec![],
             changed_since_listing: vec![],
@@ -218,6 +225,8 @@ async fn pass(
         Ok(Some(list)) => list,
         Err(e) => {
             report.status = status_for_error(&e, "listing tags");
+            report.failure_class = Some(e.class);
+            report.failure_http_status = e.status;
             report.errors.push(e.to_string());
             return;
         }
@@ -252,6 +261,10 @@ async fn pass(
         Ok(p) => p,
         Err(e) => {
             report.status = RepositoryStatus::Failed(format!("{e}; nothing was deleted"));
+            report.failure_class = Some(match &e {
+                PassError::Registry(r) => r.class,
+                PassError::Plugin(_) | PassError::Plan(_) => ErrorClass::Permanent,
+            });
             report.errors.push(e.to_string());
             close_run(execution.as_ref(), report);
             return;
@@ -282,6 +295,7 @@ async fn pass(
             report.not_deleted = tally.not_deleted.clone();
             report.errors.extend(tally.errors.iter().cloned());
             report.changed_since_listing = tally.changed_since_listing.clone();
+            report.failure_class = tally.failure_class;
             report.status = tally.status(ctx.limits.timeout);
         }
     }

@@ -11,9 +11,11 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 
 use crate::config::FirstRun;
+use crate::model::ErrorClass;
 use crate::model::Timestamp;
 use crate::owner::{self, Liveness};
 use crate::pass::{self, PassContext, Progress, RepositoryReport, RepositoryStatus};
+use crate::runtime::{BackoffDecision, BackoffPlugin, Failure, OperationKind};
 use crate::setup::{self, BoundPolicy};
 use crate::store::{Claim, CleanupOutcome, StateStore};
 
@@ -42,6 +44,8 @@ pub struct DaemonOptions {
     /// How long a claim is held before another process may take it back. A pass is bounded
     /// by the deletion budget; the lease adds room for listing and evaluation.
     pub lease: Duration,
+    /// The backoff plugin and its params (JSON); `None`: the host's default schedule.
+    pub backoff: Option<(BackoffPlugin, String)>,
 }
 
 /// What the daemon reports as it goes (the CLI prints these).
@@ -113,7 +117,7 @@ pub async fn run<S: StateStore + Clone + 'static>(
         tokio::select! {
             finished = running.join_next() => {
                 let (claim, report) = finished.expect("running is not empty").context("a pass task panicked")?;
-                finish(&state, me, &claim, &report, on_event)?;
+                finish(&state, me, &claim, &report, options.backoff.as_ref(), on_event)?;
                 summary.passes += 1;
                 summary.tags_deleted += report.tags_deleted;
             }
@@ -122,7 +126,7 @@ pub async fn run<S: StateStore + Clone + 'static>(
                 let drain = async {
                     while let Some(done) = running.join_next().await {
                         if let Ok((claim, report)) = done {
-                            finish(&state, me, &claim, &report, on_event)?;
+                            finish(&state, me, &claim, &report, options.backoff.as_ref(), on_event)?;
                             summary.passes += 1;
                         }
                     }
@@ -195,11 +199,35 @@ fn finish<S: StateStore>(
     me: &str,
     claim: &Claim,
     report: &RepositoryReport,
+    backoff: Option<&(BackoffPlugin, String)>,
     on_event: &(dyn Fn(DaemonEvent<'_>) + Send + Sync),
 ) -> anyhow::Result<()> {
     let now = Timestamp::now();
     let failures = state.repository(&claim.path)?.map_or(0, |r| r.consecutive_failures) + 1;
-    let outcome = outcome(report, failures, now);
+    let mut outcome = outcome(report, failures, now);
+    if let (Some((plugin, params)), CleanupOutcome::Failed { class, http_status, reason, next_attempt_at }) = (backoff, &mut outcome) {
+        // The plugin decides; the host's default stands only when the plugin itself fails.
+        let failure = Failure {
+            operation: OperationKind::Cleanup,
+            attempt: failures,
+            class: report.failure_class.unwrap_or(if class == "transient" { ErrorClass::Transient } else { ErrorClass::Permanent }),
+            http_status: report.failure_http_status,
+            retry_after: None,
+            message: reason.clone(),
+            now,
+            seed: seed_of(&claim.path),
+        };
+        *http_status = report.failure_http_status;
+        *class = failure.class.as_str().to_owned();
+        match plugin.decide(params, &failure) {
+            Ok(BackoffDecision::RetryAfter(d)) => *next_attempt_at = Some(now.saturating_add(d)),
+            Ok(BackoffDecision::GiveUp(why)) => {
+                *next_attempt_at = None;
+                *reason = format!("{reason} (backoff plugin gave up: {why})");
+            }
+            Err(e) => tracing::warn!(repository = claim.path, "{e}; using the host's default backoff"),
+        }
+    }
     if !state.finish_claim(&claim.path, me, &outcome, now)? {
         tracing::warn!(repository = claim.path, "the claim was taken back while the pass ran; its outcome is not recorded");
     }
@@ -207,7 +235,13 @@ fn finish<S: StateStore>(
     Ok(())
 }
 
-/// The state a pass's report leads to. `failures` counts this failure too.
+/// A stable jitter seed for a repository (FNV-1a of its path).
+fn seed_of(path: &str) -> u64 {
+    path.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The state a pass's report leads to with the host's default backoff. `failures` counts
+/// this failure too.
 pub fn outcome(report: &RepositoryReport, failures: u32, now: Timestamp) -> CleanupOutcome {
     let failed = |class: &str, reason: &str, give_up_after: u32| {
         let next_attempt_at = (failures < give_up_after).then(|| now.saturating_add(backoff(failures)));
