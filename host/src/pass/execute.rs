@@ -232,8 +232,14 @@ impl<'a> Execution<'a> {
         (self.progress)(Progress::Deleting { done, total: self.total.load(Ordering::Relaxed) });
     }
 
-    /// Carries out `plan` within the time budget.
-    pub async fn run(&self, plan: &DeletionPlan) -> Tally {
+    /// Carries out `plan` within the time budget, which starts now (reconciliation and
+    /// evaluation before it do not spend it).
+    pub async fn run(&mut self, plan: &DeletionPlan) -> Tally {
+        self.deadline = Instant::now() + self.ctx.limits.timeout;
+        self.execute(plan).await
+    }
+
+    async fn execute(&self, plan: &DeletionPlan) -> Tally {
         let mut tally = Tally::default();
         self.total.store(plan.digests.len() + plan.shared_tags.len(), Ordering::Relaxed);
         let Some(mut plan) = self.recheck(plan, &mut tally).await else {

@@ -234,7 +234,7 @@ async fn pass(
     // Tags on tagwarden's dummy are removals in progress: never shown to a plugin.
     let leftovers = dummy::split_leftovers(&mut list);
     report.tags_seen = list.tags().len();
-    let execution = if ctx.dry_run {
+    let mut execution = if ctx.dry_run {
         report.reconciliation.finished_removals = leftovers;
         None
     } else {
@@ -275,7 +275,7 @@ async fn pass(
         report.status = RepositoryStatus::Refused(refusal.clone());
     } else if ctx.dry_run {
         report.status = RepositoryStatus::Planned;
-    } else if let Some(ex) = &execution {
+    } else if let Some(ex) = &mut execution {
         let deletion = &repository_plan.deletion;
         let intent =
             RunPlan { tags_to_delete: report.tags_to_delete, digests_planned: deletion.digests.len(), tags_planned: deletion.tag_count() };
@@ -289,14 +289,14 @@ async fn pass(
         }
         if !deletion.is_empty() {
             let tally = ex.run(deletion).await;
+            report.status = tally.status(ctx.limits.timeout);
             report.tags_deleted = tally.tags_deleted;
             report.manifests_deleted = tally.manifests_deleted;
             report.failed = tally.failed;
-            report.not_deleted = tally.not_deleted.clone();
-            report.errors.extend(tally.errors.iter().cloned());
-            report.changed_since_listing = tally.changed_since_listing.clone();
             report.failure_class = tally.failure_class;
-            report.status = tally.status(ctx.limits.timeout);
+            report.not_deleted = tally.not_deleted;
+            report.errors.extend(tally.errors);
+            report.changed_since_listing = tally.changed_since_listing;
         }
     }
     if report.status == RepositoryStatus::Completed && !report.reconciliation.errors.is_empty() {
