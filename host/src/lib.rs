@@ -7,7 +7,7 @@
 //! - [`recording`]: the recorded tag-list format read by `eval` and written by `record`.
 //! - [`runtime`]: the only module that touches wasmtime; loads and runs plugins.
 //! - [`registry`]: the only module that speaks HTTP to registries.
-//! - [`store`]: the only module that owns SQL (metadata cache, later the daemon's state).
+//! - [`store`]: the only module that owns SQL (metadata cache, audit log, runs, the daemon's state).
 //! - [`pass`]: one cleanup pass over one repository (plan, execute, reconcile).
 //! - [`plugins`]: finding plugin files by name or path.
 //! - [`scheduler`]: cadence and claim order as pure functions of state and time.

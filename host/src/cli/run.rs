@@ -16,7 +16,7 @@ use crate::setup::{self, BoundPolicy};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Run one pass and exit (the scheduling daemon is `tagwarden serve`, not built yet).
+    /// Run one pass and exit (the daemon is `tagwarden serve`).
     #[arg(long)]
     once: bool,
     /// The configuration file.
@@ -40,7 +40,7 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !args.once {
-        anyhow::bail!("only `run --once` exists so far (the scheduling daemon is planned as `tagwarden serve`); add --once");
+        anyhow::bail!("`run` makes one pass: add --once (for the daemon, use `tagwarden serve`)");
     }
     let config = Config::read(&args.config)?;
     let now = match &args.now {
