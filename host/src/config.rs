@@ -153,6 +153,13 @@ pub struct PluginsSection {
     /// Its params, passed as a JSON object.
     #[serde(default)]
     pub backoff_params: toml::Table,
+    /// A stale plugin (bundled name or `.wasm` path) deciding whether a cleanup, deletion or
+    /// import that has run long is abandoned. Unset: the bundled `stale-timeout` with its
+    /// defaults.
+    pub stale: Option<String>,
+    /// Its params, passed as a JSON object.
+    #[serde(default)]
+    pub stale_params: toml::Table,
 }
 
 /// See [`ServeSection::first_run`].

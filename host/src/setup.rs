@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::model::Timestamp;
 use crate::pass::{DeletionLimits, Guards, PassContext, Policy};
 use crate::registry::{RegistryClient, RegistryConfig};
-use crate::runtime::{BackoffPlugin, Failure, OperationKind, PluginLimits, PluginRuntime};
+use crate::runtime::{BackoffPlugin, Failure, Operation, OperationKind, PluginLimits, PluginRuntime, StalePlugin};
 use crate::scheduler::Cadence;
 use crate::store::Store;
 
@@ -49,12 +49,7 @@ pub fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::R
     for p in &config.policies {
         let context = || format!("cannot load policy `{}` of {}", p.name, config.path.display());
         // A plugin given as a path is relative to the config file.
-        let spec = if p.plugin.ends_with(".wasm") || p.plugin.contains('/') {
-            config.resolve_path(Path::new(&p.plugin)).display().to_string()
-        } else {
-            p.plugin.clone()
-        };
-        let path = crate::plugins::resolve(&spec, &[]).with_context(context)?;
+        let path = resolve_plugin(config, &p.plugin).with_context(context)?;
         let plugin = runtime.load_file(&path, p.limits()).with_context(context)?.into_retention().with_context(context)?;
         let policy = Policy::new(&p.name, &plugin, &p.params_json()).with_context(context)?;
         out.push(BoundPolicy { policy, cadence: p.cadence, enabled: p.enabled, matcher: p.matcher() });
@@ -62,17 +57,43 @@ pub fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::R
     Ok(out)
 }
 
+/// A plugin named in `[plugins]`: a bundled name, or a `.wasm` path relative to the config.
+fn resolve_plugin(config: &Config, spec: &str) -> anyhow::Result<std::path::PathBuf> {
+    let spec = if spec.ends_with(".wasm") || spec.contains('/') {
+        config.resolve_path(Path::new(spec)).display().to_string()
+    } else {
+        spec.to_owned()
+    };
+    crate::plugins::resolve(&spec, &[])
+}
+
+/// The stale plugin (`[plugins] stale`, default the bundled `stale-timeout`) and its params as
+/// JSON. Its params are validated here with a trial check, so a typo fails at start.
+pub fn load_stale(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Result<(StalePlugin, String)> {
+    let spec = config.plugins.stale.as_deref().unwrap_or("stale-timeout");
+    let context = || format!("cannot load the stale plugin `{spec}` of {} (`plugins.stale`)", config.path.display());
+    let path = resolve_plugin(config, spec).with_context(context)?;
+    let plugin = runtime.load_file(&path, PluginLimits::default()).with_context(context)?.into_stale().with_context(context)?;
+    let params = serde_json::to_string(&config.plugins.stale_params)?;
+    let now = Timestamp::now();
+    let trial = Operation {
+        kind: OperationKind::Cleanup,
+        state: "cleanup_ongoing".into(),
+        started_at: Some(now),
+        now,
+        delete_timeout: config.deletion.timeout,
+        registry_status: None,
+    };
+    plugin.check(&params, &trial).with_context(|| format!("{}: `plugins.stale_params`", context()))?;
+    Ok((plugin, params))
+}
+
 /// The configured backoff plugin (`[plugins] backoff`) and its params as JSON, if any. Its
 /// params are validated here, so a typo fails at start, not at the first failure.
 pub fn load_backoff(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Result<Option<(BackoffPlugin, String)>> {
     let Some(spec) = &config.plugins.backoff else { return Ok(None) };
     let context = || format!("cannot load the backoff plugin `{spec}` of {} (`plugins.backoff`)", config.path.display());
-    let spec = if spec.ends_with(".wasm") || spec.contains('/') {
-        config.resolve_path(Path::new(spec)).display().to_string()
-    } else {
-        spec.clone()
-    };
-    let path = crate::plugins::resolve(&spec, &[]).with_context(context)?;
+    let path = resolve_plugin(config, spec).with_context(context)?;
     let plugin = runtime.load_file(&path, PluginLimits::default()).with_context(context)?.into_backoff().with_context(context)?;
     let params = serde_json::to_string(&config.plugins.backoff_params)?;
     // A trial decision: bad params fail now, with the plugin's own words.

@@ -32,6 +32,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::plugin_runtime(fuel)?;
     let policies = Arc::new(setup::load_policies(&config, &runtime)?);
     let backoff = setup::load_backoff(&config, &runtime)?;
+    let stale = setup::load_stale(&config, &runtime)?;
     let store = setup::open_store(&config)?;
     let ctx = Arc::new(setup::pass_context(&config, &store, false, None)?);
     let options = DaemonOptions {
@@ -40,6 +41,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         until_idle: args.until_idle,
         lease: config.deletion.timeout + Duration::from_secs(30 * 60),
         backoff,
+        stale,
     };
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let summary = tokio.block_on(async {

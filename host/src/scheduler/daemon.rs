@@ -15,7 +15,7 @@ use crate::model::ErrorClass;
 use crate::model::Timestamp;
 use crate::owner::{self, Liveness};
 use crate::pass::{self, PassContext, Progress, RepositoryReport, RepositoryStatus};
-use crate::runtime::{BackoffDecision, BackoffPlugin, Failure, OperationKind};
+use crate::runtime::{BackoffDecision, BackoffPlugin, Failure, OperationKind, StalePlugin};
 use crate::setup::{self, BoundPolicy};
 use crate::store::{Claim, CleanupOutcome, StateStore};
 
@@ -46,6 +46,8 @@ pub struct DaemonOptions {
     pub lease: Duration,
     /// The backoff plugin and its params (JSON); `None`: the host's default schedule.
     pub backoff: Option<(BackoffPlugin, String)>,
+    /// The stale plugin and its params (JSON): judges passes that have run too long.
+    pub stale: (StalePlugin, String),
 }
 
 /// What the daemon reports as it goes (the CLI prints these).
