@@ -84,6 +84,9 @@ pub struct DeletionSection {
     /// Tag-name patterns (regex, whole name) that are never deleted, whatever a plugin says.
     #[serde(default)]
     pub protect: Vec<String>,
+    /// At most this many tags are deleted by one pass; the rest wait for the next pass
+    /// (GitLab's `max_list_size` truncation). The plugin still decides over every tag.
+    pub max_list_size: Option<usize>,
 }
 
 impl Default for DeletionSection {
@@ -93,6 +96,7 @@ impl Default for DeletionSection {
             concurrency: defaults::concurrency(),
             max_delete_fraction: None,
             protect: vec![],
+            max_list_size: None,
         }
     }
 }
@@ -135,11 +139,31 @@ pub struct ServeSection {
     /// `after-cadence` (GitLab's behaviour: one cadence after it is first seen).
     #[serde(default)]
     pub first_run: FirstRun,
+    /// Repository deletions running at once (`tagwarden repos delete`).
+    #[serde(default = "defaults::deletion_capacity")]
+    pub deletion_capacity: usize,
+    /// How often the registry's catalog is read again for new repositories.
+    #[serde(default = "defaults::catalog_sync", deserialize_with = "duration")]
+    pub catalog_sync: Duration,
+    /// How often the stale plugin is asked about every ongoing cleanup and deletion.
+    #[serde(default = "defaults::stale_check", deserialize_with = "duration")]
+    pub stale_check: Duration,
+    /// How long a claim stays valid without a heartbeat. The daemon renews its leases every
+    /// quarter of this; a host that stops renewing loses its work to others after it.
+    #[serde(default = "defaults::lease", deserialize_with = "duration")]
+    pub lease: Duration,
 }
 
 impl Default for ServeSection {
     fn default() -> Self {
-        ServeSection { worker_capacity: defaults::worker_capacity(), first_run: FirstRun::default() }
+        ServeSection {
+            worker_capacity: defaults::worker_capacity(),
+            first_run: FirstRun::default(),
+            deletion_capacity: defaults::deletion_capacity(),
+            catalog_sync: defaults::catalog_sync(),
+            stale_check: defaults::stale_check(),
+            lease: defaults::lease(),
+        }
     }
 }
 
@@ -188,6 +212,22 @@ mod defaults {
     }
     pub fn worker_capacity() -> usize {
         2
+    }
+
+    pub fn deletion_capacity() -> usize {
+        2
+    }
+
+    pub fn catalog_sync() -> Duration {
+        Duration::from_secs(3600)
+    }
+
+    pub fn stale_check() -> Duration {
+        Duration::from_secs(300)
+    }
+
+    pub fn lease() -> Duration {
+        Duration::from_secs(120)
     }
 
     pub fn request_timeout() -> Duration {
@@ -290,6 +330,21 @@ impl Config {
         }
         if self.serve.worker_capacity == 0 {
             bail!("at `serve.worker_capacity`: expected at least 1 (passes running at once)");
+        }
+        if self.serve.deletion_capacity == 0 {
+            bail!("at `serve.deletion_capacity`: expected at least 1 (repository deletions running at once)");
+        }
+        for (key, value, least) in [
+            ("serve.catalog_sync", self.serve.catalog_sync, Duration::from_secs(1)),
+            ("serve.stale_check", self.serve.stale_check, Duration::from_secs(1)),
+            ("serve.lease", self.serve.lease, Duration::from_secs(4)),
+        ] {
+            if value < least {
+                bail!("at `{key}`: expected at least {} (got {})", humantime::format_duration(least), humantime::format_duration(value));
+            }
+        }
+        if d.max_list_size == Some(0) {
+            bail!("at `deletion.max_list_size`: expected at least 1 (tags deleted per pass), or leave it out for no limit");
         }
         if let Some(f) = d.max_delete_fraction
             && !(0.0..=1.0).contains(&f)

@@ -249,6 +249,43 @@ impl DeletionPlan {
         (DeletionPlan { digests, shared_tags }, dropped)
     }
 
+    /// The plan cut to at most `max_tags` tags (GitLab's `max_list_size`: the rest waits for
+    /// a later pass), keeping plan order; an untagged manifest counts as one. Only deletions
+    /// are ever cut, and a manifest that an index whose deletion was cut references is cut
+    /// too (an index that stays keeps every manifest it references).
+    pub fn truncate(&self, list: &TagList, max_tags: usize) -> DeletionPlan {
+        let mut budget = max_tags;
+        let mut digests: Vec<DigestDeletion> = Vec::new();
+        for d in &self.digests {
+            let cost = d.tags.len().max(1);
+            if cost > budget {
+                break;
+            }
+            budget -= cost;
+            digests.push(d.clone());
+        }
+        let shared_tags: Vec<TagDeletion> = self.shared_tags.iter().take(budget).cloned().collect();
+        let children = list.index_children();
+        if !children.is_empty() {
+            let kept: HashSet<&Digest> = digests.iter().map(|d| &d.digest).collect();
+            let mut staying: Vec<&Digest> = self.digests.iter().map(|d| &d.digest).filter(|d| !kept.contains(d)).collect();
+            let mut seen: HashSet<&Digest> = staying.iter().copied().collect();
+            let mut cut: HashSet<Digest> = HashSet::new();
+            while let Some(index) = staying.pop() {
+                for child in children.get(index).into_iter().flatten() {
+                    if kept.contains(child) {
+                        cut.insert(child.clone());
+                    }
+                    if seen.insert(child) {
+                        staying.push(child);
+                    }
+                }
+            }
+            digests.retain(|d| !cut.contains(&d.digest));
+        }
+        DeletionPlan { digests, shared_tags }
+    }
+
     /// Tags this plan removes.
     pub fn tag_count(&self) -> usize {
         self.digests.iter().map(|d| d.tags.len()).sum::<usize>() + self.shared_tags.len()
@@ -324,6 +361,38 @@ mod tests {
         assert!(err.contains("kept tag `b`"), "{err}");
         let bad = DeletionPlan { digests: vec![], shared_tags: vec![TagDeletion { tag: "b".into(), digest: d(1) }] };
         assert!(bad.check(&list, &[Action::Delete, Action::Keep], &[]).is_err());
+    }
+
+    #[test]
+    fn truncation_cuts_deletions_only_and_never_orphans_an_index() {
+        let tags = [("a", 1), ("b", 2), ("b2", 2), ("c", 3), ("k", 4), ("s", 4)];
+        let list = TagList::new("r", tags.iter().map(|(n, i)| Tag::new(*n, d(*i))).collect(), vec![]).unwrap();
+        let actions: Vec<Action> = list.tags().iter().map(|t| if t.name == "k" { Action::Keep } else { Action::Delete }).collect();
+        let p = DeletionPlan::new(&list, &actions, &[]).unwrap();
+        assert_eq!(p.tag_count(), 5);
+        for max in 0..=6 {
+            let cut = p.truncate(&list, max);
+            assert!(cut.tag_count() <= max, "max {max}: {cut:?}");
+            cut.check(&list, &actions, &[]).unwrap();
+            // Only what the plan had, in its order.
+            assert!(cut.digests.iter().all(|x| p.digests.contains(x)) && cut.shared_tags.iter().all(|x| p.shared_tags.contains(x)));
+        }
+        assert_eq!(p.truncate(&list, 5), p);
+        // A digest's tags go together or not at all: 1 fits, 2 (two tags) does not, 3 would
+        // but plan order stops at the first that does not fit.
+        assert_eq!(p.truncate(&list, 2).digests, vec![p.digests[0].clone()]);
+
+        // Index 10 (tag `multi`, to delete) references 11 (untagged, to delete). Cut the
+        // index and its child is cut too, whatever room is left.
+        let list =
+            TagList::new("r", vec![Tag::new("multi", d(10))], vec![UntaggedManifest { digest: d(11), created_at: None, pushed_at: None }])
+                .unwrap()
+                .with_index_children([(d(10), vec![d(11)])]);
+        let mut p = DeletionPlan::new(&list, &[Action::Delete], &[Action::Delete]).unwrap();
+        p.digests.reverse(); // the child first, so a budget of one would take it alone
+        let cut = p.truncate(&list, 1);
+        assert!(cut.is_empty(), "{cut:?}");
+        cut.check(&list, &[Action::Delete], &[Action::Delete]).unwrap();
     }
 
     /// A list where digest 10 is an index of 11 and 12, tagged `multi`; 11 is also tagged

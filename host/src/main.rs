@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = tagwarden::cli::Cli::parse();
-    tagwarden::cli::init_logging(cli.verbose);
+    tagwarden::cli::init_logging(cli.verbose, cli.log_format);
     match tagwarden::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -140,7 +140,11 @@ pub fn pass_context(config: &Config, store: &Store, dry_run: bool, now: Option<T
         audit: store.audit_log(),
         runs: store.runs(),
         guards: Guards::new(&config.deletion.protect, config.deletion.max_delete_fraction)?,
-        limits: DeletionLimits { timeout: config.deletion.timeout, concurrency: config.deletion.concurrency },
+        limits: DeletionLimits {
+            timeout: config.deletion.timeout,
+            concurrency: config.deletion.concurrency,
+            max_list_size: config.deletion.max_list_size,
+        },
         dry_run,
         now,
     })

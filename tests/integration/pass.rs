@@ -67,7 +67,7 @@ pub(crate) fn context(client: RegistryClient, store: &Store) -> PassContext {
         audit: store.audit_log(),
         runs: store.runs(),
         guards: Guards::default(),
-        limits: DeletionLimits { timeout: Duration::from_secs(60), concurrency: 4 },
+        limits: DeletionLimits { timeout: Duration::from_secs(60), concurrency: 4, max_list_size: None },
         dry_run: false,
         now: Some(now()),
     }
@@ -164,7 +164,8 @@ async fn a_pass_deletes_exactly_what_eval_decides_over_a_recording_of_the_same_r
     Recording { recorded_at: now(), list }.write_to(&mut file).unwrap();
     let recording = Recording::parse(std::str::from_utf8(&file).unwrap()).unwrap();
     let policy = gitlab(gitlab_docs_params());
-    let decisions = policy.retention.plugin().evaluate(policy.retention.params(), &recording.list, recording.recorded_at).unwrap();
+    let retention = policy.retention().unwrap();
+    let decisions = retention.plugin().evaluate(retention.params(), &recording.list, recording.recorded_at).unwrap();
     let eval_deletes: BTreeSet<String> = recording
         .list
         .tags()
@@ -624,7 +625,7 @@ async fn the_delete_timeout_stops_a_big_pass_with_an_exact_account_of_what_was_d
     let before = snapshot(&reg.client(), "app").await;
     assert_eq!(before.len(), TAGS + 2);
     warm_cache(&ctx, "app").await;
-    ctx.limits = DeletionLimits { timeout: Duration::from_millis(300), concurrency: 2 };
+    ctx.limits = DeletionLimits { timeout: Duration::from_millis(300), concurrency: 2, max_list_size: None };
     proxy.inject(Fault::Delay { path_contains: "/manifests/sha256:".into(), millis: 50 });
 
     let report = run(&ctx, &old_new_policy(), "app").await;

@@ -120,7 +120,8 @@ async fn serve_until_idle_cleans_every_repository_backs_off_a_forbidden_one_and_
     // its initial_delay of 5 minutes.
     let retry_in = a1.next_attempt_at.expect("backs off").unix_micros() - Timestamp::now().unix_micros();
     assert!(retry_in > 4 * 60 * 1_000_000 && retry_in <= 5 * 60 * 1_000_000, "next attempt in {retry_in} µs: {a1:?}");
-    let (class, reason) = a1.last_failure.clone().expect("the failure is recorded");
+    let failure = a1.last_failure.clone().expect("the failure is recorded");
+    let (class, reason) = (failure.class, failure.reason);
     assert!(class == "unauthorized" && reason.contains("403"), "{class}: {reason}");
 
     // Every manifest the registry lost has its audit row; none is left open.

@@ -5,7 +5,17 @@ use std::process::ExitCode;
 
 use super::{OutputFormat, output};
 use crate::config::Config;
+use crate::model::Timestamp;
 use crate::store::Store;
+
+/// `--since`: a duration back from now, or an RFC 3339 time.
+fn since(s: &str) -> Result<Timestamp, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(Timestamp::now().saturating_sub(d));
+    }
+    Timestamp::parse_rfc3339(s)
+        .map_err(|_| format!("expected a duration back from now (`24h`, `7d`) or an RFC 3339 time (`2026-12-01T00:00:00Z`), got `{s}`"))
+}
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
@@ -18,6 +28,10 @@ pub struct AuditArgs {
     /// How many entries, newest first.
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// Only entries at or after this: a duration back from now (`24h`, `7d`) or an RFC 3339
+    /// time (`2026-12-01T00:00:00Z`).
+    #[arg(long, value_name = "WHEN", value_parser = since)]
+    since: Option<Timestamp>,
     #[arg(long, value_enum, default_value_t)]
     output: OutputFormat,
 }
@@ -28,7 +42,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     if !db.is_file() {
         anyhow::bail!("no audit log at {} yet: nothing has been deleted with this configuration", db.display());
     }
-    let records = Store::open(&db)?.audit_log().recent(args.repository.as_deref(), args.limit)?;
+    let records = Store::open(&db)?.audit_log().recent_since(args.repository.as_deref(), args.since, args.limit)?;
     match args.output {
         OutputFormat::Json => {
             let rows: Vec<serde_json::Value> = records

@@ -5,6 +5,7 @@ mod eval;
 mod inspect;
 mod output;
 mod record;
+mod repos;
 mod run;
 mod serve;
 
@@ -20,6 +21,9 @@ pub struct Cli {
     /// More log output (-v info, -vv debug); or set TAGWARDEN_LOG (e.g. `tagwarden=debug`).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log lines as text for people, or one JSON object per line for log collectors.
+    #[arg(long, value_enum, default_value_t, global = true)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,12 +40,17 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Run the cleanup daemon: policies on their cadence, a bounded pool of workers.
     Serve(serve::ServeArgs),
-    /// Repositories by cleanup status, and the last 24 hours' runs (from the state database).
-    Status(serve::StatusArgs),
-    /// Repositories in the daemon's state: list them, retry a failed one.
+    /// Repositories by status, workers busy, the last 24 hours' runs, failures by class.
+    Status(repos::StatusArgs),
+    /// Repositories in the daemon's state: list, show, retry, clean now, delete.
     Repos {
         #[command(subcommand)]
-        command: serve::ReposCommand,
+        command: repos::ReposCommand,
+    },
+    /// Passes recorded in the state database.
+    Runs {
+        #[command(subcommand)]
+        command: repos::RunsCommand,
     },
     /// Work with plugin files.
     Plugins {
@@ -63,6 +72,14 @@ pub enum OutputFormat {
     #[default]
     Table,
     /// One JSON object for programs.
+    Json,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
     Json,
 }
 
@@ -109,7 +126,7 @@ fn plugin_runtime(fuel: bool) -> anyhow::Result<std::sync::Arc<crate::runtime::P
 }
 
 /// Sets up logging to stderr: warnings by default (plugin warnings included).
-pub fn init_logging(verbose: u8) {
+pub fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -118,7 +135,12 @@ pub fn init_logging(verbose: u8) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("TAGWARDEN_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).with_target(false).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        // One object per line, with the pass span's repository and run id on each.
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+    };
 }
 
 /// Runs one command.
@@ -129,8 +151,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Record(args) => record::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Serve(args) => serve::serve(args),
-        Command::Status(args) => serve::status(args),
-        Command::Repos { command } => serve::repos(command),
+        Command::Status(args) => repos::status(args),
+        Command::Repos { command } => repos::repos(command),
+        Command::Runs { command } => repos::runs(command),
         Command::Plugins { command: PluginsCommand::Inspect(args) } => inspect::run(args),
     }
 }

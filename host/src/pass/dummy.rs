@@ -15,7 +15,6 @@
 //! tags again.
 
 use std::sync::LazyLock;
-use std::time::Instant;
 
 use super::execute::{Done, Execution};
 use crate::deletion::TagDeletion;
@@ -111,7 +110,7 @@ pub(super) async fn untag(
     let mut out = Untagged::default();
     let mut moved: Vec<(&TagDeletion, i64)> = Vec::new();
     for (i, t) in tags.iter().enumerate() {
-        if Instant::now() >= ex.deadline {
+        if ex.must_stop() {
             out.not_removed.extend(tags[i..].iter().map(|t| t.tag.clone()));
             break;
         }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 
 use super::dummy::{self, DIGEST};
-use super::{PassContext, Progress, RepositoryStatus};
+use super::{FailureCause, PassContext, Progress, RepositoryStatus, StopFlag};
 use crate::deletion::{DeletionPlan, DigestDeletion, TagDeletion};
 use crate::model::{Digest, ErrorClass};
 use crate::registry::{DeleteOutcome, RegistryError, TagDeleteOutcome};
@@ -46,7 +46,7 @@ pub(super) enum Done {
     },
     Failed {
         message: String,
-        class: ErrorClass,
+        cause: FailureCause,
     },
     /// The answer did not say and a check could not either: the audit row stays open for
     /// the next pass to settle.
@@ -73,14 +73,14 @@ pub(super) struct Tally {
     pub permanent: Option<String>,
     /// The repository disappeared while the pass ran.
     pub gone: bool,
-    /// The class of the first error that stopped a deletion (permanent ones win).
-    pub failure_class: Option<ErrorClass>,
+    /// The first error that stopped a deletion (permanent ones win).
+    pub failure: Option<FailureCause>,
     deletes_work: bool,
 }
 
 impl Tally {
     /// The status this tally ends a pass with.
-    pub fn status(&self, timeout: Duration) -> RepositoryStatus {
+    pub fn status(&self, timeout: Duration, stopped: Option<String>) -> RepositoryStatus {
         if let Some(reason) = &self.permanent {
             RepositoryStatus::Failed(reason.clone())
         } else if self.gone {
@@ -91,6 +91,8 @@ impl Tally {
                 n => format!(" ({n} could not be confirmed yet)"),
             };
             RepositoryStatus::Unfinished(format!("{} deletions did not complete{unsettled}; the next pass retries them", self.failed))
+        } else if let (false, Some(why)) = (self.not_deleted.is_empty(), stopped) {
+            RepositoryStatus::Unfinished(format!("stopped ({why}) with {} tags not yet deleted", self.not_deleted.len()))
         } else if !self.not_deleted.is_empty() {
             RepositoryStatus::Unfinished(format!(
                 "delete timeout of {} reached with {} tags not yet deleted",
@@ -111,9 +113,10 @@ impl Tally {
                 self.tags_deleted += d.tags.len();
                 self.manifests_deleted += 1;
             }
-            Done::Failed { message, class } => {
-                if !class.is_retryable() || self.failure_class.is_none() {
-                    self.failure_class = Some(class);
+            Done::Failed { message, cause } => {
+                let class = cause.class;
+                if !class.is_retryable() || self.failure.is_none() {
+                    self.failure = Some(cause);
                 }
                 self.failed += d.tags.len().max(1);
                 self.not_deleted.extend(d.tags.iter().cloned());
@@ -123,7 +126,7 @@ impl Tally {
                 self.errors.push(message);
             }
             Done::Unsettled { message } => {
-                self.failure_class.get_or_insert(ErrorClass::Transient);
+                self.failure.get_or_insert(FailureCause { class: ErrorClass::Transient, http_status: None, retry_after: None });
                 self.unsettled += 1;
                 self.failed += d.tags.len().max(1);
                 self.not_deleted.extend(d.tags.iter().cloned());
@@ -149,6 +152,8 @@ pub(super) struct Execution<'a> {
     pub decided_by: String,
     pub run_id: Option<i64>,
     pub deadline: Instant,
+    /// Set by the daemon (shutdown, a stale verdict): stop before the next deletion.
+    pub stop: StopFlag,
     progress: &'a (dyn Fn(Progress) + Send + Sync),
     total: AtomicUsize,
     done: AtomicUsize,
@@ -171,6 +176,7 @@ impl<'a> Execution<'a> {
             decided_by,
             run_id,
             deadline: Instant::now() + ctx.limits.timeout,
+            stop: StopFlag::default(),
             progress,
             total: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
@@ -225,6 +231,12 @@ impl<'a> Execution<'a> {
     /// The audit write errors so far, taken.
     pub fn take_audit_errors(&self) -> Vec<String> {
         std::mem::take(&mut *self.audit_errors.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether no further deletion may start: the time budget is spent or the pass was
+    /// asked to stop. Checked before each one, so a pass stops between deletions.
+    pub fn must_stop(&self) -> bool {
+        Instant::now() >= self.deadline || self.stop.is_stopped()
     }
 
     pub fn tick(&self) {
@@ -333,13 +345,13 @@ impl<'a> Execution<'a> {
 
     /// Deletes one manifest by digest, audited, unless the budget is spent.
     async fn delete_digest(&self, d: &DigestDeletion) -> Done {
-        if Instant::now() >= self.deadline {
+        if self.must_stop() {
             return Done::Skipped;
         }
         let id = match self.audit_attempt(AuditOperation::DeleteManifest, &d.digest, &d.tags) {
             Ok(id) => id,
             // No audit record, no deletion: an unwritable audit log stops the pass.
-            Err(e) => return Done::Failed { message: format!("{e:#}"), class: ErrorClass::Permanent },
+            Err(e) => return Done::Failed { message: format!("{e:#}"), cause: FailureCause::permanent() },
         };
         self.delete_and_settle(&d.digest, id).await
     }
@@ -359,7 +371,7 @@ impl<'a> Execution<'a> {
             Err(e) => {
                 let note = format!("moved onto tagwarden's dummy manifest, which could not be deleted: {e}; the next pass finishes it");
                 ids.iter().for_each(|id| self.audit_leave_open(*id, &note));
-                Done::Failed { message: e.to_string(), class: e.class }
+                Done::Failed { message: e.to_string(), cause: FailureCause::from(&e) }
             }
         }
     }
@@ -379,7 +391,7 @@ impl<'a> Execution<'a> {
             Err(e) if e.class.is_retryable() => self.settle(digest, &[id], e).await,
             Err(e) => {
                 self.audit_finish(id, AuditOutcome::Failed, Some(&e.to_string()));
-                Done::Failed { message: e.to_string(), class: e.class }
+                Done::Failed { message: e.to_string(), cause: FailureCause::from(&e) }
             }
         }
     }
@@ -407,7 +419,7 @@ impl<'a> Execution<'a> {
         // Try the OCI 1.1 tag delete; the client remembers "unsupported" per registry.
         let mut remaining: Vec<&TagDeletion> = Vec::new();
         for (i, t) in tags.iter().enumerate() {
-            if Instant::now() >= self.deadline {
+            if self.must_stop() {
                 tally.not_attempted(&[], &tags[i..]);
                 return;
             }

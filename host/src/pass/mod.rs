@@ -25,13 +25,16 @@ mod execute;
 mod plan;
 mod reconcile;
 
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 pub use dummy::DIGEST as DUMMY_DIGEST;
 pub use execute::RECHECK_INTERVAL;
-pub use plan::{Guards, Policy, RepositoryPlan, Verdict, apply_guards, plan};
+pub use plan::{Decider, Guards, Policy, REPOSITORY_DELETION, RepositoryPlan, Verdict, apply_guards, plan};
 pub use reconcile::Reconciliation;
 
 use crate::backend::Backend;
@@ -59,6 +62,8 @@ pub struct DeletionLimits {
     pub timeout: Duration,
     /// Deletes in flight at once.
     pub concurrency: usize,
+    /// At most this many tags deleted per pass (`deletion.max_list_size`).
+    pub max_list_size: Option<usize>,
 }
 
 /// Everything a pass needs besides the policy.
@@ -130,6 +135,34 @@ impl RepositoryStatus {
     }
 }
 
+/// What stopped or failed a pass, structured for the backoff plugin and the state store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FailureCause {
+    pub class: ErrorClass,
+    /// The HTTP status, when a registry answered.
+    pub http_status: Option<u16>,
+    /// How long the registry asked to wait (`Retry-After`), when it did.
+    #[serde(serialize_with = "as_secs")]
+    pub retry_after: Option<Duration>,
+}
+
+impl FailureCause {
+    /// A failure no registry answer explains (a plugin's, a plan's).
+    pub fn permanent() -> Self {
+        FailureCause { class: ErrorClass::Permanent, http_status: None, retry_after: None }
+    }
+}
+
+impl From<&RegistryError> for FailureCause {
+    fn from(e: &RegistryError) -> Self {
+        FailureCause { class: e.class, http_status: e.status, retry_after: e.retry_after }
+    }
+}
+
+fn as_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_some(&d.map(|d| d.as_secs()))
+}
+
 /// The result of one repository's pass.
 #[derive(Debug, Clone, Serialize)]
 pub struct RepositoryReport {
@@ -140,13 +173,13 @@ pub struct RepositoryReport {
     pub tags_seen: usize,
     pub tags_to_delete: usize,
     pub tags_deleted: usize,
+    /// Tags decided `delete` beyond `max_list_size`: left for the next pass.
+    pub tags_truncated: usize,
     pub manifests_deleted: usize,
     pub failed: usize,
-    /// The error class of what stopped or failed the pass (a registry error's, or
-    /// `permanent` for a plugin failure): what a backoff plugin branches on.
-    pub failure_class: Option<ErrorClass>,
-    /// The HTTP status behind it, when a registry answered.
-    pub failure_http_status: Option<u16>,
+    /// What stopped or failed the pass (a registry error's class, status and
+    /// `Retry-After`, or `permanent` for a plugin failure): what a backoff plugin branches on.
+    pub failure: Option<FailureCause>,
     /// Tags whose deletion was attempted or due but did not happen (failed, or not
     /// attempted before the time budget ran out). Empty for refused and dry-run passes.
     pub not_deleted: Vec<String>,
@@ -174,10 +207,10 @@ impl RepositoryReport {
             tags_seen: 0,
             tags_to_delete: 0,
             tags_deleted: 0,
+            tags_truncated: 0,
             manifests_deleted: 0,
             failed: 0,
-            failure_class: None,
-            failure_http_status: None,
+            failure: None,
             not_deleted: vec![],
             errors: vec![],
             changed_since_listing: vec![],
@@ -189,6 +222,25 @@ impl RepositoryReport {
     }
 }
 
+/// Asks a running pass to stop at its next safe point (before its next deletion): the
+/// daemon's shutdown, a stale verdict. Clones share the flag; the first reason stays.
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag(Arc<Mutex<Option<String>>>);
+
+impl StopFlag {
+    pub fn stop(&self, reason: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| reason.to_owned());
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+}
+
 /// Runs one repository's pass. Never panics on registry or plugin failures: they end
 /// up in the report's status.
 pub async fn run_repository(
@@ -197,11 +249,36 @@ pub async fn run_repository(
     repository: &str,
     progress: &(dyn Fn(Progress) + Send + Sync),
 ) -> RepositoryReport {
+    run_repository_until(ctx, policy, repository, progress, &StopFlag::default()).await
+}
+
+/// [`run_repository`], stopping between deletions once `stop` is set (the pass then ends
+/// `unfinished`, with every row it wrote settled or left for the next pass to settle).
+pub async fn run_repository_until(
+    ctx: &PassContext,
+    policy: &Policy,
+    repository: &str,
+    progress: &(dyn Fn(Progress) + Send + Sync),
+    stop: &StopFlag,
+) -> RepositoryReport {
     let started = Instant::now();
     let mut report = RepositoryReport::new(repository, &policy.name);
-    pass(ctx, policy, repository, progress, &mut report).await;
+    let span = tracing::info_span!("pass", repository, policy = policy.name, run_id = tracing::field::Empty);
+    pass(ctx, policy, repository, progress, stop, &mut report).instrument(span).await;
     report.elapsed_ms = started.elapsed().as_millis();
     report
+}
+
+/// Evaluations (CPU-bound plugin calls) run on blocking threads, at most one per core at
+/// once, so async workers keep serving registry I/O while a big repository is decided.
+async fn evaluate(policy: &Policy, list: TagList, now: Timestamp, guards: &Guards) -> Result<RepositoryPlan, PassError> {
+    static SLOTS: LazyLock<Semaphore> =
+        LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)));
+    let _slot = SLOTS.acquire().await.expect("the semaphore is never closed");
+    let (policy, guards) = (policy.clone(), guards.clone());
+    tokio::task::spawn_blocking(move || plan(&policy, list, now, &guards))
+        .await
+        .unwrap_or_else(|e| Err(PassError::Plan(format!("the evaluation thread failed: {e}"))))
 }
 
 async fn pass(
@@ -209,6 +286,7 @@ async fn pass(
     policy: &Policy,
     repository: &str,
     progress: &(dyn Fn(Progress) + Send + Sync),
+    stop: &StopFlag,
     report: &mut RepositoryReport,
 ) {
     let listing = ctx.backend.tag_list(repository, &|done, total| progress(Progress::Listing { done, total })).await;
@@ -225,8 +303,7 @@ async fn pass(
         Ok(Some(list)) => list,
         Err(e) => {
             report.status = status_for_error(&e, "listing tags");
-            report.failure_class = Some(e.class);
-            report.failure_http_status = e.status;
+            report.failure = Some(FailureCause::from(&e));
             report.errors.push(e.to_string());
             return;
         }
@@ -239,8 +316,12 @@ async fn pass(
         None
     } else {
         match begin_run(ctx, policy, repository, &list, progress) {
-            Ok(ex) => {
+            Ok(mut ex) => {
+                ex.stop = stop.clone();
                 report.run_id = ex.run_id;
+                if let Some(id) = ex.run_id {
+                    tracing::Span::current().record("run_id", id);
+                }
                 report.reconciliation = reconcile::reconcile(&ex, Some(&list), &leftovers).await;
                 Some(ex)
             }
@@ -255,22 +336,34 @@ async fn pass(
     report.errors.extend(report.reconciliation.errors.iter().cloned());
 
     progress(Progress::Evaluating { tags: list.tags().len() });
-    // Evaluation is CPU-bound: keep it off the async workers' hot path.
-    let planned = tokio::task::block_in_place(|| plan(policy, list, ctx.now.unwrap_or_else(Timestamp::now), &ctx.guards));
+    let planned = evaluate(policy, list, ctx.now.unwrap_or_else(Timestamp::now), &ctx.guards).await;
     let repository_plan = match planned {
         Ok(p) => p,
         Err(e) => {
             report.status = RepositoryStatus::Failed(format!("{e}; nothing was deleted"));
-            report.failure_class = Some(match &e {
-                PassError::Registry(r) => r.class,
-                PassError::Plugin(_) | PassError::Plan(_) => ErrorClass::Permanent,
+            report.failure = Some(match &e {
+                PassError::Registry(r) => FailureCause::from(r),
+                PassError::Plugin(_) | PassError::Plan(_) => FailureCause::permanent(),
             });
             report.errors.push(e.to_string());
             close_run(execution.as_ref(), report);
             return;
         }
     };
+    let mut repository_plan = repository_plan;
     report.tags_to_delete = repository_plan.tags_to_delete();
+    if let Some(max) = ctx.limits.max_list_size {
+        match repository_plan.truncate(max) {
+            Ok(waiting) => report.tags_truncated = waiting,
+            Err(e) => {
+                report.status = RepositoryStatus::Failed(format!("{e:#}; nothing was deleted"));
+                report.failure = Some(FailureCause::permanent());
+                report.errors.push(format!("{e:#}"));
+                close_run(execution.as_ref(), report);
+                return;
+            }
+        }
+    }
     if let Some(refusal) = &repository_plan.refusal {
         report.status = RepositoryStatus::Refused(refusal.clone());
     } else if ctx.dry_run {
@@ -287,17 +380,28 @@ async fn pass(
             close_run(execution.as_ref(), report);
             return;
         }
-        if !deletion.is_empty() {
+        if let Some(why) = stop.reason().filter(|_| !deletion.is_empty()) {
+            report.status = RepositoryStatus::Unfinished(format!("stopped ({why}) before deleting; nothing was deleted"));
+            let digest_tags = deletion.digests.iter().flat_map(|d| d.tags.iter().cloned());
+            report.not_deleted = digest_tags.chain(deletion.shared_tags.iter().map(|t| t.tag.clone())).collect();
+        } else if !deletion.is_empty() {
             let tally = ex.run(deletion).await;
-            report.status = tally.status(ctx.limits.timeout);
+            report.status = tally.status(ctx.limits.timeout, stop.reason());
             report.tags_deleted = tally.tags_deleted;
             report.manifests_deleted = tally.manifests_deleted;
             report.failed = tally.failed;
-            report.failure_class = tally.failure_class;
+            report.failure = tally.failure;
             report.not_deleted = tally.not_deleted;
             report.errors.extend(tally.errors);
             report.changed_since_listing = tally.changed_since_listing;
         }
+    }
+    if report.status == RepositoryStatus::Completed && report.tags_truncated > 0 {
+        report.status = RepositoryStatus::Unfinished(format!(
+            "deleted at most `max_list_size` = {} tags; {} wait for the next pass",
+            ctx.limits.max_list_size.unwrap_or_default(),
+            report.tags_truncated
+        ));
     }
     if report.status == RepositoryStatus::Completed && !report.reconciliation.errors.is_empty() {
         report.status =

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::PassError;
 use crate::deletion::DeletionPlan;
-use crate::model::{Action, RetentionDecisions, TagList, Timestamp};
+use crate::model::{Action, RetentionDecisions, Rule, TagList, Timestamp};
 use crate::runtime::{ConfiguredPolicy, PluginError, RetentionPlugin};
 
 /// Host-level rules no plugin can override.
@@ -38,19 +38,52 @@ impl Guards {
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub name: String,
-    pub retention: Arc<ConfiguredPolicy>,
+    pub decider: Decider,
 }
+
+/// Who decides what a pass deletes.
+#[derive(Clone, Debug)]
+pub enum Decider {
+    /// A retention plugin configured with the policy's params.
+    Plugin(Arc<ConfiguredPolicy>),
+    /// An operator asked for the whole repository to go (`tagwarden repos delete`): every
+    /// tag and untagged manifest is to be deleted, through the same audited, checked
+    /// execution as any pass. Protection rules still hold; the fraction guard does not
+    /// (deleting everything is the request).
+    DeleteRepository,
+}
+
+/// The policy name the daemon's repository deletions run under.
+pub const REPOSITORY_DELETION: &str = "repository-deletion";
 
 impl Policy {
     /// Configures `plugin` with `params` (JSON text), which the plugin validates.
     pub fn new(name: impl Into<String>, plugin: &RetentionPlugin, params: &str) -> Result<Self, PluginError> {
-        Ok(Policy { name: name.into(), retention: Arc::new(plugin.configure(params)?) })
+        Ok(Policy { name: name.into(), decider: Decider::Plugin(Arc::new(plugin.configure(params)?)) })
+    }
+
+    /// The host's policy for an operator's repository deletion.
+    pub fn delete_repository() -> Self {
+        Policy { name: REPOSITORY_DELETION.to_owned(), decider: Decider::DeleteRepository }
+    }
+
+    /// The configured retention plugin, unless this is a repository deletion.
+    pub fn retention(&self) -> Option<&ConfiguredPolicy> {
+        match &self.decider {
+            Decider::Plugin(p) => Some(p),
+            Decider::DeleteRepository => None,
+        }
     }
 
     /// Who decided, for the audit log and reports.
     pub fn decided_by(&self) -> String {
-        let m = self.retention.plugin().plugin().meta();
-        format!("policy {} ({} {} sha256:{})", self.name, m.name, m.version, &m.sha256[..12])
+        match &self.decider {
+            Decider::Plugin(p) => {
+                let m = p.plugin().plugin().meta();
+                format!("policy {} ({} {} sha256:{})", self.name, m.name, m.version, &m.sha256[..12])
+            }
+            Decider::DeleteRepository => "operator: repository deletion (`tagwarden repos delete`)".to_owned(),
+        }
     }
 }
 
@@ -77,6 +110,21 @@ pub struct RepositoryPlan {
 impl RepositoryPlan {
     pub fn tags_to_delete(&self) -> usize {
         self.tags.iter().filter(|v| v.action == Action::Delete).count()
+    }
+
+    /// Cuts the deletion plan to at most `max_tags` tags (`deletion.max_list_size`) and
+    /// proves the cut plan safe again. Returns how many tags wait for a later pass.
+    pub fn truncate(&mut self, max_tags: usize) -> anyhow::Result<usize> {
+        let before = self.deletion.tag_count();
+        if before <= max_tags {
+            return Ok(0);
+        }
+        let cut = self.deletion.truncate(&self.list, max_tags);
+        let tag_actions: Vec<Action> = self.tags.iter().map(|v| v.action).collect();
+        let untagged_actions: Vec<Action> = self.untagged.iter().map(|v| v.action).collect();
+        cut.check(&self.list, &tag_actions, &untagged_actions)?;
+        self.deletion = cut;
+        Ok(before - self.deletion.tag_count())
     }
 }
 
@@ -135,14 +183,26 @@ pub fn apply_guards(list: TagList, decisions: &RetentionDecisions, guards: &Guar
 
 /// Evaluates `policy` over `list` and applies the guards: the decision half of a pass.
 pub fn plan(policy: &Policy, list: TagList, now: Timestamp, guards: &Guards) -> Result<RepositoryPlan, PassError> {
-    let decisions = policy.retention.evaluate(&list, now).map_err(PassError::Plugin)?;
-    apply_guards(list, &decisions, guards).map_err(|e| PassError::Plan(format!("{e:#}")))
+    let plan_error = |e: anyhow::Error| PassError::Plan(format!("{e:#}"));
+    match &policy.decider {
+        Decider::Plugin(retention) => {
+            let decisions = retention.evaluate(&list, now).map_err(PassError::Plugin)?;
+            apply_guards(list, &decisions, guards).map_err(plan_error)
+        }
+        Decider::DeleteRepository => {
+            let everything = Rule { action: Action::Delete, reason: "the repository is being deleted (requested by an operator)".into() };
+            let (tags, untagged) = (vec![0; list.tags().len()], vec![0; list.untagged().len()]);
+            let decisions = RetentionDecisions::validate(&list, vec![everything], tags, untagged).map_err(plan_error)?;
+            let guards = Guards { protect: guards.protect.clone(), max_delete_fraction: None };
+            apply_guards(list, &decisions, &guards).map_err(plan_error)
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Digest, Rule, Tag, UntaggedManifest};
+    use crate::model::{Digest, Tag, UntaggedManifest};
 
     fn d(n: u8) -> Digest {
         Digest::sha256_of(&[n])

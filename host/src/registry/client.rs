@@ -393,15 +393,7 @@ impl RegistryClient {
     /// Repository names go into URL paths unescaped: only the distribution grammar's characters
     /// (lowercase letters, digits, `.`, `_`, `-`, `/` between components) are allowed.
     pub(super) fn check_repository(&self, repo: &str) -> Result<(), RegistryError> {
-        let valid = !repo.is_empty()
-            && repo.len() <= 255
-            && repo.split('/').all(|c| {
-                !c.is_empty()
-                    && c.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
-                    && c.as_bytes()[0].is_ascii_alphanumeric()
-                    && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
-            });
-        if valid { Ok(()) } else { Err(self.invalid(repo, format!("`{repo}` is not a valid repository name"))) }
+        if is_valid_repository_name(repo) { Ok(()) } else { Err(self.invalid(repo, format!("`{repo}` is not a valid repository name"))) }
     }
 
     /// Tags: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
@@ -421,6 +413,31 @@ impl RegistryClient {
         let req = Request::new(Kind::Probe, method, url, Some(repo), Scope::None);
         self.transport().error(&req, None, None, message, ErrorClass::Permanent)
     }
+}
+
+/// Whether `repo` is a repository name of the distribution grammar: lowercase letters,
+/// digits, `.`, `_`, `-`, components separated by `/`, each starting and ending with a
+/// letter or digit.
+pub fn is_valid_repository_name(repo: &str) -> bool {
+    !repo.is_empty()
+        && repo.len() <= 255
+        && repo.split('/').all(|c| {
+            !c.is_empty()
+                && c.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+                && c.as_bytes()[0].is_ascii_alphanumeric()
+                && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
+        })
+}
+
+/// [`is_valid_repository_name`] as an error for an operator who typed the name.
+pub fn validate_repository_name(repo: &str) -> anyhow::Result<()> {
+    if is_valid_repository_name(repo) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "`{}` is not a valid repository name: expected lowercase letters, digits, `.`, `_` or `-`, components separated by `/` (e.g. `group/app`)",
+        crate::untrusted::escape(repo)
+    )
 }
 
 /// `TagList::new` failing means the registry listed a tag twice after deduplication: impossible,

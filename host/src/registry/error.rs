@@ -57,6 +57,9 @@ pub struct RegistryError {
     /// What went wrong, with a hint on what to do where there is one.
     pub message: String,
     pub class: ErrorClass,
+    /// How long the registry asked callers to wait (`Retry-After`), when it did: the daemon's
+    /// backoff plugin sees it.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl RegistryError {
@@ -206,6 +209,7 @@ mod tests {
             code: code.map(String::from),
             message: message.into(),
             class: ErrorClass::Permanent,
+            retry_after: None,
         }
     }
 

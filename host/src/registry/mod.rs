@@ -46,7 +46,7 @@ mod transport;
 use std::time::Duration;
 
 pub use auth::{Credentials, Secret, redact_userinfo};
-pub use client::RegistryClient;
+pub use client::{RegistryClient, is_valid_repository_name, validate_repository_name};
 pub use error::{RegistryError, RequestLine};
 pub use media::{DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST};
 pub use transport::RequestStats;

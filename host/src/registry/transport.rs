@@ -230,7 +230,7 @@ impl Transport {
                 Ok(answer) => return Ok(answer),
                 Err(failure) => failure,
             };
-            let error = failure.error;
+            let error = RegistryError { retry_after: failure.retry_after, ..failure.error };
             if !error.class.is_retryable() {
                 return Err(error);
             }
@@ -432,6 +432,7 @@ impl Transport {
             code: None,
             message,
             class,
+            retry_after: None,
         };
         let result = tokio::time::timeout(self.request_timeout, async {
             let response = builder.send().await?;
@@ -523,6 +524,7 @@ impl Transport {
             code,
             message,
             class,
+            retry_after: None,
         }
     }
 }

@@ -1,11 +1,15 @@
 //! The daemon loop behind `tagwarden serve`: sync policies and repositories into the state,
 //! recover what a dead predecessor held, then claim repositories in GitLab's order with at
-//! most `worker_capacity` passes at once, record how each ended, and move policies to their
-//! next run. The passes are [`crate::pass::run_repository`], the same as `run --once`.
+//! most `worker_capacity` cleanup passes and `deletion_capacity` repository deletions at
+//! once, record how each ended (the backoff plugin deciding after failures), renew the
+//! leases it holds, ask the stale plugin about work that has run long, and read the catalog
+//! again periodically. The passes are [`crate::pass::run_repository_until`], the same as
+//! `run --once`.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::task::JoinSet;
@@ -14,23 +18,27 @@ use crate::config::FirstRun;
 use crate::model::ErrorClass;
 use crate::model::Timestamp;
 use crate::owner::{self, Liveness};
-use crate::pass::{self, PassContext, Progress, RepositoryReport, RepositoryStatus};
-use crate::runtime::{BackoffDecision, BackoffPlugin, Failure, OperationKind, StalePlugin};
+use crate::pass::{self, PassContext, Policy, Progress, RepositoryReport, RepositoryStatus, StopFlag};
+use crate::runtime::{BackoffDecision, BackoffPlugin, Failure, Operation, OperationKind, StalePlugin, StaleVerdict};
 use crate::setup::{self, BoundPolicy};
-use crate::store::{Claim, CleanupOutcome, StateStore};
+use crate::store::{Claim, CleanupOutcome, DeletionOutcome, Lease, StateStore, Work};
 
 /// Longest sleep between looks at the state when nothing is running.
 const IDLE_POLL: Duration = Duration::from_secs(30);
 /// `--until-idle` exits when nothing becomes claimable sooner than this.
 const IDLE_HORIZON: Duration = Duration::from_secs(60);
-/// How long running passes get to finish after SIGTERM/SIGINT before they are cut off (a
-/// cut-off pass is safe: the next start settles what it left).
+/// How long running passes get to reach a safe point after SIGTERM/SIGINT before they are
+/// cut off (a cut-off pass is safe too: the next start settles what it left).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// Host default backoff until the backoff plugin is wired in: 2^n minutes after the n-th
-/// consecutive failure (GitLab's schedule), at most a day.
+/// A failed catalog read is tried again after this (or the sync interval, if shorter).
+const SYNC_RETRY: Duration = Duration::from_secs(60);
+/// The host's backoff, used without a backoff plugin and when the plugin itself fails:
+/// 2^n minutes after the n-th consecutive failure (GitLab's schedule), at most a day, and
+/// never sooner than the registry's `Retry-After`.
 const BACKOFF_CAP: Duration = Duration::from_secs(86_400);
-/// Host default: consecutive failures after which a repository is `cleanup_failed`, for
-/// errors retrying may fix (5xx, timeouts) and for those it cannot (401/403, 405, plugin).
+/// Host default: consecutive failures after which work is given up (`cleanup_failed`,
+/// `delete_failed`), for errors retrying may fix (5xx, timeouts) and for those it cannot
+/// (401/403, 405, plugin).
 const GIVE_UP_RETRYABLE: u32 = 8;
 const GIVE_UP_PERMANENT: u32 = 3;
 
@@ -38,15 +46,22 @@ const GIVE_UP_PERMANENT: u32 = 3;
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
     pub worker_capacity: usize,
+    /// Repository deletions at once (their own workers: a deletion never waits behind cleanups).
+    pub deletion_capacity: usize,
     pub first_run: FirstRun,
     /// Exit once nothing is due, running, or waiting on a backoff shorter than a minute.
     pub until_idle: bool,
-    /// How long a claim is held before another process may take it back. A pass is bounded
-    /// by the deletion budget; the lease adds room for listing and evaluation.
+    /// How long a claim stays valid without a heartbeat; renewed every quarter of it.
     pub lease: Duration,
+    /// How often the catalog is read again.
+    pub catalog_sync: Duration,
+    /// How often the stale plugin judges ongoing work.
+    pub stale_check: Duration,
+    /// The deletion budget the stale plugin measures cleanups against.
+    pub delete_timeout: Duration,
     /// The backoff plugin and its params (JSON); `None`: the host's default schedule.
     pub backoff: Option<(BackoffPlugin, String)>,
-    /// The stale plugin and its params (JSON): judges passes that have run too long.
+    /// The stale plugin and its params (JSON).
     pub stale: (StalePlugin, String),
 }
 
@@ -54,8 +69,11 @@ pub struct DaemonOptions {
 #[derive(Debug)]
 pub enum DaemonEvent<'a> {
     Synced { policies: usize, repositories: usize },
-    Recovered { path: &'a str },
+    SyncFailed { error: &'a anyhow::Error, retry_in: Duration },
+    Recovered { path: &'a str, work: Work },
+    Stale { path: &'a str, work: Work, reason: &'a str, held_here: bool },
     PassFinished { report: &'a RepositoryReport, outcome: &'a CleanupOutcome },
+    DeletionFinished { report: &'a RepositoryReport, outcome: &'a DeletionOutcome },
     PolicyScheduled { policy: &'a str, next_run_at: Timestamp },
     Idle,
     ShuttingDown { running: usize },
@@ -65,9 +83,20 @@ pub enum DaemonEvent<'a> {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DaemonSummary {
     pub passes: usize,
+    pub deletions: usize,
     pub tags_deleted: usize,
     pub recovered: usize,
+    pub stale: usize,
 }
+
+/// A pass in flight.
+struct Job {
+    claim: Claim,
+    work: Work,
+}
+
+type Running = JoinSet<(Job, RepositoryReport)>;
+type Stops = HashMap<(Work, String), StopFlag>;
 
 /// Runs the daemon until `shutdown` resolves (or, with `until_idle`, until idle).
 pub async fn run<S: StateStore + Clone + 'static>(
@@ -80,30 +109,62 @@ pub async fn run<S: StateStore + Clone + 'static>(
 ) -> anyhow::Result<DaemonSummary> {
     let me = owner::current();
     let mut summary = DaemonSummary::default();
-    sync(&ctx, &policies, &state, &options, on_event).await?;
+    record_policies(&policies, &state, &options)?;
     summary.recovered = recover(&state, on_event)?;
-    let mut running: JoinSet<(Claim, RepositoryReport)> = JoinSet::new();
+    let heartbeat = options.lease / 4;
+    let started = Instant::now();
+    let (mut next_sync, mut next_heartbeat, mut next_stale) = (started, started + heartbeat, started + options.stale_check);
+    let mut synced = false;
+    let deletion = Policy::delete_repository();
+    let mut running: Running = JoinSet::new();
+    let mut stops: Stops = HashMap::new();
     tokio::pin!(shutdown);
     loop {
+        if Instant::now() >= next_sync {
+            next_sync = match sync_catalog(&ctx, &policies, &state, on_event).await {
+                Ok(()) => {
+                    synced = true;
+                    Instant::now() + options.catalog_sync
+                }
+                // A script (`--until-idle`) wants to know at once; a daemon keeps going on
+                // what its state knows and reads the catalog again soon.
+                Err(e) if options.until_idle && !synced => return Err(e),
+                Err(e) => {
+                    let retry_in = SYNC_RETRY.min(options.catalog_sync);
+                    on_event(DaemonEvent::SyncFailed { error: &e, retry_in });
+                    Instant::now() + retry_in
+                }
+            };
+        }
+        if Instant::now() >= next_heartbeat {
+            state.renew_leases(me, Timestamp::now().saturating_add(options.lease))?;
+            summary.recovered += recover(&state, on_event)?;
+            next_heartbeat = Instant::now() + heartbeat;
+        }
+        if Instant::now() >= next_stale {
+            summary.stale += check_stale(&state, &options, me, &stops, on_event)?;
+            next_stale = Instant::now() + options.stale_check;
+        }
         let now = Timestamp::now();
         for policy in state.advance_policies(now)? {
             if let Some(p) = state.policy(&policy)? {
                 on_event(DaemonEvent::PolicyScheduled { policy: &policy, next_run_at: p.next_run_at });
             }
         }
-        while running.len() < options.worker_capacity {
+        while busy(&stops, Work::Cleanup) < options.worker_capacity {
             let Some(claim) = state.claim_next(Timestamp::now(), me, options.lease)? else { break };
             let Some(policy) = setup::policy_by_name(&policies, &claim.policy).cloned() else {
                 // The policy left the config: hand the repository back, untouched.
-                state.recover(&claim.path, Some(me))?;
+                state.recover(&held(&claim, Work::Cleanup, me), None)?;
                 continue;
             };
-            let ctx = ctx.clone();
-            running.spawn(async move {
-                let report = pass::run_repository(&ctx, &policy, &claim.path, &|_: Progress| {}).await;
-                (claim, report)
-            });
+            spawn(&mut running, &mut stops, &ctx, policy, claim, Work::Cleanup);
         }
+        while busy(&stops, Work::Deletion) < options.deletion_capacity {
+            let Some(claim) = state.claim_deletion(Timestamp::now(), me, options.lease)? else { break };
+            spawn(&mut running, &mut stops, &ctx, deletion.clone(), claim, Work::Deletion);
+        }
+        let next_duty = next_sync.min(next_heartbeat).min(next_stale);
         if running.is_empty() {
             let wakeup = state.next_wakeup(now)?;
             let until = wakeup.map(|w| Duration::from_micros((w.unix_micros() - now.unix_micros()).max(0) as u64));
@@ -111,25 +172,26 @@ pub async fn run<S: StateStore + Clone + 'static>(
                 on_event(DaemonEvent::Idle);
                 return Ok(summary);
             }
+            let sleep = until.unwrap_or(IDLE_POLL).min(IDLE_POLL).min(next_duty.saturating_duration_since(Instant::now()));
             tokio::select! {
-                _ = tokio::time::sleep(until.unwrap_or(IDLE_POLL).min(IDLE_POLL)) => continue,
+                _ = tokio::time::sleep(sleep) => continue,
                 _ = &mut shutdown => return Ok(summary),
             }
         }
         tokio::select! {
             finished = running.join_next() => {
-                let (claim, report) = finished.expect("running is not empty").context("a pass task panicked")?;
-                finish(&state, me, &claim, &report, options.backoff.as_ref(), on_event)?;
-                summary.passes += 1;
-                summary.tags_deleted += report.tags_deleted;
+                let (job, report) = finished.expect("running is not empty").context("a pass task panicked")?;
+                stops.remove(&(job.work, job.claim.path.clone()));
+                record(&state, me, &job, &report, options.backoff.as_ref(), &mut summary, on_event)?;
             }
+            _ = tokio::time::sleep_until(next_duty.into()) => {}
             _ = &mut shutdown => {
                 on_event(DaemonEvent::ShuttingDown { running: running.len() });
+                stops.values().for_each(|s| s.stop("the daemon is shutting down"));
                 let drain = async {
                     while let Some(done) = running.join_next().await {
-                        if let Ok((claim, report)) = done {
-                            finish(&state, me, &claim, &report, options.backoff.as_ref(), on_event)?;
-                            summary.passes += 1;
+                        if let Ok((job, report)) = done {
+                            record(&state, me, &job, &report, options.backoff.as_ref(), &mut summary, on_event)?;
                         }
                     }
                     anyhow::Ok(())
@@ -138,7 +200,7 @@ pub async fn run<S: StateStore + Clone + 'static>(
                     // Cut off: their rows and runs are settled by the next start.
                     running.abort_all();
                     for lease in state.leases()?.iter().filter(|l| l.owner.as_deref() == Some(me)) {
-                        state.recover(&lease.path, Some(me))?;
+                        state.recover(lease, Some("the daemon shut down before the pass reached a safe point"))?;
                     }
                 }
                 return Ok(summary);
@@ -147,15 +209,28 @@ pub async fn run<S: StateStore + Clone + 'static>(
     }
 }
 
-/// Records the policies of the config and the registry's repositories (first matching
-/// policy) in the state.
-async fn sync<S: StateStore>(
-    ctx: &PassContext,
-    policies: &[BoundPolicy],
-    state: &S,
-    options: &DaemonOptions,
-    on_event: &(dyn Fn(DaemonEvent<'_>) + Send + Sync),
-) -> anyhow::Result<()> {
+/// Passes of `work` in flight.
+fn busy(stops: &Stops, work: Work) -> usize {
+    stops.keys().filter(|(w, _)| *w == work).count()
+}
+
+/// The lease `me` holds on a fresh claim.
+fn held(claim: &Claim, work: Work, me: &str) -> Lease {
+    Lease { path: claim.path.clone(), work, owner: Some(me.to_owned()), expires_at: None, started_at: Some(claim.started_at) }
+}
+
+fn spawn(running: &mut Running, stops: &mut Stops, ctx: &Arc<PassContext>, policy: Policy, claim: Claim, work: Work) {
+    let stop = StopFlag::default();
+    stops.insert((work, claim.path.clone()), stop.clone());
+    let ctx = ctx.clone();
+    running.spawn(async move {
+        let report = pass::run_repository_until(&ctx, &policy, &claim.path, &|_: Progress| {}, &stop).await;
+        (Job { claim, work }, report)
+    });
+}
+
+/// Records the policies of the config in the state (a new one is due per `first_run`).
+fn record_policies<S: StateStore>(policies: &[BoundPolicy], state: &S, options: &DaemonOptions) -> anyhow::Result<()> {
     let now = Timestamp::now();
     for p in policies {
         let first = match options.first_run {
@@ -165,6 +240,18 @@ async fn sync<S: StateStore>(
         };
         state.upsert_policy(&p.policy.name, p.enabled, p.cadence.every(), first)?;
     }
+    Ok(())
+}
+
+/// Reads the registry's repositories and records each under its policy (the first whose
+/// patterns match). One that left the registry stays in the state until its next pass
+/// finds it gone (`cleanup_gone`, seed 001).
+async fn sync_catalog<S: StateStore>(
+    ctx: &PassContext,
+    policies: &[BoundPolicy],
+    state: &S,
+    on_event: &(dyn Fn(DaemonEvent<'_>) + Send + Sync),
+) -> anyhow::Result<()> {
     let repositories = ctx.backend.repositories().await.with_context(|| format!("listing the repositories of {}", ctx.backend.label()))?;
     let mut bound = 0;
     for p in policies {
@@ -177,64 +264,190 @@ async fn sync<S: StateStore>(
     Ok(())
 }
 
-/// Takes back every repository whose holder is gone (a process on this machine that died,
-/// or a lease that expired): no waiting for a stale timeout after a restart.
+/// Takes back every cleanup and deletion whose holder is gone (a process on this machine
+/// that died, or a lease that was not renewed in time): no waiting for a stale timeout.
 fn recover<S: StateStore>(state: &S, on_event: &(dyn Fn(DaemonEvent<'_>) + Send + Sync)) -> anyhow::Result<usize> {
     let now = Timestamp::now();
     let mut recovered = 0;
     for lease in state.leases()? {
-        let dead = match &lease.owner {
-            None => true,
-            Some(o) => owner::liveness(o) == Liveness::Gone || lease.expires_at.is_some_and(|e| e < now),
+        let (dead, why) = match &lease.owner {
+            None => (true, "no holder recorded".to_owned()),
+            Some(o) if owner::liveness(o) == Liveness::Gone => (true, format!("its holder {o} is gone")),
+            Some(o) => (lease.expires_at.is_some_and(|e| e < now), format!("the lease of {o} expired without a heartbeat")),
         };
-        if dead && state.recover(&lease.path, lease.owner.as_deref())? {
-            on_event(DaemonEvent::Recovered { path: &lease.path });
+        if dead && state.recover(&lease, Some(&format!("taken back: {why}")))? {
+            on_event(DaemonEvent::Recovered { path: &lease.path, work: lease.work });
             recovered += 1;
         }
     }
     Ok(recovered)
 }
 
-/// Records how a pass ended.
-fn finish<S: StateStore>(
+/// Asks the stale plugin about every ongoing cleanup and deletion, live leases included
+/// (seed 002: work that runs far too long while its holder keeps renewing). A stale pass
+/// this daemon runs is asked to stop at its next safe point and records `unfinished`; one
+/// another host holds is taken back in the state (that host's outcome is then not
+/// recorded; its run is settled by the next pass). If the plugin fails, the work is left
+/// alone: leases still bound a dead holder.
+fn check_stale<S: StateStore>(
+    state: &S,
+    options: &DaemonOptions,
+    me: &str,
+    stops: &Stops,
+    on_event: &(dyn Fn(DaemonEvent<'_>) + Send + Sync),
+) -> anyhow::Result<usize> {
+    let now = Timestamp::now();
+    let (plugin, params) = &options.stale;
+    let mut stale = 0;
+    for lease in state.leases()? {
+        let (kind, name) = match lease.work {
+            Work::Cleanup => (OperationKind::Cleanup, "cleanup_ongoing"),
+            Work::Deletion => (OperationKind::RepositoryDeletion, "delete_ongoing"),
+        };
+        let op = Operation {
+            kind,
+            state: name.to_owned(),
+            started_at: lease.started_at,
+            now,
+            delete_timeout: options.delete_timeout,
+            registry_status: None,
+        };
+        let reason = match plugin.check(params, &op) {
+            Ok(StaleVerdict::Healthy) => continue,
+            Ok(StaleVerdict::Stale { action, reason }) => format!("stale ({action:?}): {reason}"),
+            Err(e) => {
+                tracing::warn!(repository = lease.path, "the stale plugin failed ({e}); leaving the work to its lease");
+                continue;
+            }
+        };
+        let held_here = lease.owner.as_deref() == Some(me);
+        match stops.get(&(lease.work, lease.path.clone())) {
+            Some(stop) if held_here => stop.stop(&reason),
+            _ => {
+                if !state.recover(&lease, Some(&reason))? {
+                    continue;
+                }
+            }
+        }
+        on_event(DaemonEvent::Stale { path: &lease.path, work: lease.work, reason: &reason, held_here });
+        stale += 1;
+    }
+    Ok(stale)
+}
+
+/// Records how a pass ended, with the backoff plugin's decision after a failure.
+fn record<S: StateStore>(
     state: &S,
     me: &str,
-    claim: &Claim,
+    job: &Job,
     report: &RepositoryReport,
     backoff: Option<&(BackoffPlugin, String)>,
+    summary: &mut DaemonSummary,
     on_event: &(dyn Fn(DaemonEvent<'_>) + Send + Sync),
 ) -> anyhow::Result<()> {
     let now = Timestamp::now();
-    let failures = state.repository(&claim.path)?.map_or(0, |r| r.consecutive_failures) + 1;
-    let mut outcome = outcome(report, failures, now);
-    if let (Some((plugin, params)), CleanupOutcome::Failed { class, http_status, reason, next_attempt_at }) = (backoff, &mut outcome) {
-        // The plugin decides; the host's default stands only when the plugin itself fails.
-        let failure = Failure {
-            operation: OperationKind::Cleanup,
-            attempt: failures,
-            class: report.failure_class.unwrap_or(if class == "transient" { ErrorClass::Transient } else { ErrorClass::Permanent }),
-            http_status: report.failure_http_status,
-            retry_after: None,
-            message: reason.clone(),
-            now,
-            seed: seed_of(&claim.path),
-        };
-        *http_status = report.failure_http_status;
-        *class = failure.class.as_str().to_owned();
-        match plugin.decide(params, &failure) {
-            Ok(BackoffDecision::RetryAfter(d)) => *next_attempt_at = Some(now.saturating_add(d)),
-            Ok(BackoffDecision::GiveUp(why)) => {
-                *next_attempt_at = None;
-                *reason = format!("{reason} (backoff plugin gave up: {why})");
+    let path = &job.claim.path;
+    summary.tags_deleted += report.tags_deleted;
+    match job.work {
+        Work::Cleanup => {
+            summary.passes += 1;
+            let failures = state.repository(path)?.map_or(0, |r| r.consecutive_failures) + 1;
+            let outcome = decide(outcome(report, failures, now), report, OperationKind::Cleanup, failures, backoff, now, path);
+            if !state.finish_claim(path, me, &outcome, now)? {
+                tracing::warn!(repository = path, "the claim was taken back while the pass ran; its outcome is not recorded");
             }
-            Err(e) => tracing::warn!(repository = claim.path, "{e}; using the host's default backoff"),
+            on_event(DaemonEvent::PassFinished { report, outcome: &outcome });
+        }
+        Work::Deletion => {
+            summary.deletions += 1;
+            let failures = state.deletion(path)?.map_or(0, |d| d.consecutive_failures) + 1;
+            let outcome =
+                decide(deletion_ending(report, failures, now), report, OperationKind::RepositoryDeletion, failures, backoff, now, path);
+            let deleted = report.tags_deleted;
+            let outcome = match outcome {
+                CleanupOutcome::Done { deleted } => DeletionOutcome::Done { deleted },
+                CleanupOutcome::Gone => DeletionOutcome::Done { deleted },
+                CleanupOutcome::Unfinished { deleted, reason } => DeletionOutcome::Unfinished { deleted, reason },
+                CleanupOutcome::Failed { class, http_status, reason, next_attempt_at } => {
+                    DeletionOutcome::Failed { deleted, class, http_status, reason, next_attempt_at }
+                }
+            };
+            if !state.finish_deletion(path, me, &outcome, now)? {
+                tracing::warn!(repository = path, "the deletion was taken back while it ran; its outcome is not recorded");
+            }
+            on_event(DaemonEvent::DeletionFinished { report, outcome: &outcome });
         }
     }
-    if !state.finish_claim(&claim.path, me, &outcome, now)? {
-        tracing::warn!(repository = claim.path, "the claim was taken back while the pass ran; its outcome is not recorded");
-    }
-    on_event(DaemonEvent::PassFinished { report, outcome: &outcome });
     Ok(())
+}
+
+/// Lets the backoff plugin decide when a failed pass is tried again, or that it is given
+/// up. The host's default (already in `outcome`) stands only when the plugin itself fails.
+fn decide(
+    mut outcome: CleanupOutcome,
+    report: &RepositoryReport,
+    operation: OperationKind,
+    failures: u32,
+    backoff: Option<&(BackoffPlugin, String)>,
+    now: Timestamp,
+    path: &str,
+) -> CleanupOutcome {
+    let (Some((plugin, params)), CleanupOutcome::Failed { class, http_status, reason, next_attempt_at }) = (backoff, &mut outcome) else {
+        return outcome;
+    };
+    let cause = report.failure;
+    let failure = Failure {
+        operation,
+        attempt: failures,
+        class: cause.map_or(if class == "transient" { ErrorClass::Transient } else { ErrorClass::Permanent }, |c| c.class),
+        http_status: *http_status,
+        retry_after: cause.and_then(|c| c.retry_after),
+        message: reason.clone(),
+        now,
+        seed: seed_of(path),
+    };
+    match plugin.decide(params, &failure) {
+        Ok(BackoffDecision::RetryAfter(d)) => *next_attempt_at = Some(now.saturating_add(d)),
+        Ok(BackoffDecision::GiveUp(why)) => {
+            *next_attempt_at = None;
+            *reason = format!("{reason} (backoff plugin gave up: {why})");
+        }
+        Err(e) => tracing::warn!(repository = path, "{e}; using the host's default backoff"),
+    }
+    outcome
+}
+
+/// What a repository deletion's pass leads to: done only when nothing is left; tags the
+/// host's protection rules keep stop it for an operator to decide.
+fn deletion_ending(report: &RepositoryReport, failures: u32, now: Timestamp) -> CleanupOutcome {
+    let protected: Vec<&str> = report
+        .plan
+        .as_ref()
+        .map(|p| {
+            p.list
+                .tags()
+                .iter()
+                .zip(&p.tags)
+                .filter(|(_, v)| v.action == crate::model::Action::Keep)
+                .map(|(t, _)| t.name.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    if report.status == RepositoryStatus::Completed && !protected.is_empty() {
+        let shown: Vec<&str> = protected.iter().take(5).copied().collect();
+        return CleanupOutcome::Failed {
+            class: "refused".into(),
+            http_status: None,
+            reason: format!(
+                "{} tags are protected by `deletion.protect` and stay ({}{}): remove the rule or the tags, then `tagwarden repos retry`",
+                protected.len(),
+                shown.join(", "),
+                if protected.len() > shown.len() { ", ..." } else { "" }
+            ),
+            next_attempt_at: None,
+        };
+    }
+    outcome(report, failures, now)
 }
 
 /// A stable jitter seed for a repository (FNV-1a of its path).
@@ -245,9 +458,17 @@ fn seed_of(path: &str) -> u64 {
 /// The state a pass's report leads to with the host's default backoff. `failures` counts
 /// this failure too.
 pub fn outcome(report: &RepositoryReport, failures: u32, now: Timestamp) -> CleanupOutcome {
-    let failed = |class: &str, reason: &str, give_up_after: u32| {
-        let next_attempt_at = (failures < give_up_after).then(|| now.saturating_add(backoff(failures)));
-        CleanupOutcome::Failed { class: class.into(), http_status: None, reason: reason.into(), next_attempt_at }
+    let failed = |default_class: &str, reason: &str, give_up_after: u32| {
+        let wait = backoff(failures).max(report.failure.and_then(|c| c.retry_after).unwrap_or_default());
+        let next_attempt_at = (failures < give_up_after).then(|| now.saturating_add(wait));
+        let class = report.failure.map_or(default_class, |c| c.class.as_str());
+        let class = if default_class == "refused" { default_class } else { class };
+        CleanupOutcome::Failed {
+            class: class.into(),
+            http_status: report.failure.and_then(|c| c.http_status),
+            reason: reason.into(),
+            next_attempt_at,
+        }
     };
     match &report.status {
         RepositoryStatus::Completed | RepositoryStatus::Planned => CleanupOutcome::Done { deleted: report.tags_deleted },

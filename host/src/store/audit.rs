@@ -202,12 +202,17 @@ impl AuditLog {
 
     /// The most recent `limit` rows for `repository` (all repositories when `None`), newest first.
     pub fn recent(&self, repository: Option<&str>, limit: usize) -> anyhow::Result<Vec<AuditRecord>> {
+        self.recent_since(repository, None, limit)
+    }
+
+    /// [`AuditLog::recent`], only rows written at or after `since`.
+    pub fn recent_since(&self, repository: Option<&str>, since: Option<Timestamp>, limit: usize) -> anyhow::Result<Vec<AuditRecord>> {
         let conn = self.store.lock();
         let mut stmt = conn.prepare(
             "SELECT id, at, registry, repository, operation, digest, tags, decided_by, outcome, detail, run_id FROM audit_log
-             WHERE ?1 IS NULL OR repository = ?1 ORDER BY id DESC LIMIT ?2",
+             WHERE (?1 IS NULL OR repository = ?1) AND (?3 IS NULL OR at >= ?3) ORDER BY id DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![repository, limit as i64], |r| {
+        let rows = stmt.query_map(params![repository, limit as i64, since.map(Timestamp::unix_micros)], |r| {
             let tags: String = r.get(6)?;
             Ok(AuditRecord {
                 id: r.get(0)?,

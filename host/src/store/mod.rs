@@ -26,6 +26,7 @@
 //! ([`MetadataCache::put_many`]) run in one transaction and belong on `spawn_blocking`.
 
 mod audit;
+mod deletions;
 mod metadata;
 mod runs;
 mod state;
@@ -38,9 +39,10 @@ use anyhow::{Context, bail};
 use rusqlite::Connection;
 
 pub use audit::{AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditRecord, OpenAttempt};
+pub use deletions::{DeletionOutcome, DeletionState, DeletionStatus};
 pub use metadata::{ManifestMetadata, MetadataCache};
-pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunSummary, RunTotals};
-pub use state::{Claim, CleanupOutcome, CleanupStatus, Lease, PolicyState, RepositoryState, StateStore};
+pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunRecord, RunSummary, RunTotals};
+pub use state::{Claim, CleanupOutcome, CleanupStatus, LastFailure, Lease, PolicyState, RepositoryState, StateStore, Work};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many have run.
 /// Append only: never edit an entry that has shipped.
@@ -126,6 +128,25 @@ const MIGRATIONS: &[&str] = &[
         lease_expires_at     INTEGER
     ) WITHOUT ROWID;
     CREATE INDEX repositories_claim ON repositories (policy, status, started_at);",
+    // 6: repository deletions an operator asked for (deletions.rs): their own status,
+    // backoff and lease, claimed by their own workers; and when the last failure happened.
+    "CREATE TABLE repository_deletions (
+        path                 TEXT PRIMARY KEY NOT NULL,
+        status               TEXT NOT NULL,
+        requested_at         INTEGER NOT NULL,
+        started_at           INTEGER,
+        completed_at         INTEGER,
+        next_attempt_at      INTEGER,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        last_failure_class   TEXT,
+        last_failure_status  INTEGER,
+        last_failure_reason  TEXT,
+        tags_deleted         INTEGER NOT NULL DEFAULT 0,
+        lease_owner          TEXT,
+        lease_expires_at     INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX repository_deletions_claim ON repository_deletions (status, requested_at);
+    ALTER TABLE repositories ADD COLUMN last_failure_at INTEGER;",
 ];
 
 /// How long a statement waits for another process's write lock before failing.

@@ -52,6 +52,25 @@ pub struct RunTotals {
     pub failed_runs: u64,
 }
 
+/// A run as read back (`tagwarden runs list`, `repos show`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    pub id: i64,
+    pub repository: String,
+    pub policy: String,
+    pub decided_by: String,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    /// `deleting` while open, then the pass's status (`completed`, `unfinished`, ...,
+    /// `interrupted`).
+    pub status: String,
+    pub tags_seen: u64,
+    pub tags_to_delete: u64,
+    pub tags_deleted: Option<u64>,
+    pub failed: Option<u64>,
+    pub detail: Option<String>,
+}
+
 /// A run that has not been closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenRun {
@@ -174,6 +193,33 @@ impl RunLog {
         )?)
     }
 
+    /// The most recent `limit` runs (of `repository`, or all), newest first.
+    pub fn recent(&self, repository: Option<&str>, limit: usize) -> anyhow::Result<Vec<RunRecord>> {
+        let conn = self.store.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, repository, policy, decided_by, started_at, finished_at, status, tags_seen, tags_to_delete, tags_deleted, failed, detail
+             FROM runs WHERE ?1 IS NULL OR repository = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let count = |v: Option<i64>| v.map(|n| n.max(0) as u64);
+        let rows = stmt.query_map(params![repository, limit as i64], |r| {
+            Ok(RunRecord {
+                id: r.get(0)?,
+                repository: r.get(1)?,
+                policy: r.get(2)?,
+                decided_by: r.get(3)?,
+                started_at: Timestamp::from_unix_micros(r.get(4)?),
+                finished_at: r.get::<_, Option<i64>>(5)?.map(Timestamp::from_unix_micros),
+                status: r.get(6)?,
+                tags_seen: r.get::<_, i64>(7)?.max(0) as u64,
+                tags_to_delete: r.get::<_, i64>(8)?.max(0) as u64,
+                tags_deleted: count(r.get(9)?),
+                failed: count(r.get(10)?),
+                detail: r.get(11)?,
+            })
+        })?;
+        rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading runs in {}: {e}", self.store.describe()))
+    }
+
     /// The status of run `id` (`deleting` while open), for tests and reports.
     pub fn status(&self, id: i64) -> anyhow::Result<Option<String>> {
         use rusqlite::OptionalExtension;
@@ -200,5 +246,10 @@ mod tests {
         assert_eq!(runs.status(a).unwrap().as_deref(), Some("completed"), "a closed run is not closed again");
         assert_eq!(runs.status(b).unwrap().as_deref(), Some("interrupted"));
         assert!(runs.open("http://r", "g/app").unwrap().is_empty());
+        let recent = runs.recent(Some("g/app"), 10).unwrap();
+        assert_eq!(recent.iter().map(|r| (r.id, r.status.as_str())).collect::<Vec<_>>(), [(b, "interrupted"), (a, "completed")]);
+        assert_eq!((recent[1].tags_seen, recent[1].tags_to_delete, recent[1].tags_deleted), (10, 4, Some(4)));
+        assert_eq!(runs.recent(Some("other"), 10).unwrap(), []);
+        assert_eq!(runs.recent(None, 1).unwrap().len(), 1);
     }
 }

@@ -84,10 +84,21 @@ pub struct RepositoryState {
     pub consecutive_failures: u32,
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<Timestamp>,
-    /// The last failure's error class (`transient`, `unauthorized`, ...) and reason.
-    pub last_failure: Option<(String, String)>,
+    /// The last failure: what backoff decided on, and what `repos show` explains.
+    pub last_failure: Option<LastFailure>,
     /// Tags the last pass deleted.
     pub last_deleted: Option<u64>,
+}
+
+/// A recorded failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastFailure {
+    /// The error class (`transient`, `unauthorized`, `permanent`, `refused`, ...).
+    pub class: String,
+    /// The registry's HTTP status, when one answered.
+    pub http_status: Option<u16>,
+    pub reason: String,
+    pub at: Option<Timestamp>,
 }
 
 /// A repository a worker now holds.
@@ -114,12 +125,23 @@ pub enum CleanupOutcome {
     Failed { class: String, http_status: Option<u16>, reason: String, next_attempt_at: Option<Timestamp> },
 }
 
-/// An ongoing repository and who holds it, for recovery.
+/// What a lease is held for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Work {
+    /// A policy's cleanup pass (`cleanup_ongoing`).
+    Cleanup,
+    /// An operator's repository deletion (`delete_ongoing`).
+    Deletion,
+}
+
+/// An ongoing cleanup or deletion and who holds it, for heartbeats, recovery and stale checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub path: String,
+    pub work: Work,
     pub owner: Option<String>,
     pub expires_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
 }
 
 /// The cleanup state, behind a seam for a second (shared) implementation.
@@ -128,12 +150,40 @@ pub trait StateStore: Send + Sync {
     /// is no longer `owner`'s: recovery took it back.
     fn finish_claim(&self, path: &str, owner: &str, outcome: &CleanupOutcome, now: Timestamp) -> anyhow::Result<bool>;
 
-    /// Every ongoing repository with its lease.
+    /// Every ongoing cleanup and deletion with its lease.
     fn leases(&self) -> anyhow::Result<Vec<Lease>>;
 
-    /// Puts an ongoing repository whose holder is gone back to `cleanup_unfinished`, if
-    /// `owner` still holds it. The failure count is not increased (GitLab's rule).
-    fn recover(&self, path: &str, owner: Option<&str>) -> anyhow::Result<bool>;
+    /// Extends every lease `owner` holds to `expires_at` (the daemon's heartbeat). Returns
+    /// how many it still holds.
+    fn renew_leases(&self, owner: &str, expires_at: Timestamp) -> anyhow::Result<usize>;
+
+    /// Takes back ongoing work whose holder is gone or stale, if `lease.owner` still holds
+    /// it: a cleanup goes back to `cleanup_unfinished`, a deletion to `delete_scheduled`,
+    /// claimed again as soon as capacity allows. The failure count is not increased
+    /// (GitLab's rule); `why` is recorded as the last reason when given.
+    fn recover(&self, lease: &Lease, why: Option<&str>) -> anyhow::Result<bool>;
+
+    /// Asks for `path` to be cleaned as soon as no scheduled work waits, ahead of other
+    /// unfinished work and whatever its backoff says (`tagwarden repos cleanup-now`).
+    /// `false` when it is unknown or ongoing.
+    fn cleanup_now(&self, path: &str) -> anyhow::Result<bool>;
+
+    /// Schedules the deletion of repository `path` (`tagwarden repos delete`). An error
+    /// when one is ongoing.
+    fn schedule_deletion(&self, path: &str, now: Timestamp) -> anyhow::Result<()>;
+
+    /// Claims the oldest requested deletion that is due (no backoff pending, no cleanup of
+    /// the repository ongoing): it becomes `delete_ongoing`, leased to `owner`.
+    fn claim_deletion(&self, now: Timestamp, owner: &str, lease: Duration) -> anyhow::Result<Option<Claim>>;
+
+    /// Records how `owner`'s deletion of `path` ended; `false` when recovery took it back.
+    fn finish_deletion(&self, path: &str, owner: &str, outcome: &crate::store::DeletionOutcome, now: Timestamp) -> anyhow::Result<bool>;
+
+    /// One repository's deletion state, if a deletion was ever asked for.
+    fn deletion(&self, path: &str) -> anyhow::Result<Option<crate::store::DeletionState>>;
+
+    /// Every deletion (or those in `status`), by path.
+    fn deletions(&self, status: Option<crate::store::DeletionStatus>) -> anyhow::Result<Vec<crate::store::DeletionState>>;
 
     /// Schedules the next run of every due policy all of whose repositories have started
     /// since it became due (GitLab: `next_run_at = now + cadence`). Returns the policies moved.
@@ -149,8 +199,8 @@ pub trait StateStore: Send + Sync {
     fn repositories(&self, status: Option<CleanupStatus>) -> anyhow::Result<Vec<RepositoryState>>;
 
     /// Puts a `cleanup_failed` (or any not ongoing) repository back in the queue with no
-    /// backoff (as unfinished work: claimed as soon as no scheduled work waits): an
-    /// operator's retry.
+    /// backoff (as unfinished work: claimed as soon as no scheduled work waits), and a
+    /// `delete_failed` deletion back to `delete_scheduled`: an operator's retry.
     fn retry(&self, path: &str) -> anyhow::Result<bool>;
 
     /// Creates or updates a policy. A new policy is due at `first_run_at`.
@@ -170,8 +220,11 @@ pub trait StateStore: Send + Sync {
     fn policy(&self, name: &str) -> anyhow::Result<Option<PolicyState>>;
 }
 
-/// Clause shared by the two claim queries: claimable now (no backoff pending).
-const NO_BACKOFF: &str = "(next_attempt_at IS NULL OR next_attempt_at <= ?2)";
+/// Clause shared by the two claim queries: claimable now (no backoff pending), and not
+/// being deleted (a deletion asked for, running or done wins over cleanup; a failed one
+/// leaves the repository to its policy until an operator retries it).
+const NO_BACKOFF: &str = "(next_attempt_at IS NULL OR next_attempt_at <= ?2)
+    AND NOT EXISTS (SELECT 1 FROM repository_deletions d WHERE d.path = repositories.path AND d.status != 'delete_failed')";
 
 impl StateStore for Store {
     fn upsert_policy(&self, name: &str, enabled: bool, cadence: Duration, first_run_at: Timestamp) -> anyhow::Result<()> {
@@ -296,7 +349,7 @@ impl StateStore for Store {
             CleanupOutcome::Failed { class, http_status, reason, next_attempt_at } => conn.execute(
                 &format!(
                     "UPDATE repositories SET status = ?3, next_attempt_at = ?4, consecutive_failures = consecutive_failures + 1,
-                       last_failure_class = ?5, last_failure_status = ?6, last_failure_reason = ?7,
+                       last_failure_class = ?5, last_failure_status = ?6, last_failure_reason = ?7, last_failure_at = ?8,
                        lease_owner = NULL, lease_expires_at = NULL {guard}"
                 ),
                 params![
@@ -306,7 +359,8 @@ impl StateStore for Store {
                     next_attempt_at.map(Timestamp::unix_micros),
                     class,
                     http_status,
-                    reason
+                    reason,
+                    now
                 ],
             )?,
         };
@@ -315,21 +369,84 @@ impl StateStore for Store {
 
     fn leases(&self) -> anyhow::Result<Vec<Lease>> {
         let conn = self.lock();
-        let mut stmt =
-            conn.prepare_cached("SELECT path, lease_owner, lease_expires_at FROM repositories WHERE status = 'cleanup_ongoing'")?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT path, 0, lease_owner, lease_expires_at, started_at FROM repositories WHERE status = 'cleanup_ongoing'
+             UNION ALL
+             SELECT path, 1, lease_owner, lease_expires_at, started_at FROM repository_deletions WHERE status = 'delete_ongoing'",
+        )?;
         let rows = stmt.query_map([], |r| {
-            Ok(Lease { path: r.get(0)?, owner: r.get(1)?, expires_at: r.get::<_, Option<i64>>(2)?.map(Timestamp::from_unix_micros) })
+            Ok(Lease {
+                path: r.get(0)?,
+                work: if r.get::<_, i64>(1)? == 0 { Work::Cleanup } else { Work::Deletion },
+                owner: r.get(2)?,
+                expires_at: r.get::<_, Option<i64>>(3)?.map(Timestamp::from_unix_micros),
+                started_at: r.get::<_, Option<i64>>(4)?.map(Timestamp::from_unix_micros),
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn recover(&self, path: &str, owner: Option<&str>) -> anyhow::Result<bool> {
+    fn renew_leases(&self, owner: &str, expires_at: Timestamp) -> anyhow::Result<usize> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let until = expires_at.unix_micros();
+        let cleanups = tx.execute(
+            "UPDATE repositories SET lease_expires_at = ?2 WHERE lease_owner = ?1 AND status = 'cleanup_ongoing'",
+            params![owner, until],
+        )?;
+        let deletions = tx.execute(
+            "UPDATE repository_deletions SET lease_expires_at = ?2 WHERE lease_owner = ?1 AND status = 'delete_ongoing'",
+            params![owner, until],
+        )?;
+        tx.commit().with_context(|| format!("renewing the leases of {owner} in {}", self.describe()))?;
+        Ok(cleanups + deletions)
+    }
+
+    fn recover(&self, lease: &Lease, why: Option<&str>) -> anyhow::Result<bool> {
+        let sql = match lease.work {
+            Work::Cleanup => {
+                "UPDATE repositories SET status = 'cleanup_unfinished', lease_owner = NULL, lease_expires_at = NULL,
+                   last_failure_reason = COALESCE(?3, last_failure_reason)
+                 WHERE path = ?1 AND status = 'cleanup_ongoing' AND lease_owner IS ?2"
+            }
+            Work::Deletion => {
+                "UPDATE repository_deletions SET status = 'delete_scheduled', lease_owner = NULL, lease_expires_at = NULL,
+                   last_failure_reason = COALESCE(?3, last_failure_reason)
+                 WHERE path = ?1 AND status = 'delete_ongoing' AND lease_owner IS ?2"
+            }
+        };
+        let changed = self.lock().execute(sql, params![lease.path, lease.owner, why])?;
+        Ok(changed == 1)
+    }
+
+    fn cleanup_now(&self, path: &str) -> anyhow::Result<bool> {
+        // A null start sorts first among unfinished work (never started first).
         let changed = self.lock().execute(
-            "UPDATE repositories SET status = 'cleanup_unfinished', lease_owner = NULL, lease_expires_at = NULL
-             WHERE path = ?1 AND status = 'cleanup_ongoing' AND lease_owner IS ?2",
-            params![path, owner],
+            "UPDATE repositories SET status = 'cleanup_unfinished', started_at = NULL, next_attempt_at = NULL
+             WHERE path = ?1 AND status != 'cleanup_ongoing'",
+            params![path],
         )?;
         Ok(changed == 1)
+    }
+
+    fn schedule_deletion(&self, path: &str, now: Timestamp) -> anyhow::Result<()> {
+        self.schedule_deletion_row(path, now)
+    }
+
+    fn claim_deletion(&self, now: Timestamp, owner: &str, lease: Duration) -> anyhow::Result<Option<Claim>> {
+        self.claim_deletion_row(now, owner, lease)
+    }
+
+    fn finish_deletion(&self, path: &str, owner: &str, outcome: &crate::store::DeletionOutcome, now: Timestamp) -> anyhow::Result<bool> {
+        self.finish_deletion_row(path, owner, outcome, now)
+    }
+
+    fn deletion(&self, path: &str) -> anyhow::Result<Option<crate::store::DeletionState>> {
+        self.deletion_row(path)
+    }
+
+    fn deletions(&self, status: Option<crate::store::DeletionStatus>) -> anyhow::Result<Vec<crate::store::DeletionState>> {
+        self.deletion_rows(status)
     }
 
     fn advance_policies(&self, now: Timestamp) -> anyhow::Result<Vec<String>> {
@@ -360,7 +477,9 @@ impl StateStore for Store {
             "SELECT MIN(t) FROM (
                SELECT next_run_at AS t FROM policies WHERE enabled AND next_run_at > ?1
                UNION ALL
-               SELECT next_attempt_at FROM repositories WHERE status = 'cleanup_unfinished' AND next_attempt_at > ?1)",
+               SELECT next_attempt_at FROM repositories WHERE status = 'cleanup_unfinished' AND next_attempt_at > ?1
+               UNION ALL
+               SELECT next_attempt_at FROM repository_deletions WHERE status = 'delete_scheduled' AND next_attempt_at > ?1)",
             params![now.unix_micros()],
             |r| r.get(0),
         )?;
@@ -391,7 +510,18 @@ impl StateStore for Store {
     }
 
     fn retry(&self, path: &str) -> anyhow::Result<bool> {
-        let changed = self.lock().execute(
+        let conn = self.lock();
+        // A failed deletion is what an operator retries first: the cleanup of a repository
+        // being deleted would not run anyway.
+        let deletion = conn.execute(
+            "UPDATE repository_deletions SET status = 'delete_scheduled', next_attempt_at = NULL, consecutive_failures = 0
+             WHERE path = ?1 AND status = 'delete_failed'",
+            params![path],
+        )?;
+        if deletion == 1 {
+            return Ok(true);
+        }
+        let changed = conn.execute(
             "UPDATE repositories SET status = 'cleanup_unfinished', next_attempt_at = NULL, consecutive_failures = 0
              WHERE path = ?1 AND status != 'cleanup_ongoing'",
             params![path],
@@ -404,7 +534,7 @@ impl StateStore for Store {
         let row = conn
             .query_row(
                 "SELECT path, policy, status, started_at, completed_at, next_attempt_at, consecutive_failures, lease_owner, lease_expires_at,
-                        last_failure_class, last_failure_reason, last_deleted
+                        last_failure_class, last_failure_reason, last_deleted, last_failure_status, last_failure_at
                  FROM repositories WHERE path = ?1",
                 params![path],
                 |r| {
@@ -419,11 +549,25 @@ impl StateStore for Store {
                         r.get::<_, Option<String>>(7)?,
                         r.get::<_, Option<i64>>(8)?,
                         (r.get::<_, Option<String>>(9)?, r.get::<_, Option<String>>(10)?, r.get::<_, Option<i64>>(11)?),
+                        (r.get::<_, Option<u16>>(12)?, r.get::<_, Option<i64>>(13)?),
                     ))
                 },
             )
             .optional()?;
-        let Some((path, policy, status, started, completed, next_attempt, failures, owner, expires, (class, reason, deleted))) = row else {
+        let Some((
+            path,
+            policy,
+            status,
+            started,
+            completed,
+            next_attempt,
+            failures,
+            owner,
+            expires,
+            (class, reason, deleted),
+            (http_status, at),
+        )) = row
+        else {
             return Ok(None);
         };
         let ts = |t: Option<i64>| t.map(Timestamp::from_unix_micros);
@@ -437,7 +581,7 @@ impl StateStore for Store {
             consecutive_failures: failures,
             lease_owner: owner,
             lease_expires_at: ts(expires),
-            last_failure: class.map(|c| (c, reason.unwrap_or_default())),
+            last_failure: class.map(|class| LastFailure { class, http_status, reason: reason.unwrap_or_default(), at: ts(at) }),
             last_deleted: deleted.map(|d| d.max(0) as u64),
         }))
     }
