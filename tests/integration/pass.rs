@@ -657,6 +657,35 @@ async fn the_delete_timeout_stops_a_big_pass_with_an_exact_account_of_what_was_d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_list_size_deletes_at_most_that_many_tags_per_pass_and_the_rest_next_pass() {
+    let (reg, _proxy, store, mut ctx) = proxied(7, |_| {}).await;
+    let before = snapshot(&reg.client(), "app").await;
+    ctx.limits.max_list_size = Some(3);
+    let policy = old_new_policy();
+    let mut deleted = 0;
+    let mut passes = Vec::new();
+    loop {
+        let report = run(&ctx, &policy, "app").await;
+        passes.push((report.tags_deleted, report.tags_truncated, report.status.key()));
+        assert!(report.tags_deleted <= 3, "{report:#?}");
+        deleted += report.tags_deleted;
+        if report.status == RepositoryStatus::Completed {
+            break;
+        }
+        let RepositoryStatus::Unfinished(why) = &report.status else { panic!("{report:#?}") };
+        assert!(why.contains("max_list_size") && why.contains("wait for the next pass"), "{why}");
+        assert!(passes.len() < 5, "{passes:?}");
+    }
+    // The plugin decided over every tag each time; the host cut the deletions to 3 a pass.
+    assert_eq!(passes, [(3, 4, "unfinished"), (3, 1, "unfinished"), (1, 0, "completed")]);
+    assert_eq!(deleted, 7);
+    let after = snapshot(&reg.client(), "app").await;
+    assert_eq!(after.keys().cloned().collect::<BTreeSet<_>>(), set(["new-0", "new-1"]));
+    assert!(after.iter().all(|(t, d)| &before[t] == d));
+    assert_eq!(audited_deletions(&audit(&store, "app")).len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_pass_over_an_unchanged_repository_reads_no_manifest_or_config() {
     const TAGS: usize = 50;
     let reg = registry().await;

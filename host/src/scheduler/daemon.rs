@@ -509,6 +509,53 @@ mod tests {
     }
 
     #[test]
+    fn the_default_backoff_waits_at_least_as_long_as_the_registry_asked() {
+        let now = Timestamp::parse_rfc3339("2026-11-20T12:00:00Z").unwrap();
+        let mut r = report(RepositoryStatus::Unfinished("429".into()), 0, &["429"]);
+        r.failure = Some(pass::FailureCause {
+            class: ErrorClass::RateLimited,
+            http_status: Some(429),
+            retry_after: Some(Duration::from_secs(600)),
+        });
+        match outcome(&r, 1, now) {
+            CleanupOutcome::Failed { next_attempt_at: Some(t), class, http_status, .. } => {
+                assert_eq!((t.to_rfc3339().as_str(), class.as_str(), http_status), ("2026-11-20T12:10:00Z", "rate-limited", Some(429)))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Shorter than the schedule: the schedule wins.
+        r.failure.as_mut().unwrap().retry_after = Some(Duration::from_secs(5));
+        assert!(
+            matches!(outcome(&r, 1, now), CleanupOutcome::Failed { next_attempt_at: Some(t), .. } if t.to_rfc3339() == "2026-11-20T12:02:00Z")
+        );
+    }
+
+    #[test]
+    fn leases_that_lapse_are_taken_back_and_renewed_ones_are_not() {
+        let store = crate::store::Store::in_memory().unwrap();
+        let now = Timestamp::now();
+        store.upsert_policy("p", true, Duration::from_secs(86_400), now.saturating_sub(Duration::from_secs(3600))).unwrap();
+        store.add_repositories("p", &["g/a".into(), "g/b".into()]).unwrap();
+        // Two claims by a host this one cannot check (another machine): one renews its
+        // lease, the other stopped renewing.
+        let other = "otherhost/0/1/1";
+        store.claim_next(now.saturating_sub(Duration::from_secs(600)), other, Duration::from_secs(120)).unwrap().unwrap();
+        store.claim_next(now, other, Duration::from_secs(120)).unwrap().unwrap();
+        let events = std::sync::Mutex::new(Vec::new());
+        let on_event = |e: DaemonEvent<'_>| {
+            if let DaemonEvent::Recovered { path, .. } = e {
+                events.lock().unwrap().push(path.to_owned());
+            }
+        };
+        assert_eq!(recover(&store, &on_event).unwrap(), 1);
+        assert_eq!(*events.lock().unwrap(), ["g/a"]);
+        let a = store.repository("g/a").unwrap().unwrap();
+        assert_eq!(a.status, crate::store::CleanupStatus::Unfinished);
+        assert!(a.last_failure.is_none(), "a recovery is not a failure");
+        assert_eq!(store.repository("g/b").unwrap().unwrap().status, crate::store::CleanupStatus::Ongoing);
+    }
+
+    #[test]
     fn outcomes_follow_the_report() {
         let now = Timestamp::parse_rfc3339("2026-11-20T12:00:00Z").unwrap();
         assert_eq!(outcome(&report(RepositoryStatus::Completed, 3, &[]), 1, now), CleanupOutcome::Done { deleted: 3 });
