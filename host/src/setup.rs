@@ -23,6 +23,9 @@ pub struct BoundPolicy {
     pub cadence: Cadence,
     pub enabled: bool,
     matcher: globset::GlobSet,
+    /// Patterns without glob characters: repository paths named outright, known to the
+    /// daemon even when the registry's catalog is not readable.
+    pub named: Vec<String>,
 }
 
 impl BoundPolicy {
@@ -52,7 +55,8 @@ pub fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::R
         let path = resolve_plugin(config, &p.plugin).with_context(context)?;
         let plugin = runtime.load_file(&path, p.limits()).with_context(context)?.into_retention().with_context(context)?;
         let policy = Policy::new(&p.name, &plugin, &p.params_json()).with_context(context)?;
-        out.push(BoundPolicy { policy, cadence: p.cadence, enabled: p.enabled, matcher: p.matcher() });
+        let named = p.repositories.iter().filter(|r| !r.contains(['*', '?', '[', '{'])).cloned().collect();
+        out.push(BoundPolicy { policy, cadence: p.cadence, enabled: p.enabled, matcher: p.matcher(), named });
     }
     Ok(out)
 }

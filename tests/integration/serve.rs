@@ -400,3 +400,54 @@ async fn a_pass_the_stale_plugin_judges_abandoned_is_stopped_at_a_safe_point_and
     assert_eq!(store.repository("builds/s0").unwrap().unwrap().status, CleanupStatus::Unscheduled);
     assert_audit_matches_the_registry(&store, &seed, "builds/s0", &before).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_readable_catalog_the_daemon_cleans_the_paths_policies_name_and_stops_cleanly_on_sigterm() {
+    let reg = registry().await;
+    let seed = reg.client();
+    for i in 0..6u64 {
+        seed.push_image("builds/named", &format!("b-{i}"), Some(&ago(days(10 - i)))).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start(reg.url()).await.unwrap();
+    let config = write_fleet_config(dir.path(), proxy.url());
+    // The policy names the repository outright; the catalog answers 403 (no catalog scope).
+    let text = std::fs::read_to_string(&config).unwrap().replace("[\"builds/*\", \"locked/*\"]", "[\"builds/named\"]");
+    std::fs::write(&config, text).unwrap();
+    proxy.inject(Fault::Status { method: None, path_contains: "/v2/_catalog".into(), status: 403, times: usize::MAX });
+    let config_arg = config.display().to_string();
+
+    // A script asking for `--until-idle` hears about the catalog at once.
+    let (code, output) = tagwarden(dir.path(), &["serve", "--until-idle", "--config", &config_arg]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("listing the repositories") && output.contains("403"), "{output}");
+
+    // A daemon keeps working from what it knows and says it will read the catalog again.
+    let child = Command::new(env!("CARGO_BIN_EXE_tagwarden"))
+        .current_dir(dir.path())
+        .args(["serve", "--config", &config_arg])
+        .env("NO_COLOR", "1")
+        .env("TAGWARDEN_CACHE_DIR", dir.path().join("compiled"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let store = Store::open(&dir.path().join("state/tagwarden.db")).unwrap();
+    crate::crash::wait_until(|| {
+        let done =
+            store.repository("builds/named").unwrap().is_some_and(|r| r.status == CleanupStatus::Unscheduled && r.completed_at.is_some());
+        async move { done }
+    })
+    .await;
+    // SIGTERM: it stops claiming and exits 0 with nothing left ongoing.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = tokio::task::block_in_place(|| child.wait_with_output()).unwrap();
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{output}");
+    assert!(output.contains("reading the catalog failed, trying again in"), "{output}");
+    let kept: Vec<String> = snapshot(&seed, "builds/named").await.into_keys().collect();
+    assert_eq!(kept, ["b-4", "b-5"], "{output}");
+    assert!(store.leases().unwrap().is_empty(), "nothing left ongoing");
+}

@@ -244,15 +244,22 @@ fn record_policies<S: StateStore>(policies: &[BoundPolicy], state: &S, options: 
 }
 
 /// Reads the registry's repositories and records each under its policy (the first whose
-/// patterns match). One that left the registry stays in the state until its next pass
-/// finds it gone (`cleanup_gone`, seed 001).
+/// patterns match), with the paths policies name outright (no glob characters), which are
+/// recorded even when the catalog cannot be read. One that left the registry stays in the
+/// state until its next pass finds it gone (`cleanup_gone`, seed 001).
 async fn sync_catalog<S: StateStore>(
     ctx: &PassContext,
     policies: &[BoundPolicy],
     state: &S,
     on_event: &(dyn Fn(DaemonEvent<'_>) + Send + Sync),
 ) -> anyhow::Result<()> {
-    let repositories = ctx.backend.repositories().await.with_context(|| format!("listing the repositories of {}", ctx.backend.label()))?;
+    let catalog = ctx.backend.repositories().await.with_context(|| format!("listing the repositories of {}", ctx.backend.label()));
+    let mut repositories: Vec<String> = policies.iter().flat_map(|p| p.named.iter().cloned()).collect();
+    if let Ok(listed) = &catalog {
+        repositories.extend(listed.iter().cloned());
+    }
+    repositories.sort();
+    repositories.dedup();
     let mut bound = 0;
     for p in policies {
         let mine: Vec<String> =
@@ -260,6 +267,7 @@ async fn sync_catalog<S: StateStore>(
         bound += mine.len();
         state.add_repositories(&p.policy.name, &mine)?;
     }
+    catalog?;
     on_event(DaemonEvent::Synced { policies: policies.len(), repositories: bound });
     Ok(())
 }
