@@ -70,7 +70,11 @@ impl Backend {
                 .lock()
                 .unwrap()
                 .get(repo)
-                .is_some_and(|l| l.tags().iter().any(|t| &t.digest == digest) || l.untagged().iter().any(|u| &u.digest == digest))),
+                .is_some_and(|l| {
+                    l.tags().iter().any(|t| &t.digest == digest)
+                        || l.untagged().iter().any(|u| &u.digest == digest)
+                        || l.referrers().iter().any(|r| &r.digest == digest)
+                })),
         }
     }
 
@@ -81,9 +85,10 @@ impl Backend {
             Backend::Recordings(r) => {
                 let mut lists = r.lists.lock().unwrap();
                 let Some(list) = lists.get_mut(repo) else { return Ok(DeleteOutcome::AlreadyGone) };
-                let before = (list.tags().len(), list.untagged().len());
+                let before = (list.tags().len(), list.untagged().len(), list.referrers().len());
                 list.remove_digest(digest);
-                Ok(if before == (list.tags().len(), list.untagged().len()) { DeleteOutcome::AlreadyGone } else { DeleteOutcome::Deleted })
+                let after = (list.tags().len(), list.untagged().len(), list.referrers().len());
+                Ok(if before == after { DeleteOutcome::AlreadyGone } else { DeleteOutcome::Deleted })
             }
         }
     }

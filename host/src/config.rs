@@ -84,6 +84,10 @@ pub struct DeletionSection {
     /// Tag-name patterns (regex, whole name) that are never deleted, whatever a plugin says.
     #[serde(default)]
     pub protect: Vec<String>,
+    /// Delete referrers (signatures, attestations, SBOMs) whose subject is no longer in the
+    /// repository. Off by default: orphans are only reported.
+    #[serde(default)]
+    pub delete_orphaned_referrers: bool,
 }
 
 impl Default for DeletionSection {
@@ -93,6 +97,7 @@ impl Default for DeletionSection {
             concurrency: defaults::concurrency(),
             max_delete_fraction: None,
             protect: vec![],
+            delete_orphaned_referrers: false,
         }
     }
 }
