@@ -65,16 +65,11 @@ impl Backend {
     pub async fn manifest_exists(&self, repo: &str, digest: &Digest) -> Result<bool, RegistryError> {
         match self {
             Backend::Oci(c) => c.manifest_exists(repo, digest).await,
-            Backend::Recordings(r) => Ok(r
-                .lists
-                .lock()
-                .unwrap()
-                .get(repo)
-                .is_some_and(|l| {
-                    l.tags().iter().any(|t| &t.digest == digest)
-                        || l.untagged().iter().any(|u| &u.digest == digest)
-                        || l.referrers().iter().any(|r| &r.digest == digest)
-                })),
+            Backend::Recordings(r) => Ok(r.lists.lock().unwrap().get(repo).is_some_and(|l| {
+                l.tags().iter().any(|t| &t.digest == digest)
+                    || l.untagged().iter().any(|u| &u.digest == digest)
+                    || l.referrers().iter().any(|r| &r.digest == digest)
+            })),
         }
     }
 

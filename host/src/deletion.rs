@@ -229,8 +229,11 @@ impl DeletionPlan {
             if kept[id as usize] {
                 shared_tags.push(TagDeletion { tag: tag.name.clone(), digest: tag.digest.clone(), subject: None });
             } else {
-                let deletion = by_digest[id as usize]
-                    .get_or_insert_with(|| DigestDeletion { digest: tag.digest.clone(), tags: Vec::new(), subject: None });
+                let deletion = by_digest[id as usize].get_or_insert_with(|| DigestDeletion {
+                    digest: tag.digest.clone(),
+                    tags: Vec::new(),
+                    subject: None,
+                });
                 deletion.tags.push(tag.name.clone());
             }
         }
@@ -359,7 +362,8 @@ impl DeletionPlan {
         let manifests = if referrers.is_empty() { HashSet::new() } else { list.manifest_digests() };
         let tagged: HashSet<&Digest> = if referrers.is_empty() { HashSet::new() } else { list.tags().iter().map(|t| &t.digest).collect() };
         for (r, action) in referrers.iter().zip(referrer_actions) {
-            if *action != Action::Delete || !(deleted_digests.contains(&r.digest) || r.tag.as_deref().is_some_and(|t| removed_tags.contains(t)))
+            if *action != Action::Delete
+                || !(deleted_digests.contains(&r.digest) || r.tag.as_deref().is_some_and(|t| removed_tags.contains(t)))
             {
                 continue;
             }
@@ -450,9 +454,10 @@ impl DeletionPlan {
         // A referrer waits for its subject: when the subject is kept now, so is the referrer
         // (transitively, for a referrer of a referrer).
         loop {
-            let follower = self.digests.iter().find(|d| {
-                !dropped.contains_key(&d.digest) && d.subject.as_ref().is_some_and(|s| dropped.contains_key(s))
-            });
+            let follower = self
+                .digests
+                .iter()
+                .find(|d| !dropped.contains_key(&d.digest) && d.subject.as_ref().is_some_and(|s| dropped.contains_key(s)));
             let Some(d) = follower else { break };
             let subject = d.subject.as_ref().expect("a follower has a subject");
             dropped.insert(&d.digest, format!("kept referrer {}: its subject {subject} is kept this pass", d.digest));
@@ -557,7 +562,8 @@ mod tests {
     #[test]
     fn check_refuses_a_plan_that_would_break_a_kept_tag() {
         let list = TagList::new("r", vec![Tag::new("a", d(1)), Tag::new("b", d(1))], vec![]).unwrap();
-        let bad = DeletionPlan { digests: vec![DigestDeletion { digest: d(1), tags: vec!["a".into()], subject: None }], shared_tags: vec![] };
+        let bad =
+            DeletionPlan { digests: vec![DigestDeletion { digest: d(1), tags: vec!["a".into()], subject: None }], shared_tags: vec![] };
         let err = bad.check(&list, &[Action::Delete, Action::Keep], &[]).unwrap_err().to_string();
         assert!(err.contains("kept tag `b`"), "{err}");
         let bad = DeletionPlan { digests: vec![], shared_tags: vec![TagDeletion { tag: "b".into(), digest: d(1), subject: None }] };
@@ -667,7 +673,10 @@ mod tests {
     fn check_refuses_a_plan_that_would_break_a_kept_index() {
         let list = multi_arch();
         let tags = [Action::Keep, Action::Delete, Action::Keep];
-        let bad = DeletionPlan { digests: vec![DigestDeletion { digest: d(11), tags: vec!["multi-amd64".into()], subject: None }], shared_tags: vec![] };
+        let bad = DeletionPlan {
+            digests: vec![DigestDeletion { digest: d(11), tags: vec!["multi-amd64".into()], subject: None }],
+            shared_tags: vec![],
+        };
         let err = bad.check(&list, &tags, &[Action::Keep]).unwrap_err().to_string();
         assert!(err.contains(&format!("deletes {}, which index {} references", d(11), d(10))), "{err}");
         let bad = DeletionPlan { digests: vec![DigestDeletion { digest: d(12), tags: vec![], subject: None }], shared_tags: vec![] };
@@ -781,7 +790,8 @@ mod tests {
         assert_eq!(dropped.len(), 4, "{dropped:?}");
         assert!(dropped.iter().any(|m| m.contains(&format!("kept referrer {}", d(32)))), "{dropped:?}");
         // A referrer tag that gained … an image tag since the listing is kept like any digest.
-        let (after, _) = p.recheck(&current(&[("keep", 1)]).with_referrers([referrer(Some("sig-keep"), 11, 1), referrer(Some("new-sig"), 12, 2)]));
+        let (after, _) =
+            p.recheck(&current(&[("keep", 1)]).with_referrers([referrer(Some("sig-keep"), 11, 1), referrer(Some("new-sig"), 12, 2)]));
         assert!(!after.digests.iter().any(|x| x.digest == d(12) || x.digest == d(22)), "{after:?}");
     }
 

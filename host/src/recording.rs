@@ -97,7 +97,9 @@ impl Recording {
         if file.format != FORMAT_V3 && !file.referrers.is_empty() {
             bail!("`referrers` is a `{FORMAT_V3}` field; set `format` to `{FORMAT_V3}`");
         }
-        if let Some((i, r)) = file.referrers.iter().enumerate().find(|(_, r)| r.tag.as_deref().is_some_and(|t| file.tags.iter().any(|x| x.name == t))) {
+        if let Some((i, r)) =
+            file.referrers.iter().enumerate().find(|(_, r)| r.tag.as_deref().is_some_and(|t| file.tags.iter().any(|x| x.name == t)))
+        {
             bail!("`referrers[{i}].tag` `{}` is also in `tags`; a tag is one or the other", r.tag.as_deref().unwrap_or_default());
         }
         if file.repository.is_empty() {
@@ -348,11 +350,16 @@ mod tests {
         assert!(written.contains(FORMAT_V3) && written.contains("\"referrers\""), "{written}");
         assert_eq!(Recording::parse(&written).unwrap(), r, "{written}");
         // An untagged referrer, explicitly.
-        let v3 = doc(&format!(r#"[{{"name": "v1", "digest": "{D1}"}}], "referrers": [{{"digest": "{D3}", "subject": "{D1}", "artifact_type": "application/spdx+json"}}]"#));
+        let v3 = doc(&format!(
+            r#"[{{"name": "v1", "digest": "{D1}"}}], "referrers": [{{"digest": "{D3}", "subject": "{D1}", "artifact_type": "application/spdx+json"}}]"#
+        ));
         let err = format!("{:#}", Recording::parse(&v3).unwrap_err());
         assert!(err.contains("`referrers` is a `tagwarden.recording.v3` field"), "{err}");
         let r = Recording::parse(&v3.replace(FORMAT_V1, FORMAT_V3)).unwrap();
-        assert_eq!((r.list.referrers()[0].tag.as_deref(), r.list.referrers()[0].artifact_type.as_deref()), (None, Some("application/spdx+json")));
+        assert_eq!(
+            (r.list.referrers()[0].tag.as_deref(), r.list.referrers()[0].artifact_type.as_deref()),
+            (None, Some("application/spdx+json"))
+        );
         let bad = doc(&format!(r#"[], "referrers": [{{"digest": "{D3}", "subject": "sha256:1"}}]"#)).replace(FORMAT_V1, FORMAT_V3);
         let err = format!("{:#}", Recording::parse(&bad).unwrap_err());
         assert!(err.contains("referrers[0].subject") && err.contains("64 lowercase hex"), "{err}");

@@ -515,7 +515,12 @@ fn run_once_refuses_a_glob_typed_as_a_name_pattern_when_the_config_loads() {
     let params = r#"{ name_regex_delete = ".*", name_regex_keep = "*prod*" }"#;
     let config = write_config(dir.path(), "http://127.0.0.1:9", "", "", params);
     let out = tagwarden(dir.path(), &["run", "--once", "--config", path_str(&config), "--now", NOW]);
-    out.assert_error(&["cannot load policy `apps`", "name_regex_keep: invalid regex", r#"(pattern "*prod*")"#, r#"as a regex that is ".*prod.*""#]);
+    out.assert_error(&[
+        "cannot load policy `apps`",
+        "name_regex_keep: invalid regex",
+        r#"(pattern "*prod*")"#,
+        r#"as a regex that is ".*prod.*""#,
+    ]);
     assert!(out.stdout.is_empty(), "{}", out.stdout);
 }
 

@@ -821,5 +821,8 @@ async fn referrers_follow_their_subject_and_keep_n_counts_images_only() {
     let report = run(&ctx, &policy, repo).await;
     assert_eq!((report.tags_deleted, report.manifests_deleted), (1, 1), "{report:#?}");
     assert_eq!(seed.resolve(repo, &orphan_digest).await.unwrap(), None);
-    assert_eq!(snapshot(&seed, repo).await.keys().map(String::as_str).collect::<BTreeSet<_>>(), set(["v3", v3_sig.as_str(), v3_sbom.as_str()]).iter().map(String::as_str).collect());
+    assert_eq!(
+        snapshot(&seed, repo).await.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        set(["v3", v3_sig.as_str(), v3_sbom.as_str()]).iter().map(String::as_str).collect()
+    );
 }

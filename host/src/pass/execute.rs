@@ -274,10 +274,8 @@ impl<'a> Execution<'a> {
                 let Some(checked_rest) = self.recheck(&rest, &mut tally).await else {
                     return tally;
                 };
-                let (ready, rest): (Vec<DigestDeletion>, Vec<DigestDeletion>) = checked_rest
-                    .digests
-                    .into_iter()
-                    .partition(|d| d.subject.as_ref().is_none_or(|s| deleted.contains(s)));
+                let (ready, rest): (Vec<DigestDeletion>, Vec<DigestDeletion>) =
+                    checked_rest.digests.into_iter().partition(|d| d.subject.as_ref().is_none_or(|s| deleted.contains(s)));
                 plan.digests.extend(ready);
                 waiting = rest;
                 plan.shared_tags = checked_rest.shared_tags;
@@ -306,9 +304,8 @@ impl<'a> Execution<'a> {
         // the budget ran out) stay with it.
         tally.not_attempted(&waiting, &[]);
         // Their tags too, when they are removed on their own.
-        let (shared, kept): (Vec<TagDeletion>, Vec<TagDeletion>) = std::mem::take(&mut plan.shared_tags)
-            .into_iter()
-            .partition(|t| t.subject.as_ref().is_none_or(|s| deleted.contains(s)));
+        let (shared, kept): (Vec<TagDeletion>, Vec<TagDeletion>) =
+            std::mem::take(&mut plan.shared_tags).into_iter().partition(|t| t.subject.as_ref().is_none_or(|s| deleted.contains(s)));
         plan.shared_tags = shared;
         tally.not_attempted(&[], &kept);
 

@@ -218,9 +218,7 @@ fn regex_param(params: &Params, key: &str) -> Result<Option<NamePattern>, String
         Some(other) => return Err(expected(key, "a regex string", other)),
     };
     if let Err(e) = regex::Regex::new(pattern) {
-        let hint = glob_as_regex(pattern)
-            .map(|regex| format!(". It looks like a glob; as a regex that is {regex:?}"))
-            .unwrap_or_default();
+        let hint = glob_as_regex(pattern).map(|regex| format!(". It looks like a glob; as a regex that is {regex:?}")).unwrap_or_default();
         return Err(format!("{key}: invalid regex: {} (pattern {pattern:?}){hint}", one_line(&e)));
     }
     NamePattern::new(format!(r"\A{pattern}\z"))

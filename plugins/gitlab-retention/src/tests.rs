@@ -344,7 +344,10 @@ fn invalid_params_name_the_param_and_what_was_expected() {
         // Each pattern is checked alone before it is anchored: `\A*prod*\z` compiles, `*prod*` does not.
         (
             r#"{"name_regex_delete": ".*", "name_regex_keep": "*prod*"}"#,
-            &[r#"name_regex_keep: invalid regex: repetition operator missing expression (pattern "*prod*")"#, r#"as a regex that is ".*prod.*""#],
+            &[
+                r#"name_regex_keep: invalid regex: repetition operator missing expression (pattern "*prod*")"#,
+                r#"as a regex that is ".*prod.*""#,
+            ],
         ),
         (r#"{"name_regex_delete": "*"}"#, &[r#"name_regex_delete: invalid regex:"#, r#"as a regex that is ".*""#]),
         (r#"{"name_regex": "*.dev"}"#, &[r#"name_regex: invalid regex:"#, r#"as a regex that is ".*\\.dev""#]),
