@@ -65,12 +65,11 @@ impl Backend {
     pub async fn manifest_exists(&self, repo: &str, digest: &Digest) -> Result<bool, RegistryError> {
         match self {
             Backend::Oci(c) => c.manifest_exists(repo, digest).await,
-            Backend::Recordings(r) => Ok(r
-                .lists
-                .lock()
-                .unwrap()
-                .get(repo)
-                .is_some_and(|l| l.tags().iter().any(|t| &t.digest == digest) || l.untagged().iter().any(|u| &u.digest == digest))),
+            Backend::Recordings(r) => Ok(r.lists.lock().unwrap().get(repo).is_some_and(|l| {
+                l.tags().iter().any(|t| &t.digest == digest)
+                    || l.untagged().iter().any(|u| &u.digest == digest)
+                    || l.referrers().iter().any(|r| &r.digest == digest)
+            })),
         }
     }
 
@@ -81,9 +80,10 @@ impl Backend {
             Backend::Recordings(r) => {
                 let mut lists = r.lists.lock().unwrap();
                 let Some(list) = lists.get_mut(repo) else { return Ok(DeleteOutcome::AlreadyGone) };
-                let before = (list.tags().len(), list.untagged().len());
+                let before = (list.tags().len(), list.untagged().len(), list.referrers().len());
                 list.remove_digest(digest);
-                Ok(if before == (list.tags().len(), list.untagged().len()) { DeleteOutcome::AlreadyGone } else { DeleteOutcome::Deleted })
+                let after = (list.tags().len(), list.untagged().len(), list.referrers().len());
+                Ok(if before == after { DeleteOutcome::AlreadyGone } else { DeleteOutcome::Deleted })
             }
         }
     }

@@ -87,6 +87,10 @@ pub struct DeletionSection {
     /// At most this many tags are deleted by one pass; the rest wait for the next pass
     /// (GitLab's `max_list_size` truncation). The plugin still decides over every tag.
     pub max_list_size: Option<usize>,
+    /// Delete referrers (signatures, attestations, SBOMs) whose subject is no longer in the
+    /// repository. Off by default: orphans are only reported.
+    #[serde(default)]
+    pub delete_orphaned_referrers: bool,
 }
 
 impl Default for DeletionSection {
@@ -97,6 +101,7 @@ impl Default for DeletionSection {
             max_delete_fraction: None,
             protect: vec![],
             max_list_size: None,
+            delete_orphaned_referrers: false,
         }
     }
 }

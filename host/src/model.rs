@@ -301,6 +301,46 @@ pub struct UntaggedManifest {
     pub pushed_at: Option<Timestamp>,
 }
 
+/// A signature, attestation, SBOM or other OCI 1.1 artifact that refers to another manifest
+/// of the repository, its *subject*. Retention plugins never see referrers: they follow
+/// their subject (kept while it stays, deleted with it), and the deletion planner proves it
+/// ([`crate::deletion`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Referrer {
+    /// The tag that names it in the fallback tag schema (`sha256-<hex>`, or cosign's
+    /// `sha256-<hex>.sig`, `.att`, `.sbom`); `None` for a manifest found through the
+    /// referrers API or in a fallback index, which no tag points at.
+    #[serde(default)]
+    pub tag: Option<String>,
+    pub digest: Digest,
+    /// The manifest it refers to.
+    pub subject: Digest,
+    /// The artifact's type (`artifactType`), when the registry said.
+    #[serde(default)]
+    pub artifact_type: Option<String>,
+    /// The subject exists but no tag points at it and the list does not hold it (a plain
+    /// registry cannot list untagged manifests): nothing decides on the subject, so it
+    /// stays, and with it this referrer. False when the subject is in the list, or gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub subject_untagged: bool,
+}
+
+/// The cosign suffixes of the fallback tag schema: signatures, attestations, SBOMs.
+const FALLBACK_TAG_SUFFIXES: [&str; 3] = [".sig", ".att", ".sbom"];
+
+/// The subject a tag names in the referrers fallback tag schema: `sha256-<64 hex>` (OCI
+/// distribution 1.1), optionally followed by cosign's `.sig`, `.att` or `.sbom`. `None`
+/// for any other name.
+pub fn fallback_tag_subject(name: &str) -> Option<Digest> {
+    let rest = name.strip_prefix("sha256-")?;
+    let hex = FALLBACK_TAG_SUFFIXES.iter().find_map(|s| rest.strip_suffix(s)).unwrap_or(rest);
+    if hex.len() != 64 {
+        return None;
+    }
+    Digest::parse(&format!("sha256:{hex}")).ok()
+}
+
 /// Every tag and untagged manifest of one repository, tags sorted by name, with their
 /// columnar form ([`ListColumns`]) built alongside.
 #[derive(Debug, Clone, Default)]
@@ -315,13 +355,16 @@ pub struct TagList {
     /// index nested in one, the manifests it references. The deletion planner never
     /// deletes a manifest that an index which stays references.
     index_children: BTreeMap<Digest, Vec<Digest>>,
+    /// Artifacts that follow a subject ([`Referrer`]), sorted by digest then tag; not in
+    /// `tags` or `untagged`, so no plugin sees them.
+    referrers: Vec<Referrer>,
 }
 
 /// Two lists are equal when their contents are: the columns follow from them.
 impl PartialEq for TagList {
     fn eq(&self, other: &Self) -> bool {
-        (&self.repository, &self.tags, &self.untagged, &self.index_children)
-            == (&other.repository, &other.tags, &other.untagged, &other.index_children)
+        (&self.repository, &self.tags, &self.untagged, &self.index_children, &self.referrers)
+            == (&other.repository, &other.tags, &other.untagged, &other.index_children, &other.referrers)
     }
 }
 
@@ -337,7 +380,7 @@ impl TagList {
             bail!("repository {repository}: tag `{}` is listed twice", w[0].name);
         }
         let columns = ListColumns::build(&tags, &untagged).into();
-        Ok(TagList { repository, tags, untagged, columns, index_children: BTreeMap::new() })
+        Ok(TagList { repository, tags, untagged, columns, index_children: BTreeMap::new(), referrers: Vec::new() })
     }
 
     /// The same list, knowing which manifests each image index references (see
@@ -351,6 +394,81 @@ impl TagList {
     /// indexes appear; a source that cannot tell (an old recording) gives none.
     pub fn index_children(&self) -> &BTreeMap<Digest, Vec<Digest>> {
         &self.index_children
+    }
+
+    /// The same list with `referrers` added to those it has (duplicates, same digest and
+    /// tag, once).
+    pub fn with_referrers(mut self, referrers: impl IntoIterator<Item = Referrer>) -> Self {
+        self.referrers.extend(referrers);
+        self.referrers.sort_by(|a, b| (&a.digest, &a.tag).cmp(&(&b.digest, &b.tag)));
+        self.referrers.dedup_by(|a, b| (&a.digest, &a.tag) == (&b.digest, &b.tag));
+        self
+    }
+
+    /// The same list with the tags of the referrers fallback tag schema
+    /// ([`fallback_tag_subject`]) taken out of `tags` and made referrers of the subject they
+    /// name; so is every manifest a fallback index references (OCI's fallback tag points at
+    /// an index of the subject's referrers). Call it after [`TagList::with_index_children`].
+    pub fn split_referrer_tags(mut self) -> Self {
+        if !self.tags.iter().any(|t| t.name.starts_with("sha256-")) {
+            return self;
+        }
+        let mut found = Vec::new();
+        self.tags.retain(|t| match fallback_tag_subject(&t.name) {
+            Some(subject) => {
+                found.push(Referrer {
+                    tag: Some(t.name.clone()),
+                    digest: t.digest.clone(),
+                    subject,
+                    artifact_type: None,
+                    subject_untagged: false,
+                });
+                false
+            }
+            None => true,
+        });
+        if found.is_empty() {
+            return self;
+        }
+        let listed: Vec<Referrer> = found
+            .iter()
+            .flat_map(|r| {
+                self.index_children.get(&r.digest).into_iter().flatten().map(|child| Referrer {
+                    tag: None,
+                    digest: child.clone(),
+                    subject: r.subject.clone(),
+                    artifact_type: None,
+                    subject_untagged: false,
+                })
+            })
+            .collect();
+        self.columns = Default::default();
+        self.with_referrers(found.into_iter().chain(listed))
+    }
+
+    /// Artifacts that follow a subject, sorted by digest: not shown to plugins.
+    pub fn referrers(&self) -> &[Referrer] {
+        &self.referrers
+    }
+
+    /// Marks the referrers whose subject is one of `subjects` as having an untagged subject
+    /// (see [`Referrer::subject_untagged`]).
+    pub fn mark_untagged_subjects(&mut self, subjects: &std::collections::HashSet<Digest>) {
+        for r in &mut self.referrers {
+            r.subject_untagged |= subjects.contains(&r.subject);
+        }
+    }
+
+    /// Every manifest of the list: tagged, untagged, referrers, and those an image index
+    /// of it references.
+    pub fn manifest_digests(&self) -> std::collections::HashSet<&Digest> {
+        self.tags
+            .iter()
+            .map(|t| &t.digest)
+            .chain(self.untagged.iter().map(|u| &u.digest))
+            .chain(self.referrers.iter().map(|r| &r.digest))
+            .chain(self.index_children.values().flatten())
+            .collect()
     }
 
     /// The tags, sorted by name.
@@ -375,6 +493,7 @@ impl TagList {
     /// Removes the named tags (a deletion applied to an in-memory copy).
     pub fn remove_tags(&mut self, names: &std::collections::HashSet<&str>) {
         self.tags.retain(|t| !names.contains(t.name.as_str()));
+        self.referrers.retain(|r| !r.tag.as_deref().is_some_and(|t| names.contains(t)));
         self.columns = Default::default();
     }
 
@@ -382,6 +501,7 @@ impl TagList {
     pub fn remove_digest(&mut self, digest: &Digest) {
         self.tags.retain(|t| &t.digest != digest);
         self.untagged.retain(|u| &u.digest != digest);
+        self.referrers.retain(|r| &r.digest != digest);
         self.index_children.remove(digest);
         self.columns = Default::default();
     }

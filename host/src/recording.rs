@@ -1,5 +1,6 @@
-//! Recorded tag lists (`tagwarden.recording.v1` and `.v2`, documented in
-//! docs/recording-format.md). v2 adds `indexes`, what each image index references.
+//! Recorded tag lists (`tagwarden.recording.v1`, `.v2` and `.v3`, documented in
+//! docs/recording-format.md). v2 adds `indexes`, what each image index references; v3 adds
+//! `referrers`, the artifacts that follow a subject.
 //!
 //! A recording is one repository's tags as a registry reported them at `recorded_at`.
 //! `tagwarden record` writes them, `eval` and the `recording` backend read them, and the
@@ -13,13 +14,16 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Digest, Tag, TagList, Timestamp, UntaggedManifest};
+use crate::model::{Digest, Referrer, Tag, TagList, Timestamp, UntaggedManifest};
 
 /// The `format` value of a recording without `indexes`.
 pub const FORMAT_V1: &str = "tagwarden.recording.v1";
 /// The `format` value of a recording that may carry `indexes`. Written only when the list
 /// has image indexes, so that recordings older tagwardens can read stay v1.
 pub const FORMAT_V2: &str = "tagwarden.recording.v2";
+/// The `format` value of a recording that may carry `referrers` (and `indexes`). Written
+/// only when the list has referrers.
+pub const FORMAT_V3: &str = "tagwarden.recording.v3";
 
 /// One repository's recorded tag list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +45,9 @@ struct RecordingFile {
     /// Image index digest → the manifests it references (absent in older recordings).
     #[serde(default, deserialize_with = "map_without_duplicates")]
     indexes: BTreeMap<Digest, Vec<Digest>>,
+    /// Signatures, attestations, SBOMs… and their subjects (v3).
+    #[serde(default)]
+    referrers: Vec<Referrer>,
 }
 
 impl Recording {
@@ -81,11 +88,19 @@ impl Recording {
                 position(&e)
             )
         })?;
-        if file.format != FORMAT_V1 && file.format != FORMAT_V2 {
-            bail!("`format` is `{}`; this tagwarden reads `{FORMAT_V1}` and `{FORMAT_V2}`", file.format);
+        if ![FORMAT_V1, FORMAT_V2, FORMAT_V3].contains(&file.format.as_str()) {
+            bail!("`format` is `{}`; this tagwarden reads `{FORMAT_V1}`, `{FORMAT_V2}` and `{FORMAT_V3}`", file.format);
         }
         if file.format == FORMAT_V1 && !file.indexes.is_empty() {
             bail!("`indexes` is a `{FORMAT_V2}` field; set `format` to `{FORMAT_V2}`");
+        }
+        if file.format != FORMAT_V3 && !file.referrers.is_empty() {
+            bail!("`referrers` is a `{FORMAT_V3}` field; set `format` to `{FORMAT_V3}`");
+        }
+        if let Some((i, r)) =
+            file.referrers.iter().enumerate().find(|(_, r)| r.tag.as_deref().is_some_and(|t| file.tags.iter().any(|x| x.name == t)))
+        {
+            bail!("`referrers[{i}].tag` `{}` is also in `tags`; a tag is one or the other", r.tag.as_deref().unwrap_or_default());
         }
         if file.repository.is_empty() {
             bail!("`repository` is empty; expected a repository path such as `group/app`");
@@ -93,7 +108,12 @@ impl Recording {
         if let Some((index, _)) = file.indexes.iter().find(|(_, children)| children.is_empty()) {
             bail!("`indexes.{index}` lists no children; expected the digests the index references, or leave the index out");
         }
-        let list = TagList::new(file.repository, file.tags, file.untagged)?.with_index_children(file.indexes);
+        // Fallback tags (`sha256-<hex>.sig`, …) in `tags` are referrers too, whatever the
+        // version: a v1 recording of a signed repository is read as the registry is now listed.
+        let list = TagList::new(file.repository, file.tags, file.untagged)?
+            .with_index_children(file.indexes)
+            .split_referrer_tags()
+            .with_referrers(file.referrers);
         Ok(Recording { recorded_at: file.recorded_at, list })
     }
 
@@ -116,7 +136,13 @@ impl Recording {
     /// Writes the recording as JSON to `out`: a readable layout with one entry per line.
     pub fn write_to(&self, out: &mut impl Write) -> anyhow::Result<()> {
         let head = serde_json::json!({
-            "format": if self.list.index_children().is_empty() { FORMAT_V1 } else { FORMAT_V2 },
+            "format": if !self.list.referrers().is_empty() {
+                FORMAT_V3
+            } else if !self.list.index_children().is_empty() {
+                FORMAT_V2
+            } else {
+                FORMAT_V1
+            },
             "repository": self.list.repository,
             "recorded_at": self.recorded_at,
         });
@@ -134,6 +160,11 @@ impl Recording {
                 write!(out, "{}: {}", serde_json::to_string(index)?, serde_json::to_string(children)?)?;
             }
             write!(out, "\n }}")?;
+        }
+        if !self.list.referrers().is_empty() {
+            write!(out, ",\n \"referrers\": [")?;
+            write_entries(out, self.list.referrers())?;
+            write!(out, "]")?;
         }
         writeln!(out, "}}")?;
         Ok(())
@@ -227,7 +258,8 @@ mod tests {
 
         let err = format!("{:#}", Recording::parse(&doc("[]").replace("v1", "v9")).unwrap_err());
         assert!(
-            err.contains("tagwarden.recording.v9") && err.contains("reads `tagwarden.recording.v1` and `tagwarden.recording.v2`"),
+            err.contains("tagwarden.recording.v9")
+                && err.contains("reads `tagwarden.recording.v1`, `tagwarden.recording.v2` and `tagwarden.recording.v3`"),
             "{err}"
         );
 
@@ -298,6 +330,39 @@ mod tests {
         let written = String::from_utf8(out).unwrap();
         assert!(written.contains("\"indexes\"") && written.contains(FORMAT_V2), "{written}");
         assert_eq!(Recording::parse(&written).unwrap(), r, "{written}");
+    }
+
+    #[test]
+    fn referrers_are_read_and_written_in_v3_and_fallback_tags_become_referrers_in_any_version() {
+        let hex1 = &D1["sha256:".len()..];
+        // A v1 recording of a signed repository: the signature tag is a referrer, not a tag.
+        let v1 = doc(&format!(r#"[{{"name": "v1", "digest": "{D1}"}}, {{"name": "sha256-{hex1}.sig", "digest": "{D2}"}}]"#));
+        let r = Recording::parse(&v1).unwrap();
+        assert_eq!(r.list.tags().iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["v1"]);
+        let d = |s: &str| Digest::parse(s).unwrap();
+        assert_eq!(r.list.referrers().len(), 1);
+        let sig = &r.list.referrers()[0];
+        assert_eq!((sig.tag.as_deref(), &sig.digest, &sig.subject), (Some(format!("sha256-{hex1}.sig").as_str()), &d(D2), &d(D1)));
+        // Written back, it is a v3 recording that reads back identically.
+        let mut out = Vec::new();
+        r.write_to(&mut out).unwrap();
+        let written = String::from_utf8(out).unwrap();
+        assert!(written.contains(FORMAT_V3) && written.contains("\"referrers\""), "{written}");
+        assert_eq!(Recording::parse(&written).unwrap(), r, "{written}");
+        // An untagged referrer, explicitly.
+        let v3 = doc(&format!(
+            r#"[{{"name": "v1", "digest": "{D1}"}}], "referrers": [{{"digest": "{D3}", "subject": "{D1}", "artifact_type": "application/spdx+json"}}]"#
+        ));
+        let err = format!("{:#}", Recording::parse(&v3).unwrap_err());
+        assert!(err.contains("`referrers` is a `tagwarden.recording.v3` field"), "{err}");
+        let r = Recording::parse(&v3.replace(FORMAT_V1, FORMAT_V3)).unwrap();
+        assert_eq!(
+            (r.list.referrers()[0].tag.as_deref(), r.list.referrers()[0].artifact_type.as_deref()),
+            (None, Some("application/spdx+json"))
+        );
+        let bad = doc(&format!(r#"[], "referrers": [{{"digest": "{D3}", "subject": "sha256:1"}}]"#)).replace(FORMAT_V1, FORMAT_V3);
+        let err = format!("{:#}", Recording::parse(&bad).unwrap_err());
+        assert!(err.contains("referrers[0].subject") && err.contains("64 lowercase hex"), "{err}");
     }
 
     #[test]

@@ -143,7 +143,8 @@ pub fn pass_context(config: &Config, store: &Store, dry_run: bool, now: Option<T
         backend: backend(config, store)?,
         audit: store.audit_log(),
         runs: store.runs(),
-        guards: Guards::new(&config.deletion.protect, config.deletion.max_delete_fraction)?,
+        guards: Guards::new(&config.deletion.protect, config.deletion.max_delete_fraction)?
+            .deleting_orphaned_referrers(config.deletion.delete_orphaned_referrers),
         limits: DeletionLimits {
             timeout: config.deletion.timeout,
             concurrency: config.deletion.concurrency,

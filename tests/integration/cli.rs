@@ -508,6 +508,22 @@ fn write_config(dir: &Path, url: &str, registry_extra: &str, deletion_extra: &st
     path
 }
 
+#[test]
+fn run_once_refuses_a_glob_typed_as_a_name_pattern_when_the_config_loads() {
+    let dir = tempdir();
+    // Nothing listens at this address: the policy is refused before any request.
+    let params = r#"{ name_regex_delete = ".*", name_regex_keep = "*prod*" }"#;
+    let config = write_config(dir.path(), "http://127.0.0.1:9", "", "", params);
+    let out = tagwarden(dir.path(), &["run", "--once", "--config", path_str(&config), "--now", NOW]);
+    out.assert_error(&[
+        "cannot load policy `apps`",
+        "name_regex_keep: invalid regex",
+        r#"(pattern "*prod*")"#,
+        r#"as a regex that is ".*prod.*""#,
+    ]);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_once_deletes_per_policy_and_prints_a_summary() {
     let reg = seeded_registry(RegistryOptions::default()).await;

@@ -787,3 +787,72 @@ async fn a_failing_plugin_fails_the_pass_and_deletes_nothing() {
     assert_eq!(snapshot(&seed, "app").await, before);
     assert!(audit(&store, "app").is_empty());
 }
+
+/// Issue 15: signatures, attestations and SBOMs follow their image. Three signed images on
+/// a REAL registry (distribution 2.8, which has no referrers API: fallback tags only):
+/// cosign `.sig`/`.att`/`.sbom` tags and an OCI 1.1 artifact with `subject` under the
+/// fallback tag `sha256-<hex>`. With `keep_n = 1` over `.*`, keep_n counts images only (the
+/// SBOM, which has no creation time and would sort as newest, takes no slot), the kept
+/// image keeps its signature and SBOM, the deleted images' referrers go after them
+/// (audited), and an orphan is reported, then deleted only once the config says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_follow_their_subject_and_keep_n_counts_images_only() {
+    let reg = registry().await;
+    let seed = reg.client();
+    let repo = "group/signed";
+    let v1 = seed.push_image(repo, "v1", Some(&ago(days(10)))).await.unwrap();
+    let v2 = seed.push_image(repo, "v2", Some(&ago(days(5)))).await.unwrap();
+    let v3 = seed.push_image(repo, "v3", Some(&ago(days(1)))).await.unwrap();
+    let (v1_sig, _) = seed.push_cosign(repo, &v1, "sig").await.unwrap();
+    let v1_fallback = v1.replace(':', "-");
+    let v1_artifact = seed.push_artifact(repo, Some(&v1_fallback), &v1, "application/spdx+json").await.unwrap();
+    let (v2_att, _) = seed.push_cosign(repo, &v2, "att").await.unwrap();
+    let (v3_sig, _) = seed.push_cosign(repo, &v3, "sig").await.unwrap();
+    let (v3_sbom, _) = seed.push_cosign(repo, &v3, "sbom").await.unwrap();
+    // A signature whose image is gone (its subject never existed here).
+    let gone = format!("sha256:{}", "ab".repeat(32));
+    let (orphan, orphan_digest) = seed.push_cosign(repo, &gone, "sig").await.unwrap();
+    let before = snapshot(&seed, repo).await;
+    assert_eq!(before.len(), 9, "{before:?}");
+
+    let store = Store::in_memory().unwrap();
+    let ctx = context(client(reg.url(), &store), &store);
+    let policy = gitlab(json!({"name_regex_delete": ".*", "keep_n": 1}));
+    let report = run(&ctx, &policy, repo).await;
+    assert_eq!(report.status, RepositoryStatus::Completed, "{report:#?}");
+
+    // The plugin saw the three images and nothing else.
+    let plan = report.plan.as_ref().unwrap();
+    assert_eq!(plan.list.tags().iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["v1", "v2", "v3"]);
+    assert_eq!((report.tags_seen, report.tags_to_delete, report.referrers_seen, report.referrers_to_delete), (3, 2, 6, 3));
+    assert_eq!(plan.tags[2].reason, "keep_n: among the 1 most recent", "keep_n counted images only");
+
+    let after = snapshot(&seed, repo).await;
+    let gone_tags = set(["v1", "v2", v1_sig.as_str(), v1_fallback.as_str(), v2_att.as_str()]);
+    assert_eq!(after, without(&before, &gone_tags), "the kept image keeps its signature and SBOM; the orphan is kept");
+    assert!(after.contains_key(&v3_sig) && after.contains_key(&v3_sbom) && after.contains_key(&orphan));
+    assert_eq!(seed.resolve(repo, &v1_artifact).await.unwrap(), None, "the artifact went with its subject");
+
+    // Every deletion audited, referrers included; each referrer after its subject.
+    let rows = audit(&store, repo);
+    assert_eq!(audited_deletions(&rows), gone_tags, "{rows:#?}");
+    let position = |digest: &str| rows.iter().position(|r| r.digest == digest).unwrap_or_else(|| panic!("{digest} not audited"));
+    assert!(position(&v1) < position(&v1_artifact), "{rows:#?}");
+
+    // The orphan is reported, with what to do.
+    assert_eq!(report.orphaned_referrers.len(), 1, "{report:#?}");
+    assert!(report.orphaned_referrers[0].contains(&orphan) && report.orphaned_referrers[0].contains("delete_orphaned_referrers"));
+
+    // A second pass changes nothing; with `delete_orphaned_referrers`, the orphan goes.
+    let report = run(&ctx, &policy, repo).await;
+    assert_eq!((report.status.clone(), report.tags_deleted, report.manifests_deleted), (RepositoryStatus::Completed, 0, 0), "{report:#?}");
+    let mut ctx = ctx;
+    ctx.guards = Guards::default().deleting_orphaned_referrers(true);
+    let report = run(&ctx, &policy, repo).await;
+    assert_eq!((report.tags_deleted, report.manifests_deleted), (1, 1), "{report:#?}");
+    assert_eq!(seed.resolve(repo, &orphan_digest).await.unwrap(), None);
+    assert_eq!(
+        snapshot(&seed, repo).await.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        set(["v3", v3_sig.as_str(), v3_sbom.as_str()]).iter().map(String::as_str).collect()
+    );
+}

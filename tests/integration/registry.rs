@@ -585,8 +585,12 @@ async fn gitlab_tags_api_replaces_per_tag_requests() {
 
     let stats: RequestStats = c.stats();
     assert_eq!((stats.probe, stats.tag_list, stats.manifest_head, stats.manifest_get, stats.blob_get), (1, 3, 0, 0, 0), "{stats:?}");
+    // Besides GitLab's API, one probe of the referrers API (the mock has none), remembered.
+    assert_eq!(stats.referrers, 1, "{stats:?}");
     let requests = mock.requests.lock().unwrap().clone();
-    assert!(requests.iter().all(|r| r.starts_with("/gitlab/v1/")), "{requests:?}");
+    let (referrers, gitlab): (Vec<&String>, Vec<&String>) = requests.iter().partition(|r| r.starts_with("/v2/group/app/referrers/"));
+    assert_eq!(referrers.len(), 1, "{requests:?}");
+    assert!(gitlab.iter().all(|r| r.starts_with("/gitlab/v1/")), "{requests:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -260,16 +260,36 @@ impl<'a> Execution<'a> {
         let mut checked = Instant::now();
 
         // 1. Whole manifests. The first goes alone: if deletes are disabled or forbidden,
-        //    that one answer stops the pass before anything else is tried.
+        //    that one answer stops the pass before anything else is tried. Referrers wait
+        //    for their subject: each joins the queue once its subject is deleted, so an
+        //    interruption or a failure never leaves a kept image without its signature.
+        let (ready, mut waiting): (Vec<DigestDeletion>, Vec<DigestDeletion>) =
+            std::mem::take(&mut plan.digests).into_iter().partition(|d| d.subject.is_none());
+        plan.digests = ready;
+        let mut deleted: HashSet<Digest> = HashSet::new();
         let batch_size = self.ctx.limits.concurrency.max(1) * BATCH_PER_SLOT;
         let mut next = 0;
-        while next < plan.digests.len() && tally.permanent.is_none() {
+        loop {
+            if next == plan.digests.len() && !waiting.is_empty() && tally.permanent.is_none() {
+                let (ready, rest): (Vec<DigestDeletion>, Vec<DigestDeletion>) =
+                    waiting.into_iter().partition(|d| d.subject.as_ref().is_some_and(|s| deleted.contains(s)));
+                waiting = rest;
+                plan.digests.extend(ready);
+            }
+            if next >= plan.digests.len() || tally.permanent.is_some() {
+                break;
+            }
             if next > 0 && checked.elapsed() >= RECHECK_INTERVAL {
-                let rest = DeletionPlan { digests: plan.digests.split_off(next), shared_tags: std::mem::take(&mut plan.shared_tags) };
+                let mut digests = plan.digests.split_off(next);
+                digests.append(&mut waiting);
+                let rest = DeletionPlan { digests, shared_tags: std::mem::take(&mut plan.shared_tags) };
                 let Some(checked_rest) = self.recheck(&rest, &mut tally).await else {
                     return tally;
                 };
-                plan.digests.extend(checked_rest.digests);
+                let (ready, rest): (Vec<DigestDeletion>, Vec<DigestDeletion>) =
+                    checked_rest.digests.into_iter().partition(|d| d.subject.as_ref().is_none_or(|s| deleted.contains(s)));
+                plan.digests.extend(ready);
+                waiting = rest;
                 plan.shared_tags = checked_rest.shared_tags;
                 checked = Instant::now();
             }
@@ -283,12 +303,23 @@ impl<'a> Execution<'a> {
             }))
             .buffer_unordered(self.ctx.limits.concurrency.max(1));
             while let Some((d, done)) = results.next().await {
+                if matches!(done, Done::Deleted { .. }) {
+                    deleted.insert(d.digest.clone());
+                }
                 tally.record_digest(&d, done);
                 self.tick();
             }
             next = end;
         }
         tally.not_attempted(&plan.digests[next..], &[]);
+        // Referrers whose subject was not deleted (it failed, was kept by the re-check, or
+        // the budget ran out) stay with it.
+        tally.not_attempted(&waiting, &[]);
+        // Their tags too, when they are removed on their own.
+        let (shared, kept): (Vec<TagDeletion>, Vec<TagDeletion>) =
+            std::mem::take(&mut plan.shared_tags).into_iter().partition(|t| t.subject.as_ref().is_none_or(|s| deleted.contains(s)));
+        plan.shared_tags = shared;
+        tally.not_attempted(&[], &kept);
 
         // 2. Tags that share a digest with a kept tag.
         if plan.shared_tags.is_empty() {

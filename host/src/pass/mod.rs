@@ -172,6 +172,13 @@ pub struct RepositoryReport {
     pub status: RepositoryStatus,
     pub tags_seen: usize,
     pub tags_to_delete: usize,
+    /// Signatures, attestations, SBOMs and other artifacts that follow a subject: not in
+    /// `tags_seen`; deleted with their subject.
+    pub referrers_seen: usize,
+    pub referrers_to_delete: usize,
+    /// Referrers whose subject is not in the repository, one sentence each: kept, unless
+    /// `[deletion] delete_orphaned_referrers` is set.
+    pub orphaned_referrers: Vec<String>,
     pub tags_deleted: usize,
     /// Tags decided `delete` beyond `max_list_size`: left for the next pass.
     pub tags_truncated: usize,
@@ -206,6 +213,9 @@ impl RepositoryReport {
             status: RepositoryStatus::Completed,
             tags_seen: 0,
             tags_to_delete: 0,
+            referrers_seen: 0,
+            referrers_to_delete: 0,
+            orphaned_referrers: vec![],
             tags_deleted: 0,
             tags_truncated: 0,
             manifests_deleted: 0,
@@ -311,6 +321,7 @@ async fn pass(
     // Tags on tagwarden's dummy are removals in progress: never shown to a plugin.
     let leftovers = dummy::split_leftovers(&mut list);
     report.tags_seen = list.tags().len();
+    report.referrers_seen = list.referrers().len();
     let mut execution = if ctx.dry_run {
         report.reconciliation.finished_removals = leftovers;
         None
@@ -363,6 +374,11 @@ async fn pass(
                 return;
             }
         }
+    }
+    report.referrers_to_delete = repository_plan.referrers_to_delete();
+    report.orphaned_referrers = repository_plan.orphaned_referrers();
+    for orphan in &report.orphaned_referrers {
+        tracing::info!(repository, "orphaned referrer {orphan}");
     }
     if let Some(refusal) = &repository_plan.refusal {
         report.status = RepositoryStatus::Refused(refusal.clone());

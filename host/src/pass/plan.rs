@@ -7,7 +7,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use super::PassError;
-use crate::deletion::DeletionPlan;
+use crate::deletion::{DeletionPlan, ReferrerFate, referrer_fates};
 use crate::model::{Action, RetentionDecisions, Rule, TagList, Timestamp};
 use crate::runtime::{ConfiguredPolicy, PluginError, RetentionPlugin};
 
@@ -18,6 +18,9 @@ pub struct Guards {
     pub protect: Vec<Regex>,
     /// Refuse a repository whose plan deletes more than this fraction of its tags.
     pub max_delete_fraction: Option<f64>,
+    /// Delete referrers whose subject is not in the repository (orphans); otherwise they
+    /// are kept and reported.
+    pub delete_orphaned_referrers: bool,
 }
 
 impl Guards {
@@ -29,7 +32,13 @@ impl Guards {
                 Regex::new(&format!(r"\A(?:{p})\z")).map_err(|e| anyhow::anyhow!("protection pattern `{p}` is not a valid regex: {e}"))
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Guards { protect, max_delete_fraction })
+        Ok(Guards { protect, max_delete_fraction, delete_orphaned_referrers: false })
+    }
+
+    /// The same guards, deleting orphaned referrers or not (`[deletion] delete_orphaned_referrers`).
+    pub fn deleting_orphaned_referrers(mut self, delete: bool) -> Self {
+        self.delete_orphaned_referrers = delete;
+        self
     }
 }
 
@@ -102,6 +111,9 @@ pub struct RepositoryPlan {
     pub list: TagList,
     pub tags: Vec<Verdict>,
     pub untagged: Vec<Verdict>,
+    /// One per referrer of the list ([`TagList::referrers`]), decided by the host: each
+    /// follows its subject.
+    pub referrers: Vec<Verdict>,
     pub deletion: DeletionPlan,
     /// Set when a guard refuses the repository: nothing is deleted.
     pub refusal: Option<String>,
@@ -122,11 +134,32 @@ impl RepositoryPlan {
         let cut = self.deletion.truncate(&self.list, max_tags);
         let tag_actions: Vec<Action> = self.tags.iter().map(|v| v.action).collect();
         let untagged_actions: Vec<Action> = self.untagged.iter().map(|v| v.action).collect();
-        cut.check(&self.list, &tag_actions, &untagged_actions)?;
+        let referrer_actions: Vec<Action> = self.referrers.iter().map(|v| v.action).collect();
+        cut.check_with_referrers(&self.list, &tag_actions, &untagged_actions, &referrer_actions)?;
         self.deletion = cut;
         Ok(before - self.deletion.tag_count())
     }
+
+    /// Referrers the plan deletes.
+    pub fn referrers_to_delete(&self) -> usize {
+        self.referrers.iter().filter(|v| v.action == Action::Delete).count()
+    }
+
+    /// Referrers whose subject is not in the repository, one sentence each (whether they
+    /// are deleted or kept).
+    pub fn orphaned_referrers(&self) -> Vec<String> {
+        self.list
+            .referrers()
+            .iter()
+            .zip(&self.referrers)
+            .filter(|(_, v)| v.reason.starts_with(ORPHAN))
+            .map(|(r, v)| format!("{} {}: {}", r.tag.as_deref().map_or("(untagged)", |t| t), r.digest, v.reason))
+            .collect()
+    }
 }
+
+/// How the reason of an orphaned referrer's verdict starts.
+const ORPHAN: &str = "orphan:";
 
 /// Applies host guards to a plugin's decisions and plans the deletions.
 pub fn apply_guards(list: TagList, decisions: &RetentionDecisions, guards: &Guards) -> anyhow::Result<RepositoryPlan> {
@@ -149,7 +182,7 @@ pub fn apply_guards(list: TagList, decisions: &RetentionDecisions, guards: &Guar
     let plugin_untagged: Vec<Action> = (0..list.untagged().len()).map(|i| decisions.untagged(i).action).collect();
     // An untagged manifest that an index which stays references (a platform image of a
     // kept multi-arch tag) is kept whatever the plugin said.
-    let referenced = crate::deletion::referenced_by_staying_indexes(&list, &tag_actions, &plugin_untagged);
+    let referenced = crate::deletion::referenced_by_staying_indexes(&list, &tag_actions, &plugin_untagged, &[]);
     let untagged: Vec<Verdict> = list
         .untagged()
         .iter()
@@ -165,7 +198,30 @@ pub fn apply_guards(list: TagList, decisions: &RetentionDecisions, guards: &Guar
         })
         .collect();
     let untagged_actions: Vec<Action> = untagged.iter().map(|v| v.action).collect();
-    let deletion = DeletionPlan::new(&list, &tag_actions, &untagged_actions)?;
+    // Referrers follow their subject; no plugin decides on them.
+    let fates = referrer_fates(&list, &tag_actions, &untagged_actions, guards.delete_orphaned_referrers);
+    let referrers: Vec<Verdict> = list
+        .referrers()
+        .iter()
+        .zip(&fates)
+        .map(|(r, fate)| {
+            let subject = &r.subject;
+            let reason = match fate {
+                ReferrerFate::SubjectStays => format!("referrer: its subject {subject} stays"),
+                ReferrerFate::SubjectDeleted => format!("referrer: its subject {subject} is deleted"),
+                ReferrerFate::SubjectUntagged => format!("referrer: its subject {subject} is untagged and stays"),
+                ReferrerFate::Orphan { delete: true } => {
+                    format!("{ORPHAN} its subject {subject} is not in the repository (deletion.delete_orphaned_referrers)")
+                }
+                ReferrerFate::Orphan { delete: false } => format!(
+                    "{ORPHAN} its subject {subject} is not in the repository; kept (set deletion.delete_orphaned_referrers to delete it)"
+                ),
+            };
+            Verdict { action: fate.action(), reason, decided_by: "host" }
+        })
+        .collect();
+    let referrer_actions: Vec<Action> = referrers.iter().map(|v| v.action).collect();
+    let deletion = DeletionPlan::with_referrers(&list, &tag_actions, &untagged_actions, &referrer_actions)?;
     let to_delete = tag_actions.iter().filter(|a| **a == Action::Delete).count();
     let refusal = guards.max_delete_fraction.and_then(|max| {
         let total = list.tags().len();
@@ -178,7 +234,7 @@ pub fn apply_guards(list: TagList, decisions: &RetentionDecisions, guards: &Guar
             )
         })
     });
-    Ok(RepositoryPlan { list, tags, untagged, deletion, refusal })
+    Ok(RepositoryPlan { list, tags, untagged, referrers, deletion, refusal })
 }
 
 /// Evaluates `policy` over `list` and applies the guards: the decision half of a pass.
@@ -193,7 +249,7 @@ pub fn plan(policy: &Policy, list: TagList, now: Timestamp, guards: &Guards) -> 
             let everything = Rule { action: Action::Delete, reason: "the repository is being deleted (requested by an operator)".into() };
             let (tags, untagged) = (vec![0; list.tags().len()], vec![0; list.untagged().len()]);
             let decisions = RetentionDecisions::validate(&list, vec![everything], tags, untagged).map_err(plan_error)?;
-            let guards = Guards { protect: guards.protect.clone(), max_delete_fraction: None };
+            let guards = Guards { protect: guards.protect.clone(), max_delete_fraction: None, delete_orphaned_referrers: true };
             apply_guards(list, &decisions, &guards).map_err(plan_error)
         }
     }

@@ -40,6 +40,8 @@ pub(super) struct Inner {
     pub concurrency: usize,
     tag_delete_unsupported: AtomicBool,
     gitlab: AtomicU8,
+    /// Whether the registry has the referrers API (the same three states as `gitlab`).
+    referrers_api: AtomicU8,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -73,6 +75,7 @@ impl RegistryClient {
                 concurrency: config.concurrency,
                 tag_delete_unsupported: AtomicBool::new(false),
                 gitlab: AtomicU8::new(GITLAB_UNKNOWN),
+                referrers_api: AtomicU8::new(GITLAB_UNKNOWN),
             }),
         })
     }
@@ -362,6 +365,54 @@ impl RegistryClient {
             Some(Ok(d)) => Ok(d),
             _ => Ok(computed),
         }
+    }
+
+    /// The referrers of `subject` through the OCI 1.1 referrers API (`GET
+    /// /v2/<name>/referrers/<digest>`, every `Link` page), or `None` when the registry has no
+    /// such API. The first answer decides that, and it is remembered (as for tag delete): a
+    /// router-level 404, a 400, 405 or 501 mean no API; a 404 with a registry error code (the
+    /// subject is unknown) means no referrers and decides nothing.
+    pub(super) async fn referrers(&self, repo: &str, subject: &Digest) -> Result<Option<Vec<media::Descriptor>>, RegistryError> {
+        #[derive(Deserialize)]
+        struct Index {
+            #[serde(default)]
+            manifests: Option<Vec<media::Descriptor>>,
+        }
+        if self.inner.referrers_api.load(Ordering::Relaxed) == GITLAB_NO {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        let mut url = self.url(&format!("/v2/{repo}/referrers/{subject}"));
+        for page in 0..MAX_PAGES {
+            let mut req = Request::new(Kind::Referrers, Method::GET, url.clone(), Some(repo), Scope::Pull(repo.to_string()));
+            req.accept = Some(media::OCI_INDEX);
+            req.pass_statuses = &[400, 404, 405, 501];
+            let answer = self.transport().send(&req).await?;
+            if !answer.status.is_success() {
+                let error = self.transport().status_error(&req, &answer);
+                if page == 0 && error.is_registry_not_found() {
+                    return Ok(Some(Vec::new()));
+                }
+                if page > 0 {
+                    return Err(error);
+                }
+                if self.inner.referrers_api.swap(GITLAB_NO, Ordering::Relaxed) != GITLAB_NO {
+                    tracing::info!(registry = self.transport().label(), "no referrers API ({error}); using the fallback tags only");
+                }
+                return Ok(None);
+            }
+            let index: Index = serde_json::from_slice(&answer.body)
+                .map_err(|e| self.malformed(&req, &answer, &format!("the referrers answer is not an image index ({e})")))?;
+            if self.inner.referrers_api.swap(GITLAB_YES, Ordering::Relaxed) == GITLAB_UNKNOWN {
+                tracing::debug!(registry = self.transport().label(), "the registry has the referrers API");
+            }
+            out.extend(index.manifests.unwrap_or_default());
+            match next_link(&answer.headers, self.base_url()) {
+                Some(next) if next != url => url = next,
+                _ => break,
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Whether the registry offers GitLab's API: probed once (`GET /gitlab/v1/`: 200 or 401 mean

@@ -13,11 +13,14 @@ use super::client::{RegistryClient, tag_list_or_error};
 use super::error::RegistryError;
 use super::gitlab;
 use super::media::{self, Manifest};
-use crate::model::{Digest, Tag, TagList};
+use crate::model::{Digest, Referrer, Tag, TagList};
 use crate::store::{ManifestMetadata, MetadataCache};
 
 /// Index nesting followed when looking for creation times (an index of indexes is legal but rare).
 const MAX_INDEX_DEPTH: u8 = 2;
+/// Rounds of referrers API lookups: referrers of images, then referrers of those (a
+/// signature of an attestation).
+const MAX_REFERRER_DEPTH: usize = 2;
 /// Config blobs bigger than this are not read for `created` (real ones are a few KiB).
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
@@ -41,7 +44,7 @@ impl RegistryClient {
                 }
                 Ok(Some(list)) => {
                     progress(list.tags().len(), list.tags().len());
-                    return Ok(Some(list));
+                    return self.complete_referrers(repo, list.split_referrer_tags()).await.map(Some);
                 }
                 other => return other,
             }
@@ -49,7 +52,70 @@ impl RegistryClient {
         let Some(names) = self.tag_names(repo).await? else {
             return Ok(None);
         };
-        self.resolve_tags(repo, names, progress).await.map(Some)
+        let list = self.resolve_tags(repo, names, progress).await?;
+        self.complete_referrers(repo, list).await.map(Some)
+    }
+
+    /// `list` (its fallback tags already split off as referrers) with the referrers the
+    /// referrers API knows, when the registry has it (the first request is the probe,
+    /// remembered), down to referrers of referrers; then each referrer whose subject is not
+    /// in the list is checked: a subject that exists untagged stays (nothing decides on it),
+    /// one that is gone makes the referrer an orphan.
+    async fn complete_referrers(&self, repo: &str, mut list: TagList) -> Result<TagList, RegistryError> {
+        let mut subjects: Vec<Digest> = list.tags().iter().map(|t| t.digest.clone()).collect();
+        subjects.sort();
+        subjects.dedup();
+        let mut seen: HashSet<Digest> = subjects.iter().cloned().collect();
+        seen.extend(list.referrers().iter().map(|r| r.digest.clone()));
+        let mut found: Vec<Referrer> = Vec::new();
+        'rounds: for _ in 0..MAX_REFERRER_DEPTH {
+            let Some((first, rest)) = subjects.split_first() else { break };
+            // The first request alone: it may be the probe that says there is no API.
+            let Some(first_answer) = self.referrers(repo, first).await? else { break 'rounds };
+            let answers: Vec<(Digest, Option<Vec<media::Descriptor>>)> = futures::stream::iter(rest.iter().cloned())
+                .map(|subject| async move { self.referrers(repo, &subject).await.map(|a| (subject, a)) })
+                .buffer_unordered(self.inner.concurrency)
+                .try_collect()
+                .await?;
+            let mut next = Vec::new();
+            for (subject, descriptors) in std::iter::once((first.clone(), Some(first_answer))).chain(answers) {
+                for d in descriptors.into_iter().flatten() {
+                    let Ok(digest) = Digest::parse(&d.digest) else { continue };
+                    if seen.insert(digest.clone()) {
+                        next.push(digest.clone());
+                        found.push(Referrer {
+                            tag: None,
+                            digest,
+                            subject: subject.clone(),
+                            artifact_type: d.artifact_type,
+                            subject_untagged: false,
+                        });
+                    }
+                }
+            }
+            subjects = next;
+        }
+        if !found.is_empty() {
+            list = list.with_referrers(found);
+        }
+        let manifests = list.manifest_digests();
+        let mut missing: Vec<Digest> =
+            list.referrers().iter().filter(|r| !manifests.contains(&r.subject)).map(|r| r.subject.clone()).collect();
+        missing.sort();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(list);
+        }
+        let present: HashSet<Digest> = futures::stream::iter(missing)
+            .map(|subject| async move { self.manifest_exists(repo, &subject).await.map(|yes| yes.then_some(subject)) })
+            .buffer_unordered(self.inner.concurrency)
+            .try_collect::<Vec<_>>()
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        list.mark_untagged_subjects(&present);
+        Ok(list)
     }
 
     /// The repository's tags as they are now, for the re-check before deleting: every tag except
@@ -59,7 +125,7 @@ impl RegistryClient {
     pub async fn recheck(&self, repo: &str, skip: &HashSet<&str>) -> Result<Option<TagList>, RegistryError> {
         self.check_repository(repo)?;
         if self.gitlab_api().await? {
-            return gitlab::tag_list(self, repo).await;
+            return Ok(gitlab::tag_list(self, repo).await?.map(TagList::split_referrer_tags));
         }
         let Some(names) = self.tag_names(repo).await? else {
             return Ok(None);
@@ -69,7 +135,7 @@ impl RegistryClient {
     }
 
     /// `names` resolved to digests, with their metadata and the children of image indexes among
-    /// them. Tags deleted meanwhile are left out.
+    /// them, fallback tags split off as referrers. Tags deleted meanwhile are left out.
     async fn resolve_tags(
         &self,
         repo: &str,
@@ -117,7 +183,7 @@ impl RegistryClient {
         resolver.save().await;
         let tags = resolved?.into_iter().flatten().collect();
         let list = tag_list_or_error(self, repo, TagList::new(repo, tags, Vec::new()))?;
-        Ok(list.with_index_children(index_children?))
+        Ok(list.with_index_children(index_children?).split_referrer_tags())
     }
 
     /// `list` (from GitLab's tags API, which does not say what an index references) with

@@ -28,6 +28,9 @@ pub struct Descriptor {
     pub digest: String,
     #[serde(default)]
     pub size: Option<u64>,
+    /// An artifact's type, in a referrers API answer.
+    #[serde(rename = "artifactType", default)]
+    pub artifact_type: Option<String>,
 }
 
 /// The parts of an image manifest or index that tagwarden reads.

@@ -39,6 +39,7 @@ pub(crate) enum Kind {
     Upload,
     Put,
     Probe,
+    Referrers,
 }
 
 /// How many HTTP requests a [`super::RegistryClient`] sent, by kind. Every attempt counts, retries
@@ -62,6 +63,9 @@ pub struct RequestStats {
     pub put: u64,
     /// GitLab API probes.
     pub probe: u64,
+    /// Referrers API requests (`GET /v2/<name>/referrers/<digest>`), the first of which is
+    /// the probe for it.
+    pub referrers: u64,
     /// Token requests to the token server.
     pub token: u64,
     /// Attempts that were retries of a failed attempt.
@@ -81,13 +85,14 @@ impl RequestStats {
             + self.upload
             + self.put
             + self.probe
+            + self.referrers
             + self.token
     }
 }
 
 #[derive(Default)]
 struct Counters {
-    by_kind: [AtomicU64; 10],
+    by_kind: [AtomicU64; 11],
     token: AtomicU64,
     retries: AtomicU64,
 }
@@ -106,6 +111,7 @@ impl Counters {
             upload: k(Kind::Upload),
             put: k(Kind::Put),
             probe: k(Kind::Probe),
+            referrers: k(Kind::Referrers),
             token: self.token.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
         }
@@ -645,10 +651,11 @@ mod tests {
             Kind::Upload,
             Kind::Put,
             Kind::Probe,
+            Kind::Referrers,
         ] {
             c.by_kind[kind as usize].fetch_add(1, Ordering::Relaxed);
         }
         c.token.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(c.snapshot().total(), 11);
+        assert_eq!(c.snapshot().total(), 12);
     }
 }

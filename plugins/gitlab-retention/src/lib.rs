@@ -206,16 +206,47 @@ fn tag_time(tag: &Tag<'_>) -> Option<Timestamp> {
     tag.pushed_at.or(tag.created_at)
 }
 
-/// Reads a regex param and compiles it as GitLab does: `\A<pattern>\z`, no group.
+/// Reads a regex param and compiles it as GitLab does: first the pattern alone (GitLab's
+/// `valid_regex?`, and its model's validation when a policy is saved), then anchored as
+/// `\A<pattern>\z`, no group. Checking the anchored text alone is not enough: anchoring
+/// can make a mistake valid (`*prod*` becomes `\A*prod*\z`, a repeated assertion, which
+/// compiles and matches almost nothing, so the tags it was meant to keep would go).
 fn regex_param(params: &Params, key: &str) -> Result<Option<NamePattern>, String> {
     let pattern = match params.get(key) {
         None => return Ok(None),
         Some(Value::String(pattern)) => pattern,
         Some(other) => return Err(expected(key, "a regex string", other)),
     };
+    if let Err(e) = regex::Regex::new(pattern) {
+        let hint = glob_as_regex(pattern).map(|regex| format!(". It looks like a glob; as a regex that is {regex:?}")).unwrap_or_default();
+        return Err(format!("{key}: invalid regex: {} (pattern {pattern:?}){hint}", one_line(&e)));
+    }
     NamePattern::new(format!(r"\A{pattern}\z"))
         .map(Some)
         .map_err(|e| format!("{key}: invalid regex: {} (pattern {pattern:?})", one_line(&e)))
+}
+
+/// The regex a pattern that is not a valid regex probably meant, when it looks like a
+/// shell glob (it has a `*` or `?`): `*` → `.*`, `?` → `.`, other regex syntax escaped
+/// except character classes (`[...]` means the same in both). `None` when it does not
+/// look like one, or when the translation is no valid regex either.
+fn glob_as_regex(pattern: &str) -> Option<String> {
+    if !pattern.contains(['*', '?']) {
+        return None;
+    }
+    let mut regex = String::with_capacity(pattern.len() + 8);
+    for c in pattern.chars() {
+        match c {
+            '*' => regex.push_str(".*"),
+            '?' => regex.push('.'),
+            '.' | '+' | '(' | ')' | '|' | '^' | '$' | '{' | '}' | '\\' => {
+                regex.push('\\');
+                regex.push(c);
+            }
+            _ => regex.push(c),
+        }
+    }
+    regex::Regex::new(&regex).is_ok().then_some(regex)
 }
 
 /// The gist of a regex error on one line: its syntax errors span several lines (the

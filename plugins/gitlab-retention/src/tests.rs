@@ -341,6 +341,16 @@ fn invalid_params_name_the_param_and_what_was_expected() {
         (r#"{"name_regex": "[z-a]"}"#, &["name_regex: invalid regex:"]),
         (r#"{"name_regex_keep": "["}"#, &[r#"name_regex_keep: invalid regex: unclosed character class (pattern "[")"#]),
         (r#"{"name_regex_delete": ".*", "name_regex": "("}"#, &["name_regex: invalid regex:"]),
+        // Each pattern is checked alone before it is anchored: `\A*prod*\z` compiles, `*prod*` does not.
+        (
+            r#"{"name_regex_delete": ".*", "name_regex_keep": "*prod*"}"#,
+            &[
+                r#"name_regex_keep: invalid regex: repetition operator missing expression (pattern "*prod*")"#,
+                r#"as a regex that is ".*prod.*""#,
+            ],
+        ),
+        (r#"{"name_regex_delete": "*"}"#, &[r#"name_regex_delete: invalid regex:"#, r#"as a regex that is ".*""#]),
+        (r#"{"name_regex": "*.dev"}"#, &[r#"name_regex: invalid regex:"#, r#"as a regex that is ".*\\.dev""#]),
         (r#"{"name_regex_keep": 5}"#, &["name_regex_keep: expected a regex string, got 5"]),
         (r#"{"keep_n": -1}"#, &["keep_n: expected a non-negative integer, got -1"]),
         (r#"{"keep_n": "abc"}"#, &[r#"keep_n: expected a non-negative integer, got "abc""#]),
@@ -369,6 +379,34 @@ fn invalid_params_name_the_param_and_what_was_expected() {
         for needle in *needles {
             assert!(err.contains(needle), "create({params}) = {err:?}, missing {needle:?}");
         }
+    }
+}
+
+#[test]
+fn patterns_are_validated_alone_before_anchoring() {
+    // The gap GitLab's order closes: anchoring makes these compile.
+    for pattern in ["*prod*", "*", "?x", "+v1"] {
+        assert!(NamePattern::new(format!(r"\A{pattern}\z")).is_ok(), "{pattern} anchored compiles");
+        let params = format!(r#"{{"name_regex_keep": {pattern:?}}}"#);
+        let err = GitlabRetention::create(&params).expect_err(&params);
+        assert!(err.starts_with("name_regex_keep: invalid regex:"), "{err}");
+    }
+    // A valid pattern alone is anchored as before, whatever it means alone.
+    assert!(GitlabRetention::create(r#"{"name_regex_keep": "v.*|x", "name_regex_delete": "^a$"}"#).is_ok());
+}
+
+#[test]
+fn a_glob_gets_its_regex_suggested_and_nothing_else_does() {
+    let table: &[(&str, Option<&str>)] = &[
+        ("*prod*", Some(".*prod.*")),
+        ("*", Some(".*")),
+        ("release-?.*", Some("release-.\\..*")),
+        ("v[0-9]*", Some("v[0-9].*")),
+        ("release-[", None),
+        ("(", None),
+    ];
+    for &(pattern, expect) in table {
+        assert_eq!(glob_as_regex(pattern).as_deref(), expect, "{pattern}");
     }
 }
 

@@ -159,6 +159,69 @@ impl Seeder {
         self.put_manifest(repo, tag, &m).await.with_context(|| format!("pushing OCI index {repo}:{tag}"))
     }
 
+    /// Pushes a cosign-style signature of `subject` (a manifest this seeder pushed): an OCI
+    /// manifest with one `application/vnd.dev.cosign.simplesigning.v1+json` layer and no
+    /// `subject` field (cosign's fallback schema names the subject in the tag), tagged
+    /// `sha256-<hex>.<suffix>` (`sig`, `att`, `sbom`). Returns the tag and the manifest digest.
+    pub async fn push_cosign(&self, repo: &str, subject: &str, suffix: &str) -> anyhow::Result<(String, String)> {
+        let payload = Bytes::from(serde_json::to_vec(&json!({
+            "critical": {"image": {"docker-manifest-digest": subject}, "type": "cosign container image signature"},
+            "optional": {"nonce": util::unique_id()},
+        }))?);
+        let tag = format!("{}.{suffix}", subject.replace(':', "-"));
+        let m = self.build_artifact(repo, None, "application/vnd.dev.cosign.simplesigning.v1+json", payload, None).await?;
+        let digest = self.put_manifest(repo, &tag, &m).await.with_context(|| format!("pushing cosign {suffix} {repo}:{tag}"))?;
+        Ok((tag, digest))
+    }
+
+    /// Pushes an OCI 1.1 artifact (`artifactType`, the empty config, one layer) whose `subject`
+    /// is `subject` (a manifest this seeder pushed), under `reference` (a tag, or its own
+    /// digest when `None`). Returns the artifact's digest.
+    pub async fn push_artifact(&self, repo: &str, reference: Option<&str>, subject: &str, artifact_type: &str) -> anyhow::Result<String> {
+        let (media_type, body) = self
+            .inner
+            .manifests
+            .lock()
+            .unwrap()
+            .get(subject)
+            .cloned()
+            .ok_or_else(|| anyhow!("push_artifact: {subject} was not pushed by this seeder"))?;
+        let subject = json!({"mediaType": media_type, "digest": subject, "size": body.len()});
+        let layer = Bytes::from(format!("{{\"artifact\": \"{}\"}}", util::unique_id()));
+        let m = self.build_artifact(repo, Some(artifact_type), "application/json", layer, Some(subject)).await?;
+        let reference = reference.map_or_else(|| m.digest.clone(), str::to_string);
+        self.put_manifest(repo, &reference, &m).await.with_context(|| format!("pushing artifact {repo}:{reference}"))
+    }
+
+    async fn build_artifact(
+        &self,
+        repo: &str,
+        artifact_type: Option<&str>,
+        layer_type: &str,
+        layer: Bytes,
+        subject: Option<serde_json::Value>,
+    ) -> anyhow::Result<Manifest> {
+        const EMPTY: &[u8] = b"{}";
+        let size = layer.len();
+        let layer_digest = self.ensure_blob(repo, layer).await?;
+        let config = self.ensure_blob(repo, Bytes::from_static(EMPTY)).await?;
+        let config_type = if artifact_type.is_some() { "application/vnd.oci.empty.v1+json" } else { OCI_CONFIG };
+        let mut manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": config_type, "digest": config, "size": EMPTY.len()},
+            "layers": [{"mediaType": layer_type, "digest": layer_digest, "size": size}],
+        });
+        if let Some(t) = artifact_type {
+            manifest["artifactType"] = json!(t);
+        }
+        if let Some(subject) = subject {
+            manifest["subject"] = subject;
+        }
+        let body = Bytes::from(serde_json::to_vec(&manifest)?);
+        Ok(Manifest { media_type: OCI_MANIFEST, digest: util::sha256_digest(&body), body })
+    }
+
     /// Points `new_tag` at the existing manifest `digest` (one manifest PUT when this seeder pushed it,
     /// otherwise a GET first).
     pub async fn retag(&self, repo: &str, digest: &str, new_tag: &str) -> anyhow::Result<()> {
