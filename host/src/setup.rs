@@ -139,6 +139,7 @@ pub fn pass_context(config: &Config, store: &Store, dry_run: bool, now: Option<T
         backend: backend(config, store)?,
         audit: store.audit_log(),
         runs: store.runs(),
+        imports: store.imports(),
         guards: Guards::new(&config.deletion.protect, config.deletion.max_delete_fraction)?,
         limits: DeletionLimits { timeout: config.deletion.timeout, concurrency: config.deletion.concurrency },
         dry_run,

@@ -39,6 +39,8 @@ pub(crate) enum Kind {
     Upload,
     Put,
     Probe,
+    /// GitLab's import API (start, status, cancel).
+    Import,
 }
 
 /// How many HTTP requests a [`super::RegistryClient`] sent, by kind. Every attempt counts, retries
@@ -62,6 +64,8 @@ pub struct RequestStats {
     pub put: u64,
     /// GitLab API probes.
     pub probe: u64,
+    /// GitLab import API requests (start, status, cancel).
+    pub import: u64,
     /// Token requests to the token server.
     pub token: u64,
     /// Attempts that were retries of a failed attempt.
@@ -81,13 +85,14 @@ impl RequestStats {
             + self.upload
             + self.put
             + self.probe
+            + self.import
             + self.token
     }
 }
 
 #[derive(Default)]
 struct Counters {
-    by_kind: [AtomicU64; 10],
+    by_kind: [AtomicU64; 11],
     token: AtomicU64,
     retries: AtomicU64,
 }
@@ -106,6 +111,7 @@ impl Counters {
             upload: k(Kind::Upload),
             put: k(Kind::Put),
             probe: k(Kind::Probe),
+            import: k(Kind::Import),
             token: self.token.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
         }
@@ -643,10 +649,11 @@ mod tests {
             Kind::Upload,
             Kind::Put,
             Kind::Probe,
+            Kind::Import,
         ] {
             c.by_kind[kind as usize].fetch_add(1, Ordering::Relaxed);
         }
         c.token.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(c.snapshot().total(), 11);
+        assert_eq!(c.snapshot().total(), 12);
     }
 }
