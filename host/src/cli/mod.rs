@@ -2,6 +2,7 @@
 
 mod audit;
 mod eval;
+mod imports;
 mod inspect;
 mod output;
 mod record;
@@ -42,6 +43,11 @@ enum Command {
     Repos {
         #[command(subcommand)]
         command: serve::ReposCommand,
+    },
+    /// Repository imports to a GitLab-compatible registry: start, check, list, show, retry.
+    Imports {
+        #[command(subcommand)]
+        command: imports::ImportsCommand,
     },
     /// Work with plugin files.
     Plugins {
@@ -131,6 +137,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::serve(args),
         Command::Status(args) => serve::status(args),
         Command::Repos { command } => serve::repos(command),
+        Command::Imports { command } => imports::imports(command),
         Command::Plugins { command: PluginsCommand::Inspect(args) } => inspect::run(args),
     }
 }

@@ -35,6 +35,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let stale = setup::load_stale(&config, &runtime)?;
     let store = setup::open_store(&config)?;
     let ctx = Arc::new(setup::pass_context(&config, &store, false, None)?);
+    let imports = crate::scheduler::imports::worker_for(&config, &store, &ctx.backend, stale.clone())?;
     let options = DaemonOptions {
         worker_capacity: config.serve.worker_capacity,
         first_run: config.serve.first_run,
@@ -52,6 +53,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 _ = term.recv() => {}
             }
         };
+        // Imports have their own task: a long pass never delays the import guard.
+        if let Some(worker) = imports {
+            tokio::spawn(async move { worker.run_forever().await });
+        }
         daemon::run(ctx, policies, store, options, shutdown, &print_event).await
     })?;
     eprintln!("serve: {} passes, {} tags deleted, {} repositories recovered", summary.passes, summary.tags_deleted, summary.recovered);
@@ -94,7 +99,7 @@ fn print_event(event: DaemonEvent<'_>) {
 }
 
 /// The state database of a config, which must exist.
-fn state(config: &std::path::Path) -> anyhow::Result<Store> {
+pub(super) fn state(config: &std::path::Path) -> anyhow::Result<Store> {
     let config = Config::read(config)?;
     let db = config.resolve_path(&config.state.dir).join("tagwarden.db");
     if !db.is_file() {

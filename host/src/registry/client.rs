@@ -392,7 +392,7 @@ impl RegistryClient {
 
     /// Repository names go into URL paths unescaped: only the distribution grammar's characters
     /// (lowercase letters, digits, `.`, `_`, `-`, `/` between components) are allowed.
-    pub(super) fn check_repository(&self, repo: &str) -> Result<(), RegistryError> {
+    pub(crate) fn check_repository(&self, repo: &str) -> Result<(), RegistryError> {
         let valid = !repo.is_empty()
             && repo.len() <= 255
             && repo.split('/').all(|c| {

@@ -255,6 +255,18 @@ pub struct ImportWorker {
     last_round: Mutex<Option<Instant>>,
 }
 
+/// The import worker for `backend`'s registry with `config`'s settings; `None` when the
+/// backend is recordings (there is no registry to import into).
+pub fn worker_for(
+    config: &Config,
+    store: &crate::store::Store,
+    backend: &crate::backend::Backend,
+    stale: (StalePlugin, String),
+) -> anyhow::Result<Option<ImportWorker>> {
+    let Some(client) = backend.registry() else { return Ok(None) };
+    ImportWorker::new(client.clone(), store.imports(), ImportSettings::from_config(config), stale).map(Some)
+}
+
 impl ImportWorker {
     /// A worker; with `timeout_per_tag` set, the stale plugin is tried once with an
     /// `import_timeout` param, so a plugin that does not take one fails here, at start.
@@ -284,6 +296,10 @@ impl ImportWorker {
         &self.log
     }
 
+    pub fn client(&self) -> &RegistryClient {
+        &self.client
+    }
+
     /// A round, if `guard_interval` has passed since the last one (the daemon calls this on
     /// every turn of its loop). Failures are logged, never fatal to the daemon.
     pub async fn tick(&self) -> Option<RoundReport> {
@@ -308,6 +324,16 @@ impl ImportWorker {
                 tracing::error!("import round failed: {e:#}");
                 None
             }
+        }
+    }
+
+    /// Rounds every `guard_interval`, for the daemon (`serve` runs this as a task of its own,
+    /// so a long cleanup pass never delays the guard). Dropping the future mid-round is safe:
+    /// a start whose answer was lost is answered 409 next time and reconciled.
+    pub async fn run_forever(&self) {
+        loop {
+            self.tick().await;
+            tokio::time::sleep(self.settings.guard_interval).await;
         }
     }
 

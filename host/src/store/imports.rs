@@ -252,6 +252,8 @@ pub struct ImportHistory {
 pub enum Enqueued {
     /// A new row in `default`.
     Queued,
+    /// A `--pre-only` import queued again without it: its final import follows the pre-import.
+    FinalImportQueued(ImportState),
     /// Already known; left as it is (`imports retry` requeues aborted or skipped ones).
     Known(ImportState),
 }
@@ -310,13 +312,18 @@ impl ImportLog {
         ImportLog { store }
     }
 
-    /// Queues `paths` for import (new rows in `default`); known ones are left as they are.
+    /// Queues `paths` for import (new rows in `default`); known ones are left as they are, except
+    /// that queueing a `--pre-only` import without `pre_only` lets its final import follow.
     pub fn enqueue(&self, paths: &[String], pre_only: bool, now: Timestamp) -> anyhow::Result<Vec<(String, Enqueued)>> {
         let mut conn = self.store.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = Vec::new();
         for path in paths {
             match read(&tx, path)? {
+                Some(existing) if existing.pre_only && !pre_only => {
+                    tx.execute("UPDATE imports SET pre_only = 0, updated_at = ?2 WHERE path = ?1", params![path, now.unix_micros()])?;
+                    out.push((path.clone(), Enqueued::FinalImportQueued(existing.state)));
+                }
                 Some(existing) => out.push((path.clone(), Enqueued::Known(existing.state))),
                 None => {
                     tx.execute(
