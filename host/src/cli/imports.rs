@@ -218,8 +218,7 @@ fn list(config: &std::path::Path, state: Option<&str>, format: OutputFormat) -> 
                     crate::untrusted::escape(r.reason.as_deref().unwrap_or("")).to_string(),
                 ]);
             }
-            let skipped: Vec<bool> =
-                std::iter::once(false).chain(records.iter().map(|r| r.state == ImportState::ImportSkipped)).collect();
+            let skipped: Vec<bool> = std::iter::once(false).chain(records.iter().map(|r| r.state == ImportState::ImportSkipped)).collect();
             output::print_columns(&rows, |i| skipped[i], &output::Style::stdout());
             let nonzero: Vec<String> = counts.iter().filter(|(_, n)| *n > 0).map(|(s, n)| format!("{s} {n}")).collect();
             println!("\nby state: {}", if nonzero.is_empty() { "none".to_owned() } else { nonzero.join(", ") });

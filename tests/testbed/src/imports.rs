@@ -165,7 +165,10 @@ fn json_answer(status: u16, body: serde_json::Value) -> Response<Body> {
 }
 
 fn unknown(path: &str) -> Response<Body> {
-    json_answer(404, json!({"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry", "detail": {"name": path}}]}))
+    json_answer(
+        404,
+        json!({"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry", "detail": {"name": path}}]}),
+    )
 }
 
 fn answer(st: &mut State, method: &str, target: &str, authorization: Option<&str>) -> Response<Body> {
