@@ -451,3 +451,48 @@ async fn a_cleanup_pass_does_not_delete_in_a_repository_being_imported() {
     let report = pass::run(&ctx, &policy, "g/app").await;
     assert_eq!((report.status.clone(), report.tags_deleted), (tagwarden::pass::RepositoryStatus::Completed, 2));
 }
+
+/// The operator's commands, through the real binary: start (capacity 1), list, show, check, a
+/// refused retry, and bad input that changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_imports_commands() {
+    let server = ImportServer::start().await.unwrap();
+    for p in ["g/a", "g/b"] {
+        server.add_repository(p, 3, Progress::Never);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = support::plugin_path("gitlab-retention").display().to_string();
+    let config = format!(
+        "[registry]\nurl = {:?}\nmax_retries = 0\n\n[state]\ndir = \"state\"\n\n[imports]\ncapacity = 1\n\n\
+         [[policy]]\nname = \"all\"\nrepositories = [\"**\"]\nplugin = {plugin:?}\n",
+        server.url()
+    );
+    std::fs::write(dir.path().join("tagwarden.toml"), config).unwrap();
+    let run = |args: &[&str]| crate::serve::tagwarden(dir.path(), args);
+
+    let (code, out) = run(&["imports", "start", "g/a", "Bad/Name"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("`Bad/Name` is not a valid repository name"), "{out}");
+    let (code, out) = run(&["imports", "start", "g/a", "g/b"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("g/a: queued") && out.contains("g/a: default → pre_importing: pre import started"), "{out}");
+    let (code, out) = run(&["imports", "list"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("by state: default 1, pre_importing 1"), "capacity 1 holds g/b back: {out}");
+
+    let (code, out) = run(&["imports", "retry", "g/a"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("event `reset` is not allowed from state `pre_importing`"), "{out}");
+    let (code, out) = run(&["imports", "list", "--state", "bogus"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("unknown import state `bogus`") && out.contains("import_skipped"), "{out}");
+
+    let (code, out) = run(&["imports", "check"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("checked 1 imports, 0 changed"), "within its timeout: {out}");
+    let (code, out) = run(&["imports", "show", "g/a", "--output", "json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["state"].as_str(), v["registry_status"].as_str()), (Some("pre_importing"), Some("pre_import_in_progress")));
+    assert_eq!(v["history"][0]["event"], "start_pre_import");
+}
