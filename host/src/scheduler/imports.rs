@@ -572,7 +572,9 @@ impl ImportWorker {
                     self.change(&record, ImportEvent::SkipImport, Some("not_found".into()), why, None, false, now, report)?;
                 }
                 Ok(ImportStart::TooManyImports { retry_after }) => {
-                    let wait = retry_after.unwrap_or_else(|| rate_limit_backoff(record.rate_limited + 1)).min(RATE_LIMIT_BACKOFF_CAP);
+                    let wait = retry_after
+                        .unwrap_or_else(|| rate_limit_backoff(record.rate_limited.saturating_add(1)))
+                        .min(RATE_LIMIT_BACKOFF_CAP);
                     let until = now.saturating_add(wait);
                     let message = format!("too many imports (429): not before {until}");
                     self.log.back_off(path, until, &message, now)?;
