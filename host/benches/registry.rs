@@ -380,6 +380,7 @@ async fn pass_deletes(seeded: &Seeded, policy: &Policy, client_concurrency: usiz
         backend: Backend::Oci(client.clone()),
         audit: store.audit_log(),
         runs: store.runs(),
+        imports: store.imports(),
         guards: Guards::default(),
         limits: DeletionLimits { timeout: Duration::from_secs(3600), concurrency: delete_concurrency, max_list_size: None },
         dry_run: false,

@@ -27,6 +27,8 @@ pub struct Config {
     pub serve: ServeSection,
     #[serde(default)]
     pub plugins: PluginsSection,
+    #[serde(default)]
+    pub imports: ImportsSection,
     /// The file it was read from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -191,6 +193,39 @@ pub struct PluginsSection {
     pub stale_params: toml::Table,
 }
 
+/// `[imports]`: repository imports to a GitLab-compatible registry (`tagwarden imports`), and
+/// the guard that cancels those that run too long.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportsSection {
+    /// Imports the registry runs at once (pre-imports and final imports together).
+    #[serde(default = "defaults::import_capacity")]
+    pub capacity: usize,
+    /// How often the daemon looks at imports: asks the registry's status, runs the guard,
+    /// starts queued ones.
+    #[serde(default = "defaults::guard_interval", deserialize_with = "duration")]
+    pub guard_interval: Duration,
+    /// Aborts after which an import is skipped (`too_many_retries`); GitLab's default 3.
+    #[serde(default = "defaults::import_max_retries")]
+    pub max_retries: u32,
+    /// A dynamic pre-import timeout: the stale plugin's `import_timeout` for a pre-import
+    /// becomes the repository's tag count times this (GitLab's `pre_import_tags_rate`).
+    /// Unset: the stale plugin's own `import_timeout` for every step.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub timeout_per_tag: Option<Duration>,
+}
+
+impl Default for ImportsSection {
+    fn default() -> Self {
+        ImportsSection {
+            capacity: defaults::import_capacity(),
+            guard_interval: defaults::guard_interval(),
+            max_retries: defaults::import_max_retries(),
+            timeout_per_tag: None,
+        }
+    }
+}
+
 /// See [`ServeSection::first_run`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -257,12 +292,26 @@ mod defaults {
     pub fn plugin_memory_mib() -> u64 {
         64
     }
+    pub fn import_capacity() -> usize {
+        2
+    }
+    pub fn guard_interval() -> Duration {
+        Duration::from_secs(60)
+    }
+    /// GitLab's `container_registry_import_max_retries`.
+    pub fn import_max_retries() -> u32 {
+        3
+    }
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s)
         .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e}); expected e.g. \"30s\", \"5m\", \"1h\"")))
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 impl Config {
@@ -350,6 +399,19 @@ impl Config {
         }
         if d.max_list_size == Some(0) {
             bail!("at `deletion.max_list_size`: expected at least 1 (tags deleted per pass), or leave it out for no limit");
+        }
+        let i = &self.imports;
+        if i.capacity == 0 {
+            bail!("at `imports.capacity`: expected at least 1 (imports the registry runs at once)");
+        }
+        if i.guard_interval.is_zero() {
+            bail!("at `imports.guard_interval`: expected a positive duration such as \"1m\"");
+        }
+        if i.max_retries == 0 {
+            bail!("at `imports.max_retries`: expected at least 1 (with 0 the first abort would skip the import)");
+        }
+        if i.timeout_per_tag.is_some_and(|d| d.is_zero()) {
+            bail!("at `imports.timeout_per_tag`: expected a positive duration such as \"500ms\" (or leave it out)");
         }
         if let Some(f) = d.max_delete_fraction
             && !(0.0..=1.0).contains(&f)
@@ -550,6 +612,30 @@ params = { keep_n = 5, name_regex_delete = ".*" }
         assert!(e.contains("registry.recordings") && e.contains("empty path"), "{e}");
         let e = err(&GOOD.replace("[deletion]", "timeout = \"0s\"\n\n[deletion]"));
         assert!(e.contains("registry.timeout"), "{e}");
+    }
+
+    #[test]
+    fn the_imports_section_has_defaults_and_checks_its_values() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!((c.imports.capacity, c.imports.guard_interval, c.imports.max_retries), (2, Duration::from_secs(60), 3));
+        assert_eq!(c.imports.timeout_per_tag, None);
+        let with = |lines: &str| format!("{GOOD}\n[imports]\n{lines}\n");
+        let c = Config::parse(&with("capacity = 5\nguard_interval = \"10m\"\nmax_retries = 1\ntimeout_per_tag = \"500ms\"")).unwrap();
+        assert_eq!(
+            (c.imports.capacity, c.imports.guard_interval, c.imports.max_retries, c.imports.timeout_per_tag),
+            (5, Duration::from_secs(600), 1, Some(Duration::from_millis(500)))
+        );
+        for (line, key) in [
+            ("capacity = 0", "imports.capacity"),
+            ("guard_interval = \"0s\"", "imports.guard_interval"),
+            ("max_retries = 0", "imports.max_retries"),
+            ("timeout_per_tag = \"0s\"", "imports.timeout_per_tag"),
+            ("timeout_per_tag = \"fast\"", "imports.timeout_per_tag"),
+            ("capcity = 1", "capcity"),
+        ] {
+            let e = err(&with(line));
+            assert!(e.contains(key), "{line}: {e}");
+        }
     }
 
     #[test]

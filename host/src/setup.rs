@@ -143,6 +143,7 @@ pub fn pass_context(config: &Config, store: &Store, dry_run: bool, now: Option<T
         backend: backend(config, store)?,
         audit: store.audit_log(),
         runs: store.runs(),
+        imports: store.imports(),
         guards: Guards::new(&config.deletion.protect, config.deletion.max_delete_fraction)?
             .deleting_orphaned_referrers(config.deletion.delete_orphaned_referrers),
         limits: DeletionLimits {

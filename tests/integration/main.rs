@@ -3,6 +3,7 @@
 mod cli;
 mod crash;
 mod golden;
+mod imports;
 mod pass;
 mod properties;
 mod registry;

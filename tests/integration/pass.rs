@@ -66,6 +66,7 @@ pub(crate) fn context(client: RegistryClient, store: &Store) -> PassContext {
         backend: Backend::Oci(client),
         audit: store.audit_log(),
         runs: store.runs(),
+        imports: store.imports(),
         guards: Guards::default(),
         limits: DeletionLimits { timeout: Duration::from_secs(60), concurrency: 4, max_list_size: None },
         dry_run: false,

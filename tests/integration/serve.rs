@@ -20,7 +20,7 @@ fn ago(age: Duration) -> String {
     Timestamp::now().saturating_sub(age).to_rfc3339()
 }
 
-fn tagwarden(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+pub(crate) fn tagwarden(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
     let out = tokio::task::block_in_place(|| {
         Command::new(env!("CARGO_BIN_EXE_tagwarden"))
             .current_dir(dir)

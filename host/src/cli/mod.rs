@@ -2,6 +2,7 @@
 
 mod audit;
 mod eval;
+mod imports;
 mod inspect;
 mod output;
 mod record;
@@ -51,6 +52,11 @@ enum Command {
     Runs {
         #[command(subcommand)]
         command: repos::RunsCommand,
+    },
+    /// Repository imports to a GitLab-compatible registry: start, check, list, show, retry.
+    Imports {
+        #[command(subcommand)]
+        command: imports::ImportsCommand,
     },
     /// Work with plugin files.
     Plugins {
@@ -154,6 +160,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => repos::status(args),
         Command::Repos { command } => repos::repos(command),
         Command::Runs { command } => repos::runs(command),
+        Command::Imports { command } => imports::imports(command),
         Command::Plugins { command: PluginsCommand::Inspect(args) } => inspect::run(args),
     }
 }

@@ -28,6 +28,11 @@ fn state(config: &Path) -> anyhow::Result<(Config, Store)> {
     Ok((config, store))
 }
 
+/// The state database of a config, which must exist (for other commands reading it).
+pub(super) fn store(config: &Path) -> anyhow::Result<Store> {
+    state(config).map(|(_, store)| store)
+}
+
 fn time(t: Option<Timestamp>) -> String {
     t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
 }
@@ -97,6 +102,8 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             *failures.entry(f.class.clone()).or_default() += 1;
         }
     }
+    let imports = store.imports().counts()?;
+    let imports: BTreeMap<&str, usize> = imports.iter().filter(|(_, n)| *n > 0).map(|(s, n)| (s.as_str(), *n)).collect();
     let mut plugins: Vec<(String, String)> = config.policies.iter().map(|p| (format!("policy {}", p.name), p.plugin.clone())).collect();
     plugins.push(("backoff".into(), config.plugins.backoff.clone().unwrap_or_else(|| "(host default)".into())));
     plugins.push(("stale".into(), config.plugins.stale.clone().unwrap_or_else(|| "stale-timeout".into())));
@@ -107,6 +114,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             "workers_busy": busy,
             "last_24h": {"runs": day.runs, "tags_deleted": day.tags_deleted, "failed_runs": day.failed_runs},
             "failing_by_class": failures,
+            "imports": imports,
             "plugins": plugins.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<BTreeMap<_, _>>(),
         }))?,
         OutputFormat::Table => {
@@ -118,6 +126,10 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             output::print_columns(&rows, |i| failed[i], &style);
             println!("\nworkers busy: {busy}");
             println!("last 24 h: {} runs, {} tags deleted, {} runs failed", day.runs, day.tags_deleted, day.failed_runs);
+            if !imports.is_empty() {
+                let shown: Vec<String> = imports.iter().map(|(s, n)| format!("{s} {n}")).collect();
+                println!("imports: {}", shown.join(", "));
+            }
             if !failures.is_empty() {
                 let shown: Vec<String> = failures.iter().map(|(c, n)| format!("{c} {n}")).collect();
                 println!("failing repositories by error class: {}", shown.join(", "));

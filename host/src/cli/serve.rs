@@ -30,6 +30,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let stale = setup::load_stale(&config, &runtime)?;
     let store = setup::open_store(&config)?;
     let ctx = Arc::new(setup::pass_context(&config, &store, false, None)?);
+    let imports = crate::scheduler::imports::worker_for(&config, &store, &ctx.backend, stale.clone())?;
     let options = DaemonOptions {
         worker_capacity: config.serve.worker_capacity,
         first_run: config.serve.first_run,
@@ -51,6 +52,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 _ = term.recv() => {}
             }
         };
+        // Imports have their own task: a long pass never delays the import guard.
+        if let Some(worker) = imports {
+            tokio::spawn(async move { worker.run_forever().await });
+        }
         daemon::run(ctx, policies, store, options, shutdown, &print_event).await
     })?;
     eprintln!(
@@ -97,6 +102,7 @@ fn print_event(event: DaemonEvent<'_>) {
                 CleanupOutcome::Done { .. } => "cleanup_unscheduled".to_owned(),
                 CleanupOutcome::Gone => "cleanup_gone".to_owned(),
                 CleanupOutcome::Unfinished { .. } => "cleanup_unfinished".to_owned(),
+                CleanupOutcome::Deferred { until, .. } => format!("waits until {until}"),
                 CleanupOutcome::Failed { next_attempt_at: Some(t), .. } => format!("retry at {t}"),
                 CleanupOutcome::Failed { next_attempt_at: None, .. } => "cleanup_failed (repos retry PATH brings it back)".to_owned(),
             };

@@ -41,7 +41,7 @@ use crate::backend::Backend;
 use crate::model::{ErrorClass, TagList, Timestamp};
 use crate::registry::RegistryError;
 use crate::runtime::PluginError;
-use crate::store::{AuditLog, NewRun, RunLog, RunPlan, RunSummary};
+use crate::store::{AuditLog, ImportLog, NewRun, RunLog, RunPlan, RunSummary};
 use execute::Execution;
 
 /// Why a repository's pass produced no plan.
@@ -71,6 +71,8 @@ pub struct PassContext {
     pub backend: Backend,
     pub audit: AuditLog,
     pub runs: RunLog,
+    /// Asked before anything is deleted: no cleanup deletes in a repository being imported.
+    pub imports: ImportLog,
     pub guards: Guards,
     pub limits: DeletionLimits,
     pub dry_run: bool,
@@ -182,6 +184,9 @@ pub struct RepositoryReport {
     pub tags_deleted: usize,
     /// Tags decided `delete` beyond `max_list_size`: left for the next pass.
     pub tags_truncated: usize,
+    /// Why the pass did nothing and should be tried later, no failure counted (the
+    /// repository is being imported).
+    pub deferred: Option<String>,
     pub manifests_deleted: usize,
     pub failed: usize,
     /// What stopped or failed the pass (a registry error's class, status and
@@ -218,6 +223,7 @@ impl RepositoryReport {
             orphaned_referrers: vec![],
             tags_deleted: 0,
             tags_truncated: 0,
+            deferred: None,
             manifests_deleted: 0,
             failed: 0,
             failure: None,
@@ -299,6 +305,15 @@ async fn pass(
     stop: &StopFlag,
     report: &mut RepositoryReport,
 ) {
+    // GitLab refused cleanups of a repository being imported: nothing is listed or deleted,
+    // and the pass ends unfinished, deferred (the daemon waits without counting a failure).
+    if !ctx.dry_run
+        && let Some(why) = import_in_progress(ctx, repository)
+    {
+        report.status = RepositoryStatus::Unfinished(why.clone());
+        report.deferred = Some(why);
+        return;
+    }
     let listing = ctx.backend.tag_list(repository, &|done, total| progress(Progress::Listing { done, total })).await;
     let mut list = match listing {
         // Seed 001: a repository gone from the registry is done, not retried forever.
@@ -538,6 +553,16 @@ fn close_run(execution: Option<&Execution<'_>>, report: &mut RepositoryReport) {
         // The run stays open; the next pass closes it once this process is gone.
         tracing::error!(repository = report.repository, "{e:#}");
         report.errors.push(format!("{e:#}"));
+    }
+}
+
+/// Why `repository` must not be cleaned now, if it is being imported. A state that cannot be
+/// read blocks too: deleting during an import is what this check exists to prevent.
+fn import_in_progress(ctx: &PassContext, repository: &str) -> Option<String> {
+    match ctx.imports.active_state(repository) {
+        Ok(None) => None,
+        Ok(Some(state)) => Some(format!("the repository is being imported ({state}); nothing deleted until the import is done")),
+        Err(e) => Some(format!("cannot tell whether the repository is being imported ({e:#}); nothing deleted")),
     }
 }
 

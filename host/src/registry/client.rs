@@ -443,7 +443,7 @@ impl RegistryClient {
 
     /// Repository names go into URL paths unescaped: only the distribution grammar's characters
     /// (lowercase letters, digits, `.`, `_`, `-`, `/` between components) are allowed.
-    pub(super) fn check_repository(&self, repo: &str) -> Result<(), RegistryError> {
+    pub(crate) fn check_repository(&self, repo: &str) -> Result<(), RegistryError> {
         if is_valid_repository_name(repo) { Ok(()) } else { Err(self.invalid(repo, format!("`{repo}` is not a valid repository name"))) }
     }
 

@@ -8,7 +8,8 @@
 //!   the bearer-token flow with tokens cached per scope), timeout, classification, retries with
 //!   exponential backoff and `Retry-After`, request counters ([`RequestStats`]).
 //! - `client.rs`: the operations; `listing.rs`: tag lists with digests and creation times;
-//!   `gitlab.rs`: GitLab's tags API; `media.rs`: manifest and config formats; `auth.rs`:
+//!   `gitlab.rs`: GitLab's tags API; `import.rs`: GitLab's repository import API (start,
+//!   status, cancel) for the long-running import guard; `media.rs`: manifest and config formats; `auth.rs`:
 //!   [`Credentials`], [`Secret`] and `WWW-Authenticate` parsing; `error.rs`: [`RegistryError`].
 //!
 //! How a tag list is built on a plain OCI registry: list tag names (following `Link` pages, sorting
@@ -39,6 +40,7 @@ mod auth;
 mod client;
 mod error;
 mod gitlab;
+mod import;
 mod listing;
 mod media;
 mod transport;
@@ -48,6 +50,7 @@ use std::time::Duration;
 pub use auth::{Credentials, Secret, redact_userinfo};
 pub use client::{RegistryClient, is_valid_repository_name, validate_repository_name};
 pub use error::{RegistryError, RequestLine};
+pub use import::{CancelOutcome, ImportStart, ImportType, RegistryImportStatus};
 pub use media::{DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST};
 pub use transport::RequestStats;
 

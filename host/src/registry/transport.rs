@@ -40,6 +40,8 @@ pub(crate) enum Kind {
     Put,
     Probe,
     Referrers,
+    /// GitLab's import API (start, status, cancel).
+    Import,
 }
 
 /// How many HTTP requests a [`super::RegistryClient`] sent, by kind. Every attempt counts, retries
@@ -66,6 +68,8 @@ pub struct RequestStats {
     /// Referrers API requests (`GET /v2/<name>/referrers/<digest>`), the first of which is
     /// the probe for it.
     pub referrers: u64,
+    /// GitLab import API requests (start, status, cancel).
+    pub import: u64,
     /// Token requests to the token server.
     pub token: u64,
     /// Attempts that were retries of a failed attempt.
@@ -86,13 +90,15 @@ impl RequestStats {
             + self.put
             + self.probe
             + self.referrers
+            + self.import
             + self.token
     }
 }
 
 #[derive(Default)]
 struct Counters {
-    by_kind: [AtomicU64; 11],
+    /// One counter per [`Kind`] (`Kind::Import` is the last).
+    by_kind: [AtomicU64; Kind::Import as usize + 1],
     token: AtomicU64,
     retries: AtomicU64,
 }
@@ -112,6 +118,7 @@ impl Counters {
             put: k(Kind::Put),
             probe: k(Kind::Probe),
             referrers: k(Kind::Referrers),
+            import: k(Kind::Import),
             token: self.token.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
         }
@@ -652,10 +659,11 @@ mod tests {
             Kind::Put,
             Kind::Probe,
             Kind::Referrers,
+            Kind::Import,
         ] {
             c.by_kind[kind as usize].fetch_add(1, Ordering::Relaxed);
         }
         c.token.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(c.snapshot().total(), 12);
+        assert_eq!(c.snapshot().total(), 13);
     }
 }

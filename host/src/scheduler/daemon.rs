@@ -40,6 +40,8 @@ const BACKOFF_CAP: Duration = Duration::from_secs(86_400);
 /// `delete_failed`), for errors retrying may fix (5xx, timeouts) and for those it cannot
 /// (401/403, 405, plugin).
 const GIVE_UP_RETRYABLE: u32 = 8;
+/// How long a cleanup waits when the repository is being imported (no failure counted).
+const DEFERRED_WAIT: Duration = Duration::from_secs(300);
 const GIVE_UP_PERMANENT: u32 = 3;
 
 /// How the daemon runs.
@@ -376,6 +378,9 @@ fn record<S: StateStore>(
                 CleanupOutcome::Done { deleted } => DeletionOutcome::Done { deleted },
                 CleanupOutcome::Gone => DeletionOutcome::Done { deleted },
                 CleanupOutcome::Unfinished { deleted, reason } => DeletionOutcome::Unfinished { deleted, reason },
+                CleanupOutcome::Deferred { reason, until } => {
+                    DeletionOutcome::Failed { deleted, class: "deferred".into(), http_status: None, reason, next_attempt_at: Some(until) }
+                }
                 CleanupOutcome::Failed { class, http_status, reason, next_attempt_at } => {
                     DeletionOutcome::Failed { deleted, class, http_status, reason, next_attempt_at }
                 }
@@ -478,6 +483,9 @@ pub fn outcome(report: &RepositoryReport, failures: u32, now: Timestamp) -> Clea
             next_attempt_at,
         }
     };
+    if let Some(reason) = &report.deferred {
+        return CleanupOutcome::Deferred { reason: reason.clone(), until: now.saturating_add(DEFERRED_WAIT) };
+    }
     match &report.status {
         RepositoryStatus::Completed | RepositoryStatus::Planned => CleanupOutcome::Done { deleted: report.tags_deleted },
         RepositoryStatus::NotFound => CleanupOutcome::Gone,
@@ -568,6 +576,13 @@ mod tests {
         let now = Timestamp::parse_rfc3339("2026-11-20T12:00:00Z").unwrap();
         assert_eq!(outcome(&report(RepositoryStatus::Completed, 3, &[]), 1, now), CleanupOutcome::Done { deleted: 3 });
         assert_eq!(outcome(&report(RepositoryStatus::NotFound, 0, &[]), 1, now), CleanupOutcome::Gone);
+        // Being imported: wait, no failure counted, however often.
+        let mut importing = report(RepositoryStatus::Unfinished("importing".into()), 0, &[]);
+        importing.deferred = Some("importing".into());
+        assert_eq!(
+            outcome(&importing, 50, now),
+            CleanupOutcome::Deferred { reason: "importing".into(), until: now.saturating_add(DEFERRED_WAIT) }
+        );
         // Progress: resume without backoff.
         let budget = RepositoryStatus::Unfinished("delete timeout".into());
         assert!(matches!(outcome(&report(budget, 5, &[]), 1, now), CleanupOutcome::Unfinished { deleted: 5, .. }));

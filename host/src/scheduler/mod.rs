@@ -9,9 +9,11 @@
 //! the unfinished ones (oldest start first), so one huge repository that never finishes in a
 //! pass cannot starve the rest. An ongoing repository is never claimed.
 //!
-//! `daemon.rs` drives it: `tagwarden serve`.
+//! `daemon.rs` drives it: `tagwarden serve`. `imports.rs` schedules imports to a
+//! GitLab-compatible registry and runs the long-running import guard (seed 000).
 
 pub mod cadence;
 pub mod daemon;
+pub mod imports;
 
 pub use cadence::{Cadence, claim_order, requires_cleanup};

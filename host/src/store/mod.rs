@@ -16,6 +16,9 @@
 //! - [`StateStore`] (`policies`, `repositories`): the cleanup state the scheduler works from,
 //!   and the atomic claim of the next repository.
 //!
+//! - [`ImportLog`] (`imports`, `import_events`): each repository's import to a GitLab-compatible
+//!   registry, with §5's transition table enforced in [`ImportLog::apply`], and its history.
+//!
 //! The daemon's state (runs, schedules) will be further tables of the same database, added as new
 //! entries of [`MIGRATIONS`].
 //!
@@ -27,6 +30,7 @@
 
 mod audit;
 mod deletions;
+mod imports;
 mod metadata;
 mod runs;
 mod state;
@@ -40,6 +44,7 @@ use rusqlite::Connection;
 
 pub use audit::{AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditRecord, OpenAttempt};
 pub use deletions::{DeletionOutcome, DeletionState, DeletionStatus};
+pub use imports::{Change, Enqueued, ImportEvent, ImportHistory, ImportLog, ImportRecord, ImportState, TransitionRefused, transition};
 pub use metadata::{ManifestMetadata, MetadataCache};
 pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunRecord, RunSummary, RunTotals};
 pub use state::{Claim, CleanupOutcome, CleanupStatus, LastFailure, Lease, PolicyState, RepositoryState, StateStore, Work};
@@ -147,6 +152,42 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX repository_deletions_claim ON repository_deletions (status, requested_at);
     ALTER TABLE repositories ADD COLUMN last_failure_at INTEGER;",
+    // 7: imports to a GitLab-compatible registry (imports.rs): one row per repository, its
+    // history (transitions and cancel requests with their outcome). The guard and the
+    // scheduler look up rows by state.
+    "CREATE TABLE imports (
+        path                  TEXT PRIMARY KEY NOT NULL,
+        state                 TEXT NOT NULL,
+        pre_only              INTEGER NOT NULL DEFAULT 0,
+        requested_at          INTEGER NOT NULL,
+        step_started_at       INTEGER,
+        pre_import_started_at INTEGER,
+        pre_import_done_at    INTEGER,
+        import_started_at     INTEGER,
+        import_done_at        INTEGER,
+        aborted_at            INTEGER,
+        skipped_at            INTEGER,
+        retries               INTEGER NOT NULL DEFAULT 0,
+        reason                TEXT,
+        registry_status       TEXT,
+        next_attempt_at       INTEGER,
+        rate_limited          INTEGER NOT NULL DEFAULT 0,
+        tags                  INTEGER,
+        last_error            TEXT,
+        updated_at            INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX imports_state ON imports (state, step_started_at);
+    CREATE TABLE import_events (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at         INTEGER NOT NULL,
+        path       TEXT NOT NULL,
+        event      TEXT NOT NULL,
+        from_state TEXT NOT NULL,
+        to_state   TEXT NOT NULL,
+        outcome    TEXT,
+        detail     TEXT
+    );
+    CREATE INDEX import_events_path ON import_events (path, id);",
 ];
 
 /// How long a statement waits for another process's write lock before failing.

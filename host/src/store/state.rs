@@ -120,6 +120,9 @@ pub enum CleanupOutcome {
     Gone,
     /// A limit was hit (budget, deletes that may pass): resumed when capacity allows.
     Unfinished { deleted: usize, reason: String },
+    /// Nothing was attempted (the repository is being imported): tried again at `until`,
+    /// no failure counted.
+    Deferred { reason: String, until: Timestamp },
     /// The pass failed. `next_attempt_at` is when to try again; `None` means give up
     /// (`cleanup_failed` until an operator retries).
     Failed { class: String, http_status: Option<u16>, reason: String, next_attempt_at: Option<Timestamp> },
@@ -345,6 +348,13 @@ impl StateStore for Store {
                        next_attempt_at = NULL, last_failure_reason = ?4, lease_owner = NULL, lease_expires_at = NULL {guard}"
                 ),
                 params![path, owner, *deleted as i64, reason],
+            )?,
+            CleanupOutcome::Deferred { reason, until } => conn.execute(
+                &format!(
+                    "UPDATE repositories SET status = 'cleanup_unfinished', next_attempt_at = ?3, last_failure_reason = ?4,
+                       lease_owner = NULL, lease_expires_at = NULL {guard}"
+                ),
+                params![path, owner, until.unix_micros(), reason],
             )?,
             CleanupOutcome::Failed { class, http_status, reason, next_attempt_at } => conn.execute(
                 &format!(

@@ -1,6 +1,8 @@
 //! Test bed for tagwarden: runs a REAL registry (CNCF distribution 2.8, Debian's `docker-registry`)
 //! per test, with optional HTTP Basic or token authentication ([`TokenServer`]), pushes fixtures with
 //! a plain-HTTP [`Seeder`], and puts a fault-injecting [`FaultProxy`] in front of it on demand.
+//! [`ImportServer`] is a stand-in for GitLab's repository import API, which no registry that can run
+//! here implements.
 //!
 //! Every instance gets its own port and storage directory (on `/dev/shm` when available), so tests can
 //! run in parallel; everything is stopped and removed when the values are dropped (also on panic).
@@ -17,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+mod imports;
 mod proxy;
 mod seeder;
 mod token;
@@ -32,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 
+pub use imports::{ImportFault, ImportServer, Progress};
 pub use proxy::{Fault, FaultProxy, Held, HeldRequest};
 pub use seeder::{ACCEPT_ALL_MANIFESTS, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Seeder};
 pub use token::{IssuedToken, TOKEN_ISSUER, TOKEN_LIFETIME_SECS, TOKEN_SERVICE, TokenServer, TokenServerOptions};
