@@ -31,7 +31,7 @@ use serde::Serialize;
 
 pub use dummy::DIGEST as DUMMY_DIGEST;
 pub use execute::RECHECK_INTERVAL;
-pub use plan::{Guards, Policy, RepositoryPlan, Verdict, apply_guards, plan};
+pub use plan::{Guards, Policy, RepositoryPlan, RuleTally, Verdict, apply_guards, plan};
 pub use reconcile::Reconciliation;
 
 use crate::backend::Backend;
@@ -157,6 +157,9 @@ pub struct RepositoryReport {
     /// What this pass settled of interrupted earlier passes before deciding (nothing on a
     /// dry run: then `reconciliation.finished_removals` lists the tags waiting on the dummy).
     pub reconciliation: Reconciliation,
+    /// What the plan decides, per rule: tags and untagged manifests each rule deletes or
+    /// keeps (empty when no plan was made).
+    pub rules: Vec<RuleTally>,
     /// The run row of this pass, when it was allowed to delete.
     pub run_id: Option<i64>,
     pub elapsed_ms: u128,
@@ -182,6 +185,7 @@ impl RepositoryReport {
             errors: vec![],
             changed_since_listing: vec![],
             reconciliation: Reconciliation::default(),
+            rules: Vec::new(),
             run_id: None,
             elapsed_ms: 0,
             plan: None,
@@ -271,6 +275,7 @@ async fn pass(
         }
     };
     report.tags_to_delete = repository_plan.tags_to_delete();
+    report.rules = repository_plan.rule_tallies();
     if let Some(refusal) = &repository_plan.refusal {
         report.status = RepositoryStatus::Refused(refusal.clone());
     } else if ctx.dry_run {
