@@ -34,8 +34,20 @@ use crate::store::{AuditEntry, AuditOperation, AuditOutcome};
 /// with a warm metadata cache (docs/benchmarks.md): this keeps that under a few percent.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Digest deletions sent between two looks at the clock (and at the re-check interval).
+/// Digest deletions sent between two looks at the re-check interval, at first. Each batch's
+/// audit rows are written in one transaction before its first request and finished in one
+/// after its last (a row per request cost one commit each: at 10M tags over recordings that
+/// was most of a pass).
 const BATCH_PER_SLOT: usize = 8;
+
+/// Batches double while they finish within half of this and halve when they take twice as
+/// long: against a registry (~10 ms a delete) they stay at the first size; against the
+/// recordings backend (microseconds) they grow to [`MAX_BATCH`].
+const BATCH_TARGET: Duration = Duration::from_millis(50);
+
+/// The most deletions in one batch: what a crash can leave `attempted` for the next pass to
+/// settle.
+const MAX_BATCH: usize = 4096;
 
 /// One deletion's result.
 pub(super) enum Done {
@@ -154,6 +166,8 @@ pub(super) struct Execution<'a> {
     done: AtomicUsize,
     /// Outcomes that could not be written to the audit log (their rows stay `attempted`).
     audit_errors: Mutex<Vec<String>>,
+    /// While a batch runs, the outcomes to write when it ends (see [`Self::audit_finish`]).
+    finishes: Mutex<Option<Vec<(i64, AuditOutcome, Option<String>)>>>,
 }
 
 impl<'a> Execution<'a> {
@@ -175,6 +189,7 @@ impl<'a> Execution<'a> {
             total: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             audit_errors: Mutex::default(),
+            finishes: Mutex::default(),
         }
     }
 
@@ -196,10 +211,52 @@ impl<'a> Execution<'a> {
     }
 
     /// Records how attempt `id` ended. A failure to write it is reported, never dropped:
-    /// the row stays `attempted` and the next pass settles it against the registry.
+    /// the row stays `attempted` and the next pass settles it against the registry. During a
+    /// batch the outcome is written with the batch's others when it ends ([`Self::end_batch`]).
     pub fn audit_finish(&self, id: i64, outcome: AuditOutcome, detail: Option<&str>) {
+        if let Some(pending) = self.finishes.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            pending.push((id, outcome, detail.map(str::to_owned)));
+            return;
+        }
         if let Err(e) = self.ctx.audit.finish(id, outcome, detail) {
             self.audit_error(e);
+        }
+    }
+
+    /// Writes the `attempted` rows of a batch of deletions (digest and tags removed) in one
+    /// transaction, and holds back the outcomes until [`Self::end_batch`].
+    fn begin_batch<'b>(
+        &self,
+        operation: AuditOperation,
+        batch: impl Iterator<Item = (&'b Digest, &'b [String])>,
+    ) -> anyhow::Result<Vec<i64>> {
+        let entries: Vec<AuditEntry<'_>> = batch
+            .map(|(digest, tags)| AuditEntry {
+                registry: &self.registry,
+                repository: self.repository,
+                operation,
+                digest: digest.as_str(),
+                tags,
+                decided_by: &self.decided_by,
+                run_id: self.run_id,
+            })
+            .collect();
+        let ids = self.ctx.audit.attempt_many(&entries)?;
+        *self.finishes.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::with_capacity(ids.len()));
+        Ok(ids)
+    }
+
+    /// Writes the outcomes of the batch's deletions, in one transaction.
+    fn end_batch(&self) {
+        let Some(pending) = self.finishes.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        if pending.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ctx.audit.finish_many(&pending) {
+            tracing::error!(repository = self.repository, "{e:#}; the next pass settles these rows against the registry");
+            // One entry per row: the pass reports how many rows stay open.
+            let message = format!("{e:#}");
+            self.audit_errors.lock().unwrap_or_else(|e| e.into_inner()).extend(pending.iter().map(|_| message.clone()));
         }
     }
 
@@ -249,7 +306,8 @@ impl<'a> Execution<'a> {
 
         // 1. Whole manifests. The first goes alone: if deletes are disabled or forbidden,
         //    that one answer stops the pass before anything else is tried.
-        let batch_size = self.ctx.limits.concurrency.max(1) * BATCH_PER_SLOT;
+        let first_batch = self.ctx.limits.concurrency.max(1) * BATCH_PER_SLOT;
+        let mut batch_size = first_batch;
         let mut next = 0;
         while next < plan.digests.len() && tally.permanent.is_none() {
             if next > 0 && checked.elapsed() >= RECHECK_INTERVAL {
@@ -264,9 +322,24 @@ impl<'a> Execution<'a> {
             let end = if next == 0 { 1 } else { (next + batch_size).min(plan.digests.len()) };
             // Owned items: a closure over borrowed ones makes the pass's future !Send (the
             // compiler cannot prove it for every lifetime), and the daemon spawns passes.
+            if Instant::now() >= self.deadline {
+                break;
+            }
+            let started = Instant::now();
             let batch = plan.digests[next..end].to_vec();
-            let mut results = futures::stream::iter(batch.into_iter().map(|d| async move {
-                let done = self.delete_digest(&d).await;
+            let ids = match self.begin_batch(AuditOperation::DeleteManifest, batch.iter().map(|d| (&d.digest, d.tags.as_slice()))) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    // No audit record, no deletion: an unwritable audit log stops the pass.
+                    for d in &batch {
+                        tally.record_digest(d, Done::Failed { message: format!("{e:#}"), class: ErrorClass::Permanent });
+                    }
+                    next = end;
+                    break;
+                }
+            };
+            let mut results = futures::stream::iter(batch.into_iter().zip(ids).map(|(d, id)| async move {
+                let done = self.delete_digest(&d, id).await;
                 (d, done)
             }))
             .buffer_unordered(self.ctx.limits.concurrency.max(1));
@@ -274,7 +347,15 @@ impl<'a> Execution<'a> {
                 tally.record_digest(&d, done);
                 self.tick();
             }
+            drop(results);
+            self.end_batch();
             next = end;
+            let took = started.elapsed();
+            if took < BATCH_TARGET / 2 {
+                batch_size = (batch_size * 2).min(MAX_BATCH);
+            } else if took > BATCH_TARGET * 2 {
+                batch_size = (batch_size / 2).max(first_batch);
+            }
         }
         tally.not_attempted(&plan.digests[next..], &[]);
 
@@ -331,16 +412,13 @@ impl<'a> Execution<'a> {
         }
     }
 
-    /// Deletes one manifest by digest, audited, unless the budget is spent.
-    async fn delete_digest(&self, d: &DigestDeletion) -> Done {
+    /// Deletes one manifest by digest, whose `attempted` row `id` the batch wrote, unless
+    /// the budget is spent: then the row says the request was never sent.
+    async fn delete_digest(&self, d: &DigestDeletion, id: i64) -> Done {
         if Instant::now() >= self.deadline {
+            self.audit_finish(id, AuditOutcome::NotDeleted, Some("not sent: the delete timeout was reached first"));
             return Done::Skipped;
         }
-        let id = match self.audit_attempt(AuditOperation::DeleteManifest, &d.digest, &d.tags) {
-            Ok(id) => id,
-            // No audit record, no deletion: an unwritable audit log stops the pass.
-            Err(e) => return Done::Failed { message: format!("{e:#}"), class: ErrorClass::Permanent },
-        };
         self.delete_and_settle(&d.digest, id).await
     }
 
@@ -404,59 +482,92 @@ impl<'a> Execution<'a> {
     /// Removes tags whose digest must stay: the registry's tag delete where supported,
     /// else GitLab's dummy-manifest method, used only once deletes are known to work.
     async fn remove_shared_tags(&self, tags: &[TagDeletion], tally: &mut Tally) {
-        // Try the OCI 1.1 tag delete; the client remembers "unsupported" per registry.
+        // Try the OCI 1.1 tag delete; the client remembers "unsupported" per registry. The
+        // first tag goes alone (most registries answer "unsupported"), then batches as for
+        // digests: their audit rows written and finished one transaction each.
         let mut remaining: Vec<&TagDeletion> = Vec::new();
-        for (i, t) in tags.iter().enumerate() {
+        let mut batch_size = 1;
+        let mut i = 0;
+        'batches: while i < tags.len() {
             if Instant::now() >= self.deadline {
                 tally.not_attempted(&[], &tags[i..]);
                 return;
             }
-            let id = match self.audit_attempt(AuditOperation::DeleteTag, &t.digest, std::slice::from_ref(&t.tag)) {
-                Ok(id) => id,
+            let started = Instant::now();
+            let end = (i + batch_size).min(tags.len());
+            let batch = &tags[i..end];
+            let ids = match self.begin_batch(AuditOperation::DeleteTag, batch.iter().map(|t| (&t.digest, std::slice::from_ref(&t.tag)))) {
+                Ok(ids) => ids,
                 Err(e) => {
                     tally.failed += 1;
-                    tally.not_deleted.push(t.tag.clone());
+                    tally.not_deleted.push(tags[i].tag.clone());
                     tally.permanent.get_or_insert(format!("{e:#}"));
                     return tally.not_attempted(&[], &tags[i + 1..]);
                 }
             };
-            match self.ctx.backend.delete_tag(self.repository, &t.tag).await {
-                Ok(TagDeleteOutcome::Deleted) => {
-                    self.audit_finish(id, AuditOutcome::Deleted, None);
-                    tally.tags_deleted += 1;
-                    self.tick();
+            // Rows of the batch whose request is not sent after all.
+            let not_sent = |ids: &[i64], why: &str| {
+                ids.iter().for_each(|id| self.audit_finish(*id, AuditOutcome::NotDeleted, Some(&format!("not sent: {why}"))));
+            };
+            for (k, (t, &id)) in batch.iter().zip(&ids).enumerate() {
+                if Instant::now() >= self.deadline {
+                    not_sent(&ids[k..], "the delete timeout was reached first");
+                    self.end_batch();
+                    tally.not_attempted(&[], &tags[i + k..]);
+                    return;
                 }
-                Ok(TagDeleteOutcome::AlreadyGone) => {
-                    self.audit_finish(id, AuditOutcome::AlreadyGone, None);
-                    tally.tags_deleted += 1;
-                    self.tick();
-                }
-                Ok(TagDeleteOutcome::Unsupported) => {
-                    self.audit_finish(
-                        id,
-                        AuditOutcome::Failed,
-                        Some("tag delete unsupported by this registry; using the dummy-manifest method"),
-                    );
-                    remaining.extend(&tags[i..]);
-                    break;
-                }
-                Err(e) => {
-                    // The row stays open when the answer was ambiguous: the next pass sees
-                    // whether the tag is gone.
-                    if e.class.is_retryable() {
-                        self.audit_leave_open(id, &format!("outcome unknown after: {e}; the next pass checks"));
-                    } else {
-                        self.audit_finish(id, AuditOutcome::Failed, Some(&e.to_string()));
+                match self.ctx.backend.delete_tag(self.repository, &t.tag).await {
+                    Ok(TagDeleteOutcome::Deleted) => {
+                        self.audit_finish(id, AuditOutcome::Deleted, None);
+                        tally.tags_deleted += 1;
+                        self.tick();
                     }
-                    tally.failed += 1;
-                    tally.not_deleted.push(t.tag.clone());
-                    if !e.class.is_retryable() {
-                        tally.permanent = Some(e.to_string());
-                        return tally.not_attempted(&[], &tags[i + 1..]);
+                    Ok(TagDeleteOutcome::AlreadyGone) => {
+                        self.audit_finish(id, AuditOutcome::AlreadyGone, None);
+                        tally.tags_deleted += 1;
+                        self.tick();
                     }
-                    tally.errors.push(e.to_string());
-                    self.tick();
+                    Ok(TagDeleteOutcome::Unsupported) => {
+                        self.audit_finish(
+                            id,
+                            AuditOutcome::Failed,
+                            Some("tag delete unsupported by this registry; using the dummy-manifest method"),
+                        );
+                        not_sent(&ids[k + 1..], "tag delete unsupported by this registry; using the dummy-manifest method");
+                        self.end_batch();
+                        remaining.extend(&tags[i + k..]);
+                        break 'batches;
+                    }
+                    Err(e) => {
+                        // The row stays open when the answer was ambiguous: the next pass sees
+                        // whether the tag is gone.
+                        if e.class.is_retryable() {
+                            self.audit_leave_open(id, &format!("outcome unknown after: {e}; the next pass checks"));
+                        } else {
+                            self.audit_finish(id, AuditOutcome::Failed, Some(&e.to_string()));
+                        }
+                        tally.failed += 1;
+                        tally.not_deleted.push(t.tag.clone());
+                        if !e.class.is_retryable() {
+                            tally.permanent = Some(e.to_string());
+                            not_sent(&ids[k + 1..], &format!("stopped after: {e}"));
+                            self.end_batch();
+                            return tally.not_attempted(&[], &tags[i + k + 1..]);
+                        }
+                        tally.errors.push(e.to_string());
+                        self.tick();
+                    }
                 }
+            }
+            self.end_batch();
+            i = end;
+            let took = started.elapsed();
+            if batch_size == 1 {
+                batch_size = self.ctx.limits.concurrency.max(1) * BATCH_PER_SLOT;
+            } else if took < BATCH_TARGET / 2 {
+                batch_size = (batch_size * 2).min(MAX_BATCH);
+            } else if took > BATCH_TARGET * 2 {
+                batch_size = (batch_size / 2).max(1);
             }
         }
         if remaining.is_empty() {
