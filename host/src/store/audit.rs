@@ -316,6 +316,38 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_recorded_before_and_finished_after_in_one_transaction_each() {
+        let log = Store::in_memory().unwrap().audit_log();
+        let tags: Vec<Vec<String>> = (0..3).map(|i| vec![format!("t{i}")]).collect();
+        let entries: Vec<AuditEntry<'_>> = tags
+            .iter()
+            .map(|t| AuditEntry {
+                registry: "http://r",
+                repository: "g/app",
+                operation: AuditOperation::DeleteTag,
+                digest: "sha256:x",
+                tags: t,
+                decided_by: "p",
+                run_id: None,
+            })
+            .collect();
+        let ids = log.attempt_many(&entries).unwrap();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order: {ids:?}");
+        let open = log.open_attempts("http://r", "g/app").unwrap();
+        assert_eq!(
+            open.iter().map(|a| (a.id, a.tags.clone())).collect::<Vec<_>>(),
+            ids.iter().copied().zip(tags.clone()).collect::<Vec<_>>()
+        );
+        log.finish_many(&[(ids[0], AuditOutcome::Deleted, None), (ids[2], AuditOutcome::NotDeleted, Some("not sent".into()))]).unwrap();
+        let rows = log.recent(None, 10).unwrap();
+        let outcome = |id: i64| rows.iter().find(|r| r.id == id).map(|r| (r.outcome.clone(), r.detail.clone())).unwrap();
+        assert_eq!(outcome(ids[0]), ("deleted".to_owned(), None));
+        assert_eq!(outcome(ids[1]), ("attempted".to_owned(), None), "not finished: still open");
+        assert_eq!(outcome(ids[2]), ("not_deleted".to_owned(), Some("not sent".to_owned())));
+    }
+
+    #[test]
     fn open_attempts_are_listed_with_their_run_and_resolved_only_once() {
         let store = Store::in_memory().unwrap();
         let log = store.audit_log();
