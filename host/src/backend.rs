@@ -139,7 +139,7 @@ const KEEP_LOADED_TAGS: usize = 2_000_000;
 
 enum Source {
     File(PathBuf),
-    Memory(TagList),
+    Memory(Box<TagList>),
 }
 
 #[derive(Default)]
@@ -298,7 +298,7 @@ impl RecordingBackend {
     pub fn from_lists(origin: impl Into<String>, lists: impl IntoIterator<Item = TagList>) -> Self {
         RecordingBackend {
             origin: origin.into(),
-            index: lists.into_iter().map(|l| (l.repository.clone(), Source::Memory(l))).collect(),
+            index: lists.into_iter().map(|l| (l.repository.clone(), Source::Memory(Box::new(l)))).collect(),
             state: Mutex::default(),
         }
     }
@@ -338,7 +338,7 @@ impl RecordingBackend {
 
     fn read(&self, repo: &str, source: &Source) -> Result<TagList, RegistryError> {
         let path = match source {
-            Source::Memory(list) => return Ok(list.clone()),
+            Source::Memory(list) => return Ok(TagList::clone(list)),
             Source::File(path) => path,
         };
         let error = |message: String| RegistryError {

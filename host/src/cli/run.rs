@@ -316,14 +316,15 @@ fn print_rules(reports: &[RepositoryReport]) {
         (a.0.action != Action::Delete, std::cmp::Reverse(a.2)).cmp(&(b.0.action != Action::Delete, std::cmp::Reverse(b.2)))
     });
     let style = output::Style::stdout();
+    // Counts first: the rows of the per-tag plan (`--plan`) start with an action.
     let mut rows =
-        vec![vec!["ACTION".into(), "REPOSITORIES".into(), "TAGS".into(), "UNTAGGED".into(), "DECIDED BY".into(), "REASON".into()]];
+        vec![vec!["TAGS".into(), "UNTAGGED".into(), "REPOSITORIES".into(), "ACTION".into(), "DECIDED BY".into(), "REASON".into()]];
     for (t, repos, tags, untagged) in &totals {
         rows.push(vec![
-            t.action.to_string(),
-            repos.to_string(),
             tags.to_string(),
             untagged.to_string(),
+            repos.to_string(),
+            t.action.to_string(),
             t.decided_by.into(),
             t.reason.clone(),
         ]);

@@ -34,10 +34,15 @@ use crate::store::{AuditEntry, AuditOperation, AuditOutcome};
 /// with a warm metadata cache (docs/benchmarks.md): this keeps that under a few percent.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Digest deletions sent between two looks at the re-check interval, at first. Each batch's
-/// audit rows are written in one transaction before its first request and finished in one
-/// after its last (a row per request cost one commit each: at 10M tags over recordings that
-/// was most of a pass).
+/// Digest deletions sent between two looks at the re-check interval, at first.
+///
+/// Against the recordings backend, each batch's audit rows are written in one transaction
+/// before its first request and finished in one after its last (a row per request cost one
+/// commit each: at 10M tags that was most of a simulated pass), and batches grow. Against a
+/// registry an audit write is ~1 % of a delete, so rows are written one by one right around
+/// their request: a crash leaves open only the requests in flight (crash.rs counts them),
+/// where a batch would leave all of its rows open. In memory, a crash loses the deletions
+/// anyway.
 const BATCH_PER_SLOT: usize = 8;
 
 /// Batches double while they finish within half of this and halve when they take twice as
@@ -151,6 +156,9 @@ impl Tally {
     }
 }
 
+/// An audit row's outcome waiting for its batch to end: (row, outcome, detail).
+type Finish = (i64, AuditOutcome, Option<String>);
+
 /// One repository's deletions in progress: what every request needs to be audited and
 /// reported.
 pub(super) struct Execution<'a> {
@@ -167,7 +175,7 @@ pub(super) struct Execution<'a> {
     /// Outcomes that could not be written to the audit log (their rows stay `attempted`).
     audit_errors: Mutex<Vec<String>>,
     /// While a batch runs, the outcomes to write when it ends (see [`Self::audit_finish`]).
-    finishes: Mutex<Option<Vec<(i64, AuditOutcome, Option<String>)>>>,
+    finishes: Mutex<Option<Vec<Finish>>>,
 }
 
 impl<'a> Execution<'a> {
@@ -306,6 +314,7 @@ impl<'a> Execution<'a> {
 
         // 1. Whole manifests. The first goes alone: if deletes are disabled or forbidden,
         //    that one answer stops the pass before anything else is tried.
+        let batched = self.ctx.backend.registry().is_none();
         let first_batch = self.ctx.limits.concurrency.max(1) * BATCH_PER_SLOT;
         let mut batch_size = first_batch;
         let mut next = 0;
@@ -327,8 +336,12 @@ impl<'a> Execution<'a> {
             }
             let started = Instant::now();
             let batch = plan.digests[next..end].to_vec();
-            let ids = match self.begin_batch(AuditOperation::DeleteManifest, batch.iter().map(|d| (&d.digest, d.tags.as_slice()))) {
-                Ok(ids) => ids,
+            let ids = match batched {
+                true => self.begin_batch(AuditOperation::DeleteManifest, batch.iter().map(|d| (&d.digest, d.tags.as_slice()))),
+                false => Ok(Vec::new()),
+            };
+            let ids = match ids {
+                Ok(ids) => ids.into_iter().map(Some).chain(std::iter::repeat(None)),
                 Err(e) => {
                     // No audit record, no deletion: an unwritable audit log stops the pass.
                     for d in &batch {
@@ -351,7 +364,7 @@ impl<'a> Execution<'a> {
             self.end_batch();
             next = end;
             let took = started.elapsed();
-            if took < BATCH_TARGET / 2 {
+            if batched && took < BATCH_TARGET / 2 {
                 batch_size = (batch_size * 2).min(MAX_BATCH);
             } else if took > BATCH_TARGET * 2 {
                 batch_size = (batch_size / 2).max(first_batch);
@@ -412,13 +425,23 @@ impl<'a> Execution<'a> {
         }
     }
 
-    /// Deletes one manifest by digest, whose `attempted` row `id` the batch wrote, unless
-    /// the budget is spent: then the row says the request was never sent.
-    async fn delete_digest(&self, d: &DigestDeletion, id: i64) -> Done {
+    /// Deletes one manifest by digest, audited (`id`: the row its batch wrote), unless the
+    /// budget is spent: then a batch's row says the request was never sent.
+    async fn delete_digest(&self, d: &DigestDeletion, id: Option<i64>) -> Done {
         if Instant::now() >= self.deadline {
-            self.audit_finish(id, AuditOutcome::NotDeleted, Some("not sent: the delete timeout was reached first"));
+            if let Some(id) = id {
+                self.audit_finish(id, AuditOutcome::NotDeleted, Some("not sent: the delete timeout was reached first"));
+            }
             return Done::Skipped;
         }
+        let id = match id {
+            Some(id) => id,
+            None => match self.audit_attempt(AuditOperation::DeleteManifest, &d.digest, &d.tags) {
+                Ok(id) => id,
+                // No audit record, no deletion: an unwritable audit log stops the pass.
+                Err(e) => return Done::Failed { message: format!("{e:#}"), class: ErrorClass::Permanent },
+            },
+        };
         self.delete_and_settle(&d.digest, id).await
     }
 
@@ -482,9 +505,9 @@ impl<'a> Execution<'a> {
     /// Removes tags whose digest must stay: the registry's tag delete where supported,
     /// else GitLab's dummy-manifest method, used only once deletes are known to work.
     async fn remove_shared_tags(&self, tags: &[TagDeletion], tally: &mut Tally) {
-        // Try the OCI 1.1 tag delete; the client remembers "unsupported" per registry. The
-        // first tag goes alone (most registries answer "unsupported"), then batches as for
-        // digests: their audit rows written and finished one transaction each.
+        // Try the OCI 1.1 tag delete; the client remembers "unsupported" per registry. Against
+        // recordings, after the first tag, in batches as for digests: their audit rows written
+        // and finished one transaction each.
         let mut remaining: Vec<&TagDeletion> = Vec::new();
         let mut batch_size = 1;
         let mut i = 0;
@@ -562,7 +585,9 @@ impl<'a> Execution<'a> {
             self.end_batch();
             i = end;
             let took = started.elapsed();
-            if batch_size == 1 {
+            if self.ctx.backend.registry().is_some() {
+                // One row per transaction, right around its request (see BATCH_PER_SLOT).
+            } else if batch_size == 1 {
                 batch_size = self.ctx.limits.concurrency.max(1) * BATCH_PER_SLOT;
             } else if took < BATCH_TARGET / 2 {
                 batch_size = (batch_size * 2).min(MAX_BATCH);
