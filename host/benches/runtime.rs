@@ -88,7 +88,7 @@ fn main() {
         small_repository(&options, &mut report, &gitlab, &hostile);
     }
 
-    // Large lists need more than the default 64 MiB and 1 s.
+    // Large lists need more than the default memory cap and 1 s.
     let big = PluginLimits { memory_bytes: 2 << 30, timeout: Duration::from_secs(60), fuel: None };
     let gitlab = gitlab.plugin().with_limits(big.clone()).into_retention().expect("retention");
     let hostile = hostile.plugin().with_limits(big).into_retention().expect("retention");

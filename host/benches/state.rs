@@ -1,10 +1,18 @@
 //! Claim latency from a large state table (issue 9 §9): `StateStore::claim_next` over
 //! 1,000,000 repositories in 10 policies on SQLite (an on-disk database in a temp directory),
-//! one worker and `worker_capacity` (4) workers claiming at once. Each claimed repository is
+//! one worker, `worker_capacity` (2, the default) and 4 workers claiming at once. Each claimed repository is
 //! then marked done, as a finished pass would, so the queue moves. Target: p99 < 1 ms.
 //!
-//! `cargo bench -p tagwarden --bench state` (`TAGWARDEN_BENCH_REPOSITORIES=N` for another
-//! size). Figures in docs/benchmarks.md ("State store").
+//! Then the daemon's overhead per pass on an empty repository (issue 9 §9, target < 5 ms):
+//! claim → list → evaluate (gitlab-retention) → record the run and the claim's outcome, on a
+//! database of its own, with the recordings backend serving an empty list.
+//!
+//! `cargo xtask build-plugins && cargo bench -p tagwarden --bench state`
+//! (`TAGWARDEN_BENCH_REPOSITORIES=N` for another size). Figures in docs/benchmarks.md
+//! ("State store").
+
+#[allow(dead_code)]
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -36,11 +44,16 @@ fn main() -> anyhow::Result<()> {
     eprintln!("seeded {repositories} repositories in {:.1} s", seeded.elapsed().as_secs_f64());
     println!("## State store\n");
     println!(
-        "Command: `cargo bench -p tagwarden --bench state`; {repositories} repositories in {POLICIES} policies, SQLite on disk (WAL).\n"
+        "Command: `cargo bench -p tagwarden --bench state`; {repositories} repositories in {POLICIES} policies, SQLite on disk (WAL); \
+         {} ({} cores), load {} at start{}.\n",
+        common::cpu_model(),
+        common::cores(),
+        common::load_average(),
+        if std::env::var_os("TAGWARDEN_STORE_INLINE_CHECKPOINT").is_some() { ", SQLite's inline checkpoint" } else { "" }
     );
     println!("| workers | claims | p50 | p99 | max | claims/s |");
     println!("|---:|---:|---:|---:|---:|---:|");
-    for workers in [1, 4] {
+    for workers in [1, 2, 4] {
         let started = Instant::now();
         let mut latencies: Vec<Duration> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..workers)
@@ -88,5 +101,69 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!("\nclaims/s counts the claim and the bookkeeping write that marks the repository done.");
+    pass_overhead(now, due)
+}
+
+/// Passes timed one by one over an empty repository, after a warm-up.
+const PASSES: usize = 2_000;
+
+fn pass_overhead(now: Timestamp, due: Timestamp) -> anyhow::Result<()> {
+    use tagwarden::backend::{Backend, RecordingBackend};
+    use tagwarden::model::TagList;
+    use tagwarden::pass::{self, DeletionLimits, Guards, PassContext, Policy};
+    use tagwarden::runtime::{PluginLimits, PluginRuntime, RuntimeConfig};
+    use tagwarden::store::CleanupOutcome;
+
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("tagwarden.db"))?;
+    let runtime = std::sync::Arc::new(PluginRuntime::new(RuntimeConfig::default())?);
+    let path = tagwarden::plugins::resolve("gitlab-retention", &[])?;
+    let plugin = runtime.load_file(&path, PluginLimits::default())?.into_retention()?;
+    let policy = Policy::new("p", &plugin, r#"{"name_regex_delete": ".*", "keep_n": 10, "older_than": "90d"}"#)?;
+    let ctx = PassContext {
+        backend: Backend::Recordings(RecordingBackend::from_lists("bench", [TagList::new("group/empty", vec![], vec![])?])),
+        audit: store.audit_log(),
+        runs: store.runs(),
+        guards: Guards::default(),
+        limits: DeletionLimits { timeout: Duration::from_secs(250), concurrency: 8 },
+        dry_run: false,
+        now: Some(now),
+    };
+    store.put_policy_state(&PolicyState { name: "p".into(), enabled: true, cadence: Duration::from_secs(86_400), next_run_at: due })?;
+    store.add_repositories("p", &["group/empty".to_owned()])?;
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut times = Vec::with_capacity(PASSES);
+    for i in 0..PASSES + PASSES / 10 {
+        // Claimable again: never started, as after a new cadence.
+        store.put_repository_state(&RepositoryState {
+            path: "group/empty".into(),
+            policy: "p".into(),
+            status: CleanupStatus::Unscheduled,
+            started_at: None,
+            completed_at: None,
+            next_attempt_at: None,
+            consecutive_failures: 0,
+            lease_owner: None,
+            lease_expires_at: None,
+            last_failure: None,
+            last_deleted: None,
+        })?;
+        let t = Instant::now();
+        let claim = store.claim_next(now, "bench", Duration::from_secs(600))?.expect("claimable");
+        let report = tokio.block_on(pass::run_repository(&ctx, &policy, &claim.path, &|_| {}));
+        anyhow::ensure!(report.status.is_success(), "{report:?}");
+        anyhow::ensure!(store.finish_claim(&claim.path, "bench", &CleanupOutcome::Done { deleted: report.tags_deleted }, now)?);
+        if i >= PASSES / 10 {
+            times.push(t.elapsed());
+        }
+    }
+    times.sort();
+    let pick = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    println!("\n### Daemon overhead per pass\n");
+    println!("{PASSES} passes over an empty repository: claim → list → evaluate → run row opened and closed → claim finished.\n");
+    println!("| p50 | p99 | max |");
+    println!("|---:|---:|---:|");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("| {:.2} ms | {:.2} ms | {:.2} ms |", ms(pick(0.5)), ms(pick(0.99)), ms(*times.last().unwrap()));
     Ok(())
 }

@@ -290,7 +290,7 @@ mod defaults {
         Duration::from_secs(1)
     }
     pub fn plugin_memory_mib() -> u64 {
-        64
+        crate::runtime::DEFAULT_PLUGIN_MEMORY_MIB
     }
     pub fn import_capacity() -> usize {
         2

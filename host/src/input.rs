@@ -36,6 +36,21 @@ pub mod limits {
 /// errors ("config", "recording"); `raise` says how to raise the limit, or is empty.
 pub fn read_bytes(path: &Path, what: &str, max_bytes: u64, raise: &str) -> anyhow::Result<Vec<u8>> {
     let shown = path.display();
+    let (file, size) = open_regular(path, what, max_bytes, raise)?;
+    let mut data = Vec::with_capacity(size as usize);
+    // `take`: the file may grow while it is read.
+    file.take(max_bytes + 1).read_to_end(&mut data).map_err(|e| anyhow::anyhow!("cannot read {what} {shown}: {e}"))?;
+    if data.len() as u64 > max_bytes {
+        return Err(too_large(what, path, "still growing".to_owned(), max_bytes, raise));
+    }
+    Ok(data)
+}
+
+/// Opens the regular file at `path` for reading, with [`read_bytes`]'s checks and errors
+/// (special files refused, at most `max_bytes`), and returns it with its size: for readers
+/// that need only the start of a large file.
+pub fn open_regular(path: &Path, what: &str, max_bytes: u64, raise: &str) -> anyhow::Result<(std::fs::File, u64)> {
+    let shown = path.display();
     // Checked before opening: opening a named pipe for reading blocks until a writer comes.
     let meta = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("cannot read {what} {shown}: {e}"))?;
     refuse_special(&meta, what, path)?;
@@ -43,20 +58,15 @@ pub fn read_bytes(path: &Path, what: &str, max_bytes: u64, raise: &str) -> anyho
     // And again on what was opened, in case the path changed in between.
     let meta = file.metadata().map_err(|e| anyhow::anyhow!("cannot read {what} {shown}: {e}"))?;
     refuse_special(&meta, what, path)?;
-    let too_large = |size: String| {
-        let raise = if raise.is_empty() { String::new() } else { format!("; {raise}") };
-        anyhow::anyhow!("{what} {shown} is {size}, more than the limit of {}{raise}", bytes(max_bytes))
-    };
     if meta.len() > max_bytes {
-        return Err(too_large(bytes(meta.len())));
+        return Err(too_large(what, path, bytes(meta.len()), max_bytes, raise));
     }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    // `take`: the file may grow while it is read.
-    file.take(max_bytes + 1).read_to_end(&mut data).map_err(|e| anyhow::anyhow!("cannot read {what} {shown}: {e}"))?;
-    if data.len() as u64 > max_bytes {
-        return Err(too_large("still growing".to_owned()));
-    }
-    Ok(data)
+    Ok((file, meta.len()))
+}
+
+fn too_large(what: &str, path: &Path, size: String, max_bytes: u64, raise: &str) -> anyhow::Error {
+    let raise = if raise.is_empty() { String::new() } else { format!("; {raise}") };
+    anyhow::anyhow!("{what} {} is {size}, more than the limit of {}{raise}", path.display(), bytes(max_bytes))
 }
 
 /// [`read_bytes`], then UTF-8 with the position of the first invalid byte.

@@ -490,6 +490,28 @@ impl TagList {
         self.tags.is_empty() && self.untagged.is_empty()
     }
 
+    /// A copy without the tags, untagged manifests and referrers the predicates name by
+    /// position, and without the image indexes `drop_index` names: one O(n) copy, however many were
+    /// removed (the recordings backend keeps its deletions as positions and applies them
+    /// here only when a list is asked for). The order is kept, so nothing is sorted again;
+    /// the columns are built on first use.
+    pub fn without(
+        &self,
+        drop_tag: impl Fn(usize) -> bool,
+        drop_untagged: impl Fn(usize) -> bool,
+        drop_index: impl Fn(&Digest) -> bool,
+        drop_referrer: impl Fn(usize) -> bool,
+    ) -> TagList {
+        TagList {
+            repository: self.repository.clone(),
+            tags: self.tags.iter().enumerate().filter(|(i, _)| !drop_tag(*i)).map(|(_, t)| t.clone()).collect(),
+            untagged: self.untagged.iter().enumerate().filter(|(i, _)| !drop_untagged(*i)).map(|(_, u)| u.clone()).collect(),
+            columns: Default::default(),
+            index_children: self.index_children.iter().filter(|(d, _)| !drop_index(d)).map(|(d, c)| (d.clone(), c.clone())).collect(),
+            referrers: self.referrers.iter().enumerate().filter(|(k, _)| !drop_referrer(*k)).map(|(_, r)| r.clone()).collect(),
+        }
+    }
+
     /// Removes the named tags (a deletion applied to an in-memory copy).
     pub fn remove_tags(&mut self, names: &std::collections::HashSet<&str>) {
         self.tags.retain(|t| !names.contains(t.name.as_str()));

@@ -99,7 +99,7 @@ struct PluginOptions {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = positive_duration)]
     timeout: std::time::Duration,
     /// Memory cap for one plugin call, in MiB (1 to 4096).
-    #[arg(long = "memory-mib", value_name = "MIB", default_value_t = 64,
+    #[arg(long = "memory-mib", value_name = "MIB", default_value_t = crate::runtime::DEFAULT_PLUGIN_MEMORY_MIB,
           value_parser = clap::value_parser!(u64).range(1..=crate::runtime::MAX_PLUGIN_MEMORY_MIB))]
     memory_mib: u64,
 }

@@ -56,7 +56,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = setup::open_store(&config)?;
     let ctx = setup::pass_context(&config, &store, args.dry_run, Some(now))?;
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let reports = tokio.block_on(run_pass(&ctx, &policies, args.repository.as_deref()))?;
+    let reports = tokio.block_on(run_pass(&ctx, &policies, args.repository.as_deref(), args.plan))?;
     match args.output {
         OutputFormat::Json => {
             let mut repositories = serde_json::to_value(&reports)?;
@@ -89,7 +89,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs every (repository, policy) pair: each repository goes to the first policy
 /// whose patterns match it.
-async fn run_pass(ctx: &PassContext, policies: &[BoundPolicy], only: Option<&str>) -> anyhow::Result<Vec<RepositoryReport>> {
+/// Plans are kept for printing only with `--plan`: a plan holds the repository's whole
+/// list, and a what-if over 10,000 recordings must not hold them all.
+async fn run_pass(
+    ctx: &PassContext,
+    policies: &[BoundPolicy],
+    only: Option<&str>,
+    keep_plans: bool,
+) -> anyhow::Result<Vec<RepositoryReport>> {
     let repositories = match only {
         Some(repo) => vec![repo.to_owned()],
         None => ctx.backend.repositories().await.with_context(|| format!("listing the repositories of {}", ctx.backend.label()))?,
@@ -121,8 +128,11 @@ async fn run_pass(ctx: &PassContext, policies: &[BoundPolicy], only: Option<&str
     let mut reports = Vec::with_capacity(work.len());
     for (i, (repo, policy)) in work.into_iter().enumerate() {
         printer.start(i, repo);
-        let report = pass::run_repository(ctx, policy, repo, &|p| printer.update(i, repo, p)).await;
+        let mut report = pass::run_repository(ctx, policy, repo, &|p| printer.update(i, repo, p)).await;
         printer.finish(i, &report);
+        if !keep_plans {
+            report.plan = None;
+        }
         reports.push(report);
     }
     Ok(reports)
@@ -280,6 +290,48 @@ fn print_summary(reports: &[RepositoryReport], dry_run: bool) {
             n => format!(", {n} not completed"),
         }
     );
+    print_rules(reports);
+}
+
+/// Tags and untagged manifests per rule over every repository (each repository's share is
+/// in the JSON output's `rules`): what goes and why, in one short table.
+fn print_rules(reports: &[RepositoryReport]) {
+    let mut totals: Vec<(&pass::RuleTally, usize, usize, usize)> = Vec::new();
+    let mut at: std::collections::HashMap<(Action, &str, &str), usize> = std::collections::HashMap::new();
+    for r in reports {
+        for t in &r.rules {
+            let i = *at.entry((t.action, t.reason.as_str(), t.decided_by)).or_insert_with(|| {
+                totals.push((t, 0, 0, 0));
+                totals.len() - 1
+            });
+            totals[i].1 += 1;
+            totals[i].2 += t.tags;
+            totals[i].3 += t.untagged;
+        }
+    }
+    if totals.is_empty() {
+        return;
+    }
+    totals.sort_by(|a, b| {
+        (a.0.action != Action::Delete, std::cmp::Reverse(a.2)).cmp(&(b.0.action != Action::Delete, std::cmp::Reverse(b.2)))
+    });
+    let style = output::Style::stdout();
+    // Counts first: the rows of the per-tag plan (`--plan`) start with an action.
+    let mut rows =
+        vec![vec!["TAGS".into(), "UNTAGGED".into(), "REPOSITORIES".into(), "ACTION".into(), "DECIDED BY".into(), "REASON".into()]];
+    for (t, repos, tags, untagged) in &totals {
+        rows.push(vec![
+            tags.to_string(),
+            untagged.to_string(),
+            repos.to_string(),
+            t.action.to_string(),
+            t.decided_by.into(),
+            t.reason.clone(),
+        ]);
+    }
+    println!();
+    let deletes: Vec<bool> = std::iter::once(false).chain(totals.iter().map(|t| t.0.action == Action::Delete)).collect();
+    output::print_columns(&rows, |i| deletes[i], &style);
 }
 
 /// One line on what a pass settled of interrupted earlier passes.

@@ -34,7 +34,7 @@ use tracing::Instrument;
 
 pub use dummy::DIGEST as DUMMY_DIGEST;
 pub use execute::RECHECK_INTERVAL;
-pub use plan::{Decider, Guards, Policy, REPOSITORY_DELETION, RepositoryPlan, Verdict, apply_guards, plan};
+pub use plan::{Decider, Guards, Policy, REPOSITORY_DELETION, RepositoryPlan, RuleTally, Verdict, apply_guards, plan};
 pub use reconcile::Reconciliation;
 
 use crate::backend::Backend;
@@ -202,6 +202,9 @@ pub struct RepositoryReport {
     /// What this pass settled of interrupted earlier passes before deciding (nothing on a
     /// dry run: then `reconciliation.finished_removals` lists the tags waiting on the dummy).
     pub reconciliation: Reconciliation,
+    /// What the plan decides, per rule: tags and untagged manifests each rule deletes or
+    /// keeps (empty when no plan was made).
+    pub rules: Vec<RuleTally>,
     /// The run row of this pass, when it was allowed to delete.
     pub run_id: Option<i64>,
     pub elapsed_ms: u128,
@@ -231,6 +234,7 @@ impl RepositoryReport {
             errors: vec![],
             changed_since_listing: vec![],
             reconciliation: Reconciliation::default(),
+            rules: Vec::new(),
             run_id: None,
             elapsed_ms: 0,
             plan: None,
@@ -395,6 +399,7 @@ async fn pass(
     for orphan in &report.orphaned_referrers {
         tracing::info!(repository, "orphaned referrer {orphan}");
     }
+    report.rules = repository_plan.rule_tallies();
     if let Some(refusal) = &repository_plan.refusal {
         report.status = RepositoryStatus::Refused(refusal.clone());
     } else if ctx.dry_run {

@@ -156,6 +156,35 @@ impl RepositoryPlan {
             .map(|(r, v)| format!("{} {}: {}", r.tag.as_deref().map_or("(untagged)", |t| t), r.digest, v.reason))
             .collect()
     }
+    /// How many tags and untagged manifests each (action, reason, decider) covers, in the
+    /// order first met: what a pass would delete or keep, and why, without a line per tag.
+    pub fn rule_tallies(&self) -> Vec<RuleTally> {
+        let mut out: Vec<RuleTally> = Vec::new();
+        let mut seen: std::collections::HashMap<(Action, &str, &str), usize> = std::collections::HashMap::new();
+        for (v, untagged) in self.tags.iter().map(|v| (v, false)).chain(self.untagged.iter().map(|v| (v, true))) {
+            let i = *seen.entry((v.action, v.reason.as_str(), v.decided_by)).or_insert_with(|| {
+                out.push(RuleTally { action: v.action, reason: v.reason.clone(), decided_by: v.decided_by, tags: 0, untagged: 0 });
+                out.len() - 1
+            });
+            if untagged {
+                out[i].untagged += 1;
+            } else {
+                out[i].tags += 1;
+            }
+        }
+        out
+    }
+}
+
+/// One rule's share of a plan (see [`RepositoryPlan::rule_tallies`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleTally {
+    pub action: Action,
+    pub reason: String,
+    /// `plugin` or `host`.
+    pub decided_by: &'static str,
+    pub tags: usize,
+    pub untagged: usize,
 }
 
 /// How the reason of an orphaned referrer's verdict starts.

@@ -102,13 +102,19 @@ impl Default for RuntimeConfig {
 /// cannot grow past 4 GiB, the pool's slot size ([`RuntimeConfig::max_memory_bytes`]).
 pub const MAX_PLUGIN_MEMORY_MIB: u64 = 4096;
 
+/// The memory cap a plugin gets unless its policy says otherwise, in MiB. The input is
+/// copied into the plugin's memory: gitlab-retention evaluating 1,000,000 tags (a size seed
+/// 003 says is real) peaks between 160 and 192 MiB, so 64 MiB stopped at ~350,000 tags; 512
+/// leaves room for longer names and hungrier plugins. Only what a plugin touches is resident.
+pub const DEFAULT_PLUGIN_MEMORY_MIB: u64 = 512;
+
 /// Per-plugin limits for one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginLimits {
     /// Wall-clock deadline for one call: instantiating and `create`, or one `evaluate`
     /// (or one backoff/stale decision). Default 1 s.
     pub timeout: Duration,
-    /// Linear memory cap. Default 64 MiB.
+    /// Linear memory cap. Default [`DEFAULT_PLUGIN_MEMORY_MIB`].
     pub memory_bytes: usize,
     /// Instruction budget, when the runtime meters fuel. Default none.
     pub fuel: Option<u64>,
@@ -116,7 +122,7 @@ pub struct PluginLimits {
 
 impl Default for PluginLimits {
     fn default() -> Self {
-        PluginLimits { timeout: Duration::from_secs(1), memory_bytes: 64 << 20, fuel: None }
+        PluginLimits { timeout: Duration::from_secs(1), memory_bytes: (DEFAULT_PLUGIN_MEMORY_MIB as usize) << 20, fuel: None }
     }
 }
 

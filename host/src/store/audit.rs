@@ -112,10 +112,12 @@ impl AuditLog {
     /// Records an attempt before it is made; returns its id for [`AuditLog::finish`].
     pub fn attempt(&self, e: &AuditEntry<'_>) -> anyhow::Result<i64> {
         let conn = self.store.lock();
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO audit_log (at, registry, repository, operation, digest, tags, decided_by, outcome, run_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'attempted', ?8)",
-            params![
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
                 Timestamp::now().unix_micros(),
                 e.registry,
                 e.repository,
@@ -124,8 +126,8 @@ impl AuditLog {
                 e.tags.join(","),
                 e.decided_by,
                 e.run_id
-            ],
-        )
+            ])
+        })
         .map_err(|err| anyhow::anyhow!("writing the audit log in {}: {err}", self.store.describe()))?;
         Ok(conn.last_insert_rowid())
     }
@@ -134,7 +136,8 @@ impl AuditLog {
     pub fn finish(&self, id: i64, outcome: AuditOutcome, detail: Option<&str>) -> anyhow::Result<()> {
         self.store
             .lock()
-            .execute("UPDATE audit_log SET outcome = ?2, detail = ?3 WHERE id = ?1", params![id, outcome.as_str(), detail])
+            .prepare_cached("UPDATE audit_log SET outcome = ?2, detail = ?3 WHERE id = ?1")
+            .and_then(|mut stmt| stmt.execute(params![id, outcome.as_str(), detail]))
             .map_err(|err| self.write_error(id, err))?;
         Ok(())
     }

@@ -229,7 +229,20 @@ impl Store {
         }
         // With WAL, NORMAL loses at most the last transactions on power loss, never consistency.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        Self::with_connection(conn, Some(path.to_path_buf()))
+        // Checkpoints move off the writers' path (see `checkpointer`): SQLite's automatic one
+        // runs inside the commit that crosses 1,000 WAL pages, holding the connection (and so
+        // every claim waiting on it) for as long as copying and syncing 4 MB takes.
+        // `TAGWARDEN_STORE_INLINE_CHECKPOINT` keeps SQLite's own, for the benchmark that
+        // compares the two (docs/benchmarks.md, "State store").
+        let background = std::env::var_os("TAGWARDEN_STORE_INLINE_CHECKPOINT").is_none();
+        if background {
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        }
+        let store = Self::with_connection(conn, Some(path.to_path_buf()))?;
+        if background {
+            checkpointer(path, &store)?;
+        }
+        Ok(store)
     }
 
     /// A private database in memory, for tests and one-shot runs.
@@ -276,6 +289,37 @@ impl Store {
             None => ":memory:".to_string(),
         }
     }
+}
+
+/// How often the checkpointer looks at the WAL.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Starts the thread that checkpoints `store`'s WAL from its own connection, in place of
+/// SQLite's automatic checkpoint in the committing writer. A `PASSIVE` checkpoint waits for
+/// no reader or writer, so neither waits for it: with four workers claiming at once, the
+/// automatic one put a checkpoint (5–200 ms of copying and `fsync`) in front of every claim
+/// queued behind the commit that triggered it, and was the whole p99 (docs/benchmarks.md,
+/// "State store"). The thread ends soon after the last clone of the store is dropped.
+fn checkpointer(path: &Path, store: &Store) -> anyhow::Result<()> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let owner = Arc::downgrade(&store.conn);
+    std::thread::Builder::new()
+        .name("tagwarden-checkpoint".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(CHECKPOINT_INTERVAL);
+                let Some(held) = owner.upgrade() else { break };
+                drop(held);
+                // Copies what it can of the WAL into the database; a writer restarts the WAL
+                // once all of it was copied.
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!("checkpointing the tagwarden database: {e}");
+                }
+            }
+        })
+        .context("starting the database checkpoint thread")?;
+    Ok(())
 }
 
 /// Applies the migrations this database has not seen yet, all in one transaction.
@@ -356,6 +400,33 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(left, ["sha256:aa"], "the index is fetched again, with its children");
+    }
+
+    #[test]
+    fn checkpoints_run_off_the_writers_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tagwarden.db");
+        let store = Store::open(&path).unwrap();
+        let auto: i64 = store.lock().query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+        assert_eq!(auto, 0, "no checkpoint inside a writer's commit");
+        let before = std::fs::metadata(&path).unwrap().len();
+        // ~8 MB through the WAL: past SQLite's 1,000-page automatic threshold.
+        let blob = "x".repeat(4000);
+        for i in 0..2000 {
+            store
+                .lock()
+                .execute(
+                    "INSERT INTO manifest_metadata (digest, media_type, cached_at) VALUES (?1, ?2, 0)",
+                    rusqlite::params![i.to_string(), blob],
+                )
+                .unwrap();
+        }
+        // The checkpoint thread copies the WAL into the database file (polled, not slept on).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&path).unwrap().len() < before + (4 << 20) {
+            assert!(std::time::Instant::now() < deadline, "the WAL was not checkpointed into {}", path.display());
+            std::thread::yield_now();
+        }
     }
 
     #[test]
