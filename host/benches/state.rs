@@ -124,8 +124,9 @@ fn pass_overhead(now: Timestamp, due: Timestamp) -> anyhow::Result<()> {
         backend: Backend::Recordings(RecordingBackend::from_lists("bench", [TagList::new("group/empty", vec![], vec![])?])),
         audit: store.audit_log(),
         runs: store.runs(),
+        imports: store.imports(),
         guards: Guards::default(),
-        limits: DeletionLimits { timeout: Duration::from_secs(250), concurrency: 8 },
+        limits: DeletionLimits { timeout: Duration::from_secs(250), concurrency: 8, max_list_size: None },
         dry_run: false,
         now: Some(now),
     };

@@ -364,7 +364,7 @@ impl RecordingBackend {
             code: None,
             message,
             class: ErrorClass::Permanent,
-            retry_after: None,
+            retry_after_secs: None,
         };
         let recording = Recording::read(path).map_err(|e| error(format!("{e:#}; fix or remove the file")))?;
         if recording.list.repository != repo {

@@ -157,7 +157,7 @@ impl FailureCause {
 
 impl From<&RegistryError> for FailureCause {
     fn from(e: &RegistryError) -> Self {
-        FailureCause { class: e.class, http_status: e.status, retry_after: e.retry_after }
+        FailureCause { class: e.class, http_status: e.status, retry_after: e.retry_after() }
     }
 }
 

@@ -57,9 +57,9 @@ pub struct RegistryError {
     /// What went wrong, with a hint on what to do where there is one.
     pub message: String,
     pub class: ErrorClass,
-    /// How long the registry asked callers to wait (`Retry-After`), when it did: the daemon's
-    /// backoff plugin sees it.
-    pub retry_after: Option<std::time::Duration>,
+    /// How long the registry asked callers to wait (`Retry-After`, whole seconds), when it
+    /// did: the daemon's backoff plugin sees it. Seconds in a `u32` keep the error small.
+    pub retry_after_secs: Option<u32>,
 }
 
 impl RegistryError {
@@ -77,6 +77,11 @@ impl RegistryError {
         }
         s.push_str(&self.message);
         s
+    }
+
+    /// The registry's `Retry-After`, when it gave one.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after_secs.map(|s| std::time::Duration::from_secs(u64::from(s)))
     }
 
     /// Whether the registry said the repository does not exist (`404 NAME_UNKNOWN`).
@@ -209,7 +214,7 @@ mod tests {
             code: code.map(String::from),
             message: message.into(),
             class: ErrorClass::Permanent,
-            retry_after: None,
+            retry_after_secs: None,
         }
     }
 

@@ -243,7 +243,8 @@ impl Transport {
                 Ok(answer) => return Ok(answer),
                 Err(failure) => failure,
             };
-            let error = RegistryError { retry_after: failure.retry_after, ..failure.error };
+            let retry_after_secs = failure.retry_after.map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+            let error = RegistryError { retry_after_secs, ..failure.error };
             if !error.class.is_retryable() {
                 return Err(error);
             }
@@ -445,7 +446,7 @@ impl Transport {
             code: None,
             message,
             class,
-            retry_after: None,
+            retry_after_secs: None,
         };
         let result = tokio::time::timeout(self.request_timeout, async {
             let response = builder.send().await?;
@@ -537,7 +538,7 @@ impl Transport {
             code,
             message,
             class,
-            retry_after: None,
+            retry_after_secs: None,
         }
     }
 }
