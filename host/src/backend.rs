@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use crate::model::{Digest, TagList};
 use crate::recording::Recording;
-use crate::registry::{DeleteOutcome, RegistryClient, RegistryError, TagDeleteOutcome};
+use crate::registry::{DeleteOutcome, ManifestContent, RegistryClient, RegistryError, TagDeleteOutcome};
 
 /// A source of tag lists and a target for deletions.
 pub enum Backend {
@@ -71,6 +71,15 @@ impl Backend {
                 .unwrap()
                 .get(repo)
                 .is_some_and(|l| l.tags().iter().any(|t| &t.digest == digest) || l.untagged().iter().any(|u| &u.digest == digest))),
+        }
+    }
+
+    /// Manifest `digest` as the registry serves it, kept before deleting it for a later
+    /// restore. Recordings hold no manifests: `None`.
+    pub async fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<ManifestContent>, RegistryError> {
+        match self {
+            Backend::Oci(c) => c.manifest(repo, digest).await,
+            Backend::Recordings(_) => Ok(None),
         }
     }
 

@@ -87,6 +87,10 @@ pub struct DeletionSection {
     /// At most this many tags are deleted by one pass; the rest wait for the next pass
     /// (GitLab's `max_list_size` truncation). The plugin still decides over every tag.
     pub max_list_size: Option<usize>,
+    /// Manifests up to this many bytes are read and kept before they are deleted, so that
+    /// `tagwarden restore` can push them back; 0 keeps none.
+    #[serde(default = "defaults::keep_manifest_bytes")]
+    pub keep_manifest_bytes: usize,
 }
 
 impl Default for DeletionSection {
@@ -97,6 +101,7 @@ impl Default for DeletionSection {
             max_delete_fraction: None,
             protect: vec![],
             max_list_size: None,
+            keep_manifest_bytes: defaults::keep_manifest_bytes(),
         }
     }
 }
@@ -236,6 +241,9 @@ mod defaults {
     pub fn concurrency() -> usize {
         8
     }
+    pub fn keep_manifest_bytes() -> usize {
+        crate::pass::KEEP_MANIFEST_BYTES
+    }
     pub fn max_retries() -> u32 {
         3
     }
@@ -342,6 +350,10 @@ impl Config {
             if value < least {
                 bail!("at `{key}`: expected at least {} (got {})", humantime::format_duration(least), humantime::format_duration(value));
             }
+        }
+        // Distribution refuses manifests over 4 MiB: a larger limit only costs memory.
+        if d.keep_manifest_bytes > 4 << 20 {
+            bail!("at `deletion.keep_manifest_bytes`: expected at most 4194304 (registries refuse larger manifests), or 0 to keep none");
         }
         if d.max_list_size == Some(0) {
             bail!("at `deletion.max_list_size`: expected at least 1 (tags deleted per pass), or leave it out for no limit");

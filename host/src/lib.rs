@@ -11,6 +11,7 @@
 //! - [`pass`]: one cleanup pass over one repository (plan, execute, reconcile).
 //! - [`plugins`]: finding plugin files by name or path.
 //! - [`scheduler`]: cadence and claim order as pure functions of state and time.
+//! - [`restore`]: pushing a deleted tag's kept manifest back (CLI and API).
 //! - [`setup`]: config → policies, store, backend and pass context, for every command.
 //! - [`input`]: reading operator-supplied files: regular files only, bounded, UTF-8 with positions.
 //! - [`untrusted`]: plugin-supplied text made safe for terminals and logs.
@@ -27,6 +28,7 @@ pub mod pass;
 pub mod plugins;
 pub mod recording;
 pub mod registry;
+pub mod restore;
 pub mod runtime;
 pub mod scheduler;
 pub mod setup;

@@ -6,6 +6,7 @@ mod golden;
 mod pass;
 mod properties;
 mod registry;
+mod restore;
 mod runtime;
 mod serve;
 mod support;

@@ -7,8 +7,9 @@
 //!   image config's `created`, size, config digest). A digest names immutable content, so entries never
 //!   go stale and are never expired.
 //!
-//! - [`AuditLog`] (`audit_log`): every deletion attempt, written before the request and
-//!   completed after it; rows still `attempted` are what reconciliation resolves.
+//! - [`AuditLog`] (`audit_log`, `deleted_manifests`): every deletion attempt, written before the
+//!   request and completed after it; rows still `attempted` are what reconciliation resolves.
+//!   Also the manifests deleted (bytes and media type, by digest) and the restores of tags.
 //!
 //! - [`RunLog`] (`runs`): one row per pass that reached a plan, opened before its first deletion
 //!   request and closed after its last; its audit rows point at it.
@@ -38,7 +39,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rusqlite::Connection;
 
-pub use audit::{AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditRecord, OpenAttempt};
+pub use audit::{AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditQuery, AuditRecord, KeptManifest, OpenAttempt};
 pub use deletions::{DeletionOutcome, DeletionState, DeletionStatus};
 pub use metadata::{ManifestMetadata, MetadataCache};
 pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunRecord, RunSummary, RunTotals};
@@ -147,6 +148,15 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX repository_deletions_claim ON repository_deletions (status, requested_at);
     ALTER TABLE repositories ADD COLUMN last_failure_at INTEGER;",
+    // 7: the manifests tagwarden deleted, as the registry served them just before (audit.rs),
+    // so `tagwarden restore` can push them back. Keyed by digest: the bytes are the digest's,
+    // shared by every audit row and repository that deleted it.
+    "CREATE TABLE deleted_manifests (
+        digest      TEXT PRIMARY KEY NOT NULL,
+        media_type  TEXT NOT NULL,
+        body        BLOB NOT NULL,
+        kept_at     INTEGER NOT NULL
+    );",
 ];
 
 /// How long a statement waits for another process's write lock before failing.
