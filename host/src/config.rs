@@ -157,6 +157,14 @@ pub struct ServeSection {
     /// quarter of this; a host that stops renewing loses its work to others after it.
     #[serde(default = "defaults::lease", deserialize_with = "duration")]
     pub lease: Duration,
+    /// Where the HTTP API, `/metrics` and the status page listen (`host:port`; port 0 picks
+    /// a free one, `off` serves nothing). Loopback by default.
+    #[serde(default = "defaults::listen")]
+    pub listen: String,
+    /// The environment variable holding the API's bearer token (preferred over a file).
+    pub api_token_env: Option<String>,
+    /// A file holding the API's bearer token; trailing newline ignored.
+    pub api_token_file: Option<PathBuf>,
 }
 
 impl Default for ServeSection {
@@ -168,6 +176,9 @@ impl Default for ServeSection {
             catalog_sync: defaults::catalog_sync(),
             stale_check: defaults::stale_check(),
             lease: defaults::lease(),
+            listen: defaults::listen(),
+            api_token_env: None,
+            api_token_file: None,
         }
     }
 }
@@ -240,6 +251,9 @@ mod defaults {
     }
     pub fn concurrency() -> usize {
         8
+    }
+    pub fn listen() -> String {
+        "127.0.0.1:9464".to_owned()
     }
     pub fn keep_manifest_bytes() -> usize {
         crate::pass::KEEP_MANIFEST_BYTES
@@ -336,6 +350,7 @@ impl Config {
         if d.concurrency == 0 {
             bail!("at `deletion.concurrency`: expected at least 1");
         }
+        self.api_listen()?;
         if self.serve.worker_capacity == 0 {
             bail!("at `serve.worker_capacity`: expected at least 1 (passes running at once)");
         }
@@ -429,6 +444,44 @@ impl Config {
             bail!("`registry.username` is set but neither `password_env` nor `password_file` is");
         };
         Ok(Credentials::Basic { username, password: Secret::new(password) })
+    }
+}
+
+impl Config {
+    /// `[serve] listen` as an address, `None` for `off`.
+    pub fn api_listen(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        let listen = self.serve.listen.trim();
+        if listen == "off" {
+            return Ok(None);
+        }
+        listen.parse().map(Some).map_err(|_| {
+            anyhow::anyhow!(
+                "at `serve.listen` of {}: `{listen}` is not an address; expected host:port such as \"127.0.0.1:9464\" (port 0 picks one), or \"off\"",
+                self.path.display()
+            )
+        })
+    }
+
+    /// The API's bearer token (`serve.api_token_env` or `serve.api_token_file`), if one is set.
+    pub fn api_token(&self) -> anyhow::Result<Option<Secret>> {
+        let s = &self.serve;
+        let token = if let Some(var) = &s.api_token_env {
+            std::env::var(var)
+                .map_err(|_| anyhow::anyhow!("`serve.api_token_env` names {var}, which is not set; export it or use `api_token_file`"))?
+        } else if let Some(file) = &s.api_token_file {
+            let file = self.resolve_path(file);
+            let text = crate::input::read_text(&file, "`serve.api_token_file`", crate::input::limits::SECRET_BYTES, "")?;
+            text.trim_end_matches(['\n', '\r']).to_owned()
+        } else {
+            return Ok(None);
+        };
+        if token.len() < 16 {
+            bail!(
+                "the API token (`serve.api_token_env` / `api_token_file`) is {} characters; use at least 16 (e.g. `openssl rand -hex 32`)",
+                token.len()
+            );
+        }
+        Ok(Some(Secret::new(token)))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per area (fast to build, as in ripgrep).
 
+mod api;
 mod cli;
 mod crash;
 mod golden;

@@ -27,6 +27,7 @@
 //! ([`MetadataCache::put_many`]) run in one transaction and belong on `spawn_blocking`.
 
 mod audit;
+mod browse;
 mod deletions;
 mod metadata;
 mod runs;
@@ -40,6 +41,7 @@ use anyhow::{Context, bail};
 use rusqlite::Connection;
 
 pub use audit::{AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditQuery, AuditRecord, KeptManifest, OpenAttempt};
+pub use browse::DayTotals;
 pub use deletions::{DeletionOutcome, DeletionState, DeletionStatus};
 pub use metadata::{ManifestMetadata, MetadataCache};
 pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunRecord, RunSummary, RunTotals};
