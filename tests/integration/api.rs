@@ -17,14 +17,14 @@ use tagwarden_testbed::{Fault, FaultProxy};
 
 use crate::pass::{days, registry, snapshot};
 
-const TOKEN: &str = "test-token-0123456789abcdef";
+pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
 
-fn ago(age: Duration) -> String {
+pub(crate) fn ago(age: Duration) -> String {
     Timestamp::now().saturating_sub(age).to_rfc3339()
 }
 
 /// A running `tagwarden serve`, killed when dropped.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     base: String,
     stderr: std::sync::mpsc::Receiver<String>,
@@ -38,7 +38,7 @@ impl Drop for Daemon {
 }
 
 /// Starts the daemon and waits for the line that names the API's address.
-fn start(dir: &Path, config: &Path) -> Daemon {
+pub(crate) fn start(dir: &Path, config: &Path) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tagwarden"))
         .current_dir(dir)
         .args(["serve", "--config", &config.display().to_string()])
@@ -72,11 +72,11 @@ fn start(dir: &Path, config: &Path) -> Daemon {
 }
 
 impl Daemon {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn get(&self, http: &reqwest::Client, path: &str) -> (StatusCode, Value) {
+    pub(crate) async fn get(&self, http: &reqwest::Client, path: &str) -> (StatusCode, Value) {
         let resp = http.get(self.url(path)).send().await.unwrap();
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
@@ -93,7 +93,7 @@ impl Daemon {
     }
 
     /// Polls `path` until `done` holds for its JSON (the daemon works at its own pace).
-    async fn wait_for(&self, http: &reqwest::Client, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait_for(&self, http: &reqwest::Client, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let (_, v) = self.get(http, path).await;
@@ -109,7 +109,7 @@ impl Daemon {
     }
 }
 
-fn write_config(dir: &Path, url: &str, listen: &str, token: bool) -> std::path::PathBuf {
+pub(crate) fn write_config(dir: &Path, url: &str, listen: &str, token: bool) -> std::path::PathBuf {
     let plugin = crate::support::plugin_path("gitlab-retention").display().to_string();
     let token = if token { "api_token_env = \"TW_API_TOKEN\"\n" } else { "" };
     let config = format!(

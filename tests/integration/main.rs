@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area (fast to build, as in ripgrep).
 
 mod api;
+mod browser;
 mod cli;
 mod crash;
 mod golden;

@@ -12,6 +12,7 @@
 //! `{"error": {"code", "message"}}`, and a refused request changes nothing.
 
 pub mod json;
+mod ui;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -101,7 +102,18 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/plugins", get(plugins))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(api.clone(), require_token_for_reads));
+    // The status page: reads open like the API's; its actions check the token themselves
+    // (a browser form cannot send a bearer header).
+    let pages = Router::new()
+        .route("/", get(ui::overview))
+        .route("/repositories", get(ui::repositories))
+        .route("/repositories/{*path}", get(ui::repository))
+        .route("/audit", get(ui::audit))
+        .route("/plugins", get(ui::plugins))
+        .route("/actions/{action}", get(ui::confirm).post(ui::act))
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_token_for_reads));
     Router::new()
+        .merge(pages)
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .merge(actions)
