@@ -382,7 +382,12 @@ async fn pass_deletes(seeded: &Seeded, policy: &Policy, client_concurrency: usiz
         runs: store.runs(),
         imports: store.imports(),
         guards: Guards::default(),
-        limits: DeletionLimits { timeout: Duration::from_secs(3600), concurrency: delete_concurrency, max_list_size: None },
+        limits: DeletionLimits {
+            timeout: Duration::from_secs(3600),
+            concurrency: delete_concurrency,
+            max_list_size: None,
+            keep_manifest_bytes: tagwarden::pass::KEEP_MANIFEST_BYTES,
+        },
         dry_run: false,
         now: Some(Timestamp::now()),
     };

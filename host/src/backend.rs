@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use crate::model::{Digest, ErrorClass, TagList};
 use crate::recording::Recording;
-use crate::registry::{DeleteOutcome, RegistryClient, RegistryError, RequestLine, TagDeleteOutcome};
+use crate::registry::{DeleteOutcome, ManifestContent, RegistryClient, RegistryError, RequestLine, TagDeleteOutcome};
 
 /// A source of tag lists and a target for deletions.
 pub enum Backend {
@@ -65,6 +65,15 @@ impl Backend {
         match self {
             Backend::Oci(c) => c.manifest_exists(repo, digest).await,
             Backend::Recordings(r) => r.with_loaded(repo, |loaded| loaded.is_some_and(|l| l.has_digest(digest))),
+        }
+    }
+
+    /// Manifest `digest` as the registry serves it, kept before deleting it for a later
+    /// restore. Recordings hold no manifests: `None`.
+    pub async fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<ManifestContent>, RegistryError> {
+        match self {
+            Backend::Oci(c) => c.manifest(repo, digest).await,
+            Backend::Recordings(_) => Ok(None),
         }
     }
 

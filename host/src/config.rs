@@ -93,6 +93,10 @@ pub struct DeletionSection {
     /// repository. Off by default: orphans are only reported.
     #[serde(default)]
     pub delete_orphaned_referrers: bool,
+    /// Manifests up to this many bytes are read and kept before they are deleted, so that
+    /// `tagwarden restore` can push them back; 0 keeps none.
+    #[serde(default = "defaults::keep_manifest_bytes")]
+    pub keep_manifest_bytes: usize,
 }
 
 impl Default for DeletionSection {
@@ -104,6 +108,7 @@ impl Default for DeletionSection {
             protect: vec![],
             max_list_size: None,
             delete_orphaned_referrers: false,
+            keep_manifest_bytes: defaults::keep_manifest_bytes(),
         }
     }
 }
@@ -159,6 +164,14 @@ pub struct ServeSection {
     /// quarter of this; a host that stops renewing loses its work to others after it.
     #[serde(default = "defaults::lease", deserialize_with = "duration")]
     pub lease: Duration,
+    /// Where the HTTP API, `/metrics` and the status page listen (`host:port`; port 0 picks
+    /// a free one, `off` serves nothing). Loopback by default.
+    #[serde(default = "defaults::listen")]
+    pub listen: String,
+    /// The environment variable holding the API's bearer token (preferred over a file).
+    pub api_token_env: Option<String>,
+    /// A file holding the API's bearer token; trailing newline ignored.
+    pub api_token_file: Option<PathBuf>,
 }
 
 impl Default for ServeSection {
@@ -170,6 +183,9 @@ impl Default for ServeSection {
             catalog_sync: defaults::catalog_sync(),
             stale_check: defaults::stale_check(),
             lease: defaults::lease(),
+            listen: defaults::listen(),
+            api_token_env: None,
+            api_token_file: None,
         }
     }
 }
@@ -275,6 +291,12 @@ mod defaults {
     }
     pub fn concurrency() -> usize {
         8
+    }
+    pub fn listen() -> String {
+        "127.0.0.1:9464".to_owned()
+    }
+    pub fn keep_manifest_bytes() -> usize {
+        crate::pass::KEEP_MANIFEST_BYTES
     }
     pub fn max_retries() -> u32 {
         3
@@ -382,6 +404,7 @@ impl Config {
         if d.concurrency == 0 {
             bail!("at `deletion.concurrency`: expected at least 1");
         }
+        self.api_listen()?;
         if self.serve.worker_capacity == 0 {
             bail!("at `serve.worker_capacity`: expected at least 1 (passes running at once)");
         }
@@ -396,6 +419,10 @@ impl Config {
             if value < least {
                 bail!("at `{key}`: expected at least {} (got {})", humantime::format_duration(least), humantime::format_duration(value));
             }
+        }
+        // Distribution refuses manifests over 4 MiB: a larger limit only costs memory.
+        if d.keep_manifest_bytes > 4 << 20 {
+            bail!("at `deletion.keep_manifest_bytes`: expected at most 4194304 (registries refuse larger manifests), or 0 to keep none");
         }
         if d.max_list_size == Some(0) {
             bail!("at `deletion.max_list_size`: expected at least 1 (tags deleted per pass), or leave it out for no limit");
@@ -484,6 +511,44 @@ impl Config {
             bail!("`registry.username` is set but neither `password_env` nor `password_file` is");
         };
         Ok(Credentials::Basic { username, password: Secret::new(password) })
+    }
+}
+
+impl Config {
+    /// `[serve] listen` as an address, `None` for `off`.
+    pub fn api_listen(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        let listen = self.serve.listen.trim();
+        if listen == "off" {
+            return Ok(None);
+        }
+        listen.parse().map(Some).map_err(|_| {
+            anyhow::anyhow!(
+                "at `serve.listen` of {}: `{listen}` is not an address; expected host:port such as \"127.0.0.1:9464\" (port 0 picks one), or \"off\"",
+                self.path.display()
+            )
+        })
+    }
+
+    /// The API's bearer token (`serve.api_token_env` or `serve.api_token_file`), if one is set.
+    pub fn api_token(&self) -> anyhow::Result<Option<Secret>> {
+        let s = &self.serve;
+        let token = if let Some(var) = &s.api_token_env {
+            std::env::var(var)
+                .map_err(|_| anyhow::anyhow!("`serve.api_token_env` names {var}, which is not set; export it or use `api_token_file`"))?
+        } else if let Some(file) = &s.api_token_file {
+            let file = self.resolve_path(file);
+            let text = crate::input::read_text(&file, "`serve.api_token_file`", crate::input::limits::SECRET_BYTES, "")?;
+            text.trim_end_matches(['\n', '\r']).to_owned()
+        } else {
+            return Ok(None);
+        };
+        if token.len() < 16 {
+            bail!(
+                "the API token (`serve.api_token_env` / `api_token_file`) is {} characters; use at least 16 (e.g. `openssl rand -hex 32`)",
+                token.len()
+            );
+        }
+        Ok(Some(Secret::new(token)))
     }
 }
 

@@ -150,6 +150,7 @@ pub fn pass_context(config: &Config, store: &Store, dry_run: bool, now: Option<T
             timeout: config.deletion.timeout,
             concurrency: config.deletion.concurrency,
             max_list_size: config.deletion.max_list_size,
+            keep_manifest_bytes: config.deletion.keep_manifest_bytes,
         },
         dry_run,
         now,

@@ -1,5 +1,7 @@
 //! Integration tests: one binary, one module per area (fast to build, as in ripgrep).
 
+mod api;
+mod browser;
 mod cli;
 mod crash;
 mod golden;
@@ -7,6 +9,7 @@ mod imports;
 mod pass;
 mod properties;
 mod registry;
+mod restore;
 mod runtime;
 mod serve;
 mod support;

@@ -68,7 +68,12 @@ pub(crate) fn context(client: RegistryClient, store: &Store) -> PassContext {
         runs: store.runs(),
         imports: store.imports(),
         guards: Guards::default(),
-        limits: DeletionLimits { timeout: Duration::from_secs(60), concurrency: 4, max_list_size: None },
+        limits: DeletionLimits {
+            timeout: Duration::from_secs(60),
+            concurrency: 4,
+            max_list_size: None,
+            keep_manifest_bytes: tagwarden::pass::KEEP_MANIFEST_BYTES,
+        },
         dry_run: false,
         now: Some(now()),
     }
@@ -626,7 +631,12 @@ async fn the_delete_timeout_stops_a_big_pass_with_an_exact_account_of_what_was_d
     let before = snapshot(&reg.client(), "app").await;
     assert_eq!(before.len(), TAGS + 2);
     warm_cache(&ctx, "app").await;
-    ctx.limits = DeletionLimits { timeout: Duration::from_millis(300), concurrency: 2, max_list_size: None };
+    ctx.limits = DeletionLimits {
+        timeout: Duration::from_millis(300),
+        concurrency: 2,
+        max_list_size: None,
+        keep_manifest_bytes: tagwarden::pass::KEEP_MANIFEST_BYTES,
+    };
     proxy.inject(Fault::Delay { path_contains: "/manifests/sha256:".into(), millis: 50 });
 
     let report = run(&ctx, &old_new_policy(), "app").await;

@@ -39,7 +39,7 @@ fn write_config(dir: &Path, url: &str) -> std::path::PathBuf {
     let plugin = crate::support::plugin_path("gitlab-retention").display().to_string();
     let config = format!(
         "[registry]\nurl = {url:?}\nmax_retries = 0\n\n[state]\ndir = \"state\"\n\n\
-         [deletion]\ntimeout = \"60s\"\nconcurrency = 2\n\n[serve]\nworker_capacity = 2\n\n\
+         [deletion]\ntimeout = \"60s\"\nconcurrency = 2\n\n[serve]\nworker_capacity = 2\nlisten = \"127.0.0.1:0\"\n\n\
          [plugins]\nbackoff = \"exponential-backoff\"\nbackoff_params = {{ initial_delay = \"5m\" }}\n\n\
          [[policy]]\nname = \"builds\"\nrepositories = [\"builds/*\"]\nplugin = {plugin:?}\ncadence = \"7d\"\n\
          params = {{ name_regex_delete = \"b-.*\", keep_n = 2 }}\n\n\
@@ -184,7 +184,7 @@ fn write_fleet_config(dir: &Path, url: &str) -> std::path::PathBuf {
     let plugin = crate::support::plugin_path("gitlab-retention").display().to_string();
     let config = format!(
         "[registry]\nurl = {url:?}\nmax_retries = 0\n\n[state]\ndir = \"state\"\n\n\
-         [deletion]\ntimeout = \"250ms\"\nconcurrency = 1\n\n[serve]\nworker_capacity = 2\nstale_check = \"1s\"\n\n\
+         [deletion]\ntimeout = \"250ms\"\nconcurrency = 1\n\n[serve]\nworker_capacity = 2\nlisten = \"127.0.0.1:0\"\nstale_check = \"1s\"\n\n\
          [plugins]\nbackoff = \"exponential-backoff\"\nbackoff_params = {{ initial_delay = \"1s\", max_attempts = 3 }}\n\n\
          [[policy]]\nname = \"builds\"\nrepositories = [\"builds/*\", \"locked/*\"]\nplugin = {plugin:?}\ncadence = \"7d\"\n\
          params = {{ name_regex_delete = \"b-.*\", keep_n = 2 }}\n\n\

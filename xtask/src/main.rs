@@ -1,6 +1,6 @@
 //! Project automation: `cargo xtask <command>`.
 //!
-//! - `setup`          install what a fresh machine lacks (wasm32-wasip2 target, docker-registry)
+//! - `setup`          install what a fresh machine lacks (wasm32-wasip2 target, docker-registry, chromium, chromium-driver)
 //! - `build-plugins`  build every plugin component and copy it to `<target>/plugins/<name>.wasm`
 //! - `test`           setup + build-plugins + the whole test suite
 //! - `demo`           setup + build-plugins + the main job against a local registry
@@ -79,7 +79,15 @@ fn setup() -> Result {
     if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") {
         run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
     }
-    if !Path::new("/usr/bin/docker-registry").exists() {
+    // Debian packages the tests need: the registry, and headless Chromium with its WebDriver
+    // for the status page's browser test (tests/integration/browser.rs).
+    let missing: Vec<&str> =
+        [("/usr/bin/docker-registry", "docker-registry"), ("/usr/bin/chromium", "chromium"), ("/usr/bin/chromedriver", "chromium-driver")]
+            .iter()
+            .filter(|(path, _)| !Path::new(path).exists())
+            .map(|(_, package)| *package)
+            .collect();
+    if !missing.is_empty() {
         let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
         let apt = |args: &[&str]| {
             let mut c = Command::new(sudo.first().copied().unwrap_or("apt-get"));
@@ -90,9 +98,13 @@ fn setup() -> Result {
             c
         };
         run(&mut apt(&["update"]))?;
-        run(&mut apt(&["install", "-y", "--no-install-recommends", "docker-registry"]))?;
-        // The package starts a system service on port 5000; tests run their own.
-        let _ = Command::new("systemctl").args(["disable", "--now", "docker-registry"]).status();
+        let mut install = vec!["install", "-y", "--no-install-recommends"];
+        install.extend(&missing);
+        run(&mut apt(&install))?;
+        if missing.contains(&"docker-registry") {
+            // The package starts a system service on port 5000; tests run their own.
+            let _ = Command::new("systemctl").args(["disable", "--now", "docker-registry"]).status();
+        }
     }
     Ok(())
 }

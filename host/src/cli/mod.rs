@@ -7,6 +7,7 @@ mod inspect;
 mod output;
 mod record;
 mod repos;
+mod restore;
 mod run;
 mod serve;
 
@@ -39,6 +40,8 @@ enum Command {
     Record(record::RecordArgs),
     /// Show the most recent deletion attempts from the audit log.
     Audit(audit::AuditArgs),
+    /// Push a deleted tag's manifest back, as the registry served it before the delete.
+    Restore(restore::RestoreArgs),
     /// Run the cleanup daemon: policies on their cadence, a bounded pool of workers.
     Serve(serve::ServeArgs),
     /// Repositories by status, workers busy, the last 24 hours' runs, failures by class.
@@ -156,6 +159,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Record(args) => record::run(args),
         Command::Audit(args) => audit::run(args),
+        Command::Restore(args) => restore::run(args),
         Command::Serve(args) => serve::serve(args),
         Command::Status(args) => repos::status(args),
         Command::Repos { command } => repos::repos(command),

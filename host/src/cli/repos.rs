@@ -6,15 +6,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::bail;
 use serde_json::{Value, json};
 
 use super::{OutputFormat, output};
+use crate::api::json::{audit_json, deletion_json, overview, repository_json, run_json};
 use crate::config::Config;
 use crate::model::Timestamp;
-use crate::owner::{self, Liveness};
 use crate::store::{CleanupStatus, DeletionState, DeletionStatus, LastFailure, RepositoryState, RunRecord, StateStore, Store};
 
 /// The state database of a config, which must exist.
@@ -37,10 +36,6 @@ fn time(t: Option<Timestamp>) -> String {
     t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into())
 }
 
-fn failure_json(f: &Option<LastFailure>) -> Value {
-    f.as_ref().map_or(Value::Null, |f| json!({"class": f.class, "http_status": f.http_status, "reason": f.reason, "at": f.at}))
-}
-
 fn failure_text(f: &Option<LastFailure>) -> String {
     f.as_ref()
         .map(|f| {
@@ -50,31 +45,12 @@ fn failure_text(f: &Option<LastFailure>) -> String {
         .unwrap_or_default()
 }
 
-fn repository_json(r: &RepositoryState) -> Value {
-    json!({
-        "path": r.path, "policy": r.policy, "status": r.status.as_str(),
-        "started_at": r.started_at, "completed_at": r.completed_at,
-        "next_attempt_at": r.next_attempt_at, "consecutive_failures": r.consecutive_failures,
-        "last_deleted": r.last_deleted, "lease_owner": r.lease_owner, "lease_expires_at": r.lease_expires_at,
-        "last_failure": failure_json(&r.last_failure),
-    })
-}
-
-fn deletion_json(d: &DeletionState) -> Value {
-    json!({
-        "path": d.path, "status": d.status.as_str(), "requested_at": d.requested_at, "started_at": d.started_at,
-        "completed_at": d.completed_at, "next_attempt_at": d.next_attempt_at, "consecutive_failures": d.consecutive_failures,
-        "tags_deleted": d.tags_deleted, "lease_owner": d.lease_owner, "last_failure": failure_json(&d.last_failure),
-    })
-}
-
-fn run_json(r: &RunRecord) -> Value {
-    json!({
-        "id": r.id, "repository": r.repository, "policy": r.policy, "decided_by": r.decided_by,
-        "started_at": r.started_at, "finished_at": r.finished_at, "status": r.status,
-        "tags_seen": r.tags_seen, "tags_to_delete": r.tags_to_delete, "tags_deleted": r.tags_deleted,
-        "failed": r.failed, "detail": r.detail,
-    })
+/// The plugins a config uses, by role (`policy NAME`, `backoff`, `stale`).
+pub(crate) fn configured_plugins(config: &Config) -> BTreeMap<String, String> {
+    let mut plugins: BTreeMap<String, String> = config.policies.iter().map(|p| (format!("policy {}", p.name), p.plugin.clone())).collect();
+    plugins.insert("backoff".into(), config.plugins.backoff.clone().unwrap_or_else(|| "(host default)".into()));
+    plugins.insert("stale".into(), config.plugins.stale.clone().unwrap_or_else(|| "stale-timeout".into()));
+    plugins
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,36 +63,12 @@ pub struct StatusArgs {
 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (config, store) = state(&args.config)?;
-    let counts = store.status_counts()?;
-    let mut deletions: BTreeMap<&str, usize> = DeletionStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-    for d in store.deletions(None)? {
-        *deletions.entry(d.status.as_str()).or_default() += 1;
-    }
-    let leases = store.leases()?;
-    // Busy: held by a process that is alive (or on another host, as far as this one knows).
-    let busy = leases.iter().filter(|l| l.owner.as_deref().is_some_and(|o| owner::liveness(o) != Liveness::Gone)).count();
-    let day = store.runs().since(Timestamp::now().saturating_sub(Duration::from_secs(86_400)))?;
-    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
-    for r in store.repositories(None)? {
-        if let (true, Some(f)) = (r.consecutive_failures > 0 || r.status == CleanupStatus::Failed, &r.last_failure) {
-            *failures.entry(f.class.clone()).or_default() += 1;
-        }
-    }
-    let imports = store.imports().counts()?;
-    let imports: BTreeMap<&str, usize> = imports.iter().filter(|(_, n)| *n > 0).map(|(s, n)| (s.as_str(), *n)).collect();
-    let mut plugins: Vec<(String, String)> = config.policies.iter().map(|p| (format!("policy {}", p.name), p.plugin.clone())).collect();
-    plugins.push(("backoff".into(), config.plugins.backoff.clone().unwrap_or_else(|| "(host default)".into())));
-    plugins.push(("stale".into(), config.plugins.stale.clone().unwrap_or_else(|| "stale-timeout".into())));
+    let o = overview(&store)?;
+    let (counts, deletions, busy, day, failures) = (&o.repositories, &o.deletions, o.workers_busy, &o.last_24h, &o.failing_by_class);
+    let imports = &o.imports;
+    let plugins = configured_plugins(&config);
     match args.output {
-        OutputFormat::Json => output::print_json(&json!({
-            "repositories": counts.iter().map(|(s, n)| (s.as_str(), n)).collect::<BTreeMap<_, _>>(),
-            "deletions": deletions,
-            "workers_busy": busy,
-            "last_24h": {"runs": day.runs, "tags_deleted": day.tags_deleted, "failed_runs": day.failed_runs},
-            "failing_by_class": failures,
-            "imports": imports,
-            "plugins": plugins.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<BTreeMap<_, _>>(),
-        }))?,
+        OutputFormat::Json => output::print_json(&o.to_json(&plugins))?,
         OutputFormat::Table => {
             let style = output::Style::stdout();
             let mut rows = vec![vec!["STATUS".to_owned(), "REPOSITORIES".to_owned()]];
@@ -288,8 +240,7 @@ fn show(config: &Path, path: &str, format: OutputFormat) -> anyhow::Result<ExitC
             "repository": repository.as_ref().map(repository_json),
             "deletion": deletion.as_ref().map(deletion_json),
             "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
-            "audit": audit.iter().map(|r| json!({"id": r.id, "at": r.at, "operation": r.operation, "digest": r.digest,
-                "tags": r.tags, "outcome": r.outcome, "detail": r.detail, "run_id": r.run_id})).collect::<Vec<_>>(),
+            "audit": audit.iter().map(audit_json).collect::<Vec<_>>(),
         }))?,
         OutputFormat::Table => {
             println!("{path}");

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
+
+use crate::api::{Api, LoadedPlugin};
 use crate::config::Config;
 use crate::pass::RepositoryStatus;
 use crate::scheduler::daemon::{self, DaemonEvent, DaemonOptions};
@@ -31,6 +34,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = setup::open_store(&config)?;
     let ctx = Arc::new(setup::pass_context(&config, &store, false, None)?);
     let imports = crate::scheduler::imports::worker_for(&config, &store, &ctx.backend, stale.clone())?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let api = api_for(&config, &store, &ctx, &policies, &backoff, &stale, &wake)?;
     let options = DaemonOptions {
         worker_capacity: config.serve.worker_capacity,
         first_run: config.serve.first_run,
@@ -42,6 +47,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         delete_timeout: config.deletion.timeout,
         backoff,
         stale,
+        wake,
     };
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let summary = tokio.block_on(async {
@@ -56,13 +62,61 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(worker) = imports {
             tokio::spawn(async move { worker.run_forever().await });
         }
-        daemon::run(ctx, policies, store, options, shutdown, &print_event).await
+        // The API beside the daemon, stopped when it returns.
+        let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let api_task = match api {
+            Some((addr, api)) => {
+                let listener =
+                    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr} (`serve.listen`)"))?;
+                eprintln!("serve: API and /metrics on http://{}", listener.local_addr()?);
+                Some(tokio::spawn(crate::api::serve(listener, api, async move {
+                    let _ = api_stopped.await;
+                })))
+            }
+            None => None,
+        };
+        let on_event = |event: DaemonEvent<'_>| {
+            crate::metrics::get().daemon_event(&event);
+            print_event(event)
+        };
+        let summary = daemon::run(ctx, policies, store, options, shutdown, &on_event).await;
+        let _ = stop_api.send(());
+        if let Some(task) = api_task {
+            task.await.context("the API server panicked")?.context("serving the API")?;
+        }
+        summary
     })?;
     eprintln!(
         "serve: {} passes, {} repository deletions, {} tags deleted, {} recovered, {} stale",
         summary.passes, summary.deletions, summary.tags_deleted, summary.recovered, summary.stale
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The API's address and server state, unless `serve.listen` is `off`.
+fn api_for(
+    config: &Config,
+    store: &crate::store::Store,
+    ctx: &crate::pass::PassContext,
+    policies: &[setup::BoundPolicy],
+    backoff: &Option<(crate::runtime::BackoffPlugin, String)>,
+    stale: &(crate::runtime::StalePlugin, String),
+    wake: &Arc<tokio::sync::Notify>,
+) -> anyhow::Result<Option<(std::net::SocketAddr, Arc<Api>)>> {
+    let Some(addr) = config.api_listen()? else { return Ok(None) };
+    let mut plugins: Vec<LoadedPlugin> = policies
+        .iter()
+        .filter_map(|p| p.policy.retention().map(|r| (p, r)))
+        .map(|(p, r)| LoadedPlugin { role: format!("policy {}", p.policy.name), meta: r.plugin().plugin().meta().clone() })
+        .collect();
+    if let Some((b, _)) = backoff {
+        plugins.push(LoadedPlugin { role: "backoff".into(), meta: b.plugin().meta().clone() });
+    }
+    plugins.push(LoadedPlugin { role: "stale".into(), meta: stale.0.plugin().meta().clone() });
+    let registry = ctx.backend.registry().cloned();
+    let api = Api::new(store.clone(), registry, plugins, config.api_token()?, addr, wake.clone())
+        .with_context(|| format!("in {}", config.path.display()))?;
+    Ok(Some((addr, Arc::new(api))))
 }
 
 fn print_event(event: DaemonEvent<'_>) {

@@ -27,7 +27,7 @@ use super::{FailureCause, PassContext, Progress, RepositoryStatus, StopFlag};
 use crate::deletion::{DeletionPlan, DigestDeletion, TagDeletion};
 use crate::model::{Digest, ErrorClass};
 use crate::registry::{DeleteOutcome, RegistryError, TagDeleteOutcome};
-use crate::store::{AuditEntry, AuditOperation, AuditOutcome};
+use crate::store::{AuditEntry, AuditOperation, AuditOutcome, KeptManifest};
 
 /// How long a pass deletes on the strength of one re-check before listing again. Deleting
 /// from a 2,000-tag repository runs at ~100 manifests/s; re-checking it costs a listing
@@ -379,12 +379,48 @@ impl<'a> Execution<'a> {
         if self.must_stop() {
             return Done::Skipped;
         }
+        if let Err(not_deleted) = self.keep_manifest(&d.digest).await {
+            return not_deleted;
+        }
         let id = match self.audit_attempt(AuditOperation::DeleteManifest, &d.digest, &d.tags) {
             Ok(id) => id,
             // No audit record, no deletion: an unwritable audit log stops the pass.
             Err(e) => return Done::Failed { message: format!("{e:#}"), cause: FailureCause::permanent() },
         };
         self.delete_and_settle(&d.digest, id).await
+    }
+
+    /// Keeps manifest `digest` as the registry serves it, before deleting it, so that a tag
+    /// deleted by mistake can be restored (`crate::restore`). A manifest that cannot be read
+    /// is not deleted this pass (the next one tries again); one larger than the limit is
+    /// deleted without being kept, with a warning.
+    async fn keep_manifest(&self, digest: &Digest) -> Result<(), Done> {
+        let limit = self.ctx.limits.keep_manifest_bytes;
+        if limit == 0 || self.ctx.audit.has_kept_manifest(digest.as_str()).unwrap_or(false) {
+            return Ok(());
+        }
+        let failed = |message: String, cause| Done::Failed { message, cause };
+        match self.ctx.backend.manifest(self.repository, digest).await {
+            Ok(Some(m)) if m.body.len() > limit => {
+                tracing::warn!(
+                    repository = self.repository,
+                    "manifest {digest} is {} bytes, more than deletion.keep_manifest_bytes ({limit}): deleted without a copy to restore",
+                    m.body.len()
+                );
+                Ok(())
+            }
+            Ok(Some(m)) => self
+                .ctx
+                .audit
+                .keep_manifest(&KeptManifest { digest: m.digest.to_string(), media_type: m.media_type, body: m.body.to_vec() })
+                .map_err(|e| failed(format!("{e:#} (not deleted: it could not be restored)"), FailureCause::permanent())),
+            // Gone already: the delete will find it so.
+            Ok(None) => Ok(()),
+            Err(e) => Err(failed(
+                format!("reading manifest {digest} to keep it for restore (not deleted this pass): {e}"),
+                FailureCause::from(&e),
+            )),
+        }
     }
 
     /// Deletes tagwarden's dummy manifest, settling the open audit rows `ids` (the tags

@@ -55,6 +55,10 @@ pub enum PassError {
     Registry(RegistryError),
 }
 
+/// The default of [`DeletionLimits::keep_manifest_bytes`]: far above any image manifest or
+/// index seen in practice (a few KiB), a sixteenth of distribution's own 4 MiB limit.
+pub const KEEP_MANIFEST_BYTES: usize = 256 * 1024;
+
 /// Limits of the deletion half.
 #[derive(Debug, Clone)]
 pub struct DeletionLimits {
@@ -64,6 +68,9 @@ pub struct DeletionLimits {
     pub concurrency: usize,
     /// At most this many tags deleted per pass (`deletion.max_list_size`).
     pub max_list_size: Option<usize>,
+    /// A manifest up to this size is read and kept before it is deleted, for `tagwarden
+    /// restore` (`deletion.keep_manifest_bytes`); 0 keeps none.
+    pub keep_manifest_bytes: usize,
 }
 
 /// Everything a pass needs besides the policy.

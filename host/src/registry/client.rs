@@ -27,6 +27,14 @@ const GITLAB_UNKNOWN: u8 = 0;
 const GITLAB_YES: u8 = 1;
 const GITLAB_NO: u8 = 2;
 
+/// A manifest's bytes as the registry served them, and their media type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestContent {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: Bytes,
+}
+
 /// A client for one registry. Cheap to clone (clones share connections, tokens, the concurrency
 /// limit and the counters); `Send + Sync`.
 #[derive(Clone)]
@@ -220,6 +228,16 @@ impl RegistryClient {
             _ => computed,
         };
         Ok(Some((digest, answer)))
+    }
+
+    /// Manifest `digest` exactly as the registry serves it (the bytes checked against the
+    /// digest), with its media type: what tagwarden keeps before deleting it, so that a restore
+    /// can push it back. `None` on 404.
+    pub async fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<ManifestContent>, RegistryError> {
+        self.check_repository(repo)?;
+        let Some((_, answer)) = self.get_manifest(repo, digest.as_str()).await? else { return Ok(None) };
+        let media_type = media::served_media_type(answer.header("content-type"), &answer.body);
+        Ok(Some(ManifestContent { digest: digest.clone(), media_type, body: answer.body }))
     }
 
     /// `GET` a blob (following redirects to blob storage); `None` on 404.
@@ -449,10 +467,7 @@ impl RegistryClient {
 
     /// Tags: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
     pub(super) fn check_tag(&self, repo: &str, tag: &str) -> Result<(), RegistryError> {
-        let valid = (1..=128).contains(&tag.len())
-            && tag.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-            && !matches!(tag.as_bytes()[0], b'.' | b'-');
-        if valid { Ok(()) } else { Err(self.invalid(repo, format!("`{tag}` is not a valid tag"))) }
+        if is_valid_tag(tag) { Ok(()) } else { Err(self.invalid(repo, format!("`{tag}` is not a valid tag"))) }
     }
 
     fn invalid(&self, repo: &str, message: String) -> RegistryError {
@@ -478,6 +493,24 @@ pub fn is_valid_repository_name(repo: &str) -> bool {
                 && c.as_bytes()[0].is_ascii_alphanumeric()
                 && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
         })
+}
+
+/// Whether `tag` is a tag of the distribution grammar: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn is_valid_tag(tag: &str) -> bool {
+    (1..=128).contains(&tag.len())
+        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && !matches!(tag.as_bytes()[0], b'.' | b'-')
+}
+
+/// [`is_valid_tag`] as an error for an operator who typed the tag.
+pub fn validate_tag(tag: &str) -> anyhow::Result<()> {
+    if is_valid_tag(tag) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "`{}` is not a valid tag: expected up to 128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`",
+        crate::untrusted::escape(tag)
+    )
 }
 
 /// [`is_valid_repository_name`] as an error for an operator who typed the name.

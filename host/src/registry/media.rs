@@ -31,6 +31,10 @@ pub struct Descriptor {
     /// An artifact's type, in a referrers API answer.
     #[serde(rename = "artifactType", default)]
     pub artifact_type: Option<String>,
+    /// Where a foreign layer lives outside the registry (Windows base layers): not a blob of
+    /// the repository.
+    #[serde(default)]
+    pub urls: Vec<String>,
 }
 
 /// The parts of an image manifest or index that tagwarden reads.
@@ -94,6 +98,45 @@ impl Manifest {
         out.sort();
         out.dedup();
         out
+    }
+}
+
+/// What a manifest needs from its repository to be pushed: blobs (an image's config and
+/// layers, foreign layers left out) and manifests (an index's entries).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct References {
+    /// Each blob with what it is (`config`, `layer 1 of 3`), for error messages.
+    pub blobs: Vec<(Digest, String)>,
+    pub manifests: Vec<Digest>,
+}
+
+/// The blobs and manifests `body` references; an error when it is not a manifest or names a
+/// malformed digest.
+pub fn references(body: &[u8]) -> anyhow::Result<References> {
+    let m = Manifest::parse(body).map_err(|e| anyhow::anyhow!("not a manifest ({e})"))?;
+    let parse = |d: &Descriptor| Digest::parse(&d.digest).map_err(|e| anyhow::anyhow!("bad digest `{}` in the manifest: {e:#}", d.digest));
+    let mut out = References::default();
+    if let Some(config) = &m.config {
+        out.blobs.push((parse(config)?, "config".to_owned()));
+    }
+    let n = m.layers.len();
+    for (i, layer) in m.layers.iter().enumerate() {
+        if layer.urls.is_empty() {
+            out.blobs.push((parse(layer)?, format!("layer {} of {n}", i + 1)));
+        }
+    }
+    for child in &m.manifests {
+        out.manifests.push(parse(child)?);
+    }
+    Ok(out)
+}
+
+/// The media type a manifest was served as: the `Content-Type` when it names one, else the
+/// document's own `mediaType`, else an OCI image manifest (the only type that may omit both).
+pub fn served_media_type(content_type: Option<&str>, body: &[u8]) -> String {
+    match content_type.map(essence) {
+        Some(t) if !t.is_empty() && !matches!(t, "application/json" | "application/octet-stream" | "text/plain") => t.to_owned(),
+        _ => Manifest::parse(body).ok().and_then(|m| m.media_type).unwrap_or_else(|| OCI_MANIFEST.to_owned()),
     }
 }
 

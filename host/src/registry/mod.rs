@@ -48,10 +48,12 @@ mod transport;
 use std::time::Duration;
 
 pub use auth::{Credentials, Secret, redact_userinfo};
-pub use client::{RegistryClient, is_valid_repository_name, validate_repository_name};
+pub use client::{ManifestContent, RegistryClient, is_valid_repository_name, is_valid_tag, validate_repository_name, validate_tag};
 pub use error::{RegistryError, RequestLine};
 pub use import::{CancelOutcome, ImportStart, ImportType, RegistryImportStatus};
-pub use media::{DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST};
+pub use media::{
+    DOCKER_CONFIG, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, References, references,
+};
 pub use transport::RequestStats;
 
 #[allow(unused_imports)] // for the docs above

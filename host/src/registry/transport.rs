@@ -340,6 +340,11 @@ impl Transport {
         })
         .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        let status = match &result {
+            Ok(Ok(answer)) => Some(answer.status.as_u16()),
+            _ => None,
+        };
+        crate::metrics::get().registry_request(req.method.as_str(), status, started.elapsed());
         match result {
             Ok(Ok(answer)) => {
                 tracing::debug!(method = %req.method, path = req.url.path(), status = answer.status.as_u16(), elapsed_ms, "registry request");

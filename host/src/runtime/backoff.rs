@@ -67,6 +67,13 @@ impl BackoffPlugin {
 
     /// Asks the plugin what to do after `failure`, in a fresh store.
     pub fn decide(&self, params: &str, failure: &Failure) -> Result<BackoffDecision, PluginError> {
+        let started = std::time::Instant::now();
+        let result = self.decide_fresh(params, failure);
+        crate::metrics::get().plugin_call(&self.plugin.meta().name, "backoff", result.as_ref().err().map(|e| &e.cause), started.elapsed());
+        result
+    }
+
+    fn decide_fresh(&self, params: &str, failure: &Failure) -> Result<BackoffDecision, PluginError> {
         let input = wire::Failure {
             operation: failure.operation.into(),
             attempt: failure.attempt,

@@ -166,6 +166,14 @@ impl ConfiguredPolicy {
     /// Decides every tag and untagged manifest of `list` as of `now`, with a warm
     /// instance when one is idle. Never partial, like [`RetentionPlugin::evaluate`].
     pub fn evaluate(&self, list: &TagList, now: Timestamp) -> Result<RetentionDecisions, PluginError> {
+        let started = std::time::Instant::now();
+        let result = self.evaluate_warm(list, now);
+        let name = &self.plugin.plugin.meta().name;
+        crate::metrics::get().plugin_call(name, "retention", result.as_ref().err().map(|e| &e.cause), started.elapsed());
+        result
+    }
+
+    fn evaluate_warm(&self, list: &TagList, now: Timestamp) -> Result<RetentionDecisions, PluginError> {
         let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let mut instance = match idle {
             Some(instance) => instance,

@@ -52,6 +52,13 @@ impl StalePlugin {
 
     /// Judges one operation, in a fresh store.
     pub fn check(&self, params: &str, op: &Operation) -> Result<StaleVerdict, PluginError> {
+        let started = std::time::Instant::now();
+        let result = self.check_fresh(params, op);
+        crate::metrics::get().plugin_call(&self.plugin.meta().name, "stale", result.as_ref().err().map(|e| &e.cause), started.elapsed());
+        result
+    }
+
+    fn check_fresh(&self, params: &str, op: &Operation) -> Result<StaleVerdict, PluginError> {
         let input = wire::Operation {
             kind: op.kind.into(),
             state: op.state.clone(),

@@ -65,6 +65,9 @@ pub struct DaemonOptions {
     pub backoff: Option<(BackoffPlugin, String)>,
     /// The stale plugin and its params (JSON).
     pub stale: (StalePlugin, String),
+    /// Notified when an operator changed the state (the API's actions): look at it now
+    /// rather than at the next poll.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// What the daemon reports as it goes (the CLI prints these).
@@ -177,6 +180,7 @@ pub async fn run<S: StateStore + Clone + 'static>(
             let sleep = until.unwrap_or(IDLE_POLL).min(IDLE_POLL).min(next_duty.saturating_duration_since(Instant::now()));
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => continue,
+                _ = options.wake.notified() => continue,
                 _ = &mut shutdown => return Ok(summary),
             }
         }
@@ -187,6 +191,7 @@ pub async fn run<S: StateStore + Clone + 'static>(
                 record(&state, me, &job, &report, options.backoff.as_ref(), &mut summary, on_event)?;
             }
             _ = tokio::time::sleep_until(next_duty.into()) => {}
+            _ = options.wake.notified() => {}
             _ = &mut shutdown => {
                 on_event(DaemonEvent::ShuttingDown { running: running.len() });
                 stops.values().for_each(|s| s.stop("the daemon is shutting down"));

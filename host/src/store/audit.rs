@@ -3,6 +3,12 @@
 //! between the two, or an answer that does not say what happened (a timeout), leaves an
 //! `attempted` row, so nothing is ever deleted unrecorded; the next pass over the
 //! repository checks the registry and resolves it (`deleted`, or `not_deleted`).
+//!
+//! Before a manifest is deleted, the bytes and media type the registry served for it are
+//! kept here too (`deleted_manifests`, by digest, up to a configured size), so that an
+//! operator can push it back (`tagwarden restore`); a restore is a row of its own
+//! (`restore_tag`: `restoring`, then `restored` or `failed`), which reconciliation never
+//! looks at: it only settles `attempted` rows.
 
 use rusqlite::params;
 
@@ -18,6 +24,8 @@ pub enum AuditOperation {
     DeleteTag,
     /// GitLab's fallback: the tag moved onto a dummy manifest, which is then deleted.
     UntagViaDummy,
+    /// An operator's restore: a deleted manifest pushed back under a tag.
+    RestoreTag,
 }
 
 impl AuditOperation {
@@ -26,6 +34,7 @@ impl AuditOperation {
             AuditOperation::DeleteManifest => "delete_manifest",
             AuditOperation::DeleteTag => "delete_tag",
             AuditOperation::UntagViaDummy => "untag_via_dummy",
+            AuditOperation::RestoreTag => "restore_tag",
         }
     }
 }
@@ -39,6 +48,8 @@ pub enum AuditOutcome {
     /// Found undone when an interrupted or ambiguous attempt was checked afterwards: the
     /// registry still has it, and the current policy decides about it again.
     NotDeleted,
+    /// A restore pushed the manifest back.
+    Restored,
 }
 
 impl AuditOutcome {
@@ -48,6 +59,7 @@ impl AuditOutcome {
             AuditOutcome::AlreadyGone => "already_gone",
             AuditOutcome::Failed => "failed",
             AuditOutcome::NotDeleted => "not_deleted",
+            AuditOutcome::Restored => "restored",
         }
     }
 }
@@ -96,6 +108,30 @@ pub struct AuditRecord {
     pub outcome: String,
     pub detail: Option<String>,
     pub run_id: Option<i64>,
+}
+
+/// A manifest as the registry served it before tagwarden deleted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptManifest {
+    pub digest: String,
+    pub media_type: String,
+    pub body: Vec<u8>,
+}
+
+/// What [`AuditLog::search`] looks for; every field narrows it, `None` does not.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery<'a> {
+    pub repository: Option<&'a str>,
+    /// A tag among the row's tags (exact).
+    pub tag: Option<&'a str>,
+    pub digest: Option<&'a str>,
+    /// Rows written at or after this time.
+    pub since: Option<Timestamp>,
+    /// Rows written before this time.
+    pub until: Option<Timestamp>,
+    /// Rows older than this id: the next page after a page ending at it.
+    pub before_id: Option<i64>,
+    pub limit: usize,
 }
 
 /// The audit table.
@@ -210,29 +246,108 @@ impl AuditLog {
 
     /// [`AuditLog::recent`], only rows written at or after `since`.
     pub fn recent_since(&self, repository: Option<&str>, since: Option<Timestamp>, limit: usize) -> anyhow::Result<Vec<AuditRecord>> {
-        let conn = self.store.lock();
-        let mut stmt = conn.prepare(
-            "SELECT id, at, registry, repository, operation, digest, tags, decided_by, outcome, detail, run_id FROM audit_log
-             WHERE (?1 IS NULL OR repository = ?1) AND (?3 IS NULL OR at >= ?3) ORDER BY id DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![repository, limit as i64, since.map(Timestamp::unix_micros)], |r| {
-            let tags: String = r.get(6)?;
-            Ok(AuditRecord {
-                id: r.get(0)?,
-                at: Timestamp::from_unix_micros(r.get(1)?),
-                registry: r.get(2)?,
-                repository: r.get(3)?,
-                operation: r.get(4)?,
-                digest: r.get(5)?,
-                tags: split_tags(&tags),
-                decided_by: r.get(7)?,
-                outcome: r.get(8)?,
-                detail: r.get(9)?,
-                run_id: r.get(10)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.search(&AuditQuery { repository, since, limit, ..AuditQuery::default() })
     }
+
+    /// Rows matching `q`, newest first.
+    pub fn search(&self, q: &AuditQuery<'_>) -> anyhow::Result<Vec<AuditRecord>> {
+        let conn = self.store.lock();
+        // Tags are stored comma-separated: a tag matches when `,tag,` is in `,tags,`
+        // (instr, not LIKE: `_` is a wildcard there and common in tags).
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, at, registry, repository, operation, digest, tags, decided_by, outcome, detail, run_id FROM audit_log
+             WHERE (?1 IS NULL OR repository = ?1) AND (?3 IS NULL OR at >= ?3) AND (?4 IS NULL OR at < ?4)
+               AND (?5 IS NULL OR instr(',' || tags || ',', ',' || ?5 || ',') > 0) AND (?6 IS NULL OR digest = ?6)
+               AND (?7 IS NULL OR id < ?7)
+             ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                q.repository,
+                q.limit as i64,
+                q.since.map(Timestamp::unix_micros),
+                q.until.map(Timestamp::unix_micros),
+                q.tag,
+                q.digest,
+                q.before_id
+            ],
+            record,
+        )?;
+        rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading the audit log in {}: {e}", self.store.describe()))
+    }
+
+    /// The newest row that deleted `tag` from `repository` (`deleted` or `already_gone`, by
+    /// any operation but a restore): what a restore of the tag starts from.
+    pub fn last_deletion(&self, repository: &str, tag: &str) -> anyhow::Result<Option<AuditRecord>> {
+        let conn = self.store.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, at, registry, repository, operation, digest, tags, decided_by, outcome, detail, run_id FROM audit_log
+             WHERE repository = ?1 AND instr(',' || tags || ',', ',' || ?2 || ',') > 0
+               AND outcome IN ('deleted', 'already_gone') AND operation != 'restore_tag'
+             ORDER BY id DESC LIMIT 1",
+        )?;
+        let mut rows = stmt.query_map(params![repository, tag], record)?;
+        rows.next().transpose().map_err(|e| anyhow::anyhow!("reading the audit log in {}: {e}", self.store.describe()))
+    }
+
+    /// Records a restore about to be pushed (`restoring`; [`AuditLog::finish`] completes it).
+    /// Not `attempted`: reconciliation settles deletions only.
+    pub fn restore_attempt(&self, e: &AuditEntry<'_>) -> anyhow::Result<i64> {
+        let conn = self.store.lock();
+        conn.execute(
+            "INSERT INTO audit_log (at, registry, repository, operation, digest, tags, decided_by, outcome, run_id)
+             VALUES (?1, ?2, ?3, 'restore_tag', ?4, ?5, ?6, 'restoring', NULL)",
+            params![Timestamp::now().unix_micros(), e.registry, e.repository, e.digest, e.tags.join(","), e.decided_by],
+        )
+        .map_err(|err| anyhow::anyhow!("writing the audit log in {}: {err}", self.store.describe()))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Keeps a manifest about to be deleted, for a later restore. The same digest kept
+    /// before is left as it is (the bytes are the digest's).
+    pub fn keep_manifest(&self, m: &KeptManifest) -> anyhow::Result<()> {
+        self.store
+            .lock()
+            .execute(
+                "INSERT OR IGNORE INTO deleted_manifests (digest, media_type, body, kept_at) VALUES (?1, ?2, ?3, ?4)",
+                params![m.digest, m.media_type, m.body, Timestamp::now().unix_micros()],
+            )
+            .map_err(|err| anyhow::anyhow!("keeping manifest {} in {}: {err}", m.digest, self.store.describe()))?;
+        Ok(())
+    }
+
+    /// Whether manifest `digest` is kept already (no need to read it again).
+    pub fn has_kept_manifest(&self, digest: &str) -> anyhow::Result<bool> {
+        let conn = self.store.lock();
+        let n: i64 = conn.query_row("SELECT count(*) FROM deleted_manifests WHERE digest = ?1", params![digest], |r| r.get(0))?;
+        Ok(n > 0)
+    }
+
+    /// The kept manifest `digest`, if any.
+    pub fn kept_manifest(&self, digest: &str) -> anyhow::Result<Option<KeptManifest>> {
+        let conn = self.store.lock();
+        let mut stmt = conn.prepare_cached("SELECT media_type, body FROM deleted_manifests WHERE digest = ?1")?;
+        let mut rows =
+            stmt.query_map(params![digest], |r| Ok(KeptManifest { digest: digest.to_owned(), media_type: r.get(0)?, body: r.get(1)? }))?;
+        rows.next().transpose().map_err(|e| anyhow::anyhow!("reading kept manifests in {}: {e}", self.store.describe()))
+    }
+}
+
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    let tags: String = r.get(6)?;
+    Ok(AuditRecord {
+        id: r.get(0)?,
+        at: Timestamp::from_unix_micros(r.get(1)?),
+        registry: r.get(2)?,
+        repository: r.get(3)?,
+        operation: r.get(4)?,
+        digest: r.get(5)?,
+        tags: split_tags(&tags),
+        decided_by: r.get(7)?,
+        outcome: r.get(8)?,
+        detail: r.get(9)?,
+        run_id: r.get(10)?,
+    })
 }
 
 /// The `tags` column: comma-separated (tag names cannot contain commas).

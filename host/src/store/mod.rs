@@ -7,8 +7,9 @@
 //!   image config's `created`, size, config digest). A digest names immutable content, so entries never
 //!   go stale and are never expired.
 //!
-//! - [`AuditLog`] (`audit_log`): every deletion attempt, written before the request and
-//!   completed after it; rows still `attempted` are what reconciliation resolves.
+//! - [`AuditLog`] (`audit_log`, `deleted_manifests`): every deletion attempt, written before the
+//!   request and completed after it; rows still `attempted` are what reconciliation resolves.
+//!   Also the manifests deleted (bytes and media type, by digest) and the restores of tags.
 //!
 //! - [`RunLog`] (`runs`): one row per pass that reached a plan, opened before its first deletion
 //!   request and closed after its last; its audit rows point at it.
@@ -29,6 +30,7 @@
 //! ([`MetadataCache::put_many`]) run in one transaction and belong on `spawn_blocking`.
 
 mod audit;
+mod browse;
 mod deletions;
 mod imports;
 mod metadata;
@@ -42,7 +44,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rusqlite::Connection;
 
-pub use audit::{AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditRecord, OpenAttempt};
+pub use audit::{AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditQuery, AuditRecord, KeptManifest, OpenAttempt};
+pub use browse::DayTotals;
 pub use deletions::{DeletionOutcome, DeletionState, DeletionStatus};
 pub use imports::{Change, Enqueued, ImportEvent, ImportHistory, ImportLog, ImportRecord, ImportState, TransitionRefused, transition};
 pub use metadata::{ManifestMetadata, MetadataCache};
@@ -188,6 +191,15 @@ const MIGRATIONS: &[&str] = &[
         detail     TEXT
     );
     CREATE INDEX import_events_path ON import_events (path, id);",
+    // 8: the manifests tagwarden deleted, as the registry served them just before (audit.rs),
+    // so `tagwarden restore` can push them back. Keyed by digest: the bytes are the digest's,
+    // shared by every audit row and repository that deleted it.
+    "CREATE TABLE deleted_manifests (
+        digest      TEXT PRIMARY KEY NOT NULL,
+        media_type  TEXT NOT NULL,
+        body        BLOB NOT NULL,
+        kept_at     INTEGER NOT NULL
+    );",
 ];
 
 /// How long a statement waits for another process's write lock before failing.
