@@ -31,6 +31,9 @@
 //!   store each time) and warm (a new client on the same store, as the next `run --once`
 //!   would be); requests counted by `RegistryClient::stats`.
 //!
+//! Passes keep each manifest before deleting it (for `tagwarden restore`: one `GET` per
+//! deleted manifest); `TAGWARDEN_BENCH_KEEP_MANIFESTS=0` runs them without.
+//!
 //! Per-request latencies of the pass's DELETEs come from the transport's `registry
 //! request` debug events (captured by a tracing layer for that one target; set
 //! `TAGWARDEN_BENCH_LATENCIES=0` to run without it); curl's from `-w %{time_total}`. The
@@ -386,7 +389,12 @@ async fn pass_deletes(seeded: &Seeded, policy: &Policy, client_concurrency: usiz
             timeout: Duration::from_secs(3600),
             concurrency: delete_concurrency,
             max_list_size: None,
-            keep_manifest_bytes: tagwarden::pass::KEEP_MANIFEST_BYTES,
+            // What a pass pays for restorability (one GET per deleted manifest): compare with
+            // TAGWARDEN_BENCH_KEEP_MANIFESTS=0.
+            keep_manifest_bytes: match std::env::var("TAGWARDEN_BENCH_KEEP_MANIFESTS").as_deref() {
+                Ok("0") => 0,
+                _ => tagwarden::pass::KEEP_MANIFEST_BYTES,
+            },
         },
         dry_run: false,
         now: Some(Timestamp::now()),

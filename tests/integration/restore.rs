@@ -166,3 +166,41 @@ async fn the_restore_command_undoes_a_run_and_explains_what_it_cannot_do() {
     }
     assert_eq!(snapshot(&seed, repo).await, before, "failed restores change nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_that_cannot_be_read_first_is_not_deleted_and_the_next_pass_keeps_and_deletes_it() {
+    let reg = registry().await;
+    let seed = reg.client();
+    let repo = "group/keep";
+    for (tag, age) in [("old-1", 30), ("old-2", 20), ("new", 1)] {
+        seed.push_image(repo, tag, Some(&ago(days(age)))).await.unwrap();
+    }
+    let before = snapshot(&seed, repo).await;
+    let proxy = tagwarden_testbed::FaultProxy::start(reg.url()).await.unwrap();
+    let store = Store::in_memory().unwrap();
+    let ctx = context(crate::pass::client_with(proxy.url(), &store, |c| c.max_retries = 0), &store);
+    let policy = gitlab(json!({"name_regex_delete": "old-.*", "older_than": "7d"}));
+    // Listed once (metadata cached), so the only GETs by digest are the reads before deleting.
+    ctx.backend.registry().unwrap().tag_list(repo, &|_, _| {}).await.unwrap();
+    proxy.inject(tagwarden_testbed::Fault::Status {
+        method: Some("GET".into()),
+        path_contains: "/manifests/sha256:".into(),
+        status: 503,
+        times: usize::MAX,
+    });
+    let report = run(&ctx, &policy, repo).await;
+    assert!(matches!(report.status, tagwarden::pass::RepositoryStatus::Unfinished(_)), "{report:#?}");
+    assert!(report.errors.iter().any(|e| e.contains("to keep it for restore")), "{report:#?}");
+    assert_eq!(proxy.count("DELETE", "/manifests/"), 0, "nothing deleted without its copy");
+    assert_eq!(snapshot(&seed, repo).await, before);
+
+    proxy.clear();
+    let report = run(&ctx, &policy, repo).await;
+    assert!(report.status.is_success(), "{report:#?}");
+    for tag in ["old-1", "old-2"] {
+        assert_eq!(seed.resolve(repo, tag).await.unwrap(), None);
+        let kept = store.audit_log().kept_manifest(&before[tag]).unwrap().expect("kept before the delete");
+        assert_eq!(tagwarden::model::Digest::sha256_of(&kept.body).to_string(), before[tag]);
+        assert_eq!(kept.media_type, "application/vnd.oci.image.manifest.v1+json");
+    }
+}
