@@ -126,7 +126,7 @@ fn pass_overhead(now: Timestamp, due: Timestamp) -> anyhow::Result<()> {
         runs: store.runs(),
         imports: store.imports(),
         guards: Guards::default(),
-        limits: DeletionLimits { timeout: Duration::from_secs(250), concurrency: 8, max_list_size: None },
+        limits: DeletionLimits { timeout: Duration::from_secs(250), concurrency: 8, max_list_size: None, keep_manifest_bytes: 0 },
         dry_run: false,
         now: Some(now),
     };
