@@ -210,6 +210,9 @@ async fn a_pass_deletes_exactly_what_eval_decides_over_a_recording_of_the_same_r
         assert_eq!((row.operation.as_str(), row.outcome.as_str(), row.tags.len()), ("delete_manifest", "deleted", 1), "{row:#?}");
         assert_eq!(row.digest, before[&row.tags[0]], "{row:#?}");
         assert!(row.decided_by.contains("test-policy") && row.decided_by.contains("gitlab-retention"), "{row:#?}");
+        // ...and the rule that deleted its tag: the plugin's reason, as eval gives it.
+        let i = recording.list.tags().iter().position(|t| t.name == row.tags[0]).unwrap();
+        assert!(row.decided_by.ends_with(&format!("; rule: {}", decisions.tag(i).reason)), "{row:#?}");
         assert!(row.registry.starts_with(reg.url()), "{row:#?}");
     }
     assert_eq!(audited_deletions(&rows), eval_deletes);

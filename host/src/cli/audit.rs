@@ -80,7 +80,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
                     output::short_digest(&r.digest).to_owned(),
                     if r.tags.is_empty() { "-".into() } else { r.tags.join(",") },
                     outcome,
-                    r.decided_by.clone(),
+                    // It carries the plugin's reason: escaped for the terminal.
+                    crate::untrusted::escape(&r.decided_by).into_owned(),
                 ]);
             }
             let failed: Vec<bool> = std::iter::once(false).chain(records.iter().map(|r| r.outcome == "failed")).collect();

@@ -154,6 +154,9 @@ pub(super) struct Execution<'a> {
     pub deadline: Instant,
     /// Set by the daemon (shutdown, a stale verdict): stop before the next deletion.
     pub stop: StopFlag,
+    /// The rule behind each deletion (tag name, or digest of an untagged manifest → the
+    /// verdict's reason), recorded in its audit row.
+    pub rules: std::collections::HashMap<String, String>,
     progress: &'a (dyn Fn(Progress) + Send + Sync),
     total: AtomicUsize,
     done: AtomicUsize,
@@ -177,6 +180,7 @@ impl<'a> Execution<'a> {
             run_id,
             deadline: Instant::now() + ctx.limits.timeout,
             stop: StopFlag::default(),
+            rules: Default::default(),
             progress,
             total: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
@@ -185,8 +189,20 @@ impl<'a> Execution<'a> {
     }
 
     /// Writes an `attempted` audit row for an operation this pass's policy decided.
+    /// The row names who decided and the rule each of its tags (or, untagged, its digest)
+    /// was deleted by, e.g. `policy p (gitlab-retention 0.1.0 sha256:…); rule: older than 7d`.
     pub fn audit_attempt(&self, operation: AuditOperation, digest: &Digest, tags: &[String]) -> anyhow::Result<i64> {
-        self.audit_attempt_as(operation, digest, tags, &self.decided_by)
+        let mut rules: Vec<&str> = Vec::new();
+        let keys: Vec<String> = if tags.is_empty() { vec![digest.to_string()] } else { tags.to_vec() };
+        for rule in keys.iter().filter_map(|k| self.rules.get(k)) {
+            if !rules.contains(&rule.as_str()) {
+                rules.push(rule);
+            }
+        }
+        if rules.is_empty() {
+            return self.audit_attempt_as(operation, digest, tags, &self.decided_by);
+        }
+        self.audit_attempt_as(operation, digest, tags, &format!("{}; rule: {}", self.decided_by, rules.join(" | ")))
     }
 
     pub fn audit_attempt_as(&self, operation: AuditOperation, digest: &Digest, tags: &[String], decided_by: &str) -> anyhow::Result<i64> {

@@ -428,6 +428,7 @@ async fn pass(
             let digest_tags = deletion.digests.iter().flat_map(|d| d.tags.iter().cloned());
             report.not_deleted = digest_tags.chain(deletion.shared_tags.iter().map(|t| t.tag.clone())).collect();
         } else if !deletion.is_empty() {
+            ex.rules = repository_plan.rules_of_deletions();
             let tally = ex.run(deletion).await;
             report.status = tally.status(ctx.limits.timeout, stop.reason());
             report.tags_deleted = tally.tags_deleted;

@@ -140,6 +140,28 @@ impl RepositoryPlan {
         Ok(before - self.deletion.tag_count())
     }
 
+    /// The rule (the verdict's reason) behind each deletion, by tag name, and by digest for
+    /// untagged manifests: what the audit log records beside who decided.
+    pub fn rules_of_deletions(&self) -> std::collections::HashMap<String, String> {
+        let deleting = |v: &&Verdict| v.action == Action::Delete;
+        let tags = self.list.tags().iter().zip(&self.tags).filter(|(_, v)| deleting(v)).map(|(t, v)| (t.name.clone(), v.reason.clone()));
+        let untagged = self
+            .list
+            .untagged()
+            .iter()
+            .zip(&self.untagged)
+            .filter(|(_, v)| deleting(v))
+            .map(|(u, v)| (u.digest.to_string(), v.reason.clone()));
+        let referrers = self
+            .list
+            .referrers()
+            .iter()
+            .zip(&self.referrers)
+            .filter(|(_, v)| deleting(v))
+            .map(|(r, v)| (r.tag.clone().unwrap_or_else(|| r.digest.to_string()), v.reason.clone()));
+        tags.chain(untagged).chain(referrers).collect()
+    }
+
     /// Referrers the plan deletes.
     pub fn referrers_to_delete(&self) -> usize {
         self.referrers.iter().filter(|v| v.action == Action::Delete).count()
