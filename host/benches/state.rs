@@ -17,7 +17,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use tagwarden::model::Timestamp;
-use tagwarden::store::{CleanupStatus, PolicyState, RepositoryState, StateStore, Store};
+use tagwarden::store::{CleanupOutcome, PolicyState, StateStore, Store};
 
 const POLICIES: usize = 10;
 const CLAIMS_PER_RUN: usize = 20_000;
@@ -66,20 +66,9 @@ fn main() -> anyhow::Result<()> {
                             let claim = store.claim_next(now, &format!("worker-{w}"), Duration::from_secs(600))?;
                             out.push(t.elapsed());
                             let Some(claim) = claim else { anyhow::bail!("the queue ran dry") };
-                            // The pass finished: done for this cycle.
-                            store.put_repository_state(&RepositoryState {
-                                path: claim.path,
-                                policy: claim.policy,
-                                status: CleanupStatus::Unscheduled,
-                                started_at: Some(now),
-                                completed_at: Some(now),
-                                next_attempt_at: None,
-                                consecutive_failures: 0,
-                                lease_owner: None,
-                                lease_expires_at: None,
-                                last_failure: None,
-                                last_deleted: None,
-                            })?;
+                            // The pass finished: done for this cycle, as the daemon records it.
+                            let owner = format!("worker-{w}");
+                            store.finish_claim(&claim.path, &owner, &CleanupOutcome::Done { deleted: 0 }, now)?;
                         }
                         Ok(out)
                     })
@@ -101,19 +90,42 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!("\nclaims/s counts the claim and the bookkeeping write that marks the repository done.");
-    pass_overhead(now, due)
+    pass_overhead(now, due, repositories)
 }
 
-/// Passes timed one by one over an empty repository, after a warm-up.
+/// Passes per worker count, after a warm-up of a tenth as many.
 const PASSES: usize = 2_000;
 
-fn pass_overhead(now: Timestamp, due: Timestamp) -> anyhow::Result<()> {
+/// The daemon's worker loop over empty repositories (the state table as large as the claim
+/// benchmark's, every repository with an empty recording): claim → list → evaluate → run row
+/// opened and closed → claim finished, back to back, with 1 and `worker_capacity` workers.
+/// Empty repositories make it the highest claim rate a daemon can reach (every pass takes
+/// a fraction of a millisecond), so this is where claims contend most in service. Each
+/// worker count gets a database of its own.
+fn pass_overhead(now: Timestamp, due: Timestamp, repositories: usize) -> anyhow::Result<()> {
+    println!("\n### The daemon's loop: claims in service and overhead per pass\n");
+    println!(
+        "{PASSES} passes over empty repositories, back to back: claim (from {repositories} repositories in {POLICIES} policies, all due) → \
+         list → evaluate → run row opened and closed → claim finished.\n"
+    );
+    println!("| workers | passes | claim p50 | claim p99 | pass p50 | pass p99 | pass max | passes/s |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for workers in [1, 2] {
+        daemon_loop(now, due, repositories, workers)?;
+    }
+    Ok(())
+}
+
+fn daemon_loop(now: Timestamp, due: Timestamp, repositories: usize, workers: usize) -> anyhow::Result<()> {
     use tagwarden::backend::{Backend, RecordingBackend};
     use tagwarden::model::TagList;
     use tagwarden::pass::{self, DeletionLimits, Guards, PassContext, Policy};
     use tagwarden::runtime::{PluginLimits, PluginRuntime, RuntimeConfig};
-    use tagwarden::store::CleanupOutcome;
 
+    let warm_up = PASSES / 10;
+    let paths: Vec<Vec<String>> =
+        (0..POLICIES).map(|p| (0..repositories / POLICIES).map(|i| format!("group-{p}/empty-{i:07}")).collect()).collect();
+    let lists = paths.iter().flatten().map(|p| TagList::new(p, vec![], vec![])).collect::<Result<Vec<_>, _>>()?;
     let dir = tempfile::tempdir()?;
     let store = Store::open(&dir.path().join("tagwarden.db"))?;
     let runtime = std::sync::Arc::new(PluginRuntime::new(RuntimeConfig::default())?);
@@ -121,7 +133,7 @@ fn pass_overhead(now: Timestamp, due: Timestamp) -> anyhow::Result<()> {
     let plugin = runtime.load_file(&path, PluginLimits::default())?.into_retention()?;
     let policy = Policy::new("p", &plugin, r#"{"name_regex_delete": ".*", "keep_n": 10, "older_than": "90d"}"#)?;
     let ctx = PassContext {
-        backend: Backend::Recordings(RecordingBackend::from_lists("bench", [TagList::new("group/empty", vec![], vec![])?])),
+        backend: Backend::Recordings(RecordingBackend::from_lists("bench", lists)),
         audit: store.audit_log(),
         runs: store.runs(),
         imports: store.imports(),
@@ -130,41 +142,61 @@ fn pass_overhead(now: Timestamp, due: Timestamp) -> anyhow::Result<()> {
         dry_run: false,
         now: Some(now),
     };
-    store.put_policy_state(&PolicyState { name: "p".into(), enabled: true, cadence: Duration::from_secs(86_400), next_run_at: due })?;
-    store.add_repositories("p", &["group/empty".to_owned()])?;
-    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let mut times = Vec::with_capacity(PASSES);
-    for i in 0..PASSES + PASSES / 10 {
-        // Claimable again: never started, as after a new cadence.
-        store.put_repository_state(&RepositoryState {
-            path: "group/empty".into(),
-            policy: "p".into(),
-            status: CleanupStatus::Unscheduled,
-            started_at: None,
-            completed_at: None,
-            next_attempt_at: None,
-            consecutive_failures: 0,
-            lease_owner: None,
-            lease_expires_at: None,
-            last_failure: None,
-            last_deleted: None,
-        })?;
-        let t = Instant::now();
-        let claim = store.claim_next(now, "bench", Duration::from_secs(600))?.expect("claimable");
-        let report = tokio.block_on(pass::run_repository(&ctx, &policy, &claim.path, &|_| {}));
-        anyhow::ensure!(report.status.is_success(), "{report:?}");
-        anyhow::ensure!(store.finish_claim(&claim.path, "bench", &CleanupOutcome::Done { deleted: report.tags_deleted }, now)?);
-        if i >= PASSES / 10 {
-            times.push(t.elapsed());
-        }
+    for (p, paths) in paths.iter().enumerate() {
+        let name = format!("p{p}");
+        store.put_policy_state(&PolicyState { name: name.clone(), enabled: true, cadence: Duration::from_secs(86_400), next_run_at: due })?;
+        store.add_repositories(&name, paths)?;
     }
-    times.sort();
-    let pick = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-    println!("\n### Daemon overhead per pass\n");
-    println!("{PASSES} passes over an empty repository: claim → list → evaluate → run row opened and closed → claim finished.\n");
-    println!("| p50 | p99 | max |");
-    println!("|---:|---:|---:|");
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let claimed = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    let mut timed: Vec<(Duration, Duration)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (store, ctx, policy, tokio, claimed) = (&store, &ctx, &policy, &tokio, &claimed);
+                s.spawn(move || -> anyhow::Result<Vec<(Duration, Duration)>> {
+                    let owner = format!("worker-{w}");
+                    let mut out = Vec::new();
+                    loop {
+                        // The table holds far more due repositories than are timed: stop after
+                        // PASSES; the first `warm_up` (plugin instances, page cache) are not timed.
+                        let n = claimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if n >= PASSES + warm_up {
+                            break;
+                        }
+                        let t = Instant::now();
+                        let Some(claim) = store.claim_next(now, &owner, Duration::from_secs(600))? else { break };
+                        let claim_took = t.elapsed();
+                        let report = tokio.block_on(pass::run_repository(ctx, policy, &claim.path, &|_| {}));
+                        anyhow::ensure!(report.status.is_success(), "{report:?}");
+                        anyhow::ensure!(store.finish_claim(&claim.path, &owner, &CleanupOutcome::Done { deleted: report.tags_deleted }, now)?);
+                        if n >= warm_up {
+                            out.push((claim_took, t.elapsed()));
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("no panic")).collect::<anyhow::Result<Vec<_>>>().map(|v| v.concat())
+    })?;
+    let wall = started.elapsed();
+    let pick = |v: &[Duration], q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)];
+    let mut claims: Vec<Duration> = timed.iter().map(|t| t.0).collect();
+    claims.sort();
+    timed.sort_by_key(|t| t.1);
+    let passes: Vec<Duration> = timed.iter().map(|t| t.1).collect();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!("| {:.2} ms | {:.2} ms | {:.2} ms |", ms(pick(0.5)), ms(pick(0.99)), ms(*times.last().unwrap()));
+    println!(
+        "| {workers} | {} | {:.0} µs | {:.0} µs | {:.2} ms | {:.2} ms | {:.2} ms | {:.0} |",
+        passes.len(),
+        us(pick(&claims, 0.5)),
+        us(pick(&claims, 0.99)),
+        ms(pick(&passes, 0.5)),
+        ms(pick(&passes, 0.99)),
+        ms(*passes.last().unwrap()),
+        (PASSES + warm_up) as f64 / wall.as_secs_f64()
+    );
     Ok(())
 }

@@ -38,7 +38,7 @@ mod runs;
 mod state;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -205,6 +205,15 @@ const MIGRATIONS: &[&str] = &[
 /// How long a statement waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The lock around the one connection: parking_lot's, which is eventually fair. A thread that
+/// lets go of the lock and asks again at once (a worker's claim, its bookkeeping write, its
+/// next claim) usually gets it back, and with std's lock two workers claiming back to back
+/// left the other one's claim waiting for many of them: p99 3.5–5.8 ms at 2 workers against
+/// 0.2 ms at one. parking_lot hands the lock to a waiting thread once it has waited ~0.5 ms,
+/// without making every release a context switch (a strictly fair lock halved the daemon's
+/// passes per second at 2 workers). docs/benchmarks.md, "State store".
+type Mutex<T> = parking_lot::Mutex<T>;
+
 /// One open tagwarden database; cheap to clone (the connection is shared).
 #[derive(Clone)]
 pub struct Store {
@@ -289,9 +298,10 @@ impl Store {
     }
 
     /// The connection, for one statement or transaction. A panic while it was held cannot leave
-    /// SQLite inconsistent (an open transaction rolls back when dropped), so poisoning is ignored.
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// SQLite inconsistent (an open transaction rolls back when dropped); the lock is not
+    /// poisoned by one.
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Connection> {
+        self.conn.lock()
     }
 
     /// Describes the database for error messages.
@@ -306,28 +316,47 @@ impl Store {
 /// How often the checkpointer looks at the WAL.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
+/// WAL frames (4 KiB pages) past which the checkpointer makes sure the WAL restarts.
+const WAL_RESTART_FRAMES: i64 = 4096;
+
 /// Starts the thread that checkpoints `store`'s WAL from its own connection, in place of
 /// SQLite's automatic checkpoint in the committing writer. A `PASSIVE` checkpoint waits for
 /// no reader or writer, so neither waits for it: with four workers claiming at once, the
 /// automatic one put a checkpoint (5–200 ms of copying and `fsync`) in front of every claim
 /// queued behind the commit that triggered it, and was the whole p99 (docs/benchmarks.md,
 /// "State store"). The thread ends soon after the last clone of the store is dropped.
+///
+/// A passive checkpoint alone never catches up with writers that do not pause: frames
+/// committed while it copies are left over, a writer restarts the WAL only when nothing is
+/// left over, and the WAL grew without bound (1.5 GB in the claim benchmark, every write
+/// past its end paying for fresh zeroed pages). So once the WAL is past
+/// `WAL_RESTART_FRAMES`, the checkpointer copies the rest while holding the writers' lock:
+/// only the few frames committed since the unlocked copy, so the pause is short and rare.
 fn checkpointer(path: &Path, store: &Store) -> anyhow::Result<()> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let owner = Arc::downgrade(&store.conn);
+    let passive = move || conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)));
     std::thread::Builder::new()
         .name("tagwarden-checkpoint".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(CHECKPOINT_INTERVAL);
-                let Some(held) = owner.upgrade() else { break };
-                drop(held);
+                let Some(writers) = owner.upgrade() else { break };
                 // Copies what it can of the WAL into the database; a writer restarts the WAL
                 // once all of it was copied.
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!("checkpointing the tagwarden database: {e}");
+                match passive() {
+                    Ok((frames, copied)) if frames > WAL_RESTART_FRAMES && copied < frames => {
+                        let held = writers.lock();
+                        if let Err(e) = passive() {
+                            tracing::warn!("checkpointing the tagwarden database: {e}");
+                        }
+                        drop(held);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("checkpointing the tagwarden database: {e}"),
                 }
+                drop(writers);
             }
         })
         .context("starting the database checkpoint thread")?;
@@ -439,6 +468,39 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the WAL was not checkpointed into {}", path.display());
             std::thread::yield_now();
         }
+    }
+
+    #[test]
+    fn the_wal_restarts_under_writers_that_never_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tagwarden.db");
+        let wal = dir.path().join("tagwarden.db-wal");
+        let store = Store::open(&path).unwrap();
+        // Bytes 16..20 of the WAL header: salt-1, which changes every time a writer restarts
+        // the WAL from its beginning.
+        let salt = || std::fs::read(&wal).ok().filter(|h| h.len() >= 32).map(|h| h[16..20].to_vec());
+        let blob = "x".repeat(4000);
+        let mut first = None;
+        // Without the locked catch-up, a passive checkpoint never catches up with a writer
+        // that does not pause, and the WAL only grows (~500 MB here).
+        for i in 0..128 * 1024 {
+            store
+                .lock()
+                .execute(
+                    "INSERT INTO manifest_metadata (digest, media_type, cached_at) VALUES (?1, ?2, 0)",
+                    rusqlite::params![i.to_string(), blob],
+                )
+                .unwrap();
+            let now = salt();
+            if first.is_none() {
+                first = now;
+            } else if now != first {
+                let frames = std::fs::metadata(&wal).unwrap().len() / 4120;
+                assert!(frames < 16 * WAL_RESTART_FRAMES as u64, "the WAL restarted only after {frames} frames");
+                return;
+            }
+        }
+        panic!("512 MB written without a pause and the WAL never restarted");
     }
 
     #[test]
