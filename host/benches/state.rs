@@ -144,7 +144,12 @@ fn daemon_loop(now: Timestamp, due: Timestamp, repositories: usize, workers: usi
     };
     for (p, paths) in paths.iter().enumerate() {
         let name = format!("p{p}");
-        store.put_policy_state(&PolicyState { name: name.clone(), enabled: true, cadence: Duration::from_secs(86_400), next_run_at: due })?;
+        store.put_policy_state(&PolicyState {
+            name: name.clone(),
+            enabled: true,
+            cadence: Duration::from_secs(86_400),
+            next_run_at: due,
+        })?;
         store.add_repositories(&name, paths)?;
     }
     let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -169,7 +174,12 @@ fn daemon_loop(now: Timestamp, due: Timestamp, repositories: usize, workers: usi
                         let claim_took = t.elapsed();
                         let report = tokio.block_on(pass::run_repository(ctx, policy, &claim.path, &|_| {}));
                         anyhow::ensure!(report.status.is_success(), "{report:?}");
-                        anyhow::ensure!(store.finish_claim(&claim.path, &owner, &CleanupOutcome::Done { deleted: report.tags_deleted }, now)?);
+                        anyhow::ensure!(store.finish_claim(
+                            &claim.path,
+                            &owner,
+                            &CleanupOutcome::Done { deleted: report.tags_deleted },
+                            now
+                        )?);
                         if n >= warm_up {
                             out.push((claim_took, t.elapsed()));
                         }

@@ -68,6 +68,12 @@ impl Backend {
         }
     }
 
+    /// Whether [`Backend::manifest`] can ever return a manifest: recordings hold none, so a
+    /// pass over them does not look for copies to keep.
+    pub fn serves_manifests(&self) -> bool {
+        matches!(self, Backend::Oci(_))
+    }
+
     /// Manifest `digest` as the registry serves it, kept before deleting it for a later
     /// restore. Recordings hold no manifests: `None`.
     pub async fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<ManifestContent>, RegistryError> {

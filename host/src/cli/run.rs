@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -34,6 +34,9 @@ pub struct RunArgs {
     /// Evaluation time (RFC 3339) instead of now, e.g. to replay a recording.
     #[arg(long, value_name = "RFC3339")]
     now: Option<String>,
+    /// Repositories worked on at once (default: `[serve] worker_capacity`, as the daemon).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     #[arg(long, value_enum, default_value_t)]
     output: OutputFormat,
 }
@@ -54,9 +57,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::plugin_runtime(fuel)?;
     let policies = setup::load_policies(&config, &runtime)?;
     let store = setup::open_store(&config)?;
-    let ctx = setup::pass_context(&config, &store, args.dry_run, Some(now))?;
+    let ctx = Arc::new(setup::pass_context(&config, &store, args.dry_run, Some(now))?);
+    let jobs = args.jobs.map_or(config.serve.worker_capacity, usize::from);
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let reports = tokio.block_on(run_pass(&ctx, &policies, args.repository.as_deref(), args.plan))?;
+    let reports = tokio.block_on(run_pass(&ctx, &policies, args.repository.as_deref(), args.plan, jobs))?;
     match args.output {
         OutputFormat::Json => {
             let mut repositories = serde_json::to_value(&reports)?;
@@ -88,21 +92,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Runs every (repository, policy) pair: each repository goes to the first policy
-/// whose patterns match it.
+/// whose patterns match it; `jobs` repositories at once, each pass a task of its own (as the
+/// daemon's workers), so that reading one repository's list and evaluating another's use
+/// both cores. Reports come back in the order of the repositories.
 /// Plans are kept for printing only with `--plan`: a plan holds the repository's whole
 /// list, and a what-if over 10,000 recordings must not hold them all.
 async fn run_pass(
-    ctx: &PassContext,
+    ctx: &Arc<PassContext>,
     policies: &[BoundPolicy],
     only: Option<&str>,
     keep_plans: bool,
+    jobs: usize,
 ) -> anyhow::Result<Vec<RepositoryReport>> {
     let repositories = match only {
         Some(repo) => vec![repo.to_owned()],
         None => ctx.backend.repositories().await.with_context(|| format!("listing the repositories of {}", ctx.backend.label()))?,
     };
-    let work: Vec<(&str, &Policy)> =
-        repositories.iter().filter_map(|repo| setup::policy_for(policies, repo).map(|p| (repo.as_str(), p))).collect();
+    let work: Vec<(String, Policy)> =
+        repositories.into_iter().filter_map(|repo| setup::policy_for(policies, &repo).cloned().map(|p| (repo, p))).collect();
     if let Some(repo) = only
         && work.is_empty()
     {
@@ -111,7 +118,7 @@ async fn run_pass(
     // The start-up check: what interrupted passes left on repositories that no policy
     // visits this time (the others are settled by their own pass, first thing).
     if !ctx.dry_run && only.is_none() {
-        let visited: std::collections::HashSet<&str> = work.iter().map(|(r, _)| *r).collect();
+        let visited: std::collections::HashSet<&str> = work.iter().map(|(r, _)| r.as_str()).collect();
         for repo in pass::repositories_to_reconcile(ctx)?.iter().filter(|r| !visited.contains(r.as_str())) {
             match pass::reconcile_repository(ctx, repo).await {
                 Ok(rec) if !rec.is_empty() => {
@@ -124,18 +131,33 @@ async fn run_pass(
             }
         }
     }
-    let printer = ProgressPrinter::new(work.len());
-    let mut reports = Vec::with_capacity(work.len());
-    for (i, (repo, policy)) in work.into_iter().enumerate() {
-        printer.start(i, repo);
-        let mut report = pass::run_repository(ctx, policy, repo, &|p| printer.update(i, repo, p)).await;
-        printer.finish(i, &report);
-        if !keep_plans {
-            report.plan = None;
+    let printer = Arc::new(ProgressPrinter::new(work.len()));
+    let mut reports: Vec<Option<RepositoryReport>> = (0..work.len()).map(|_| None).collect();
+    let mut work = work.into_iter().enumerate();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < jobs.max(1) {
+            let Some((i, (repo, policy))) = work.next() else { break };
+            let (ctx, printer) = (Arc::clone(ctx), Arc::clone(&printer));
+            running.spawn(async move {
+                printer.start(i, &repo);
+                let mut report = pass::run_repository(&ctx, &policy, &repo, &|p| printer.update(i, &repo, p)).await;
+                printer.finish(i, &report);
+                if !keep_plans {
+                    report.plan = None;
+                }
+                (i, report)
+            });
         }
-        reports.push(report);
+        match running.join_next().await {
+            Some(done) => {
+                let (i, report) = done.context("a repository's pass panicked")?;
+                reports[i] = Some(report);
+            }
+            None => break,
+        }
     }
-    Ok(reports)
+    Ok(reports.into_iter().map(|r| r.expect("every repository's pass reported")).collect())
 }
 
 /// Progress on stderr: one updating line on a terminal, a line per repository otherwise.

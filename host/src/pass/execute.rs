@@ -162,6 +162,10 @@ pub(super) struct Execution<'a> {
     done: AtomicUsize,
     /// Outcomes that could not be written to the audit log (their rows stay `attempted`).
     audit_errors: Mutex<Vec<String>>,
+    /// Outcomes of the current batch of manifest deletions not written yet: written together
+    /// after the batch (and at the latest when the pass closes). Until then their rows read `attempted`, exactly as after
+    /// a crash between a request and its outcome, which the next pass settles.
+    outcomes: Mutex<Vec<(i64, AuditOutcome, Option<String>)>>,
 }
 
 impl<'a> Execution<'a> {
@@ -185,6 +189,7 @@ impl<'a> Execution<'a> {
             total: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             audit_errors: Mutex::default(),
+            outcomes: Mutex::default(),
         }
     }
 
@@ -192,17 +197,45 @@ impl<'a> Execution<'a> {
     /// The row names who decided and the rule each of its tags (or, untagged, its digest)
     /// was deleted by, e.g. `policy p (gitlab-retention 0.1.0 sha256:…); rule: older than 7d`.
     pub fn audit_attempt(&self, operation: AuditOperation, digest: &Digest, tags: &[String]) -> anyhow::Result<i64> {
+        self.audit_attempt_as(operation, digest, tags, &self.decided_by_with_rules(digest, tags))
+    }
+
+    /// Who decided a deletion and by which rules (see [`Execution::audit_attempt`]).
+    fn decided_by_with_rules(&self, digest: &Digest, tags: &[String]) -> String {
         let mut rules: Vec<&str> = Vec::new();
-        let keys: Vec<String> = if tags.is_empty() { vec![digest.to_string()] } else { tags.to_vec() };
+        let digest_key;
+        let keys: &[String] = if tags.is_empty() {
+            digest_key = [digest.to_string()];
+            &digest_key
+        } else {
+            tags
+        };
         for rule in keys.iter().filter_map(|k| self.rules.get(k)) {
             if !rules.contains(&rule.as_str()) {
                 rules.push(rule);
             }
         }
-        if rules.is_empty() {
-            return self.audit_attempt_as(operation, digest, tags, &self.decided_by);
-        }
-        self.audit_attempt_as(operation, digest, tags, &format!("{}; rule: {}", self.decided_by, rules.join(" | ")))
+        if rules.is_empty() { self.decided_by.clone() } else { format!("{}; rule: {}", self.decided_by, rules.join(" | ")) }
+    }
+
+    /// `attempted` rows for a batch of manifest deletions, in one transaction, before any
+    /// of them is sent; their ids in order.
+    fn audit_attempt_manifests(&self, batch: &[&DigestDeletion]) -> anyhow::Result<Vec<i64>> {
+        let decided: Vec<String> = batch.iter().map(|d| self.decided_by_with_rules(&d.digest, &d.tags)).collect();
+        let entries: Vec<AuditEntry<'_>> = batch
+            .iter()
+            .zip(&decided)
+            .map(|(d, decided_by)| AuditEntry {
+                registry: &self.registry,
+                repository: self.repository,
+                operation: AuditOperation::DeleteManifest,
+                digest: d.digest.as_str(),
+                tags: &d.tags,
+                decided_by,
+                run_id: self.run_id,
+            })
+            .collect();
+        self.ctx.audit.attempt_all(&entries)
     }
 
     pub fn audit_attempt_as(&self, operation: AuditOperation, digest: &Digest, tags: &[String], decided_by: &str) -> anyhow::Result<i64> {
@@ -221,6 +254,23 @@ impl<'a> Execution<'a> {
     /// the row stays `attempted` and the next pass settles it against the registry.
     pub fn audit_finish(&self, id: i64, outcome: AuditOutcome, detail: Option<&str>) {
         if let Err(e) = self.ctx.audit.finish(id, outcome, detail) {
+            self.audit_error(e);
+        }
+    }
+
+    /// Records how manifest deletion `id` of the current batch ended, written with the
+    /// batch's other outcomes by the next [`Execution::flush_audit`].
+    fn audit_finish_later(&self, id: i64, outcome: AuditOutcome, detail: Option<&str>) {
+        self.outcomes.lock().unwrap_or_else(|e| e.into_inner()).push((id, outcome, detail.map(str::to_owned)));
+    }
+
+    /// Writes the outcomes recorded since the last flush, in one transaction.
+    pub fn flush_audit(&self) {
+        let outcomes = std::mem::take(&mut *self.outcomes.lock().unwrap_or_else(|e| e.into_inner()));
+        if outcomes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ctx.audit.finish_all(&outcomes) {
             self.audit_error(e);
         }
     }
@@ -244,8 +294,9 @@ impl<'a> Execution<'a> {
         self.audit_errors.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{e:#}"));
     }
 
-    /// The audit write errors so far, taken.
+    /// The audit write errors so far, taken, after writing the outcomes not written yet.
     pub fn take_audit_errors(&self) -> Vec<String> {
+        self.flush_audit();
         std::mem::take(&mut *self.audit_errors.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -312,9 +363,12 @@ impl<'a> Execution<'a> {
             let end = if next == 0 { 1 } else { (next + batch_size).min(plan.digests.len()) };
             // Owned items: a closure over borrowed ones makes the pass's future !Send (the
             // compiler cannot prove it for every lifetime), and the daemon spawns passes.
-            let batch = plan.digests[next..end].to_vec();
-            let mut results = futures::stream::iter(batch.into_iter().map(|d| async move {
-                let done = self.delete_digest(&d).await;
+            let batch = self.prepare_batch(plan.digests[next..end].to_vec()).await;
+            let mut results = futures::stream::iter(batch.into_iter().map(|(d, prepared)| async move {
+                let done = match prepared {
+                    Ok(id) => self.delete_prepared(&d.digest, id).await,
+                    Err(done) => done,
+                };
                 (d, done)
             }))
             .buffer_unordered(self.ctx.limits.concurrency.max(1));
@@ -325,6 +379,8 @@ impl<'a> Execution<'a> {
                 tally.record_digest(&d, done);
                 self.tick();
             }
+            drop(results);
+            self.flush_audit();
             next = end;
         }
         tally.not_attempted(&plan.digests[next..], &[]);
@@ -390,20 +446,54 @@ impl<'a> Execution<'a> {
         }
     }
 
-    /// Deletes one manifest by digest, audited, unless the budget is spent.
-    async fn delete_digest(&self, d: &DigestDeletion) -> Done {
+    /// Readies a batch of manifest deletions: unless the budget is spent, keeps a copy of
+    /// each manifest for restore (concurrently), then writes the `attempted` audit rows of
+    /// those that may go, together, before any request is sent. Each comes back with its audit
+    /// row, or with why it is not deleted.
+    async fn prepare_batch(&self, batch: Vec<DigestDeletion>) -> Vec<(DigestDeletion, Result<i64, Done>)> {
         if self.must_stop() {
+            return batch.into_iter().map(|d| (d, Err(Done::Skipped))).collect();
+        }
+        let kept: Vec<Result<(), Done>> = if self.ctx.limits.keep_manifest_bytes == 0 || !self.ctx.backend.serves_manifests() {
+            batch.iter().map(|_| Ok(())).collect()
+        } else {
+            // Owned digests: a closure over borrowed ones makes the pass's future !Send.
+            let digests: Vec<Digest> = batch.iter().map(|d| d.digest.clone()).collect();
+            futures::stream::iter(digests.into_iter().map(|digest| async move { self.keep_manifest(&digest).await }))
+                .buffered(self.ctx.limits.concurrency.max(1))
+                .collect()
+                .await
+        };
+        let ready: Vec<&DigestDeletion> = batch.iter().zip(&kept).filter(|(_, k)| k.is_ok()).map(|(d, _)| d).collect();
+        let mut ids = match self.audit_attempt_manifests(&ready) {
+            Ok(ids) => ids.into_iter(),
+            // No audit record, no deletion: an unwritable audit log stops the pass.
+            Err(e) => {
+                let message = format!("{e:#}");
+                return batch
+                    .into_iter()
+                    .map(|d| (d, Err(Done::Failed { message: message.clone(), cause: FailureCause::permanent() })))
+                    .collect();
+            }
+        };
+        batch
+            .into_iter()
+            .zip(kept)
+            .map(|(d, kept)| {
+                let prepared = kept.map(|()| ids.next().expect("an audit row for every manifest kept"));
+                (d, prepared)
+            })
+            .collect()
+    }
+
+    /// Deletes a manifest whose `attempted` row `id` is written, unless the budget ran out
+    /// meanwhile (then the row says it was not sent).
+    async fn delete_prepared(&self, digest: &Digest, id: i64) -> Done {
+        if self.must_stop() {
+            self.audit_finish_later(id, AuditOutcome::NotDeleted, Some("not sent: the pass stopped first (time budget or stop)"));
             return Done::Skipped;
         }
-        if let Err(not_deleted) = self.keep_manifest(&d.digest).await {
-            return not_deleted;
-        }
-        let id = match self.audit_attempt(AuditOperation::DeleteManifest, &d.digest, &d.tags) {
-            Ok(id) => id,
-            // No audit record, no deletion: an unwritable audit log stops the pass.
-            Err(e) => return Done::Failed { message: format!("{e:#}"), cause: FailureCause::permanent() },
-        };
-        self.delete_and_settle(&d.digest, id).await
+        self.delete_and_settle(digest, id).await
     }
 
     /// Keeps manifest `digest` as the registry serves it, before deleting it, so that a tag
@@ -464,16 +554,16 @@ impl<'a> Execution<'a> {
     async fn delete_and_settle(&self, digest: &Digest, id: i64) -> Done {
         match self.ctx.backend.delete_manifest(self.repository, digest).await {
             Ok(DeleteOutcome::Deleted) => {
-                self.audit_finish(id, AuditOutcome::Deleted, None);
+                self.audit_finish_later(id, AuditOutcome::Deleted, None);
                 Done::Deleted { proved: true }
             }
             Ok(DeleteOutcome::AlreadyGone) => {
-                self.audit_finish(id, AuditOutcome::AlreadyGone, None);
+                self.audit_finish_later(id, AuditOutcome::AlreadyGone, None);
                 Done::Deleted { proved: false }
             }
             Err(e) if e.class.is_retryable() => self.settle(digest, &[id], e).await,
             Err(e) => {
-                self.audit_finish(id, AuditOutcome::Failed, Some(&e.to_string()));
+                self.audit_finish_later(id, AuditOutcome::Failed, Some(&e.to_string()));
                 Done::Failed { message: e.to_string(), cause: FailureCause::from(&e) }
             }
         }

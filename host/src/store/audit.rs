@@ -147,25 +147,43 @@ impl AuditLog {
 
     /// Records an attempt before it is made; returns its id for [`AuditLog::finish`].
     pub fn attempt(&self, e: &AuditEntry<'_>) -> anyhow::Result<i64> {
-        let conn = self.store.lock();
-        conn.prepare_cached(
-            "INSERT INTO audit_log (at, registry, repository, operation, digest, tags, decided_by, outcome, run_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'attempted', ?8)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                Timestamp::now().unix_micros(),
-                e.registry,
-                e.repository,
-                e.operation.as_str(),
-                e.digest,
-                e.tags.join(","),
-                e.decided_by,
-                e.run_id
-            ])
-        })
-        .map_err(|err| anyhow::anyhow!("writing the audit log in {}: {err}", self.store.describe()))?;
-        Ok(conn.last_insert_rowid())
+        let ids = self.attempt_all(std::slice::from_ref(e))?;
+        Ok(ids[0])
+    }
+
+    /// Records several attempts, before any of them is made, in one transaction (all or
+    /// none); returns their ids in order. One commit for a batch of deletions instead of one
+    /// each: a pass over recordings deletes ~100,000 manifests a second, and a commit per row
+    /// was most of its time (docs/benchmarks.md, "What-if at scale").
+    pub fn attempt_all(&self, entries: &[AuditEntry<'_>]) -> anyhow::Result<Vec<i64>> {
+        let mut conn = self.store.lock();
+        let write = |conn: &mut rusqlite::Connection| -> rusqlite::Result<Vec<i64>> {
+            let tx = conn.transaction()?;
+            let mut ids = Vec::with_capacity(entries.len());
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO audit_log (at, registry, repository, operation, digest, tags, decided_by, outcome, run_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'attempted', ?8)",
+                )?;
+                let at = Timestamp::now().unix_micros();
+                for e in entries {
+                    stmt.execute(params![
+                        at,
+                        e.registry,
+                        e.repository,
+                        e.operation.as_str(),
+                        e.digest,
+                        e.tags.join(","),
+                        e.decided_by,
+                        e.run_id
+                    ])?;
+                    ids.push(tx.last_insert_rowid());
+                }
+            }
+            tx.commit()?;
+            Ok(ids)
+        };
+        write(&mut conn).map_err(|err| anyhow::anyhow!("writing the audit log in {}: {err}", self.store.describe()))
     }
 
     /// Records how attempt `id` ended.
@@ -176,6 +194,25 @@ impl AuditLog {
             .and_then(|mut stmt| stmt.execute(params![id, outcome.as_str(), detail]))
             .map_err(|err| self.write_error(id, err))?;
         Ok(())
+    }
+
+    /// Records how several attempts ended, in one transaction (all or none).
+    pub fn finish_all(&self, outcomes: &[(i64, AuditOutcome, Option<String>)]) -> anyhow::Result<()> {
+        let mut conn = self.store.lock();
+        let write = |conn: &mut rusqlite::Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached("UPDATE audit_log SET outcome = ?2, detail = ?3 WHERE id = ?1")?;
+                for (id, outcome, detail) in outcomes {
+                    stmt.execute(params![id, outcome.as_str(), detail])?;
+                }
+            }
+            tx.commit()
+        };
+        write(&mut conn).map_err(|err| {
+            let first = outcomes.first().map_or(0, |o| o.0);
+            anyhow::anyhow!("writing the outcomes of {} audit rows (from row {first}) in {}: {err}", outcomes.len(), self.store.describe())
+        })
     }
 
     /// Leaves attempt `id` open (`attempted`: its outcome is unknown) with a note saying why;
