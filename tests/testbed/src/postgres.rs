@@ -148,11 +148,17 @@ impl PostgresCluster {
         Ok(self.database_url(name))
     }
 
-    /// Runs one SQL command with `psql` over TCP as the superuser; returns its output.
+    /// Runs one SQL command in database `postgres` with `psql` over TCP as the superuser;
+    /// returns its output.
     pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Runs one SQL command in `database` (see [`PostgresCluster::psql`]).
+    pub fn psql_in(&self, database: &str, sql: &str) -> anyhow::Result<String> {
         let out = checked(
             Command::new(self.bin.join("psql"))
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", POSTGRES_USER, "-d", "postgres"])
+                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", POSTGRES_USER, "-d", database])
                 .arg("-p")
                 .arg(self.port.to_string())
                 .arg("-c")
