@@ -12,5 +12,6 @@ mod registry;
 mod restore;
 mod runtime;
 mod serve;
+mod state_store;
 mod support;
 mod torture;

@@ -79,14 +79,21 @@ fn setup() -> Result {
     if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") {
         run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
     }
-    // Debian packages the tests need: the registry, and headless Chromium with its WebDriver
-    // for the status page's browser test (tests/integration/browser.rs).
-    let missing: Vec<&str> =
+    // Debian packages the tests need: the registry, headless Chromium with its WebDriver
+    // for the status page's browser test (tests/integration/browser.rs), and PostgreSQL's
+    // server binaries for the state store's throwaway clusters (tests/testbed/src/postgres.rs).
+    let mut missing: Vec<&str> =
         [("/usr/bin/docker-registry", "docker-registry"), ("/usr/bin/chromium", "chromium"), ("/usr/bin/chromedriver", "chromium-driver")]
             .iter()
             .filter(|(path, _)| !Path::new(path).exists())
             .map(|(_, package)| *package)
             .collect();
+    let has_postgres = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|versions| versions.filter_map(|v| v.ok()).any(|v| v.path().join("bin/initdb").is_file()))
+        .unwrap_or(false);
+    if !has_postgres {
+        missing.push("postgresql");
+    }
     if !missing.is_empty() {
         let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
         let apt = |args: &[&str]| {
@@ -101,9 +108,10 @@ fn setup() -> Result {
         let mut install = vec!["install", "-y", "--no-install-recommends"];
         install.extend(&missing);
         run(&mut apt(&install))?;
-        if missing.contains(&"docker-registry") {
-            // The package starts a system service on port 5000; tests run their own.
-            let _ = Command::new("systemctl").args(["disable", "--now", "docker-registry"]).status();
+        // These packages start system services (the registry on :5000, PostgreSQL on :5432);
+        // tests run their own.
+        for service in ["docker-registry", "postgresql"].iter().filter(|s| missing.contains(s)) {
+            let _ = Command::new("systemctl").args(["disable", "--now", service]).status();
         }
     }
     Ok(())

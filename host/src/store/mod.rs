@@ -34,6 +34,7 @@ mod browse;
 mod deletions;
 mod imports;
 mod metadata;
+mod postgres;
 mod runs;
 mod state;
 
@@ -49,6 +50,7 @@ pub use browse::DayTotals;
 pub use deletions::{DeletionOutcome, DeletionState, DeletionStatus};
 pub use imports::{Change, Enqueued, ImportEvent, ImportHistory, ImportLog, ImportRecord, ImportState, TransitionRefused, transition};
 pub use metadata::{ManifestMetadata, MetadataCache};
+pub use postgres::PgStateStore;
 pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunRecord, RunSummary, RunTotals};
 pub use state::{Claim, CleanupOutcome, CleanupStatus, LastFailure, Lease, PolicyState, RepositoryState, StateStore, Work};
 

@@ -221,6 +221,13 @@ pub trait StateStore: Send + Sync {
 
     /// The state of one policy.
     fn policy(&self, name: &str) -> anyhow::Result<Option<PolicyState>>;
+
+    /// Sets a repository's state as given, failure details aside (tests, benchmarks, and
+    /// copying state between stores).
+    fn put_repository_state(&self, s: &RepositoryState) -> anyhow::Result<()>;
+
+    /// Sets a policy's state as given (tests, benchmarks, and copying state between stores).
+    fn put_policy_state(&self, p: &PolicyState) -> anyhow::Result<()>;
 }
 
 /// Clause shared by the two claim queries: claimable now (no backoff pending), and not
@@ -609,20 +616,8 @@ impl StateStore for Store {
             })
             .optional()?)
     }
-}
 
-/// Whether start time `a` sorts before `b` in the claim order (never started first).
-fn earlier(a: Option<i64>, b: Option<i64>) -> bool {
-    match (a, b) {
-        (None, Some(_)) => true,
-        (Some(a), Some(b)) => a < b,
-        _ => false,
-    }
-}
-
-impl Store {
-    /// Sets a repository's state as given, failure details aside (tests and benchmarks).
-    pub fn put_repository_state(&self, s: &RepositoryState) -> anyhow::Result<()> {
+    fn put_repository_state(&self, s: &RepositoryState) -> anyhow::Result<()> {
         let us = |t: Option<Timestamp>| t.map(Timestamp::unix_micros);
         self.lock().execute(
             "INSERT INTO repositories (path, policy, status, started_at, completed_at, next_attempt_at, consecutive_failures, lease_owner, lease_expires_at)
@@ -646,14 +641,22 @@ impl Store {
         Ok(())
     }
 
-    /// Sets a policy's state as given (tests and benchmarks).
-    pub fn put_policy_state(&self, p: &PolicyState) -> anyhow::Result<()> {
+    fn put_policy_state(&self, p: &PolicyState) -> anyhow::Result<()> {
         self.lock().execute(
             "INSERT INTO policies (name, enabled, cadence_secs, next_run_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (name) DO UPDATE SET enabled = excluded.enabled, cadence_secs = excluded.cadence_secs, next_run_at = excluded.next_run_at",
             params![p.name, p.enabled, p.cadence.as_secs() as i64, p.next_run_at.unix_micros()],
         )?;
         Ok(())
+    }
+}
+
+/// Whether start time `a` sorts before `b` in the claim order (never started first).
+pub(super) fn earlier(a: Option<i64>, b: Option<i64>) -> bool {
+    match (a, b) {
+        (None, Some(_)) => true,
+        (Some(a), Some(b)) => a < b,
+        _ => false,
     }
 }
 

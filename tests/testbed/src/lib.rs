@@ -1,6 +1,7 @@
 //! Test bed for tagwarden: runs a REAL registry (CNCF distribution 2.8, Debian's `docker-registry`)
 //! per test, with optional HTTP Basic or token authentication ([`TokenServer`]), pushes fixtures with
 //! a plain-HTTP [`Seeder`], and puts a fault-injecting [`FaultProxy`] in front of it on demand.
+//! [`PostgresCluster`] is a throwaway PostgreSQL cluster for the state store's tests and benchmarks.
 //! [`ImportServer`] is a stand-in for GitLab's repository import API, which no registry that can run
 //! here implements.
 //!
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod imports;
+mod postgres;
 mod proxy;
 mod seeder;
 mod token;
@@ -36,6 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 
 pub use imports::{ImportFault, ImportServer, Progress};
+pub use postgres::{Durability, POSTGRES_BIN_ENV, POSTGRES_USER, PostgresCluster, postgres_bin};
 pub use proxy::{Fault, FaultProxy, Held, HeldRequest};
 pub use seeder::{ACCEPT_ALL_MANIFESTS, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Seeder};
 pub use token::{IssuedToken, TOKEN_ISSUER, TOKEN_LIFETIME_SECS, TOKEN_SERVICE, TokenServer, TokenServerOptions};
@@ -108,7 +111,7 @@ pub fn registry_binary() -> anyhow::Result<PathBuf> {
     if bin.is_file() {
         return Ok(bin); // another test or process installed it while we waited
     }
-    install_registry_package()
+    apt_install("docker-registry")
         .context("installing the registry (apt-get install -y docker-registry); install it by hand or set TAGWARDEN_REGISTRY_BIN")?;
     if !bin.is_file() {
         bail!("apt-get installed docker-registry but {REGISTRY_BINARY} is still missing");
@@ -116,8 +119,9 @@ pub fn registry_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn install_registry_package() -> anyhow::Result<()> {
-    // Keep the package's init script from starting a system-wide registry on :5000.
+/// Installs Debian package `package` with apt-get, keeping its init script from starting a
+/// system-wide service (the registry's on :5000, PostgreSQL's on :5432): tests run their own.
+fn apt_install(package: &str) -> anyhow::Result<()> {
     let policy = Path::new("/usr/sbin/policy-rc.d");
     let wrote_policy = !policy.exists() && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok() && {
         use std::os::unix::fs::PermissionsExt as _;
@@ -139,13 +143,13 @@ fn install_registry_package() -> anyhow::Result<()> {
         }
         Ok(())
     };
-    let result = run(&["update"]).and_then(|_| run(&["install", "-y", "docker-registry"]));
+    let result = run(&["update"]).and_then(|_| run(&["install", "-y", package]));
     if wrote_policy {
         let _ = std::fs::remove_file(policy);
     }
     if Path::new("/run/systemd/system").exists() {
         let _ = std::process::Command::new("systemctl")
-            .args(["disable", "--now", "docker-registry"])
+            .args(["disable", "--now", package])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

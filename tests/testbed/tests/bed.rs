@@ -325,3 +325,40 @@ async fn a_panicking_test_leaves_no_registry_behind() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     assert!(!dir.exists());
 }
+
+/// The throwaway PostgreSQL cluster: reachable over TCP with its password only, restartable on
+/// the same port, and gone (server stopped, directory removed) once dropped, also when the test
+/// that owns it panics.
+#[test]
+fn postgres_cluster_lives_and_dies_with_its_value() {
+    use tagwarden_testbed::PostgresCluster;
+    let mut cluster = PostgresCluster::start().expect("start a cluster");
+    assert_eq!(cluster.psql("SELECT 40 + 2").unwrap().trim(), "42");
+    let url = cluster.create_database("bed_check").unwrap();
+    assert!(url.ends_with("/bed_check") && !url.contains(cluster.password()), "{url}");
+    assert!(!format!("{cluster:?}").contains(cluster.password()), "Debug shows no password");
+    // Without the password the server refuses (password authentication over TCP).
+    let refused = std::process::Command::new(tagwarden_testbed::postgres_bin().unwrap().join("psql"))
+        .args(["-X", "-w", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", "SELECT 1"])
+        .arg("-p")
+        .arg(cluster.port().to_string())
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "no password, no connection");
+    cluster.restart().unwrap();
+    assert_eq!(cluster.psql("SELECT datname FROM pg_database WHERE datname = 'bed_check'").unwrap().trim(), "bed_check");
+
+    // A panicking owner still stops and removes its cluster (dropped while unwinding).
+    let seen = std::sync::Mutex::new(None);
+    let unwound = std::panic::catch_unwind(|| {
+        let cluster = PostgresCluster::start().unwrap();
+        let dir = cluster.psql("SHOW data_directory").unwrap().trim().to_owned();
+        *seen.lock().unwrap() = Some((cluster.port(), dir));
+        panic!("the test fails while its cluster runs");
+    });
+    assert!(unwound.is_err());
+    let (port, dir) = seen.into_inner().unwrap().expect("the cluster started");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the server on {port} is stopped");
+    assert!(!std::path::Path::new(&dir).exists(), "{dir} is removed");
+}
