@@ -12,31 +12,7 @@
 //! - [`evaluate`] runs `create`, `evaluate` and [`check`] in one call, like the host;
 //! - [`deleted`] lists the names of the tags an answer deletes, for short assertions.
 //!
-//! ```
-//! use tagwarden_plugin_sdk::testing::{self, days, NOW};
-//! use tagwarden_plugin_sdk::{Decisions, RetentionInput, RetentionPolicy, Verdict};
-//!
-//! struct DeleteOld;
-//! impl RetentionPolicy for DeleteOld {
-//!     fn create(_: &str) -> Result<Self, String> { Ok(DeleteOld) }
-//!     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {
-//!         let cutoff = input.now.saturating_sub(days(30));
-//!         let tags = input.tags.iter().map(|t| match t.pushed_at {
-//!             Some(at) if at < cutoff => Verdict::delete("older than 30 days"),
-//!             _ => Verdict::keep("recent or unknown"),
-//!         }).collect();
-//!         Ok(Decisions { tags, untagged: vec![] })
-//!     }
-//! }
-//!
-//! let input = testing::input([
-//!     testing::tag("v1").with_pushed_at(NOW.saturating_sub(days(40))),
-//!     testing::tag("v2").with_pushed_at(NOW.saturating_sub(days(2))),
-//! ]);
-//! let decisions = testing::evaluate::<DeleteOld>("{}", &input)?;
-//! assert_eq!(testing::deleted(&input, &decisions), ["v1"]);
-//! # Ok::<(), String>(())
-//! ```
+//! An example is at [`evaluate`] (with the `retention` feature).
 
 use crate::{Duration, Timestamp};
 
@@ -118,6 +94,32 @@ mod retention {
 
     /// Creates `P` with `params` and evaluates `input`, then [`check`]s the answer: what
     /// the host does with a plugin, natively.
+    ///
+    /// ```
+    /// use tagwarden_plugin_sdk::testing::{self, days, NOW};
+    /// use tagwarden_plugin_sdk::{Decisions, RetentionInput, RetentionPolicy, Verdict};
+    ///
+    /// struct DeleteOld;
+    /// impl RetentionPolicy for DeleteOld {
+    ///     fn create(_: &str) -> Result<Self, String> { Ok(DeleteOld) }
+    ///     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {
+    ///         let cutoff = input.now.saturating_sub(days(30));
+    ///         let tags = input.tags.iter().map(|t| match t.pushed_at {
+    ///             Some(at) if at < cutoff => Verdict::delete("older than 30 days"),
+    ///             _ => Verdict::keep("recent or unknown"),
+    ///         }).collect();
+    ///         Ok(Decisions { tags, untagged: vec![] })
+    ///     }
+    /// }
+    ///
+    /// let input = testing::input([
+    ///     testing::tag("v1").with_pushed_at(NOW.saturating_sub(days(40))),
+    ///     testing::tag("v2").with_pushed_at(NOW.saturating_sub(days(2))),
+    /// ]);
+    /// let decisions = testing::evaluate::<DeleteOld>("{}", &input)?;
+    /// assert_eq!(testing::deleted(&input, &decisions), ["v1"]);
+    /// # Ok::<(), String>(())
+    /// ```
     pub fn evaluate<P: RetentionPolicy>(params: &str, input: &RetentionInput<'_>) -> Result<Decisions, String> {
         let policy = P::create(params).map_err(|e| format!("invalid params: {e}"))?;
         let decisions = policy.evaluate(input).map_err(|e| format!("could not decide: {e}"))?;
