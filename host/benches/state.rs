@@ -1,7 +1,7 @@
 //! Claim latency from a large state table (issues 9 §9 and 14 §6): `StateStore::claim_next` over
 //! 1,000,000 repositories in 10 policies on SQLite (an on-disk database in a temp directory) and
 //! on PostgreSQL (a throwaway cluster with default durability, over loopback TCP), in the same
-//! run: 1, 3 and 6 workers claiming at once. Each claimed repository is then marked done, as a
+//! run: 1, 2 (`worker_capacity`), 3 and 6 workers claiming at once. Each claimed repository is then marked done, as a
 //! finished pass would, so the queue moves. Targets: SQLite p99 < 1 ms; PostgreSQL p99 < 5 ms at
 //! 6 workers.
 //!

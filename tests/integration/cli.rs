@@ -21,20 +21,20 @@ const NOW: &str = "2026-11-20T12:00:00Z";
 
 /// What one invocation did.
 #[derive(Debug)]
-struct Outcome {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Outcome {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Outcome {
-    fn assert_success(&self) {
+    pub(crate) fn assert_success(&self) {
         assert_eq!(self.code, Some(0), "expected success:\n{self:#?}");
     }
 
     /// A failed command: non-zero exit (not a crash), one `error: ...` line naming the problem
     /// (causes may follow as `caused by:` lines), and every needle somewhere on stderr.
-    fn assert_error(&self, needles: &[&str]) {
+    pub(crate) fn assert_error(&self, needles: &[&str]) {
         assert!(matches!(self.code, Some(c) if c != 0), "expected a non-zero exit:\n{self:#?}");
         assert!(!self.stderr.contains("panicked"), "the binary panicked:\n{}", self.stderr);
         let errors: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("error: ")).collect();
@@ -45,7 +45,7 @@ impl Outcome {
         }
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
 }
@@ -69,7 +69,7 @@ fn tagwarden_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcome {
     }
 }
 
-fn tagwarden(dir: &Path, args: &[&str]) -> Outcome {
+pub(crate) fn tagwarden(dir: &Path, args: &[&str]) -> Outcome {
     tagwarden_env(dir, args, &[])
 }
 
@@ -78,7 +78,7 @@ fn tagwarden_blocking(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcom
     tokio::task::block_in_place(|| tagwarden_env(dir, args, env))
 }
 
-fn tempdir() -> tempfile::TempDir {
+pub(crate) fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("tagwarden-cli-").tempdir().unwrap()
 }
 

@@ -89,7 +89,7 @@ fn every_golden_case_matches_through_wasm() {
         .collect();
     assert!(failures.is_empty(), "{} of {} golden cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
     // Every bundled retention plugin with cases has some here.
-    for name in ["gitlab-retention", "ecr-lifecycle", "harbor-retention", "gar-cleanup", "acr-purge"] {
+    for name in ["gitlab-retention", "ecr-lifecycle", "harbor-retention", "gar-cleanup", "acr-purge", "semver-lines"] {
         assert!(cases.iter().any(|c| case_plugin(c) == name), "no golden case for {name}");
     }
 }

@@ -66,6 +66,11 @@ fn panic_is_reported_with_its_message() {
         FailureCause::Panic(m) => assert!(m.contains("hostile plugin panics on purpose"), "{m}"),
         other => panic!("expected a panic, got {other:?}: {err}"),
     }
+    // The SDK names the call, and no advice the plugin cannot follow is passed on.
+    let text = err.to_string();
+    assert!(text.starts_with("plugin hostile-retention: panicked in `evaluate` at "), "{text}");
+    assert!(text.contains("hostile-retention/src/lib.rs:"), "{text}");
+    assert!(!text.contains("RUST_BACKTRACE"), "{text}");
     assert_host_still_serves();
 }
 

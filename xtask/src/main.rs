@@ -21,6 +21,7 @@ const PLUGINS: &[&str] = &[
     "harbor-retention",
     "gar-cleanup",
     "acr-purge",
+    "semver-lines",
     "exponential-backoff",
     "stale-timeout",
     "hostile-retention",
@@ -150,7 +151,49 @@ fn build_plugins() -> Result {
 }
 
 fn test(extra: &[String]) -> Result {
-    run(cargo().args(["test", "--release", "--workspace"]).args(extra))
+    run(cargo().args(["test", "--release", "--workspace"]).args(extra))?;
+    plugin_template()
+}
+
+/// `examples/plugin-template/` (what `tagwarden plugins new` writes) as its author would use
+/// it: native tests, the Wasm build with its own release profile, then its golden cases
+/// through the Wasm runtime with `tagwarden plugins test`.
+fn plugin_template() -> Result {
+    let dir = workspace_root().join("examples/plugin-template");
+    let manifest = dir.join("Cargo.toml");
+    // Outside the workspace, a crate would build in its own `target/`: share ours instead.
+    let cargo = || {
+        let mut c = cargo();
+        c.env("CARGO_TARGET_DIR", target_dir());
+        c
+    };
+    run(cargo().args(["test", "--release", "--locked", "--manifest-path"]).arg(&manifest))?;
+    run(cargo().args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"]).arg(&manifest))?;
+    let wasm = target_dir().join("wasm32-wasip2/release/plugin_template.wasm");
+    run(tagwarden().args(["plugins", "test"]).arg(dir.join("golden")).arg("--plugin").arg(wasm))?;
+    // The other kinds `plugins new` writes, from the binary, built and checked the same way.
+    for kind in ["backoff", "stale"] {
+        let name = format!("template-{kind}");
+        let out = target_dir().join("plugin-template-kinds").join(&name);
+        if out.exists() {
+            std::fs::remove_dir_all(&out).map_err(|e| format!("cannot remove {}: {e}", out.display()))?;
+        }
+        let sdk = workspace_root().join("plugins/sdk");
+        run(tagwarden().args(["plugins", "new", &name, "--kind", kind, "--dir"]).arg(&out).arg("--sdk-path").arg(sdk))?;
+        let manifest = out.join("Cargo.toml");
+        run(cargo().args(["test", "--release", "--locked", "--manifest-path"]).arg(&manifest))?;
+        run(cargo().args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"]).arg(&manifest))?;
+        let wasm = target_dir().join(format!("wasm32-wasip2/release/{}.wasm", name.replace('-', "_")));
+        run(tagwarden().args(["plugins", "validate"]).arg(wasm))?;
+    }
+    Ok(())
+}
+
+/// The `tagwarden` binary, through Cargo (built in release, like the tests).
+fn tagwarden() -> Command {
+    let mut c = cargo();
+    c.args(["run", "--quiet", "--release", "-p", "tagwarden", "--bin", "tagwarden", "--"]);
+    c
 }
 
 fn bench(extra: &[String]) -> Result {

@@ -5,6 +5,7 @@ mod eval;
 mod imports;
 mod inspect;
 mod output;
+mod plugin_tools;
 mod record;
 mod repos;
 mod restore;
@@ -72,6 +73,12 @@ enum Command {
 enum PluginsCommand {
     /// Show a plugin's kind, contract version, sha256, size, and whether it loads.
     Inspect(inspect::InspectArgs),
+    /// Check a plugin file as the daemon would before using it: loads, contract version, params.
+    Validate(plugin_tools::ValidateArgs),
+    /// Run golden cases (recording.json, params.json, expected.json) through a retention plugin.
+    Test(plugin_tools::TestArgs),
+    /// Write a complete, buildable plugin crate to start from (tests, recording, golden cases).
+    New(plugin_tools::NewArgs),
 }
 
 /// Output format for commands that report results.
@@ -166,5 +173,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs { command } => repos::runs(command),
         Command::Imports { command } => imports::imports(command),
         Command::Plugins { command: PluginsCommand::Inspect(args) } => inspect::run(args),
+        Command::Plugins { command: PluginsCommand::Validate(args) } => plugin_tools::validate(args),
+        Command::Plugins { command: PluginsCommand::Test(args) } => plugin_tools::test(args),
+        Command::Plugins { command: PluginsCommand::New(args) } => plugin_tools::new(args),
     }
 }

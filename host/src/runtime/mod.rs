@@ -236,7 +236,7 @@ impl fmt::Display for PluginError {
                 "ran out of fuel: it used its whole budget of {fuel} units (about one per WebAssembly instruction); \
                  raise the policy's `fuel` if it legitimately needs more, or leave `fuel` out and rely on `timeout`"
             )?,
-            FailureCause::Panic(m) => write!(f, "panicked: {}", escape(m))?,
+            FailureCause::Panic(m) => write!(f, "panicked {}", escape(m))?,
             FailureCause::Trap(m) => write!(f, "trapped: {}", escape(m))?,
             FailureCause::InvalidAnswer(m) => write!(f, "returned an invalid answer: {}", escape(m))?,
         }
@@ -654,9 +654,10 @@ impl Plugin {
             Some(Trap::OutOfFuel) => return FailureCause::FuelExhausted(limits.fuel.unwrap_or(0)),
             _ => {}
         }
-        // Rust guests print `panicked at <location>:\n<message>` and then trap.
-        if let Some(at) = stderr.find("panicked at ") {
-            return FailureCause::Panic(stderr[at..].lines().take(3).collect::<Vec<_>>().join(" "));
+        // Rust guests print `panicked at <location>:\n<message>` and then trap; the SDK's
+        // hook says which call: `panicked in `evaluate` at <location>:\n<message>`.
+        if let Some(at) = stderr.find("panicked at ").or_else(|| stderr.find("panicked in `")) {
+            return FailureCause::Panic(panic_message(&stderr[at + "panicked ".len()..]));
         }
         if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
             return FailureCause::Trap(format!(
@@ -676,9 +677,22 @@ impl Plugin {
     }
 }
 
+/// The gist of a guest's panic output after `panicked `: the location line and the
+/// message, without std's `RUST_BACKTRACE` advice (a plugin has no environment to set).
+fn panic_message(text: &str) -> String {
+    text.lines().filter(|line| !line.starts_with("note: run with `RUST_BACKTRACE")).take(3).collect::<Vec<_>>().join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn panic_messages_keep_the_call_and_drop_backtrace_advice() {
+        let std_hook = "src/lib.rs:3:5:\nboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(panic_message(std_hook), "src/lib.rs:3:5: boom");
+        assert_eq!(panic_message("in `evaluate` at src/lib.rs:3:5:\nboom\n"), "in `evaluate` at src/lib.rs:3:5: boom");
+    }
 
     #[test]
     fn contract_versions_follow_semver() {

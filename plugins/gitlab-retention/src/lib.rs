@@ -14,12 +14,11 @@
 mod params;
 mod pattern;
 
-use std::borrow::Cow;
-use std::sync::{Mutex, PoisonError};
-
 use serde_json::Value;
 use tagwarden_plugin_sdk::params::{Params, expected};
-use tagwarden_plugin_sdk::{Decisions, Duration, RetentionInput, RetentionPolicy, Tag, Timestamp, Verdict, export_retention, log};
+use tagwarden_plugin_sdk::{
+    Decisions, Duration, RetentionInput, RetentionPolicy, Tag, Timestamp, Verdict, export_retention, interned, log,
+};
 
 use params::{DURATION_EXAMPLES, GitlabParams};
 use pattern::NamePattern;
@@ -294,25 +293,6 @@ fn has_top_level_alternation(pattern: &str) -> bool {
         }
     }
     false
-}
-
-/// A reason that carries a param value, made `'static` so that cloning it into every
-/// verdict allocates nothing. Each distinct text is leaked once per plugin instance;
-/// the texts come from operator params, so they are few. Past a bound (a host that
-/// creates policies with ever new params) they are no longer interned, only allocated.
-fn interned(text: String) -> Cow<'static, str> {
-    const MAX_INTERNED: usize = 1024;
-    static INTERNED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
-    let mut table = INTERNED.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(&known) = table.iter().find(|&&t| t == text) {
-        return Cow::Borrowed(known);
-    }
-    if table.len() >= MAX_INTERNED {
-        return Cow::Owned(text);
-    }
-    let leaked: &'static str = Box::leak(text.into_boxed_str());
-    table.push(leaked);
-    Cow::Borrowed(leaked)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Native, table-driven tests: one row per behaviour.
 
 use super::*;
+use std::borrow::Cow;
 use tagwarden_plugin_sdk::{Action, UntaggedManifest};
 
 const NOW: Timestamp = Timestamp::from_unix_secs(1_800_000_000);

@@ -64,10 +64,12 @@ pub mod wire {
 
     impl<S: BackoffStrategy> w::GuestStrategy for StrategyResource<S> {
         fn create(params: String) -> Result<w::Strategy, String> {
+            let _call = crate::panic::Call::enter("create");
             S::create(&params).map(|s| w::Strategy::new(StrategyResource(s)))
         }
 
         fn decide(&self, f: w::Failure) -> w::Decision {
+            let _call = crate::panic::Call::enter("decide");
             match self.0.decide(&decode(f)) {
                 BackoffDecision::RetryAfter(d) => w::Decision::RetryAfter(u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
                 BackoffDecision::GiveUp(reason) => w::Decision::GiveUp(reason),

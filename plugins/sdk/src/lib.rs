@@ -31,6 +31,13 @@
 //! Plugins are pure functions of their input: there is no clock but `now` in the input,
 //! no filesystem, network or environment. The trait methods are ordinary Rust and can
 //! be unit-tested natively; the export macros expand to nothing outside wasm.
+//! [`testing`] builds inputs from tag names and checks answers as the host does (one
+//! verdict per tag, at most 256 distinct reasons), so a native test fails where
+//! production would.
+//!
+//! Versions: this crate's major.minor is the contract's (`tagwarden:policy@0.1.x` for
+//! 0.1.x); a patch release only adds helpers. The contract (`wit/policy.wit`) ships in
+//! the crate.
 
 mod time;
 pub use core::time::Duration;
@@ -53,7 +60,10 @@ mod retention;
 #[doc(hidden)]
 pub use retention::wire as __retention_wire;
 #[cfg(feature = "retention")]
-pub use retention::{Action, Decisions, RetentionInput, RetentionPolicy, Tag, Tags, TagsIter, UntaggedManifest, Verdict};
+pub use retention::{
+    Action, Decisions, MAX_REASON_BYTES, MAX_RULES, RetentionInput, RetentionPolicy, Tag, Tags, TagsIter, UntaggedManifest, Verdict,
+    interned,
+};
 
 #[cfg(feature = "stale")]
 mod stale;
@@ -64,7 +74,9 @@ pub use stale::wire as __stale_wire;
 pub use stale::{Operation, StaleAction, StaleRule, StaleVerdict};
 
 pub mod log;
+mod panic;
 pub mod params;
+pub mod testing;
 
 /// What kind of registry operation a backoff or stale decision is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,7 +98,7 @@ pub mod bindings {
     #[cfg(feature = "retention")]
     pub mod retention {
         wit_bindgen::generate!({
-            path: "../../wit",
+            path: "wit",
             world: "retention-plugin",
             default_bindings_module: "tagwarden_plugin_sdk::bindings::retention",
             pub_export_macro: true,
@@ -96,7 +108,7 @@ pub mod bindings {
     #[cfg(feature = "backoff")]
     pub mod backoff {
         wit_bindgen::generate!({
-            path: "../../wit",
+            path: "wit",
             world: "backoff-plugin",
             default_bindings_module: "tagwarden_plugin_sdk::bindings::backoff",
             pub_export_macro: true,
@@ -106,7 +118,7 @@ pub mod bindings {
     #[cfg(feature = "stale")]
     pub mod stale {
         wit_bindgen::generate!({
-            path: "../../wit",
+            path: "wit",
             world: "stale-plugin",
             default_bindings_module: "tagwarden_plugin_sdk::bindings::stale",
             pub_export_macro: true,

@@ -21,6 +21,7 @@
 //! | [`integer`](Params::integer)    | a JSON integer in a range                         | `an integer from <start> to <end>`         |
 //! | [`choice`](Params::choice)      | one of a list of strings                          | `one of "a", "b"`                          |
 //! | [`string`](Params::string)      | any JSON string                                   | `a string`                                 |
+//! | [`strings`](Params::strings)    | a JSON list of strings (`[]` included)            | `a list of strings`; `a string` for `<key>[<i>]` |
 //! | [`duration`](Params::duration), [`optional_duration`](Params::optional_duration) | a duration string, see [`parse_duration`] | `a duration such as …`, `a non-negative duration`, `a duration greater than zero` |
 //!
 //! For anything else, read the raw value with [`Params::get`] and build the error with
@@ -155,6 +156,29 @@ impl Params {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(other) => Err(expected(key, "a string", other)),
+        }
+    }
+
+    /// A JSON list of strings, in the order given; empty when not given. A value that
+    /// is not a list is refused as `<key>: expected a list of strings, got …`, an element
+    /// that is not a string as `<key>[<i>]: expected a string, got …`.
+    ///
+    /// ```
+    /// # use tagwarden_plugin_sdk::params::Params;
+    /// let params = Params::parse(r#"{"deployed": ["v1.2.0", "v1.3.1"]}"#, &["deployed", "protected"])?;
+    /// assert_eq!(params.strings("deployed")?, ["v1.2.0", "v1.3.1"]);
+    /// assert!(params.strings("protected")?.is_empty());
+    /// # Ok::<(), String>(())
+    /// ```
+    pub fn strings(&self, key: &str) -> Result<Vec<&str>, String> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| item.as_str().ok_or_else(|| expected(&format!("{key}[{i}]"), "a string", item)))
+                .collect(),
+            Some(other) => Err(expected(key, "a list of strings", other)),
         }
     }
 
@@ -474,6 +498,7 @@ mod tests {
             assert_eq!(p.integer("k", 1..=5, 3), Ok(3));
             assert_eq!(p.choice("k", &["x", "y"], "y"), Ok("y"));
             assert_eq!(p.string("k"), Ok(None));
+            assert_eq!(p.strings("k"), Ok(vec![]));
             assert_eq!(p.duration("k", Duration::from_secs(9), false), Ok(Duration::from_secs(9)));
             assert_eq!(p.optional_duration("k", false), Ok(None));
         }
@@ -488,6 +513,8 @@ mod tests {
         assert_eq!(params(r#"{"k": 4294967295}"#).integer("k", 1..=u32::MAX, 3), Ok(u32::MAX));
         assert_eq!(params(r#"{"k": "x"}"#).choice("k", &["x", "y"], "y"), Ok("x"));
         assert_eq!(params(r#"{"k": " a b "}"#).string("k"), Ok(Some(" a b ")));
+        assert_eq!(params(r#"{"k": ["b", "a", "b"]}"#).strings("k"), Ok(vec!["b", "a", "b"]));
+        assert_eq!(params(r#"{"k": []}"#).strings("k"), Ok(vec![]));
         assert_eq!(params(r#"{"k": "1h"}"#).duration("k", Duration::ZERO, false), Ok(Duration::from_secs(3600)));
         assert_eq!(params(r#"{"k": "0s"}"#).duration("k", Duration::from_secs(9), true), Ok(Duration::ZERO));
         assert_eq!(params(r#"{"k": "0d"}"#).optional_duration("k", true), Ok(Some(Duration::ZERO)));
@@ -511,6 +538,9 @@ mod tests {
             (r#""half""#, |p| p.choice("k", &["none", "full"], "none").map(drop), r#"k: expected one of "none", "full", got "half""#),
             ("true", |p| p.choice("k", &["none", "full"], "none").map(drop), r#"k: expected one of "none", "full", got true"#),
             ("5", |p| p.string("k").map(drop), "k: expected a string, got 5"),
+            (r#""v1""#, |p| p.strings("k").map(drop), r#"k: expected a list of strings, got "v1""#),
+            (r#"["v1", 2]"#, |p| p.strings("k").map(drop), "k[1]: expected a string, got 2"),
+            (r#"[null]"#, |p| p.strings("k").map(drop), "k[0]: expected a string, got null"),
             ("60", |p| p.duration("k", Duration::ZERO, true).map(drop), &format!("k: expected {DURATION_EXPECTED}, got 60")),
             (r#""60""#, |p| p.duration("k", Duration::ZERO, true).map(drop), &format!(r#"k: expected {DURATION_EXPECTED}, got "60""#)),
             (r#""-1h""#, |p| p.duration("k", Duration::ZERO, true).map(drop), r#"k: expected a non-negative duration, got "-1h""#),

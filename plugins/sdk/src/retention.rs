@@ -24,6 +24,50 @@ pub struct Tag<'a> {
     pub media_type: Option<&'a str>,
 }
 
+impl<'a> Tag<'a> {
+    /// A tag with only a name and a digest; every other field unknown. Fill in what a
+    /// test needs with the `with_*` methods:
+    ///
+    /// ```
+    /// # use tagwarden_plugin_sdk::{Tag, Timestamp};
+    /// let tag = Tag::new("v1.2.0", "sha256:…").with_pushed_at(Timestamp::from_unix_secs(1_700_000_000)).with_size_bytes(1024);
+    /// assert_eq!((tag.name, tag.created_at, tag.size_bytes), ("v1.2.0", None, Some(1024)));
+    /// ```
+    pub const fn new(name: &'a str, digest: &'a str) -> Self {
+        Tag { name, digest, created_at: None, pushed_at: None, last_pulled_at: None, size_bytes: None, media_type: None }
+    }
+
+    /// This tag, built at `at`.
+    pub const fn with_created_at(mut self, at: Timestamp) -> Self {
+        self.created_at = Some(at);
+        self
+    }
+
+    /// This tag, last pushed at `at`.
+    pub const fn with_pushed_at(mut self, at: Timestamp) -> Self {
+        self.pushed_at = Some(at);
+        self
+    }
+
+    /// This tag, last pulled at `at`.
+    pub const fn with_last_pulled_at(mut self, at: Timestamp) -> Self {
+        self.last_pulled_at = Some(at);
+        self
+    }
+
+    /// This tag, of `bytes` bytes.
+    pub const fn with_size_bytes(mut self, bytes: u64) -> Self {
+        self.size_bytes = Some(bytes);
+        self
+    }
+
+    /// This tag, whose manifest has media type `media_type`.
+    pub const fn with_media_type(mut self, media_type: &'a str) -> Self {
+        self.media_type = Some(media_type);
+        self
+    }
+}
+
 /// A manifest that no tag points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UntaggedManifest<'a> {
@@ -33,6 +77,9 @@ pub struct UntaggedManifest<'a> {
 }
 
 /// Everything a retention decision may depend on.
+///
+/// The host builds it in a plugin; in native tests build one with [`RetentionInput::new`]
+/// (or [`crate::testing`]).
 #[derive(Debug, Clone)]
 pub struct RetentionInput<'a> {
     /// The repository path, e.g. `group/app`.
@@ -43,6 +90,23 @@ pub struct RetentionInput<'a> {
     pub tags: Tags<'a>,
     /// Every untagged manifest.
     pub untagged: Vec<UntaggedManifest<'a>>,
+}
+
+impl<'a> RetentionInput<'a> {
+    /// The input the host would send for `tags` of `repository` at `now`, with no
+    /// untagged manifest. The host sorts tags by name, byte-wise; so does this, so that a
+    /// test sees what a plugin sees.
+    pub fn new(repository: &'a str, now: Timestamp, tags: impl IntoIterator<Item = Tag<'a>>) -> Self {
+        let mut tags: Vec<Tag<'a>> = tags.into_iter().collect();
+        tags.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+        RetentionInput { repository, now, tags: tags.into(), untagged: Vec::new() }
+    }
+
+    /// This input with `untagged` as its untagged manifests.
+    pub fn with_untagged(mut self, untagged: Vec<UntaggedManifest<'a>>) -> Self {
+        self.untagged = untagged;
+        self
+    }
 }
 
 /// The tags of a [`RetentionInput`], sorted by name. Iterate with [`Tags::iter`] or
@@ -80,10 +144,16 @@ impl<'a> Tags<'a> {
         (i < self.len()).then(|| self.tag(i))
     }
 
-    /// Tag `i`. Panics when `i` is out of range, like indexing a slice.
+    /// Tag `i`. Panics when `i` is out of range, like indexing a slice; the panic names
+    /// the caller's line, not the SDK's (`#[track_caller]`).
     #[inline]
+    #[track_caller]
     pub fn at(&self, i: usize) -> Tag<'a> {
-        self.get(i).unwrap_or_else(|| panic!("tag index {i} out of range for {} tags", self.len()))
+        // A `match`, not `unwrap_or_else`: a closure would not carry the caller's location.
+        match self.get(i) {
+            Some(tag) => tag,
+            None => panic!("tag index {i} out of range for {} tags", self.len()),
+        }
     }
 
     /// Every tag, in order.
@@ -163,7 +233,10 @@ pub enum Action {
 /// The decision for one tag or manifest, with the reason shown to operators.
 ///
 /// Reasons are usually `&'static str` (no allocation per tag); the SDK sends each
-/// distinct (action, reason) pair over the wire once.
+/// distinct (action, reason) pair over the wire once. The host accepts at most
+/// [`MAX_RULES`] distinct pairs per answer and reasons of at most [`MAX_REASON_BYTES`]:
+/// a reason that names a param value is built once, in `create`, with [`interned`],
+/// never `format!`ted per tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub action: Action,
@@ -180,6 +253,46 @@ impl Verdict {
     pub fn delete(reason: impl Into<Cow<'static, str>>) -> Self {
         Verdict { action: Action::Delete, reason: reason.into() }
     }
+}
+
+/// The most distinct (action, reason) pairs an answer may carry (one byte per position
+/// on the wire). The host refuses an answer with more and deletes nothing.
+pub const MAX_RULES: usize = 256;
+
+/// The longest reason the host accepts, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// A reason built at run time (typically in `create`, naming a param value) made
+/// `'static`, so that cloning it into every verdict allocates nothing and the SDK finds
+/// equal reasons by address.
+///
+/// Each distinct text is kept once for the life of the plugin instance: call it in
+/// `create` for the few reasons a policy's params produce, not per tag. Past 1024
+/// distinct texts (a host that creates policies with ever new params) texts are no
+/// longer kept, only returned as owned strings.
+///
+/// ```
+/// # use tagwarden_plugin_sdk::{interned, Verdict};
+/// let keep_n = 5;
+/// let among = Verdict::keep(interned(format!("keep_n: among the {keep_n} most recent")));
+/// let again = Verdict::keep(interned(format!("keep_n: among the {keep_n} most recent")));
+/// assert!(std::ptr::eq(among.reason.as_ptr(), again.reason.as_ptr()));
+/// ```
+pub fn interned(text: impl Into<String>) -> Cow<'static, str> {
+    use std::sync::{Mutex, PoisonError};
+    const MAX_INTERNED: usize = 1024;
+    static INTERNED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let text = text.into();
+    let mut table = INTERNED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(&known) = table.iter().find(|&&t| t == text) {
+        return Cow::Borrowed(known);
+    }
+    if table.len() >= MAX_INTERNED {
+        return Cow::Owned(text);
+    }
+    let leaked: &'static str = Box::leak(text.into_boxed_str());
+    table.push(leaked);
+    Cow::Borrowed(leaked)
 }
 
 /// A plugin's answer: one verdict per tag and per untagged manifest, in input order.
@@ -220,10 +333,12 @@ pub mod wire {
 
     impl<P: RetentionPolicy> w::GuestPolicy for PolicyResource<P> {
         fn create(params: String) -> Result<w::Policy, String> {
+            let _call = crate::panic::Call::enter("create");
             P::create(&params).map(|p| w::Policy::new(PolicyResource(p)))
         }
 
         fn evaluate(&self, input: w::Evaluation) -> Result<w::Decisions, String> {
+            let _call = crate::panic::Call::enter("evaluate");
             let input = decode(&input)?;
             let decisions = self.0.evaluate(&input)?;
             encode(decisions)
@@ -352,8 +467,11 @@ pub mod wire {
             if let Some(i) = firsts.iter().position(|f| same_verdict(f, v)) {
                 return Ok(i as u8);
             }
-            if rules.len() == 256 {
-                return Err("more than 256 distinct (action, reason) pairs".into());
+            if rules.len() == MAX_RULES {
+                return Err(format!(
+                    "more than {MAX_RULES} distinct (action, reason) pairs; build reasons that name a param value once, \
+                     in `create` (`tagwarden_plugin_sdk::interned`), not per tag"
+                ));
             }
             let action = match v.action {
                 Action::Keep => w::Action::Keep,
@@ -413,23 +531,34 @@ mod tests {
         let input = RetentionInput {
             repository: "r",
             now: Timestamp::from_unix_secs(0),
-            tags: vec![
-                Tag {
-                    name: "a",
-                    digest: "d",
-                    created_at: None,
-                    pushed_at: None,
-                    last_pulled_at: None,
-                    size_bytes: None,
-                    media_type: None
-                };
-                3
-            ]
-            .into(),
+            tags: vec![Tag::new("a", "d"); 3].into(),
             untagged: vec![UntaggedManifest { digest: "e", created_at: None, pushed_at: None }],
         };
         let d = Decisions::uniform(&input, Verdict::keep("x"));
         assert_eq!((d.tags.len(), d.untagged.len()), (3, 1));
+    }
+
+    #[test]
+    fn tag_new_leaves_everything_but_name_and_digest_unknown() {
+        let t = Tag::new("v1", "sha256:1");
+        assert_eq!(
+            t,
+            Tag {
+                name: "v1",
+                digest: "sha256:1",
+                created_at: None,
+                pushed_at: None,
+                last_pulled_at: None,
+                size_bytes: None,
+                media_type: None
+            }
+        );
+        let at = Timestamp::from_unix_secs(5);
+        let t = t.with_created_at(at).with_pushed_at(at).with_last_pulled_at(at).with_size_bytes(7).with_media_type("m");
+        assert_eq!(
+            (t.created_at, t.pushed_at, t.last_pulled_at, t.size_bytes, t.media_type),
+            (Some(at), Some(at), Some(at), Some(7), Some("m"))
+        );
     }
 
     #[test]

@@ -59,10 +59,12 @@ pub mod wire {
 
     impl<R: StaleRule> w::GuestRule for RuleResource<R> {
         fn create(params: String) -> Result<w::Rule, String> {
+            let _call = crate::panic::Call::enter("create");
             R::create(&params).map(|r| w::Rule::new(RuleResource(r)))
         }
 
         fn check(&self, op: w::Operation) -> w::Verdict {
+            let _call = crate::panic::Call::enter("check");
             let op = Operation {
                 kind: match op.kind {
                     WireKind::Cleanup => OperationKind::Cleanup,
