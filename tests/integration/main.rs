@@ -7,6 +7,7 @@ mod crash;
 mod golden;
 mod imports;
 mod pass;
+mod plugin_dir;
 mod properties;
 mod registry;
 mod restore;

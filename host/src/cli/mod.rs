@@ -5,6 +5,7 @@ mod eval;
 mod imports;
 mod inspect;
 mod output;
+mod plugins;
 mod record;
 mod repos;
 mod restore;
@@ -72,6 +73,10 @@ enum Command {
 enum PluginsCommand {
     /// Show a plugin's kind, contract version, sha256, size, and whether it loads.
     Inspect(inspect::InspectArgs),
+    /// The daemon's plugin directory: each plugin's version in service, use and state.
+    List(plugins::ListArgs),
+    /// Put a quarantined plugin back in service (its policies resume).
+    Release(plugins::ReleaseArgs),
 }
 
 /// Output format for commands that report results.
@@ -166,5 +171,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Runs { command } => repos::runs(command),
         Command::Imports { command } => imports::imports(command),
         Command::Plugins { command: PluginsCommand::Inspect(args) } => inspect::run(args),
+        Command::Plugins { command: PluginsCommand::List(args) } => plugins::list(args),
+        Command::Plugins { command: PluginsCommand::Release(args) } => plugins::release(args),
     }
 }
