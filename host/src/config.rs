@@ -676,6 +676,24 @@ params = { keep_n = 5, name_regex_delete = ".*" }
     }
 
     #[test]
+    fn the_plugin_directory_keys_have_defaults_and_refuse_zero() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(
+            (c.plugins.dir.as_deref(), c.plugins.watch_interval, c.plugins.settle, c.plugins.quarantine_after),
+            (None, Duration::from_millis(100), Duration::from_secs(2), 3)
+        );
+        let with = |lines: &str| GOOD.replace("[[policy]]", &format!("[plugins]\n{lines}\n\n[[policy]]"));
+        let c = Config::parse(&with("dir = \"plugins\"\nwatch_interval = \"50ms\"\nquarantine_after = 5")).unwrap();
+        assert_eq!((c.plugins.dir.as_deref(), c.plugins.quarantine_after), (Some(Path::new("plugins")), 5));
+        let e = err(&with("watch_interval = \"0s\""));
+        assert!(e.contains("plugins.watch_interval") && e.contains("positive"), "{e}");
+        let e = err(&with("quarantine_after = 0"));
+        assert!(e.contains("plugins.quarantine_after") && e.contains("at least 1"), "{e}");
+        let e = err(&with("settle = \"soon\""));
+        assert!(e.contains("plugins.settle") && e.contains("not a duration"), "{e}");
+    }
+
+    #[test]
     fn bad_configs_name_the_key_and_the_expectation() {
         let e = err(&GOOD.replace("timeout = \"30s\"", "timeout = \"soon\""));
         assert!(e.contains("deletion.timeout") && e.contains("not a duration"), "{e}");

@@ -197,12 +197,7 @@ impl PluginDirectory {
         bound: Vec<BoundPolicy>,
         on_event: &OnEvent,
     ) -> anyhow::Result<PluginDirectory> {
-        if !options.dir.is_dir() {
-            anyhow::bail!(
-                "the plugin directory {} (`plugins.dir`) does not exist or is not a directory; create it and put the policies' plugins in it",
-                options.dir.display()
-            );
-        }
+        check_dir(&options.dir)?;
         let policies = PolicySet::new(bound.clone());
         let mut dir = PluginDirectory {
             options,
@@ -493,6 +488,17 @@ impl PluginDirectory {
         }
         Ok(())
     }
+}
+
+/// Fails unless `dir` is a directory, naming it and the config key.
+pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "the plugin directory {} (`plugins.dir`) does not exist or is not a directory; create it and put the policies' plugins in it",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Compiles `bytes` (through the runtime's compile cache), checks it is a retention plugin,

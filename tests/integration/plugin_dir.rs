@@ -259,6 +259,14 @@ async fn a_plugin_that_traps_k_times_in_a_row_is_quarantined_until_released() {
     )
     .unwrap();
     let config_arg = config.display().to_string();
+    // A plugin directory that is not there stops `serve` at start, naming it; nothing runs.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("dir = \"plugins\"", "dir = \"missing\"")).unwrap();
+    let (code, out) = tagwarden(dir.path(), &["serve", "--until-idle", "--config", &config_arg]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("missing (`plugins.dir`) does not exist or is not a directory"), "{out}");
+    assert!(!dir.path().join("state").exists(), "no state was created");
+    std::fs::write(&config, text).unwrap();
     let (code, refused) = tagwarden(dir.path(), &["plugins", "release", "wild", "--config", &config_arg]);
     assert_eq!(code, Some(1), "{refused}");
     assert!(refused.contains("no state at"), "{refused}");

@@ -32,6 +32,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let bound = setup::load_policies(&config, &runtime, true)?;
     let backoff = setup::load_backoff(&config, &runtime)?;
     let stale = setup::load_stale(&config, &runtime)?;
+    // Before the state is opened (or created): a wrong `plugins.dir` changes nothing.
+    if let Some(dir) = setup::plugin_dir(&config) {
+        crate::plugin_dir::check_dir(&dir).with_context(|| format!("in {}", config.path.display()))?;
+    }
     let store = setup::open_store(&config)?;
     let on_plugin_event: Arc<dyn Fn(PluginEvent<'_>) + Send + Sync> = Arc::new(print_plugin_event);
     let (policies, directory) = match setup::plugin_dir(&config) {
