@@ -190,8 +190,23 @@ impl Default for ServeSection {
     }
 }
 
+impl Default for PluginsSection {
+    fn default() -> Self {
+        PluginsSection {
+            backoff: None,
+            backoff_params: toml::Table::new(),
+            stale: None,
+            stale_params: toml::Table::new(),
+            dir: None,
+            watch_interval: defaults::watch_interval(),
+            settle: defaults::settle(),
+            quarantine_after: defaults::quarantine_after(),
+        }
+    }
+}
+
 /// `[plugins]`: the plugins the daemon consults besides each policy's retention plugin.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsSection {
     /// A backoff plugin (bundled name or `.wasm` path) deciding when a failed cleanup is
@@ -207,6 +222,22 @@ pub struct PluginsSection {
     /// Its params, passed as a JSON object.
     #[serde(default)]
     pub stale_params: toml::Table,
+    /// A directory of retention plugins (`NAME.wasm`) that `serve` loads at start and
+    /// watches: a policy whose `plugin` is a bare name uses `DIR/NAME.wasm`, and a new file
+    /// replaces the version in service without a restart (docs/operations.md).
+    pub dir: Option<PathBuf>,
+    /// How often the directory is looked at. A file is loaded once its size and modification
+    /// time held still between two looks.
+    #[serde(default = "defaults::watch_interval", deserialize_with = "duration")]
+    pub watch_interval: Duration,
+    /// A file that fails to load is reported as failed only once it has not changed for this
+    /// long: a copy still being written is retried, never reported broken.
+    #[serde(default = "defaults::settle", deserialize_with = "duration")]
+    pub settle: Duration,
+    /// Consecutive traps, timeouts or memory/fuel exhaustions after which a plugin is
+    /// quarantined (its policies pause until a new file or `tagwarden plugins release`).
+    #[serde(default = "defaults::quarantine_after")]
+    pub quarantine_after: u32,
 }
 
 /// `[imports]`: repository imports to a GitLab-compatible registry (`tagwarden imports`), and
@@ -313,6 +344,17 @@ mod defaults {
     }
     pub fn plugin_memory_mib() -> u64 {
         crate::runtime::DEFAULT_PLUGIN_MEMORY_MIB
+    }
+    /// Cheap (a `stat` per file) and well under the half second a new version may take
+    /// to reach its first evaluation.
+    pub fn watch_interval() -> Duration {
+        Duration::from_millis(100)
+    }
+    pub fn settle() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn quarantine_after() -> u32 {
+        3
     }
     pub fn import_capacity() -> usize {
         2
@@ -426,6 +468,13 @@ impl Config {
         }
         if d.max_list_size == Some(0) {
             bail!("at `deletion.max_list_size`: expected at least 1 (tags deleted per pass), or leave it out for no limit");
+        }
+        let pl = &self.plugins;
+        if pl.watch_interval.is_zero() {
+            bail!("at `plugins.watch_interval`: expected a positive duration such as \"100ms\"");
+        }
+        if pl.quarantine_after == 0 {
+            bail!("at `plugins.quarantine_after`: expected at least 1 (consecutive traps or timeouts before a plugin is quarantined)");
         }
         let i = &self.imports;
         if i.capacity == 0 {
@@ -624,6 +673,24 @@ params = { keep_n = 5, name_regex_delete = ".*" }
 
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn the_plugin_directory_keys_have_defaults_and_refuse_zero() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(
+            (c.plugins.dir.as_deref(), c.plugins.watch_interval, c.plugins.settle, c.plugins.quarantine_after),
+            (None, Duration::from_millis(100), Duration::from_secs(2), 3)
+        );
+        let with = |lines: &str| GOOD.replace("[[policy]]", &format!("[plugins]\n{lines}\n\n[[policy]]"));
+        let c = Config::parse(&with("dir = \"plugins\"\nwatch_interval = \"50ms\"\nquarantine_after = 5")).unwrap();
+        assert_eq!((c.plugins.dir.as_deref(), c.plugins.quarantine_after), (Some(Path::new("plugins")), 5));
+        let e = err(&with("watch_interval = \"0s\""));
+        assert!(e.contains("plugins.watch_interval") && e.contains("positive"), "{e}");
+        let e = err(&with("quarantine_after = 0"));
+        assert!(e.contains("plugins.quarantine_after") && e.contains("at least 1"), "{e}");
+        let e = err(&with("settle = \"soon\""));
+        assert!(e.contains("plugins.settle") && e.contains("not a duration"), "{e}");
     }
 
     #[test]

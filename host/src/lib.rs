@@ -11,6 +11,7 @@
 //! - [`metrics`]: the Prometheus metrics every module records into (served at `/metrics`).
 //! - [`pass`]: one cleanup pass over one repository (plan, execute, reconcile).
 //! - [`plugins`]: finding plugin files by name or path.
+//! - [`plugin_dir`]: `serve`'s watched plugin directory: hot swap, pause, quarantine.
 //! - [`scheduler`]: cadence and claim order as pure functions of state and time.
 //! - [`restore`]: pushing a deleted tag's kept manifest back (CLI and API).
 //! - [`setup`]: config → policies, store, backend and pass context, for every command.
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod model;
 pub mod owner;
 pub mod pass;
+pub mod plugin_dir;
 pub mod plugins;
 pub mod recording;
 pub mod registry;

@@ -54,6 +54,17 @@ struct PluginKind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginStep {
+    plugin: String,
+    step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginName {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Request {
     method: String,
     /// The HTTP status code, or `error` when no answer came (timeout, connection failure).
@@ -109,6 +120,9 @@ pub struct Metrics {
     repositories: Family<Status, Gauge>,
     deletions: Family<Status, Gauge>,
     workers_busy: Gauge,
+    plugin_load_failures: Family<PluginStep, Counter>,
+    plugin_loads: Family<PluginName, Counter>,
+    plugin_quarantines: Family<PluginName, Counter>,
     /// Calls and failures by plugin name, for the status page (a family cannot be read back).
     plugin_totals: Mutex<BTreeMap<String, (u64, u64)>>,
 }
@@ -129,6 +143,9 @@ impl Metrics {
             repositories: Family::default(),
             deletions: Family::default(),
             workers_busy: Gauge::default(),
+            plugin_load_failures: Family::default(),
+            plugin_loads: Family::default(),
+            plugin_quarantines: Family::default(),
             plugin_totals: Mutex::default(),
         };
         let r = &mut m.registry;
@@ -144,6 +161,13 @@ impl Metrics {
         r.register("repositories", "Repositories by cleanup status (the queue)", m.repositories.clone());
         r.register("repository_deletions", "Repository deletions by status", m.deletions.clone());
         r.register("workers_busy", "Passes and deletions running now", m.workers_busy.clone());
+        r.register(
+            "plugin_load_failures",
+            "Plugin files of the plugin directory that failed to load, by plugin (file stem) and step",
+            m.plugin_load_failures.clone(),
+        );
+        r.register("plugin_loads", "Plugin versions put in service from the plugin directory", m.plugin_loads.clone());
+        r.register("plugin_quarantines", "Plugins quarantined after faults in a row", m.plugin_quarantines.clone());
         m
     }
 
@@ -163,6 +187,21 @@ impl Metrics {
         let entry = totals.entry(plugin.to_owned()).or_default();
         entry.0 += 1;
         entry.1 += u64::from(failure.is_some());
+    }
+
+    /// A file of the plugin directory failed at `step` (read, load, kind, params).
+    pub fn plugin_load_failed(&self, plugin: &str, step: &'static str) {
+        self.plugin_load_failures.get_or_create(&PluginStep { plugin: plugin.to_owned(), step }).inc();
+    }
+
+    /// A version of plugin `plugin` went into service.
+    pub fn plugin_loaded(&self, plugin: &str) {
+        self.plugin_loads.get_or_create(&PluginName { plugin: plugin.to_owned() }).inc();
+    }
+
+    /// Plugin `plugin` was quarantined.
+    pub fn plugin_quarantined(&self, plugin: &str) {
+        self.plugin_quarantines.get_or_create(&PluginName { plugin: plugin.to_owned() }).inc();
     }
 
     /// Calls of plugin `name` so far, and how many failed.

@@ -17,8 +17,15 @@ use crate::scheduler::Cadence;
 use crate::store::Store;
 
 /// A policy and the repositories it applies to.
+#[derive(Clone)]
 pub struct BoundPolicy {
     pub policy: Policy,
+    /// The plugin of `[plugins] dir` it uses (file stem), whose versions the directory
+    /// swaps in; `None` for a plugin loaded once at start.
+    pub watched_plugin: Option<String>,
+    /// The policy's own params (JSON) and limits, to configure each new version with.
+    pub params: String,
+    pub limits: PluginLimits,
     /// How often the daemon runs it, and whether it runs at all.
     pub cadence: Cadence,
     pub enabled: bool,
@@ -35,6 +42,27 @@ impl BoundPolicy {
     }
 }
 
+/// The daemon's policies, replaced as a whole when the plugin directory swaps a version in
+/// or pauses a policy. A pass holds the `Arc` it started with, and with it the plugin
+/// version it started on; the next claim sees the new set.
+pub struct PolicySet(std::sync::RwLock<Arc<Vec<BoundPolicy>>>);
+
+impl PolicySet {
+    pub fn new(policies: Vec<BoundPolicy>) -> Arc<Self> {
+        Arc::new(PolicySet(std::sync::RwLock::new(Arc::new(policies))))
+    }
+
+    /// The policies in force now.
+    pub fn current(&self) -> Arc<Vec<BoundPolicy>> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Puts `policies` in force (one pointer swap under the lock).
+    pub fn replace(&self, policies: Vec<BoundPolicy>) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policies);
+    }
+}
+
 /// The policy for `repository`: the first whose patterns match (config order).
 pub fn policy_for<'a>(policies: &'a [BoundPolicy], repository: &str) -> Option<&'a Policy> {
     policies.iter().find(|p| p.matches(repository)).map(|p| &p.policy)
@@ -47,28 +75,60 @@ pub fn policy_by_name<'a>(policies: &'a [BoundPolicy], name: &str) -> Option<&'a
 
 /// Loads every policy's plugin and configures it with the policy's params. Everything that
 /// can be wrong with the config or the plugins fails here, before the registry is contacted.
-pub fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Result<Vec<BoundPolicy>> {
+///
+/// With `watched`, a policy naming a plugin of `[plugins] dir` is not loaded here: it starts
+/// paused and [`crate::plugin_dir::PluginDirectory`] puts its plugin in service.
+pub fn load_policies(config: &Config, runtime: &Arc<PluginRuntime>, watched: bool) -> anyhow::Result<Vec<BoundPolicy>> {
     let mut out = Vec::new();
     for p in &config.policies {
         let context = || format!("cannot load policy `{}` of {}", p.name, config.path.display());
-        // A plugin given as a path is relative to the config file.
-        let path = resolve_plugin(config, &p.plugin).with_context(context)?;
-        let plugin = runtime.load_file(&path, p.limits()).with_context(context)?.into_retention().with_context(context)?;
-        let policy = Policy::new(&p.name, &plugin, &p.params_json()).with_context(context)?;
+        let watched_plugin = watched.then(|| directory_plugin(config, &p.plugin)).flatten();
+        let policy = match &watched_plugin {
+            Some(name) => Policy::paused(&p.name, format!("plugin `{name}` is not loaded yet")),
+            None => {
+                // A plugin given as a path is relative to the config file.
+                let path = resolve_plugin(config, &p.plugin).with_context(context)?;
+                let plugin = runtime.load_file(&path, p.limits()).with_context(context)?.into_retention().with_context(context)?;
+                Policy::new(&p.name, &plugin, &p.params_json()).with_context(context)?
+            }
+        };
         let named = p.repositories.iter().filter(|r| !r.contains(['*', '?', '[', '{'])).cloned().collect();
-        out.push(BoundPolicy { policy, cadence: p.cadence, enabled: p.enabled, matcher: p.matcher(), named });
+        out.push(BoundPolicy {
+            policy,
+            watched_plugin,
+            params: p.params_json(),
+            limits: p.limits(),
+            cadence: p.cadence,
+            enabled: p.enabled,
+            matcher: p.matcher(),
+            named,
+        });
     }
     Ok(out)
 }
 
-/// A plugin named in `[plugins]`: a bundled name, or a `.wasm` path relative to the config.
+/// The plugin directory (`[plugins] dir`, relative to the config), if one is configured.
+pub fn plugin_dir(config: &Config) -> Option<std::path::PathBuf> {
+    config.plugins.dir.as_deref().map(|d| config.resolve_path(d))
+}
+
+/// The name a policy's `plugin` has in the plugin directory: a bare name (no path, no
+/// `.wasm`) when `[plugins] dir` is set.
+pub fn directory_plugin(config: &Config, spec: &str) -> Option<String> {
+    let bare = !(spec.ends_with(".wasm") || spec.contains('/'));
+    (bare && config.plugins.dir.is_some()).then(|| spec.to_owned())
+}
+
+/// A plugin named in `[plugins]` or a policy: a `.wasm` path relative to the config, else a
+/// name looked up in `[plugins] dir` first, then among the bundled plugins.
 fn resolve_plugin(config: &Config, spec: &str) -> anyhow::Result<std::path::PathBuf> {
     let spec = if spec.ends_with(".wasm") || spec.contains('/') {
         config.resolve_path(Path::new(spec)).display().to_string()
     } else {
         spec.to_owned()
     };
-    crate::plugins::resolve(&spec, &[])
+    let dirs: Vec<std::path::PathBuf> = plugin_dir(config).into_iter().collect();
+    crate::plugins::resolve(&spec, &dirs)
 }
 
 /// The stale plugin (`[plugins] stale`, default the bundled `stale-timeout`) and its params as

@@ -8,6 +8,7 @@ mod golden;
 mod imports;
 mod pass;
 mod plugin_tools;
+mod plugin_dir;
 mod properties;
 mod registry;
 mod restore;

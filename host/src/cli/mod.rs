@@ -6,6 +6,7 @@ mod imports;
 mod inspect;
 mod output;
 mod plugin_tools;
+mod plugins;
 mod record;
 mod repos;
 mod restore;
@@ -79,6 +80,10 @@ enum PluginsCommand {
     Test(plugin_tools::TestArgs),
     /// Write a complete, buildable plugin crate to start from (tests, recording, golden cases).
     New(plugin_tools::NewArgs),
+    /// The daemon's plugin directory: each plugin's version in service, use and state.
+    List(plugins::ListArgs),
+    /// Put a quarantined plugin back in service (its policies resume).
+    Release(plugins::ReleaseArgs),
 }
 
 /// Output format for commands that report results.
@@ -176,5 +181,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins { command: PluginsCommand::Validate(args) } => plugin_tools::validate(args),
         Command::Plugins { command: PluginsCommand::Test(args) } => plugin_tools::test(args),
         Command::Plugins { command: PluginsCommand::New(args) } => plugin_tools::new(args),
+        Command::Plugins { command: PluginsCommand::List(args) } => plugins::list(args),
+        Command::Plugins { command: PluginsCommand::Release(args) } => plugins::release(args),
     }
 }

@@ -88,6 +88,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             }
             let shown: Vec<String> = plugins.iter().map(|(k, v)| format!("{k}: {v}")).collect();
             println!("plugins: {}", shown.join("; "));
+            // The plugin directory's plugins that do not serve as they should.
+            for p in store.plugin_table().list()?.iter().filter(|p| p.state != crate::store::PluginState::Active) {
+                let reason = crate::untrusted::escape(p.reason.as_deref().unwrap_or_default());
+                println!("{}", style.delete(&format!("plugin {} {}: {reason}", p.name, p.state)));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

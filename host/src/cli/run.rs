@@ -55,7 +55,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Fuel metering slows every plugin, so it is on only when some policy sets a budget.
     let fuel = config.policies.iter().any(|p| p.fuel.is_some());
     let runtime = super::plugin_runtime(fuel)?;
-    let policies = setup::load_policies(&config, &runtime)?;
+    let policies = setup::load_policies(&config, &runtime, false)?;
     let store = setup::open_store(&config)?;
     let ctx = Arc::new(setup::pass_context(&config, &store, args.dry_run, Some(now))?);
     let jobs = args.jobs.map_or(config.serve.worker_capacity, usize::from);

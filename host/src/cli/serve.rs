@@ -9,6 +9,7 @@ use anyhow::Context;
 use crate::api::{Api, LoadedPlugin};
 use crate::config::Config;
 use crate::pass::RepositoryStatus;
+use crate::plugin_dir::{DirectoryOptions, PluginDirectory, PluginEvent};
 use crate::scheduler::daemon::{self, DaemonEvent, DaemonOptions};
 use crate::setup;
 use crate::store::{CleanupOutcome, DeletionOutcome, Work};
@@ -28,14 +29,34 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::read(&args.config)?;
     let fuel = config.policies.iter().any(|p| p.fuel.is_some());
     let runtime = super::plugin_runtime(fuel)?;
-    let policies = Arc::new(setup::load_policies(&config, &runtime)?);
+    let bound = setup::load_policies(&config, &runtime, true)?;
     let backoff = setup::load_backoff(&config, &runtime)?;
     let stale = setup::load_stale(&config, &runtime)?;
+    // Before the state is opened (or created): a wrong `plugins.dir` changes nothing.
+    if let Some(dir) = setup::plugin_dir(&config) {
+        crate::plugin_dir::check_dir(&dir).with_context(|| format!("in {}", config.path.display()))?;
+    }
     let store = setup::open_store(&config)?;
+    let on_plugin_event: Arc<dyn Fn(PluginEvent<'_>) + Send + Sync> = Arc::new(print_plugin_event);
+    let (policies, directory) = match setup::plugin_dir(&config) {
+        Some(dir) => {
+            let p = &config.plugins;
+            let options =
+                DirectoryOptions { dir, watch_interval: p.watch_interval, settle: p.settle, quarantine_after: p.quarantine_after };
+            let started = std::time::Instant::now();
+            let directory = PluginDirectory::open(options, runtime.clone(), &store, bound, &*on_plugin_event)
+                .with_context(|| format!("in {}", config.path.display()))?;
+            eprintln!("serve: plugin directory loaded in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
+            (directory.policies(), Some(directory))
+        }
+        None => (setup::PolicySet::new(bound), None),
+    };
     let ctx = Arc::new(setup::pass_context(&config, &store, false, None)?);
     let imports = crate::scheduler::imports::worker_for(&config, &store, &ctx.backend, stale.clone())?;
     let wake = Arc::new(tokio::sync::Notify::new());
-    let api = api_for(&config, &store, &ctx, &policies, &backoff, &stale, &wake)?;
+    let api = api_for(&config, &store, &ctx, &policies.current(), &backoff, &stale, &wake)?;
+    // Stops the watching thread when `serve` returns.
+    let _watching = directory.map(|d| d.watch(wake.clone(), on_plugin_event)).transpose()?.map(StopOnDrop);
     let options = DaemonOptions {
         worker_capacity: config.serve.worker_capacity,
         first_run: config.serve.first_run,
@@ -117,6 +138,56 @@ fn api_for(
     let api = Api::new(store.clone(), registry, plugins, config.api_token()?, addr, wake.clone())
         .with_context(|| format!("in {}", config.path.display()))?;
     Ok(Some((addr, Arc::new(api))))
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The plugin directory's log lines: file, step and why for every failure.
+fn print_plugin_event(event: PluginEvent<'_>) {
+    use crate::untrusted::escape;
+    match event {
+        PluginEvent::Loaded { name, file, meta, elapsed, policies, replaced } => eprintln!(
+            "serve: plugin {name}: {} {} ({} {}, contract {}, sha256:{}, {}) in {:.1} ms{}; policies: {}",
+            if replaced.is_some() { "swapped in" } else { "loaded" },
+            file.display(),
+            meta.name,
+            meta.version,
+            meta.contract_version,
+            &meta.sha256[..12],
+            if meta.from_compile_cache { "from the compile cache" } else { "compiled" },
+            elapsed.as_secs_f64() * 1000.0,
+            replaced.map(|r| format!(", replacing sha256:{}", &r[..12])).unwrap_or_default(),
+            if policies.is_empty() { "none".to_owned() } else { policies.join(", ") }
+        ),
+        PluginEvent::LoadFailed { name, file, step, why, serving } => eprintln!(
+            "serve: plugin {name}: {} failed to load at step `{step}`: {}; {}",
+            file.display(),
+            escape(why),
+            match serving {
+                Some(sha) => format!("the previous version (sha256:{}) stays in service", &sha[..12]),
+                None => "no version of it is in service: its policies pause".to_owned(),
+            }
+        ),
+        PluginEvent::Settling { name, file, why } => {
+            eprintln!("serve: plugin {name}: {} does not load yet ({}); trying again once it settles", file.display(), escape(why))
+        }
+        PluginEvent::Removed { name, file, policies } => eprintln!(
+            "serve: plugin {name}: no file {}; policies paused: {}",
+            file.display(),
+            if policies.is_empty() { "none".to_owned() } else { policies.join(", ") }
+        ),
+        PluginEvent::Quarantined { name, reason, policies } => {
+            eprintln!("serve: plugin {name}: quarantined: {}; policies paused: {}", escape(reason), policies.join(", "))
+        }
+        PluginEvent::Released { name } => eprintln!("serve: plugin {name}: released from quarantine; back in service"),
+    }
 }
 
 fn print_event(event: DaemonEvent<'_>) {

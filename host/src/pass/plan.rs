@@ -60,6 +60,10 @@ pub enum Decider {
     /// execution as any pass. Protection rules still hold; the fraction guard does not
     /// (deleting everything is the request).
     DeleteRepository,
+    /// The policy's plugin is not in service (its file was removed, it never loaded, or it
+    /// is quarantined): nothing is decided and nothing deleted until it is back. The daemon
+    /// does not claim such a policy's repositories; this is the answer if a pass asks anyway.
+    Paused(String),
 }
 
 /// The policy name the daemon's repository deletions run under.
@@ -76,11 +80,24 @@ impl Policy {
         Policy { name: REPOSITORY_DELETION.to_owned(), decider: Decider::DeleteRepository }
     }
 
+    /// A policy whose plugin is out of service, for `why`.
+    pub fn paused(name: impl Into<String>, why: impl Into<String>) -> Self {
+        Policy { name: name.into(), decider: Decider::Paused(why.into()) }
+    }
+
+    /// Why the policy is paused, if it is.
+    pub fn paused_because(&self) -> Option<&str> {
+        match &self.decider {
+            Decider::Paused(why) => Some(why),
+            _ => None,
+        }
+    }
+
     /// The configured retention plugin, unless this is a repository deletion.
     pub fn retention(&self) -> Option<&ConfiguredPolicy> {
         match &self.decider {
             Decider::Plugin(p) => Some(p),
-            Decider::DeleteRepository => None,
+            Decider::DeleteRepository | Decider::Paused(_) => None,
         }
     }
 
@@ -92,6 +109,7 @@ impl Policy {
                 format!("policy {} ({} {} sha256:{})", self.name, m.name, m.version, &m.sha256[..12])
             }
             Decider::DeleteRepository => "operator: repository deletion (`tagwarden repos delete`)".to_owned(),
+            Decider::Paused(why) => format!("policy {} (paused: {why})", self.name),
         }
     }
 }
@@ -303,6 +321,7 @@ pub fn plan(policy: &Policy, list: TagList, now: Timestamp, guards: &Guards) -> 
             let guards = Guards { protect: guards.protect.clone(), max_delete_fraction: None, delete_orphaned_referrers: true };
             apply_guards(list, &decisions, &guards).map_err(plan_error)
         }
+        Decider::Paused(why) => Err(PassError::Plan(format!("policy {} is paused ({why}); nothing is decided", policy.name))),
     }
 }
 

@@ -26,7 +26,8 @@ mod virtual_time;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -379,6 +380,7 @@ impl PluginRuntime {
                 name: Arc::from(origin),
                 limits,
                 pre: typed,
+                stats: PluginStats::default(),
             }),
         };
         let info = plugin.call(crate::model::Timestamp::from_unix_micros(0), |store, pre| pre.info(store).map(Ok))?;
@@ -535,6 +537,45 @@ struct PluginInner {
     name: Arc<str>,
     limits: PluginLimits,
     pre: TypedPre,
+    stats: PluginStats,
+}
+
+/// What one loaded plugin's evaluations did since it was loaded: what `plugins list`
+/// shows and what quarantine counts.
+#[derive(Default)]
+struct PluginStats {
+    evaluations: AtomicU64,
+    failures: AtomicU64,
+    /// Traps, timeouts and memory or fuel exhaustion since the last clean answer.
+    consecutive_faults: AtomicU32,
+    last_fault: Mutex<Option<String>>,
+}
+
+/// A snapshot of a plugin's [`Plugin::call_counts`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    pub evaluations: u64,
+    pub failures: u64,
+    /// Traps, timeouts, memory or fuel exhaustion in a row (a clean answer resets it;
+    /// params the plugin rejects or an invalid answer neither count nor reset).
+    pub consecutive_faults: u32,
+    /// The last of those faults, as its error reads.
+    pub last_fault: Option<String>,
+}
+
+impl FailureCause {
+    /// Whether this is the plugin misbehaving at run time (what quarantine counts), as
+    /// opposed to an answer about its input.
+    pub fn is_fault(&self) -> bool {
+        matches!(
+            self,
+            FailureCause::Timeout(_)
+                | FailureCause::MemoryExhausted(_)
+                | FailureCause::FuelExhausted(_)
+                | FailureCause::Panic(_)
+                | FailureCause::Trap(_)
+        )
+    }
 }
 
 /// A loaded, validated plugin. Cheap to clone; immutable; safe to share across threads.
@@ -558,6 +599,38 @@ impl Plugin {
         &self.inner.limits
     }
 
+    /// Evaluations and failures of this loaded plugin (this version, these limits).
+    pub fn call_counts(&self) -> CallCounts {
+        let s = &self.inner.stats;
+        CallCounts {
+            evaluations: s.evaluations.load(Ordering::Relaxed),
+            failures: s.failures.load(Ordering::Relaxed),
+            consecutive_faults: s.consecutive_faults.load(Ordering::Relaxed),
+            last_fault: s.last_fault.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        }
+    }
+
+    /// Forgets the faults in a row (an operator released the plugin from quarantine).
+    pub fn clear_faults(&self) {
+        self.inner.stats.consecutive_faults.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts one evaluation and how it ended.
+    fn record_evaluation(&self, error: Option<&PluginError>) {
+        let s = &self.inner.stats;
+        s.evaluations.fetch_add(1, Ordering::Relaxed);
+        match error {
+            None => s.consecutive_faults.store(0, Ordering::Relaxed),
+            Some(e) => {
+                s.failures.fetch_add(1, Ordering::Relaxed);
+                if e.cause.is_fault() {
+                    s.consecutive_faults.fetch_add(1, Ordering::Relaxed);
+                    *s.last_fault.lock().unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+                }
+            }
+        }
+    }
+
     /// The same plugin with other limits (the compiled code is shared).
     pub fn with_limits(&self, limits: PluginLimits) -> Plugin {
         let i = &self.inner;
@@ -566,7 +639,16 @@ impl Plugin {
             TypedPre::Backoff(p) => TypedPre::Backoff(p.clone()),
             TypedPre::Stale(p) => TypedPre::Stale(p.clone()),
         };
-        Plugin { inner: Arc::new(PluginInner { runtime: i.runtime.clone(), meta: i.meta.clone(), name: i.name.clone(), limits, pre }) }
+        Plugin {
+            inner: Arc::new(PluginInner {
+                runtime: i.runtime.clone(),
+                meta: i.meta.clone(),
+                name: i.name.clone(),
+                limits,
+                pre,
+                stats: PluginStats::default(),
+            }),
+        }
     }
 
     /// This plugin as a retention plugin, or an error naming what it is instead.

@@ -170,6 +170,7 @@ impl ConfiguredPolicy {
         let result = self.evaluate_warm(list, now);
         let name = &self.plugin.plugin.meta().name;
         crate::metrics::get().plugin_call(name, "retention", result.as_ref().err().map(|e| &e.cause), started.elapsed());
+        self.plugin.plugin.record_evaluation(result.as_ref().err());
         result
     }
 

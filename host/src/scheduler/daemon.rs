@@ -20,7 +20,7 @@ use crate::model::Timestamp;
 use crate::owner::{self, Liveness};
 use crate::pass::{self, PassContext, Policy, Progress, RepositoryReport, RepositoryStatus, StopFlag};
 use crate::runtime::{BackoffDecision, BackoffPlugin, Failure, Operation, OperationKind, StalePlugin, StaleVerdict};
-use crate::setup::{self, BoundPolicy};
+use crate::setup::{self, BoundPolicy, PolicySet};
 use crate::store::{Claim, CleanupOutcome, DeletionOutcome, Lease, StateStore, Work};
 
 /// Longest sleep between looks at the state when nothing is running.
@@ -106,7 +106,7 @@ type Stops = HashMap<(Work, String), StopFlag>;
 /// Runs the daemon until `shutdown` resolves (or, with `until_idle`, until idle).
 pub async fn run<S: StateStore + Clone + 'static>(
     ctx: Arc<PassContext>,
-    policies: Arc<Vec<BoundPolicy>>,
+    policies: Arc<PolicySet>,
     state: S,
     options: DaemonOptions,
     shutdown: impl Future<Output = ()>,
@@ -114,7 +114,7 @@ pub async fn run<S: StateStore + Clone + 'static>(
 ) -> anyhow::Result<DaemonSummary> {
     let me = owner::current();
     let mut summary = DaemonSummary::default();
-    record_policies(&policies, &state, &options)?;
+    record_policies(&policies.current(), &state, &options)?;
     summary.recovered = recover(&state, on_event)?;
     let heartbeat = options.lease / 4;
     let started = Instant::now();
@@ -126,7 +126,7 @@ pub async fn run<S: StateStore + Clone + 'static>(
     tokio::pin!(shutdown);
     loop {
         if Instant::now() >= next_sync {
-            next_sync = match sync_catalog(&ctx, &policies, &state, on_event).await {
+            next_sync = match sync_catalog(&ctx, &policies.current(), &state, on_event).await {
                 Ok(()) => {
                     synced = true;
                     Instant::now() + options.catalog_sync
@@ -158,11 +158,20 @@ pub async fn run<S: StateStore + Clone + 'static>(
         }
         while busy(&stops, Work::Cleanup) < options.worker_capacity {
             let Some(claim) = state.claim_next(Timestamp::now(), me, options.lease)? else { break };
-            let Some(policy) = setup::policy_by_name(&policies, &claim.policy).cloned() else {
+            // The set in force now: a plugin swapped in since the last claim is used from here on.
+            let current = policies.current();
+            let Some(policy) = setup::policy_by_name(&current, &claim.policy).cloned() else {
                 // The policy left the config: hand the repository back, untouched.
                 state.recover(&held(&claim, Work::Cleanup, me), None)?;
                 continue;
             };
+            if policy.paused_because().is_some() {
+                // Its plugin went out of service between the state's `enabled` (which the
+                // plugin directory clears first) and this claim: hand it back, claim no more
+                // this round (claiming again would find it again).
+                state.recover(&held(&claim, Work::Cleanup, me), None)?;
+                break;
+            }
             spawn(&mut running, &mut stops, &ctx, policy, claim, Work::Cleanup);
         }
         while busy(&stops, Work::Deletion) < options.deletion_capacity {
@@ -245,7 +254,8 @@ fn record_policies<S: StateStore>(policies: &[BoundPolicy], state: &S, options: 
             FirstRun::Now => now.saturating_sub(Duration::from_secs(1)),
             FirstRun::AfterCadence => p.cadence.next_after(now),
         };
-        state.upsert_policy(&p.policy.name, p.enabled, p.cadence.every(), first)?;
+        // A policy whose plugin is out of service is recorded disabled, so nothing claims it.
+        state.upsert_policy(&p.policy.name, p.enabled && p.policy.paused_because().is_none(), p.cadence.every(), first)?;
     }
     Ok(())
 }

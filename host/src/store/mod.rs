@@ -20,6 +20,8 @@
 //! - [`ImportLog`] (`imports`, `import_events`): each repository's import to a GitLab-compatible
 //!   registry, with §5's transition table enforced in [`ImportLog::apply`], and its history.
 //!
+//! - [`PluginTable`] (`plugins`): the daemon's plugin directory, what `plugins list` shows.
+//!
 //! The daemon's state (runs, schedules) will be further tables of the same database, added as new
 //! entries of [`MIGRATIONS`].
 //!
@@ -35,6 +37,7 @@ mod deletions;
 mod imports;
 mod metadata;
 mod postgres;
+mod plugins;
 mod runs;
 mod state;
 
@@ -51,6 +54,7 @@ pub use deletions::{DeletionOutcome, DeletionState, DeletionStatus};
 pub use imports::{Change, Enqueued, ImportEvent, ImportHistory, ImportLog, ImportRecord, ImportState, TransitionRefused, transition};
 pub use metadata::{ManifestMetadata, MetadataCache};
 pub use postgres::PgStateStore;
+pub use plugins::{PluginRecord, PluginState, PluginTable};
 pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunRecord, RunSummary, RunTotals};
 pub use state::{Claim, CleanupOutcome, CleanupStatus, LastFailure, Lease, PolicyState, RepositoryState, StateStore, Work};
 
@@ -202,6 +206,27 @@ const MIGRATIONS: &[&str] = &[
         body        BLOB NOT NULL,
         kept_at     INTEGER NOT NULL
     );",
+    // 9: the daemon's plugin directory: per plugin name (file stem), the version in service,
+    // its state and counts (written by `serve`), and an operator's request (`release`,
+    // written by the CLI and taken by the daemon).
+    "CREATE TABLE plugins (
+        name                TEXT PRIMARY KEY NOT NULL,
+        state               TEXT NOT NULL,
+        reason              TEXT,
+        kind                TEXT,
+        contract_version    TEXT,
+        declared_name       TEXT,
+        declared_version    TEXT,
+        sha256              TEXT,
+        from_compile_cache  INTEGER NOT NULL DEFAULT 0,
+        loaded_at           INTEGER,
+        policies            TEXT NOT NULL DEFAULT '',
+        evaluations         INTEGER NOT NULL DEFAULT 0,
+        failures            INTEGER NOT NULL DEFAULT 0,
+        consecutive_faults  INTEGER NOT NULL DEFAULT 0,
+        updated_at          INTEGER NOT NULL,
+        requested           TEXT
+    );",
 ];
 
 /// How long a statement waits for another process's write lock before failing.
@@ -292,6 +317,11 @@ impl Store {
     /// The runs table: one row per pass that reached a plan.
     pub fn runs(&self) -> RunLog {
         RunLog::new(self.clone())
+    }
+
+    /// The plugins table: the daemon's plugin directory.
+    pub fn plugin_table(&self) -> PluginTable {
+        PluginTable { store: self.clone() }
     }
 
     /// The manifest metadata table.

@@ -1,0 +1,186 @@
+//! The plugin directory's benchmark (docs/benchmarks.md, "Plugin directory"):
+//!
+//! - `swap`: from a new version of a 1 MB plugin (the bundled gitlab-retention, 1.1 MB)
+//!   landing in the directory (renamed into place) to the first evaluation by the new
+//!   version, with the daemon's watcher thread at its default interval (100 ms) and the
+//!   compile cache cold (each version is new bytes, so it is compiled): the watcher's wait for
+//!   the file to hold still, compiling, configuring the policy, the swap, and one evaluation
+//!   of a 1,000-tag list.
+//! - `start`: `PluginDirectory::open` over 10 plugins (distinct files) with the compile cache
+//!   warm: what a daemon restart spends loading its plugins.
+//!
+//! ```text
+//! cargo xtask build-plugins && cargo bench -p tagwarden --bench plugin_dir
+//! ```
+//!
+//! `TAGWARDEN_BENCH_QUICK=1` takes fewer samples.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tagwarden::config::Config;
+use tagwarden::model::{Digest, Tag, TagList, Timestamp};
+use tagwarden::plugin_dir::{DirectoryOptions, PluginDirectory, PluginEvent};
+use tagwarden::runtime::{PluginRuntime, RuntimeConfig};
+use tagwarden::store::Store;
+
+const PARAMS: &str = "{ name_regex_delete = \".*\", name_regex_keep = \"main-.*\", keep_n = 10, older_than = \"30d\" }";
+
+/// `bytes` with a custom section appended: the same plugin, new bytes (a new version).
+fn version(bytes: &[u8], n: usize) -> Vec<u8> {
+    let name = b"bench-version";
+    let payload = n.to_string();
+    let mut content = vec![name.len() as u8];
+    content.extend_from_slice(name);
+    content.extend_from_slice(payload.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0);
+    out.push(content.len() as u8);
+    out.extend(content);
+    out
+}
+
+fn install(dir: &Path, name: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// A config whose policies `p0..pN` use plugins `keep0..keepN` of `dir`.
+fn config(dir: &Path, plugins: usize) -> Config {
+    let mut text = "[registry]\nurl = \"http://127.0.0.1:9\"\n\n[plugins]\ndir = \"plugins\"\n".to_owned();
+    for i in 0..plugins {
+        text.push_str(&format!("\n[[policy]]\nname = \"p{i}\"\nrepositories = [\"r{i}/*\"]\nplugin = \"keep{i}\"\nparams = {PARAMS}\n"));
+    }
+    let path = dir.join("tagwarden.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::read(&path).unwrap()
+}
+
+fn list() -> TagList {
+    let now = 1_795_176_000_000_000i64;
+    let tags = (0..1000)
+        .map(|i| {
+            let mut t = Tag::new(format!("build-{i}"), Digest::sha256_of(format!("{i}").as_bytes()));
+            t.created_at = Some(Timestamp::from_unix_micros(now - i as i64 * 3_600_000_000));
+            t
+        })
+        .collect();
+    TagList::new("r0/app", tags, vec![]).unwrap()
+}
+
+fn quiet(_: PluginEvent<'_>) {}
+
+fn median(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
+    v.sort();
+    (v[v.len() / 2], v[(v.len() * 9 / 10).min(v.len() - 1)], v[0])
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let quick = std::env::var_os("TAGWARDEN_BENCH_QUICK").is_some();
+    let gitlab = std::fs::read(tagwarden::plugins::resolve("gitlab-retention", &[]).expect("cargo xtask build-plugins first")).unwrap();
+    println!(
+        "plugin directory benchmark: {} cores ({}), load {}, {}\n",
+        common::cores(),
+        common::cpu_model(),
+        common::load_average(),
+        common::rustc_version()
+    );
+    println!("| case | median | p90 | min | samples |\n|---|---|---|---|---|");
+
+    // swap: cold compile cache (none), the watcher at its default interval.
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let plugins = tmp.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        install(&plugins, "keep0.wasm", &version(&gitlab, 0));
+        let config = config(tmp.path(), 1);
+        let runtime = Arc::new(PluginRuntime::new(RuntimeConfig::default()).unwrap());
+        let bound = tagwarden::setup::load_policies(&config, &runtime, true).unwrap();
+        let store = Store::in_memory().unwrap();
+        let options = DirectoryOptions {
+            dir: plugins.clone(),
+            watch_interval: config.plugins.watch_interval,
+            settle: config.plugins.settle,
+            quarantine_after: config.plugins.quarantine_after,
+        };
+        let directory = PluginDirectory::open(options, runtime, &store, bound, &quiet).unwrap();
+        let policies = directory.policies();
+        let stop = directory.watch(Arc::new(tokio::sync::Notify::new()), Arc::new(quiet)).unwrap();
+        let list = list();
+        let now = Timestamp::from_unix_micros(1_795_176_000_000_000);
+        let samples = if quick { 3 } else { 10 };
+        let mut times = Vec::new();
+        for n in 1..=samples {
+            let bytes = version(&gitlab, n);
+            let sha = tagwarden::model::sha256_hex(&bytes);
+            let landed = Instant::now();
+            install(&plugins, "keep0.wasm", &bytes);
+            loop {
+                let current = policies.current();
+                if let Some(r) = current[0].policy.retention()
+                    && r.plugin().plugin().meta().sha256 == sha
+                {
+                    r.evaluate(&list, now).unwrap();
+                    break;
+                }
+                drop(current);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            times.push(landed.elapsed());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (m, p90, min) = median(times.clone());
+        println!(
+            "| swap: 1.1 MB plugin landing → first evaluation by it (cold cache, 100 ms watch) | {} | {} | {} | {} |",
+            ms(m),
+            ms(p90),
+            ms(min),
+            times.len()
+        );
+    }
+
+    // start: 10 plugins, warm compile cache.
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let plugins = tmp.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        for i in 0..10 {
+            install(&plugins, &format!("keep{i}.wasm"), &version(&gitlab, 100 + i));
+        }
+        let config = config(tmp.path(), 10);
+        let cache = tmp.path().join("compiled");
+        let runtime_config = RuntimeConfig { compile_cache: Some(cache), ..RuntimeConfig::default() };
+        let open = |runtime: &Arc<PluginRuntime>| {
+            let bound = tagwarden::setup::load_policies(&config, runtime, true).unwrap();
+            let store = Store::in_memory().unwrap();
+            let options = DirectoryOptions {
+                dir: plugins.clone(),
+                watch_interval: config.plugins.watch_interval,
+                settle: config.plugins.settle,
+                quarantine_after: config.plugins.quarantine_after,
+            };
+            let started = Instant::now();
+            let d = PluginDirectory::open(options, runtime.clone(), &store, bound, &quiet).unwrap();
+            let elapsed = started.elapsed();
+            let active = d.policies().current().iter().filter(|p| p.policy.retention().is_some()).count();
+            assert_eq!(active, 10);
+            elapsed
+        };
+        // Warms the cache (compiles all ten).
+        let cold = open(&Arc::new(PluginRuntime::new(runtime_config.clone()).unwrap()));
+        let samples = if quick { 3 } else { 10 };
+        // A new runtime each time, as a restarted daemon has.
+        let times: Vec<Duration> = (0..samples).map(|_| open(&Arc::new(PluginRuntime::new(runtime_config.clone()).unwrap()))).collect();
+        let (m, p90, min) = median(times.clone());
+        println!("| start: 10 plugins (1.1 MB each), warm compile cache | {} | {} | {} | {} |", ms(m), ms(p90), ms(min), times.len());
+        println!("| start: the same, cold compile cache (once) | {} | | | 1 |", ms(cold));
+    }
+}

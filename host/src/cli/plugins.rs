@@ -1,0 +1,92 @@
+//! `tagwarden plugins list` and `plugins release`: the daemon's plugin directory
+//! (`[plugins] dir`) as the state database records it. Like `status`, they read and write the
+//! database directly; a running daemon takes a release at its next look at the directory.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+
+use super::{OutputFormat, output};
+use crate::store::{PluginRecord, PluginState};
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[arg(long, value_name = "FILE", default_value = "tagwarden.toml")]
+    config: PathBuf,
+    #[arg(long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReleaseArgs {
+    #[arg(long, value_name = "FILE", default_value = "tagwarden.toml")]
+    config: PathBuf,
+    /// The plugin's name (its file stem in the plugin directory).
+    name: String,
+}
+
+/// `plugins list`: name, kind, contract, sha256, loaded at, policies, evaluations,
+/// failures and state of every plugin of the directory; the reason under each that is not
+/// active.
+pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let store = super::repos::store(&args.config)?;
+    let plugins = store.plugin_table().list()?;
+    match args.output {
+        OutputFormat::Json => output::print_json(&serde_json::json!({ "plugins": plugins }))?,
+        OutputFormat::Table => print_table(&plugins),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(plugins: &[PluginRecord]) {
+    if plugins.is_empty() {
+        println!("no plugins recorded: `tagwarden serve` records those of `[plugins] dir` as it loads them");
+        return;
+    }
+    let mut rows = vec![
+        ["NAME", "STATE", "KIND", "DECLARED", "CONTRACT", "SHA256", "LOADED AT", "POLICIES", "EVALUATIONS", "FAILURES"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    let dash = || "-".to_owned();
+    for p in plugins {
+        rows.push(vec![
+            p.name.clone(),
+            p.state.to_string(),
+            p.kind.clone().unwrap_or_else(dash),
+            match (&p.declared_name, &p.declared_version) {
+                (Some(n), Some(v)) => format!("{n} {v}"),
+                _ => dash(),
+            },
+            p.contract_version.clone().unwrap_or_else(dash),
+            p.sha256.as_deref().map(|s| s[..12.min(s.len())].to_owned()).unwrap_or_else(dash),
+            p.loaded_at.map(|t| t.to_rfc3339()).unwrap_or_else(dash),
+            if p.policies.is_empty() { dash() } else { p.policies.join(",") },
+            p.evaluations.to_string(),
+            p.failures.to_string(),
+        ]);
+    }
+    let style = output::Style::stdout();
+    output::print_columns(&rows, |i| i > 0 && plugins[i - 1].state != PluginState::Active, &style);
+    for p in plugins.iter().filter(|p| p.reason.is_some()) {
+        println!("\n{} ({}): {}", p.name, p.state, crate::untrusted::escape(p.reason.as_deref().unwrap_or_default()));
+    }
+}
+
+/// `plugins release NAME`: puts a quarantined plugin back in service (the daemon clears its
+/// faults and resumes its policies at its next look). Refused, changing nothing, for a
+/// plugin that is not quarantined.
+pub fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
+    let store = super::repos::store(&args.config)?;
+    let table = store.plugin_table();
+    let plugins = table.list()?;
+    match plugins.iter().find(|p| p.name == args.name) {
+        Some(p) if p.state == PluginState::Quarantined => {}
+        Some(p) => bail!("plugin `{}` is {}, not quarantined: there is nothing to release", p.name, p.state),
+        None => {} // `request` names the plugins there are.
+    }
+    table.request(&args.name, "release")?;
+    println!("plugin {}: release requested; the daemon puts it back in service at its next look at the plugin directory", args.name);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,530 @@
+//! `[plugins] dir`: the daemon's plugin directory, watched so that a new `.wasm` replaces the
+//! version in service without a restart.
+//!
+//! A plugin's name is its file stem; policies name it. [`PluginDirectory::open`] loads every
+//! `.wasm` at start; [`PluginDirectory::watch`] then looks at the directory every
+//! `[plugins] watch_interval` from a thread of its own (compiling is seconds of CPU that must
+//! not hold an async worker). Looking is a `stat` per file rather than inotify: it needs no
+//! platform support, sees a Kubernetes ConfigMap's symlink swap and files on network
+//! filesystems alike, and a file is only ever loaded once its size, modification time and
+//! inode held still between two looks, so a copy in progress is not read half-way.
+//!
+//! Loading a new or changed file: read → sha256 (the same bytes as in service: nothing to
+//! do) → compile (the runtime's compile cache) and check the world and contract version →
+//! check that it is a retention plugin → configure it with the params of every policy that
+//! uses it (the plugin validates them) → swap the daemon's [`PolicySet`] in one step. Passes
+//! already running keep the `Arc` of the version they started with. If a step fails, the
+//! previous version stays in service and the failure is recorded (state `failed`, the file,
+//! the step and why), unless the file changed within `[plugins] settle`: a copy still being
+//! written is tried again once it settles, never reported broken for good.
+//!
+//! A removed file pauses the policies that use it (they are disabled in the state, so
+//! nothing claims their repositories); nothing falls back to a default that could delete. A
+//! plugin whose evaluations trap, time out or exhaust memory or fuel `[plugins]
+//! quarantine_after` times in a row is quarantined: its policies pause until a new file
+//! replaces it or `tagwarden plugins release NAME`.
+//!
+//! What this module knows of plugins goes through [`crate::runtime`]; what it records goes
+//! through [`crate::store::PluginTable`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+
+use crate::model::Timestamp;
+use crate::pass::Policy;
+use crate::runtime::{CallCounts, ConfiguredPolicy, PluginLimits, PluginMeta, PluginRuntime};
+use crate::setup::{BoundPolicy, PolicySet};
+use crate::store::{PluginRecord, PluginState, PluginTable, StateStore, Store};
+
+/// How the directory is watched (`[plugins]` in the config).
+#[derive(Debug, Clone)]
+pub struct DirectoryOptions {
+    pub dir: PathBuf,
+    pub watch_interval: Duration,
+    pub settle: Duration,
+    pub quarantine_after: u32,
+}
+
+/// What the plugin directory reports (`serve` prints these).
+#[derive(Debug)]
+pub enum PluginEvent<'a> {
+    /// A version went into service.
+    Loaded {
+        name: &'a str,
+        file: &'a Path,
+        meta: &'a PluginMeta,
+        elapsed: Duration,
+        policies: &'a [String],
+        replaced: Option<&'a str>,
+    },
+    /// A file failed at `step`; `serving` is the sha256 of the version still in service.
+    LoadFailed {
+        name: &'a str,
+        file: &'a Path,
+        step: &'static str,
+        why: &'a str,
+        serving: Option<&'a str>,
+    },
+    /// A file failed while it was still changing: tried again once it settles.
+    Settling {
+        name: &'a str,
+        file: &'a Path,
+        why: &'a str,
+    },
+    /// The file is gone: its policies pause.
+    Removed {
+        name: &'a str,
+        file: &'a Path,
+        policies: &'a [String],
+    },
+    Quarantined {
+        name: &'a str,
+        reason: &'a str,
+        policies: &'a [String],
+    },
+    /// An operator released a quarantined plugin (`tagwarden plugins release`).
+    Released {
+        name: &'a str,
+    },
+}
+
+type OnEvent = dyn Fn(PluginEvent<'_>) + Send + Sync;
+
+/// A file as one look saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(metadata: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp { len: metadata.len(), modified: metadata.modified().ok(), inode: metadata.ino() }
+    }
+
+    /// How long ago the file last changed (zero when unknown or in the future).
+    fn age(&self) -> Duration {
+        self.modified.and_then(|m| SystemTime::now().duration_since(m).ok()).unwrap_or_default()
+    }
+}
+
+/// The version of a plugin in service.
+struct Serving {
+    meta: PluginMeta,
+    /// Each policy that uses it, configured with its params and limits.
+    configured: Vec<(String, Arc<ConfiguredPolicy>)>,
+    loaded_at: Timestamp,
+}
+
+impl Serving {
+    fn counts(&self) -> CallCounts {
+        let mut total = CallCounts::default();
+        for (_, c) in &self.configured {
+            let n = c.plugin().plugin().call_counts();
+            total.evaluations += n.evaluations;
+            total.failures += n.failures;
+            if n.consecutive_faults >= total.consecutive_faults {
+                total.consecutive_faults = n.consecutive_faults;
+                total.last_fault = n.last_fault.or(total.last_fault);
+            }
+        }
+        total
+    }
+}
+
+/// One plugin name of the directory.
+struct Entry {
+    serving: Option<Serving>,
+    state: PluginState,
+    reason: Option<String>,
+    /// The file at the last look.
+    seen: Option<Stamp>,
+    /// The file as last tried.
+    tried: Option<Stamp>,
+    /// The last try failed while the file was still changing: try once more once it settles.
+    provisional: bool,
+    /// The row last written, so unchanged rows are not written again.
+    written: Option<PluginRecord>,
+}
+
+impl Entry {
+    fn new() -> Entry {
+        Entry { serving: None, state: PluginState::Paused, reason: None, seen: None, tried: None, provisional: false, written: None }
+    }
+
+    /// Why policies that use it cannot run, if they cannot.
+    fn out_of_service(&self, name: &str) -> Option<String> {
+        match (&self.serving, self.state) {
+            (_, PluginState::Quarantined) => {
+                Some(format!("plugin `{name}` is quarantined: {}", self.reason.as_deref().unwrap_or("faults in a row")))
+            }
+            (None, _) => Some(self.reason.clone().unwrap_or_else(|| format!("plugin `{name}` is not loaded"))),
+            (Some(_), _) => None,
+        }
+    }
+}
+
+/// The daemon's plugin directory. See the module documentation.
+pub struct PluginDirectory {
+    options: DirectoryOptions,
+    runtime: Arc<PluginRuntime>,
+    store: Store,
+    table: PluginTable,
+    /// The policies as configured (watched ones with whatever decider they had last).
+    bound: Vec<BoundPolicy>,
+    policies: Arc<PolicySet>,
+    entries: BTreeMap<String, Entry>,
+    /// Whether the daemon runs: from then on, pausing and resuming policies is written to
+    /// the state (before that the daemon records the policies itself, with their first run).
+    started: bool,
+}
+
+impl PluginDirectory {
+    /// Loads every `.wasm` of the directory and every plugin the policies name, and builds
+    /// the policy set from them. A plugin that does not load leaves its policies paused (shown
+    /// by `plugins list` and `status`); only a missing or unreadable directory fails here.
+    pub fn open(
+        options: DirectoryOptions,
+        runtime: Arc<PluginRuntime>,
+        store: &Store,
+        bound: Vec<BoundPolicy>,
+        on_event: &OnEvent,
+    ) -> anyhow::Result<PluginDirectory> {
+        check_dir(&options.dir)?;
+        let policies = PolicySet::new(bound.clone());
+        let mut dir = PluginDirectory {
+            options,
+            runtime,
+            store: store.clone(),
+            table: store.plugin_table(),
+            bound,
+            policies,
+            entries: BTreeMap::new(),
+            started: false,
+        };
+        dir.look(on_event)?;
+        Ok(dir)
+    }
+
+    /// The daemon's policies, which this directory keeps up to date.
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies.clone()
+    }
+
+    /// Watches the directory from a thread of its own until the returned flag is set (or the
+    /// process ends). `wake` is notified after every change, so the daemon claims at once.
+    pub fn watch(mut self, wake: Arc<tokio::sync::Notify>, on_event: Arc<OnEvent>) -> anyhow::Result<Arc<AtomicBool>> {
+        self.started = true;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("tagwarden-plugins".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(self.options.watch_interval);
+                    match self.look(&*on_event) {
+                        Ok(true) => wake.notify_one(),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("watching the plugin directory {}: {e:#}", self.options.dir.display()),
+                    }
+                }
+            })
+            .context("starting the plugin directory's thread")?;
+        Ok(stop)
+    }
+
+    /// One look at the directory: loads what changed and settled, pauses what is gone,
+    /// quarantines and releases. Returns whether the policies changed.
+    pub fn look(&mut self, on_event: &OnEvent) -> anyhow::Result<bool> {
+        let mut names: Vec<String> = self.bound.iter().filter_map(|b| b.watched_plugin.clone()).collect();
+        let listing = std::fs::read_dir(&self.options.dir)
+            .with_context(|| format!("reading the plugin directory {} (`plugins.dir`)", self.options.dir.display()))?;
+        for item in listing.flatten() {
+            let path = item.path();
+            if path.extension().is_some_and(|e| e == "wasm")
+                && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+            {
+                names.push(stem.to_owned());
+            }
+        }
+        names.sort();
+        names.dedup();
+        let mut changed = false;
+        for name in &names {
+            changed |= self.look_at(name, on_event);
+        }
+        if changed {
+            self.rebuild()?;
+        }
+        for name in &names {
+            self.record(name)?;
+        }
+        Ok(changed)
+    }
+
+    /// Looks at one plugin's file; returns whether what serves its policies changed.
+    fn look_at(&mut self, name: &str, on_event: &OnEvent) -> bool {
+        let file = self.options.dir.join(format!("{name}.wasm"));
+        let users = self.users(name);
+        let quarantine_after = self.options.quarantine_after;
+        let settle = self.options.settle;
+        let requested = self.table.take_request(name).unwrap_or_else(|e| {
+            tracing::warn!("reading requests for plugin {name}: {e:#}");
+            None
+        });
+        let entry = self.entries.entry(name.to_owned()).or_insert_with(Entry::new);
+        let mut changed = false;
+
+        let stamp = std::fs::metadata(&file).ok().filter(|m| m.is_file()).map(|m| Stamp::of(&m));
+        let Some(stamp) = stamp else {
+            if entry.serving.is_some() || entry.reason.is_none() || entry.state != PluginState::Paused {
+                let was_serving = entry.serving.take().is_some();
+                entry.state = PluginState::Paused;
+                entry.reason = Some(if was_serving {
+                    format!("its file {} was removed; its policies pause until it is back", file.display())
+                } else {
+                    format!("there is no file {}; its policies pause until it is there", file.display())
+                });
+                (entry.seen, entry.tried, entry.provisional) = (None, None, false);
+                on_event(PluginEvent::Removed { name, file: &file, policies: &users });
+                changed = true;
+            }
+            return changed;
+        };
+        // Loaded once it held still between two looks, or has not changed for `settle`; at
+        // start, at once (a copy still being written then fails provisionally, tried again
+        // once it settles).
+        let stable = !self.started || entry.seen == Some(stamp) || stamp.age() >= settle;
+        entry.seen = Some(stamp);
+        let retry = entry.tried != Some(stamp) || (entry.provisional && stamp.age() >= settle);
+        if stable && retry {
+            entry.tried = Some(stamp);
+            entry.provisional = false;
+            changed |= self.load(name, &file, &users, stamp, on_event);
+        }
+
+        let entry = self.entries.get_mut(name).expect("inserted above");
+        if requested.as_deref() == Some("release") && entry.state == PluginState::Quarantined {
+            for (_, c) in entry.serving.iter().flat_map(|s| &s.configured) {
+                c.plugin().plugin().clear_faults();
+            }
+            entry.state = PluginState::Active;
+            entry.reason = None;
+            on_event(PluginEvent::Released { name });
+            changed = true;
+        }
+        if let Some(serving) = &entry.serving
+            && matches!(entry.state, PluginState::Active | PluginState::Failed)
+        {
+            let counts = serving.counts();
+            if counts.consecutive_faults >= quarantine_after {
+                let reason = format!(
+                    "{} evaluations in a row trapped, timed out or ran out of memory or fuel (the last: {}); \
+                     a new file or `tagwarden plugins release {name}` puts it back in service",
+                    counts.consecutive_faults,
+                    counts.last_fault.as_deref().unwrap_or("unknown")
+                );
+                entry.state = PluginState::Quarantined;
+                entry.reason = Some(reason.clone());
+                crate::metrics::get().plugin_quarantined(name);
+                on_event(PluginEvent::Quarantined { name, reason: &reason, policies: &users });
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Tries to put the file's version in service. Returns whether it did.
+    fn load(&mut self, name: &str, file: &Path, users: &[String], stamp: Stamp, on_event: &OnEvent) -> bool {
+        let started = Instant::now();
+        let attempt = self.prepare(file);
+        let entry = self.entries.get_mut(name).expect("inserted by look_at");
+        let result = match attempt {
+            Ok((sha256, bytes)) => {
+                if entry.serving.as_ref().is_some_and(|s| s.meta.sha256 == sha256) {
+                    // The bytes in service (touched, or a bad copy replaced by the good one again).
+                    if entry.state == PluginState::Failed {
+                        entry.state = PluginState::Active;
+                        entry.reason = None;
+                    }
+                    return false;
+                }
+                configure(&self.runtime, file, &bytes, &self.bound, name)
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((meta, configured)) => {
+                let replaced = entry.serving.as_ref().map(|s| s.meta.sha256.clone());
+                entry.serving = Some(Serving { meta, configured, loaded_at: Timestamp::now() });
+                entry.state = PluginState::Active;
+                entry.reason = None;
+                let meta = &entry.serving.as_ref().expect("just set").meta;
+                crate::metrics::get().plugin_loaded(name);
+                on_event(PluginEvent::Loaded {
+                    name,
+                    file,
+                    meta,
+                    elapsed: started.elapsed(),
+                    policies: users,
+                    replaced: replaced.as_deref(),
+                });
+                true
+            }
+            Err((_, why)) if stamp.age() < self.options.settle => {
+                // Still being written, perhaps: once more when it settles.
+                entry.provisional = true;
+                on_event(PluginEvent::Settling { name, file, why: &why });
+                false
+            }
+            Err((step, why)) => {
+                let serving = entry.serving.as_ref().map(|s| s.meta.sha256.as_str());
+                entry.state = PluginState::Failed;
+                entry.reason = Some(format!(
+                    "{} failed at step `{step}`: {why}{}",
+                    file.display(),
+                    match serving {
+                        Some(sha) => format!(" (the previous version, sha256:{}, stays in service)", &sha[..12]),
+                        None => " (no version of it is in service: its policies pause)".to_owned(),
+                    }
+                ));
+                crate::metrics::get().plugin_load_failed(name, step);
+                let nothing_serves = serving.is_none();
+                on_event(PluginEvent::LoadFailed { name, file, step, why: &why, serving });
+                // Its paused policies now say why.
+                nothing_serves
+            }
+        }
+    }
+
+    /// Reads the file and its sha256.
+    fn prepare(&self, file: &Path) -> Result<(String, Vec<u8>), (&'static str, String)> {
+        let bytes = crate::input::read_bytes(file, "plugin file", crate::input::limits::PLUGIN_BYTES, "")
+            .map_err(|e| ("read", format!("{e:#}")))?;
+        Ok((crate::model::sha256_hex(&bytes), bytes))
+    }
+
+    /// The policies that use plugin `name`.
+    fn users(&self, name: &str) -> Vec<String> {
+        self.bound.iter().filter(|b| b.watched_plugin.as_deref() == Some(name)).map(|b| b.policy.name.clone()).collect()
+    }
+
+    /// Builds the policy set from the entries and puts it in force. A policy going out of
+    /// service is disabled in the state before the swap, one coming back enabled after it, so
+    /// the daemon never claims a repository for a policy that cannot run.
+    fn rebuild(&mut self) -> anyhow::Result<()> {
+        let mut pausing = Vec::new();
+        let mut resuming = Vec::new();
+        for b in &mut self.bound {
+            let Some(name) = &b.watched_plugin else { continue };
+            let was_paused = b.policy.paused_because().is_some();
+            let entry = self.entries.get(name);
+            b.policy = match entry.map_or(Some(format!("plugin `{name}` is not loaded")), |e| e.out_of_service(name)) {
+                Some(why) => Policy::paused(&b.policy.name, why),
+                None => {
+                    let serving = entry.and_then(|e| e.serving.as_ref()).expect("in service");
+                    let configured = serving.configured.iter().find(|(p, _)| *p == b.policy.name).map(|(_, c)| c.clone());
+                    match configured {
+                        Some(c) => Policy { name: b.policy.name.clone(), decider: crate::pass::Decider::Plugin(c) },
+                        None => Policy::paused(&b.policy.name, format!("plugin `{name}` was not configured for this policy")),
+                    }
+                }
+            };
+            match (was_paused, b.policy.paused_because().is_some()) {
+                (false, true) => pausing.push(b.clone()),
+                (true, false) => resuming.push(b.clone()),
+                _ => {}
+            }
+        }
+        let now = Timestamp::now();
+        if self.started {
+            for b in &pausing {
+                self.store.upsert_policy(&b.policy.name, false, b.cadence.every(), b.cadence.next_after(now))?;
+            }
+        }
+        self.policies.replace(self.bound.clone());
+        if self.started {
+            for b in &resuming {
+                self.store.upsert_policy(&b.policy.name, b.enabled, b.cadence.every(), b.cadence.next_after(now))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes plugin `name`'s row if it changed.
+    fn record(&mut self, name: &str) -> anyhow::Result<()> {
+        let users = self.users(name);
+        let Some(entry) = self.entries.get_mut(name) else { return Ok(()) };
+        let counts = entry.serving.as_ref().map(Serving::counts).unwrap_or_default();
+        let meta = entry.serving.as_ref().map(|s| &s.meta);
+        let record = PluginRecord {
+            name: name.to_owned(),
+            state: entry.state,
+            reason: entry.reason.clone(),
+            kind: meta.map(|m| m.kind.to_string()),
+            contract_version: meta.map(|m| m.contract_version.clone()),
+            declared_name: meta.map(|m| m.name.clone()),
+            declared_version: meta.map(|m| m.version.clone()),
+            sha256: meta.map(|m| m.sha256.clone()),
+            from_compile_cache: meta.is_some_and(|m| m.from_compile_cache),
+            loaded_at: entry.serving.as_ref().map(|s| s.loaded_at),
+            policies: users,
+            evaluations: counts.evaluations,
+            failures: counts.failures,
+            consecutive_faults: counts.consecutive_faults,
+            updated_at: Timestamp::now(),
+        };
+        let same = entry.written.as_ref().is_some_and(|w| PluginRecord { updated_at: w.updated_at, ..record.clone() } == *w);
+        if !same {
+            self.table.put(&record)?;
+            entry.written = Some(record);
+        }
+        Ok(())
+    }
+}
+
+/// Fails unless `dir` is a directory, naming it and the config key.
+pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "the plugin directory {} (`plugins.dir`) does not exist or is not a directory; create it and put the policies' plugins in it",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Compiles `bytes` (through the runtime's compile cache), checks it is a retention plugin,
+/// and configures it for every policy that uses plugin `name`: the pipeline's steps after
+/// reading, each failure naming its step.
+#[allow(clippy::type_complexity)]
+fn configure(
+    runtime: &Arc<PluginRuntime>,
+    file: &Path,
+    bytes: &[u8],
+    bound: &[BoundPolicy],
+    name: &str,
+) -> Result<(PluginMeta, Vec<(String, Arc<ConfiguredPolicy>)>), (&'static str, String)> {
+    let origin = file.display().to_string();
+    let plugin = runtime.load_bytes(&origin, bytes, PluginLimits::default()).map_err(|e| ("load", e.to_string()))?;
+    let meta = plugin.meta().clone();
+    let retention = plugin.into_retention().map_err(|e| ("kind", e.to_string()))?;
+    let mut configured = Vec::new();
+    for b in bound.iter().filter(|b| b.watched_plugin.as_deref() == Some(name)) {
+        let policy = retention
+            .plugin()
+            .with_limits(b.limits.clone())
+            .into_retention()
+            .and_then(|r| r.configure(&b.params))
+            .map_err(|e| ("params", format!("policy `{}`: {e}", b.policy.name)))?;
+        configured.push((b.policy.name.clone(), Arc::new(policy)));
+    }
+    Ok((meta, configured))
+}

@@ -1,0 +1,301 @@
+//! `serve`'s plugin directory (`[plugins] dir`) end to end: the real binary against a REAL
+//! registry (distribution, behind the test bed's fault proxy), files dropped into the
+//! directory while the daemon runs. Every wait is on a log line or on the state database.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tagwarden::store::{CleanupStatus, PluginState, StateStore, Store};
+use tagwarden_testbed::FaultProxy;
+
+use crate::pass::{days, registry};
+use crate::serve::tagwarden;
+use tagwarden::model::Timestamp;
+
+const REACH: Duration = Duration::from_secs(60);
+
+fn ago(age: Duration) -> String {
+    Timestamp::now().saturating_sub(age).to_rfc3339()
+}
+
+/// `bytes` with a custom section appended: the same plugin, another sha256 (a "new version").
+fn with_custom_section(bytes: &[u8], payload: &str) -> Vec<u8> {
+    let name = b"tagwarden-test";
+    let mut content = vec![name.len() as u8];
+    content.extend_from_slice(name);
+    content.extend_from_slice(payload.as_bytes());
+    assert!(content.len() < 128, "one LEB128 byte");
+    let mut out = bytes.to_vec();
+    out.push(0);
+    out.push(content.len() as u8);
+    out.extend(content);
+    out
+}
+
+/// Writes `bytes` under a temporary name and renames it into place, as deployment tools do.
+fn install(dir: &Path, name: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// A running `serve` whose stderr lines arrive on a channel.
+struct Daemon {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    output: String,
+}
+
+impl Daemon {
+    fn start(dir: &Path, args: &[&str]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tagwarden"))
+            .current_dir(dir)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("TAGWARDEN_CACHE_DIR", dir.join("compiled"))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Daemon { child, lines, output: String::new() }
+    }
+
+    /// Waits for a line containing every one of `parts`; returns the lines up to it.
+    async fn expect(&mut self, parts: &[&str]) -> String {
+        let mut seen = String::new();
+        let found = tokio::time::timeout(REACH, async {
+            while let Some(line) = self.lines.recv().await {
+                seen.push_str(&line);
+                seen.push('\n');
+                if parts.iter().all(|p| line.contains(p)) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        self.output.push_str(&seen);
+        assert!(matches!(found, Ok(true)), "no line with {parts:?}:\n{}", self.output);
+        seen
+    }
+
+    async fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        while let Some(line) = self.lines.recv().await {
+            self.output.push_str(&line);
+            self.output.push('\n');
+        }
+        let code = tokio::task::block_in_place(|| self.child.wait()).unwrap().code();
+        assert_eq!(code, Some(0), "{}", self.output);
+        self.output
+    }
+}
+
+fn plugin_row(store: &Store, name: &str) -> tagwarden::store::PluginRecord {
+    store.plugin_table().list().unwrap().into_iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no row for plugin {name}"))
+}
+
+/// Waits until plugin `name`'s row satisfies `ok` (the daemon writes it right after its log
+/// line), then returns it.
+async fn row_when(store: &Store, name: &str, ok: impl Fn(&tagwarden::store::PluginRecord) -> bool) -> tagwarden::store::PluginRecord {
+    crate::crash::wait_until(|| {
+        let done = store.plugin_table().list().unwrap().iter().any(|p| p.name == name && ok(p));
+        async move { done }
+    })
+    .await;
+    plugin_row(store, name)
+}
+
+/// Waits until policy `name` is enabled (or not) in the state.
+async fn policy_enabled(store: &Store, name: &str, enabled: bool) {
+    crate::crash::wait_until(|| {
+        let done = store.policy(name).unwrap().is_some_and(|p| p.enabled == enabled);
+        async move { done }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_file_is_swapped_in_while_a_pass_runs_bad_files_leave_the_old_version_serving_and_removal_pauses() {
+    let reg = registry().await;
+    let seed = reg.client();
+    for r in 0..2 {
+        for i in 0..5u64 {
+            seed.push_image(&format!("builds/r{r}"), &format!("b-{i}"), Some(&ago(days(10 - i)))).await.unwrap();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let v1 = std::fs::read(crate::support::plugin_path("gitlab-retention")).unwrap();
+    let v2 = with_custom_section(&v1, "version 2");
+    let (sha1, sha2) = (tagwarden::model::sha256_hex(&v1), tagwarden::model::sha256_hex(&v2));
+    install(&plugins, "keep.wasm", &v1);
+    let proxy = FaultProxy::start(reg.url()).await.unwrap();
+    let config = dir.path().join("tagwarden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registry]\nurl = {:?}\nmax_retries = 0\n\n[state]\ndir = \"state\"\n\n[deletion]\ntimeout = \"60s\"\nconcurrency = 1\n\n\
+             [serve]\nworker_capacity = 1\nlisten = \"off\"\n\n\
+             [plugins]\ndir = \"plugins\"\nwatch_interval = \"50ms\"\nsettle = \"2s\"\n\n\
+             [[policy]]\nname = \"builds\"\nrepositories = [\"builds/r0\", \"builds/r1\"]\nplugin = \"keep\"\ncadence = \"7d\"\n\
+             params = {{ name_regex_delete = \"b-.*\", keep_n = 2 }}\n",
+            proxy.url()
+        ),
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+
+    // The first pass (on v1) is held at its first delete; one worker, so the other repository waits.
+    let mut held = proxy.hold(Some("DELETE"), "/v2/builds/", 1);
+    let mut daemon = Daemon::start(dir.path(), &["serve", "--config", &config_arg]);
+    let loaded = daemon.expect(&["plugin keep: loaded", "compiled", "policies: builds"]).await;
+    assert!(loaded.contains(&sha1[..12]), "{loaded}");
+    let request = held.next(REACH).await.expect("the first pass deletes");
+    let store = Store::open(&dir.path().join("state/tagwarden.db")).unwrap();
+    let row = plugin_row(&store, "keep");
+    assert_eq!(
+        (row.state, row.sha256.as_deref(), row.declared_name.as_deref()),
+        (PluginState::Active, Some(&*sha1), Some("gitlab-retention"))
+    );
+
+    // Bad files, each failing at its step while v1 stays in service.
+    for (bytes, step, why) in [
+        (b"not a plugin at all".to_vec(), "load", "is not a WebAssembly file"),
+        (std::fs::read(crate::support::plugin_path("wrong-world")).unwrap(), "load", "exports none of"),
+        (std::fs::read(crate::support::plugin_path("hostile-retention")).unwrap(), "params", "policy `builds`"),
+    ] {
+        install(&plugins, "keep.wasm", &bytes);
+        let line = daemon.expect(&["plugin keep:", "failed to load at step"]).await;
+        assert!(line.contains(&format!("step `{step}`")) && line.contains(why), "{line}");
+        assert!(line.contains(&format!("previous version (sha256:{}) stays in service", &sha1[..12])), "{line}");
+        let row = row_when(&store, "keep", |r| r.reason.as_deref().is_some_and(|r| r.contains(why))).await;
+        assert_eq!((row.state, row.sha256.as_deref()), (PluginState::Failed, Some(&*sha1)), "{row:?}");
+    }
+    let (code, status) = tagwarden(dir.path(), &["status", "--config", &config_arg]);
+    assert_eq!(code, Some(0), "{status}");
+    assert!(status.contains("plugin keep failed") && status.contains("stays in service"), "{status}");
+
+    // Half a file (a copy in progress) is tried, not reported broken; the whole file is swapped in.
+    std::fs::write(plugins.join("keep.wasm"), &v2[..v2.len() / 2]).unwrap();
+    daemon.expect(&["plugin keep:", "does not load yet"]).await;
+    std::fs::write(plugins.join("keep.wasm"), &v2).unwrap();
+    let swapped = daemon.expect(&["plugin keep: swapped in"]).await;
+    assert!(!swapped.contains("failed to load"), "the half-written file was reported broken:\n{swapped}");
+    assert!(swapped.contains(&sha2[..12]) && swapped.contains(&format!("replacing sha256:{}", &sha1[..12])), "{swapped}");
+    row_when(&store, "keep", |r| r.state == PluginState::Active && r.sha256.as_deref() == Some(&*sha2)).await;
+
+    // The held pass finishes on v1; the next one runs on v2.
+    request.forward();
+    crate::crash::wait_until(|| {
+        let done = ["builds/r0", "builds/r1"]
+            .iter()
+            .all(|r| store.repository(r).unwrap().is_some_and(|s| s.status == CleanupStatus::Unscheduled && s.completed_at.is_some()));
+        async move { done }
+    })
+    .await;
+    let mut runs = store.runs().recent(None, 10).unwrap();
+    runs.sort_by_key(|r| r.id);
+    let by: Vec<(&str, bool, bool)> =
+        runs.iter().map(|r| (r.status.as_str(), r.decided_by.contains(&sha1[..12]), r.decided_by.contains(&sha2[..12]))).collect();
+    assert_eq!(by, [("completed", true, false), ("completed", false, true)], "{runs:#?}\n{}", daemon.output);
+    // v2's counts: the evaluation of the second pass only.
+    let row = row_when(&store, "keep", |r| r.evaluations == 1).await;
+    assert_eq!((row.evaluations, row.failures), (1, 0), "{row:?}");
+
+    // Removing the file pauses the policy: disabled in the state, shown as paused.
+    std::fs::remove_file(plugins.join("keep.wasm")).unwrap();
+    daemon.expect(&["plugin keep: no file", "policies paused: builds"]).await;
+    policy_enabled(&store, "builds", false).await;
+    row_when(&store, "keep", |r| r.state == PluginState::Paused).await;
+    let (code, list) = tagwarden(dir.path(), &["plugins", "list", "--config", &config_arg]);
+    assert_eq!(code, Some(0), "{list}");
+    assert!(list.contains("keep") && list.contains("paused") && list.contains("was removed"), "{list}");
+    daemon.stop().await;
+
+    // A restart with the file back and a warm compile cache compiles nothing.
+    install(&plugins, "keep.wasm", &v2);
+    let (code, output) = tagwarden(dir.path(), &["serve", "--until-idle", "--config", &config_arg]);
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains("plugin keep: loaded") && output.contains("from the compile cache"), "{output}");
+    let row = plugin_row(&store, "keep");
+    assert!(row.from_compile_cache && row.state == PluginState::Active && row.sha256.as_deref() == Some(&*sha2), "{row:?}");
+    assert!(store.policy("builds").unwrap().unwrap().enabled, "back in service");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_traps_k_times_in_a_row_is_quarantined_until_released() {
+    let reg = registry().await;
+    let seed = reg.client();
+    for r in 0..2 {
+        seed.push_image(&format!("builds/q{r}"), "b-0", Some(&ago(days(3)))).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    install(&plugins, "wild.wasm", &std::fs::read(crate::support::plugin_path("hostile-retention")).unwrap());
+    let config = dir.path().join("tagwarden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registry]\nurl = {:?}\nmax_retries = 0\n\n[state]\ndir = \"state\"\n\n[serve]\nworker_capacity = 2\nlisten = \"off\"\n\n\
+             [plugins]\ndir = \"plugins\"\nwatch_interval = \"50ms\"\nquarantine_after = 2\n\n\
+             [[policy]]\nname = \"wild\"\nrepositories = [\"builds/q0\", \"builds/q1\"]\nplugin = \"wild\"\ncadence = \"7d\"\n\
+             params = {{ mode = \"panic\" }}\n",
+            reg.url()
+        ),
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    // A plugin directory that is not there stops `serve` at start, naming it; nothing runs.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("dir = \"plugins\"", "dir = \"missing\"")).unwrap();
+    let (code, out) = tagwarden(dir.path(), &["serve", "--until-idle", "--config", &config_arg]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("missing (`plugins.dir`) does not exist or is not a directory"), "{out}");
+    assert!(!dir.path().join("state").exists(), "no state was created");
+    std::fs::write(&config, text).unwrap();
+    let (code, refused) = tagwarden(dir.path(), &["plugins", "release", "wild", "--config", &config_arg]);
+    assert_eq!(code, Some(1), "{refused}");
+    assert!(refused.contains("no state at"), "{refused}");
+
+    let mut daemon = Daemon::start(dir.path(), &["serve", "--config", &config_arg]);
+    let line = daemon.expect(&["plugin wild: quarantined"]).await;
+    assert!(line.contains("2 evaluations in a row") && line.contains("panicked") && line.contains("policies paused: wild"), "{line}");
+    let store = Store::open(&dir.path().join("state/tagwarden.db")).unwrap();
+    policy_enabled(&store, "wild", false).await;
+    let row = row_when(&store, "wild", |r| r.state == PluginState::Quarantined).await;
+    assert_eq!((row.evaluations, row.failures, row.consecutive_faults), (2, 2, 2), "{row:?}");
+    // Nothing was deleted by the quarantined plugin.
+    for r in 0..2 {
+        assert_eq!(crate::pass::snapshot(&seed, &format!("builds/q{r}")).await.len(), 1);
+    }
+
+    // Releasing something that is not quarantined, or not there, is refused and changes nothing.
+    let (code, out) = tagwarden(dir.path(), &["plugins", "release", "nothere", "--config", &config_arg]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no plugin named `nothere`") && out.contains("known: wild"), "{out}");
+
+    let (code, out) = tagwarden(dir.path(), &["plugins", "release", "wild", "--config", &config_arg]);
+    assert_eq!(code, Some(0), "{out}");
+    daemon.expect(&["plugin wild: released from quarantine"]).await;
+    policy_enabled(&store, "wild", true).await;
+    let row = row_when(&store, "wild", |r| r.state == PluginState::Active).await;
+    assert_eq!(row.consecutive_faults, 0, "{row:?}");
+    let (code, out) = tagwarden(dir.path(), &["plugins", "release", "wild", "--config", &config_arg]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("is active, not quarantined"), "{out}");
+    daemon.stop().await;
+}
