@@ -36,8 +36,8 @@ mod browse;
 mod deletions;
 mod imports;
 mod metadata;
-mod postgres;
 mod plugins;
+mod postgres;
 mod runs;
 mod state;
 
@@ -53,8 +53,8 @@ pub use browse::DayTotals;
 pub use deletions::{DeletionOutcome, DeletionState, DeletionStatus};
 pub use imports::{Change, Enqueued, ImportEvent, ImportHistory, ImportLog, ImportRecord, ImportState, TransitionRefused, transition};
 pub use metadata::{ManifestMetadata, MetadataCache};
-pub use postgres::PgStateStore;
 pub use plugins::{PluginRecord, PluginState, PluginTable};
+pub use postgres::PgStateStore;
 pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunRecord, RunSummary, RunTotals};
 pub use state::{Claim, CleanupOutcome, CleanupStatus, LastFailure, Lease, PolicyState, RepositoryState, StateStore, Work};
 
