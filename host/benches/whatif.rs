@@ -14,7 +14,9 @@
 //! Environment: `TAGWARDEN_WHATIF_REPOSITORIES` (10000), `TAGWARDEN_WHATIF_TAGS` (1000),
 //! `TAGWARDEN_WHATIF_LARGE` (1000000; 0 for none), `TAGWARDEN_WHATIF_SEED` (9),
 //! `TAGWARDEN_WHATIF_DIR` (generate there and keep it for the next run, instead of a
-//! temporary directory), `TAGWARDEN_WHATIF_RUNS` (`dry,real`). Each run is a child process;
+//! temporary directory), `TAGWARDEN_WHATIF_RUNS` (`dry,real`), `TAGWARDEN_WHATIF_JOBS` (4:
+//! `run --once --jobs`, repositories in flight; a pass blocks its thread while it reads a
+//! recording or writes the state database, so twice the cores keeps both busy). Each run is a child process;
 //! its peak RSS is the kernel's `ru_maxrss` for it (`wait4`). Figures in docs/benchmarks.md
 //! ("What-if at scale").
 
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     let large: usize = env_or("TAGWARDEN_WHATIF_LARGE", 1_000_000);
     let seed: u64 = env_or("TAGWARDEN_WHATIF_SEED", 9);
     let runs: String = env_or("TAGWARDEN_WHATIF_RUNS", "dry,real".to_owned());
+    let jobs: usize = env_or("TAGWARDEN_WHATIF_JOBS", 4);
 
     let temp;
     let dir = match std::env::var_os("TAGWARDEN_WHATIF_DIR") {
@@ -92,7 +95,7 @@ params = { name_regex_delete = ".*", name_regex_keep = "production-.*", keep_n =
     println!("## What-if at scale\n");
     println!(
         "Command: `cargo bench -p tagwarden --bench whatif`; {repositories} recordings of {tags} tags + 1 of {large} tags \
-         (seed {seed}); {} ({} cores), load {} at start.\n",
+         (seed {seed}), `run --once --jobs {jobs}`; {} ({} cores), load {} at start.\n",
         common::cpu_model(),
         common::cores(),
         common::load_average()
@@ -109,7 +112,12 @@ params = { name_regex_delete = ".*", name_regex_keep = "production-.*", keep_n =
         let _ = std::fs::remove_dir_all(dir.join("state"));
         let report_path = dir.join(format!("report-{run}.json"));
         let mut cmd = Command::new(binary);
-        cmd.args(["run", "--once", "--config"]).arg(&config).args(["--now", &NOW.to_rfc3339(), "--output", "json"]);
+        cmd.args(["run", "--once", "--jobs", &jobs.to_string(), "--config"]).arg(&config).args([
+            "--now",
+            &NOW.to_rfc3339(),
+            "--output",
+            "json",
+        ]);
         if dry {
             cmd.arg("--dry-run");
         }

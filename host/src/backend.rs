@@ -74,6 +74,24 @@ impl Backend {
         matches!(self, Backend::Oci(_))
     }
 
+    /// Says a pass is done with `repo`. Recordings drop its list from memory (keeping its
+    /// deletions), so that the lists kept are those of passes under way: kept by recency
+    /// alone, a 1,000,000-tag list being decided was pushed out by the small ones finished
+    /// meanwhile and parsed again for its re-check and again while deleting.
+    pub fn release(&self, repo: &str) {
+        if let Backend::Recordings(r) = self {
+            r.release(repo);
+        }
+    }
+
+    /// Whether a deletion here outlives the process: a registry's does; recordings change
+    /// only the backend's view in memory. The audit log is written before a deletion that
+    /// outlives the process and may be written after one that does not (see
+    /// `crate::pass::execute`).
+    pub fn deletions_outlive_process(&self) -> bool {
+        matches!(self, Backend::Oci(_))
+    }
+
     /// Manifest `digest` as the registry serves it, kept before deleting it for a later
     /// restore. Recordings hold no manifests: `None`.
     pub async fn manifest(&self, repo: &str, digest: &Digest) -> Result<Option<ManifestContent>, RegistryError> {
@@ -337,6 +355,16 @@ impl RecordingBackend {
         self.index.keys().cloned().collect()
     }
 
+    fn release(&self, repo: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = state.loaded.iter().position(|l| l.repository == repo) {
+            let l = state.loaded.remove(i);
+            if !l.removed.is_empty() {
+                state.removed.insert(l.repository, l.removed);
+            }
+        }
+    }
+
     /// The repository's list as it is now; `None` when there is no recording of it.
     fn current(&self, repo: &str) -> Result<Option<TagList>, RegistryError> {
         self.with_loaded(repo, |l| l.map(|l| l.current()))
@@ -555,6 +583,41 @@ mod tests {
         assert!(now.index_children().is_empty(), "the deleted index's entry went with it");
         assert_eq!(backend.recorded("group/app"), Some(now));
         assert!(backend.tag_list("no/such", &none).await.unwrap().is_none());
+    }
+
+    /// A pass releases its list when done: a list being decided stays loaded however many
+    /// others pass meanwhile (kept by recency alone, a big one was parsed over and over).
+    #[tokio::test]
+    async fn a_released_list_leaves_memory_with_its_deletions_kept_and_the_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "app.json", app());
+        for i in 0..KEEP_LOADED + 2 {
+            write(
+                dir.path(),
+                &format!("other-{i:02}.json"),
+                TagList::new(format!("other/{i:02}"), vec![Tag::new("x", d(9))], vec![]).unwrap(),
+            );
+        }
+        let backend = Backend::Recordings(RecordingBackend::load(dir.path()).unwrap());
+        let Backend::Recordings(recordings) = &backend else { unreachable!() };
+        let loaded = || recordings.state.lock().unwrap().loaded.iter().map(|l| l.repository.clone()).collect::<Vec<_>>();
+        let none = |_, _| {};
+
+        backend.tag_list("group/app", &none).await.unwrap().unwrap();
+        assert_eq!(backend.delete_manifest("group/app", &d(1)).await.unwrap(), DeleteOutcome::Deleted);
+        // More passes than lists kept, each releasing its list: `group/app`'s stays.
+        for i in 0..KEEP_LOADED + 2 {
+            let repo = format!("other/{i:02}");
+            backend.tag_list(&repo, &none).await.unwrap().unwrap();
+            backend.release(&repo);
+        }
+        assert_eq!(loaded(), ["group/app"], "only the list of the pass under way is in memory");
+
+        backend.release("group/app");
+        assert!(loaded().is_empty());
+        let now = backend.tag_list("group/app", &none).await.unwrap().unwrap();
+        assert_eq!(names(&now), ["c"], "read again, with its deletions");
+        backend.release("no/such");
     }
 
     #[tokio::test]

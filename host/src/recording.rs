@@ -59,18 +59,12 @@ impl Recording {
         Self::parse(&text).with_context(|| format!("invalid recording {}", path.display()))
     }
 
-    /// Parses recording text; errors give `line:column`, the field path and what was
-    /// expected. The text is one JSON object and nothing after it but whitespace.
-    pub fn parse(text: &str) -> anyhow::Result<Self> {
-        if !text.trim_start().starts_with('{') {
-            bail!(
-                "not a tagwarden recording: it does not start with a JSON object; a recording looks like \
-                 {{\"format\": \"{FORMAT_V1}\", \"repository\": …, \"recorded_at\": …, \"tags\": […]}} (docs/recording-format.md)"
-            );
-        }
+    /// Why `text` is not a recording's JSON: `line:column`, the field path and what was
+    /// expected; `None` if it parses after all.
+    fn explain(text: &str) -> Option<anyhow::Error> {
         let de = &mut serde_json::Deserializer::from_str(text);
         let position = |e: &serde_json::Error| format!("{}:{}", e.line(), e.column());
-        let file: RecordingFile = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let parsed: Result<RecordingFile, _> = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             let inner = e.inner();
             let path = e.path().to_string();
             let msg = crate::input::plain_expectations(&strip_position(&inner.to_string()), "an object");
@@ -80,14 +74,34 @@ impl Recording {
             } else {
                 anyhow::anyhow!("{}: at `{path}`: {msg}", position(inner))
             }
-        })?;
+        });
+        if let Err(e) = parsed {
+            return Some(e);
+        }
         // Anything after the object would be silently ignored otherwise.
-        de.end().map_err(|e| {
+        de.end().err().map(|e| {
             anyhow::anyhow!(
                 "{}: data after the end of the recording's JSON object; a recording file holds exactly one object",
                 position(&e)
             )
-        })?;
+        })
+    }
+
+    /// Parses recording text; errors give `line:column`, the field path and what was
+    /// expected. The text is one JSON object and nothing after it but whitespace.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        if !text.trim_start().starts_with('{') {
+            bail!(
+                "not a tagwarden recording: it does not start with a JSON object; a recording looks like \
+                 {{\"format\": \"{FORMAT_V1}\", \"repository\": …, \"recorded_at\": …, \"tags\": […]}} (docs/recording-format.md)"
+            );
+        }
+        // The fast path: tracking the field path costs a quarter of the parse, and only a
+        // bad file needs it, so a bad file is parsed again to explain itself.
+        let file: RecordingFile = match serde_json::from_str(text) {
+            Ok(file) => file,
+            Err(e) => return Err(Self::explain(text).unwrap_or_else(|| anyhow::anyhow!("{}:{}: {e}", e.line(), e.column()))),
+        };
         if ![FORMAT_V1, FORMAT_V2, FORMAT_V3].contains(&file.format.as_str()) {
             bail!("`format` is `{}`; this tagwarden reads `{FORMAT_V1}`, `{FORMAT_V2}` and `{FORMAT_V3}`", file.format);
         }

@@ -895,3 +895,69 @@ fn credentials_in_a_registry_url_are_never_echoed() {
     }
     assert!(leaks.is_empty(), "the password in the URL is echoed:\n{}", leaks.join("\n"));
 }
+
+/// A pass over recordings audits its deletions after the fact, thousands of rows a commit
+/// (they end with the process: nothing a crash could leave unrecorded). Past one commit's
+/// worth of rows, every deletion — whole manifests and tags removed from a kept manifest —
+/// has exactly one row, written with its outcome and the pass's run, none left `attempted`.
+#[test]
+fn a_pass_over_recordings_audits_every_deletion_once_with_its_outcome() {
+    const TAGS: usize = 20_000;
+    let dir = tempdir();
+    let recordings = dir.path().join("recordings");
+    std::fs::create_dir_all(&recordings).unwrap();
+    let digest = |i: usize| format!("sha256:{i:064x}");
+    let mut tags = Vec::new();
+    for k in 0..TAGS {
+        // Every tenth `old-` tag shares its manifest with a `keep-` tag: that tag goes alone.
+        let (name, d) = match k % 10 {
+            0 => (format!("keep-{k:05}"), digest(k)),
+            1 => (format!("old-{k:05}"), digest(k - 1)),
+            _ => (format!("old-{k:05}"), digest(k)),
+        };
+        tags.push(format!(
+            r#"{{"name": "{name}", "digest": "{d}", "created_at": "2025-01-01T00:00:00Z", "pushed_at": "2025-01-01T00:00:00Z"}}"#
+        ));
+    }
+    let text = format!(
+        r#"{{"format": "tagwarden.recording.v1", "repository": "group/big", "recorded_at": "{NOW}", "tags": [{}]}}"#,
+        tags.join(",\n")
+    );
+    std::fs::write(recordings.join("big.json"), text).unwrap();
+    let config = dir.path().join("tagwarden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registry]\nrecordings = \"{}\"\n\n[state]\ndir = \"{}\"\n\n\
+             [[policy]]\nname = \"apps\"\nrepositories = [\"**\"]\nplugin = \"gitlab-retention\"\n\
+             params = {{ name_regex_delete = \"old-.*\", keep_n = 0 }}\n",
+            recordings.display(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = tagwarden(dir.path(), &["run", "--once", "--config", path_str(&config), "--now", NOW, "--output", "json"]);
+    out.assert_success();
+    let report = &out.json()["repositories"][0];
+    let to_delete = TAGS - TAGS / 10;
+    assert_eq!((report["status"].as_str(), report["tags_deleted"].as_u64()), (Some("completed"), Some(to_delete as u64)), "{report}");
+
+    let store = Store::open(&dir.path().join("state/tagwarden.db")).unwrap();
+    let rows = store.audit_log().recent(None, 2 * TAGS).unwrap();
+    assert!(rows.iter().all(|r| r.outcome == "deleted"), "every row has its outcome: {:?}", rows.iter().find(|r| r.outcome != "deleted"));
+    let runs: BTreeMap<Option<i64>, usize> = rows.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.run_id).or_default() += 1;
+        m
+    });
+    assert!(runs.len() == 1 && runs.keys().all(Option::is_some), "every row names the pass's run: {runs:?}");
+    let mut deleted: Vec<&str> = rows.iter().flat_map(|r| r.tags.iter().map(String::as_str)).collect();
+    deleted.sort_unstable();
+    let before = deleted.len();
+    deleted.dedup();
+    assert_eq!((before, deleted.len()), (to_delete, to_delete), "one row per deleted tag, none twice");
+    assert!(deleted.iter().all(|t| t.starts_with("old-")), "no kept tag in the audit log");
+    let shared: Vec<&str> = rows.iter().filter(|r| r.operation == "delete_tag").flat_map(|r| r.tags.iter().map(String::as_str)).collect();
+    assert_eq!(shared.len(), TAGS / 10, "tags on a kept manifest are removed one by one");
+    assert!(shared.iter().all(|t| t.ends_with('1')), "{:?}", &shared[..3]);
+    assert!(rows.iter().all(|r| r.decided_by.contains("policy apps (gitlab-retention")), "{}", rows[0].decided_by);
+}

@@ -59,7 +59,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = setup::open_store(&config)?;
     let ctx = Arc::new(setup::pass_context(&config, &store, args.dry_run, Some(now))?);
     let jobs = args.jobs.map_or(config.serve.worker_capacity, usize::from);
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // A pass blocks its worker thread while it reads a recording or writes the state
+    // database: a thread per job keeps the cores busy with the other passes meanwhile.
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(jobs.max(cores)).enable_all().build()?;
     let reports = tokio.block_on(run_pass(&ctx, &policies, args.repository.as_deref(), args.plan, jobs))?;
     match args.output {
         OutputFormat::Json => {

@@ -292,6 +292,7 @@ pub async fn run_repository_until(
     let mut report = RepositoryReport::new(repository, &policy.name);
     let span = tracing::info_span!("pass", repository, policy = policy.name, run_id = tracing::field::Empty);
     pass(ctx, policy, repository, progress, stop, &mut report).instrument(span).await;
+    ctx.backend.release(repository);
     report.elapsed_ms = started.elapsed().as_millis();
     report
 }

@@ -186,6 +186,41 @@ impl AuditLog {
         write(&mut conn).map_err(|err| anyhow::anyhow!("writing the audit log in {}: {err}", self.store.describe()))
     }
 
+    /// Records several deletions already carried out, each with its outcome (`None`: not
+    /// known, the row stays `attempted` for the next pass), in one transaction. Only for a
+    /// backend whose deletions end with the process (recordings): with nothing outliving a
+    /// crash there is nothing to record beforehand, and one insert per row, a commit per
+    /// thousands, is what keeps a what-if pass over millions of tags fast.
+    pub fn record_all(&self, rows: &[(AuditEntry<'_>, Option<AuditOutcome>, Option<&str>)]) -> anyhow::Result<()> {
+        let mut conn = self.store.lock();
+        let write = |conn: &mut rusqlite::Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO audit_log (at, registry, repository, operation, digest, tags, decided_by, outcome, detail, run_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?;
+                let at = Timestamp::now().unix_micros();
+                for (e, outcome, detail) in rows {
+                    stmt.execute(params![
+                        at,
+                        e.registry,
+                        e.repository,
+                        e.operation.as_str(),
+                        e.digest,
+                        e.tags.join(","),
+                        e.decided_by,
+                        outcome.map_or("attempted", AuditOutcome::as_str),
+                        detail,
+                        e.run_id
+                    ])?;
+                }
+            }
+            tx.commit()
+        };
+        write(&mut conn).map_err(|err| anyhow::anyhow!("writing {} audit rows in {}: {err}", rows.len(), self.store.describe()))
+    }
+
     /// Records how attempt `id` ended.
     pub fn finish(&self, id: i64, outcome: AuditOutcome, detail: Option<&str>) -> anyhow::Result<()> {
         self.store
