@@ -26,7 +26,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Row};
 
 use super::deletions::{DeletionOutcome, DeletionState, DeletionStatus};
-use super::state::{Claim, CleanupOutcome, CleanupStatus, LastFailure, Lease, PolicyState, RepositoryState, StateStore, Work, earlier};
+use super::state::{Claim, CleanupOutcome, CleanupStatus, LastFailure, Lease, PolicyState, RepositoryState, StateStore, Work};
 use crate::model::Timestamp;
 use crate::registry::Secret;
 
@@ -250,6 +250,32 @@ fn ts(t: Option<i64>) -> Option<Timestamp> {
 const NO_BACKOFF: &str = "(r.next_attempt_at IS NULL OR r.next_attempt_at <= $2)
     AND NOT EXISTS (SELECT 1 FROM repository_deletions d WHERE d.path = r.path AND d.status <> 'delete_failed')";
 
+/// The claim, one statement: for each enabled policy and tier — never cleaned, then due
+/// again, then unfinished — its first candidate by `(policy, status, started_at)` (an index
+/// seek each), locked, or skipped while another host claims it; the best of them by tier,
+/// then oldest start, then policy name (the order SQLite's claim uses) is marked ongoing,
+/// and the others are released when the statement ends. One round trip: as a probe per
+/// policy and tier (21 round trips with 10 policies) its p99 was 18.6 ms at 6 workers.
+/// `$1` owner, `$2` now, `$3` lease expiry.
+const CLAIM_NEXT: &str = "WITH candidate AS (
+        SELECT c.path, t.status, p.name AS policy
+        FROM policies p
+        CROSS JOIN (VALUES (0, 'cleanup_unscheduled'), (1, 'cleanup_scheduled'), (2, 'cleanup_unfinished')) AS t (tier, status)
+        CROSS JOIN LATERAL (
+            SELECT r.path, r.started_at FROM repositories r
+            WHERE r.policy = p.name AND r.status = t.status
+              AND (t.tier = 2 OR (p.next_run_at < $2 AND (r.started_at IS NULL OR r.started_at < p.next_run_at)))
+              AND {NO_BACKOFF}
+            ORDER BY r.started_at NULLS FIRST LIMIT 1 FOR UPDATE OF r SKIP LOCKED
+        ) c
+        WHERE p.enabled
+        ORDER BY t.tier, c.started_at NULLS FIRST, p.name
+        LIMIT 1
+    )
+    UPDATE repositories r SET status = 'cleanup_ongoing', started_at = $2, lease_owner = $1, lease_expires_at = $3
+    FROM candidate c WHERE r.path = c.path AND r.status = c.status
+    RETURNING r.path, c.policy, c.status";
+
 const REPOSITORY_COLUMNS: &str = "path, policy, status, started_at, completed_at, next_attempt_at, consecutive_failures,
     lease_owner, lease_expires_at, last_failure_class, last_failure_reason, last_deleted, last_failure_status, last_failure_at";
 
@@ -350,68 +376,13 @@ impl StateStore for PgStateStore {
         let expires = now_us.saturating_add(micros(lease));
         let what = format!("claiming the next repository in {}", self.describe());
         self.run(move |pool| async move {
-            let mut client = client(&pool).await?;
-            let tx = client.transaction().await?;
-            // Statements are prepared once per connection: a claim is then one round trip each.
-            let enabled = tx.prepare_cached("SELECT name, next_run_at FROM policies WHERE enabled ORDER BY name").await?;
-            let policies: Vec<(String, i64)> = tx.query(&enabled, &[]).await?.iter().map(|r| (r.get(0), r.get(1))).collect();
-            // The same tiers as SQLite's claim; each probe locks its candidate or skips one
-            // another host is claiming. Candidates not chosen are released at commit.
-            let mut found: Option<(String, String, CleanupStatus, Option<i64>)> = None;
-            let requiring = tx
-                .prepare_cached(&format!(
-                    "SELECT r.path, r.started_at FROM repositories r
-                     WHERE r.policy = $1 AND r.status = $3 AND (r.started_at IS NULL OR r.started_at < $4) AND {NO_BACKOFF}
-                     ORDER BY r.started_at NULLS FIRST LIMIT 1 FOR UPDATE OF r SKIP LOCKED"
-                ))
-                .await?;
-            for status in [CleanupStatus::Unscheduled, CleanupStatus::Scheduled] {
-                for (policy, next_run_at) in policies.iter().filter(|(_, next)| *next < now_us) {
-                    let row = tx.query_opt(&requiring, &[policy, &now_us, &status.as_str(), next_run_at]).await?;
-                    if let Some(row) = row {
-                        let started: Option<i64> = row.get(1);
-                        if found.as_ref().is_none_or(|(_, _, _, best)| earlier(started, *best)) {
-                            found = Some((row.get(0), policy.clone(), status, started));
-                        }
-                    }
-                }
-                if found.is_some() {
-                    break;
-                }
-            }
-            if found.is_none() {
-                let unfinished = tx
-                    .prepare_cached(&format!(
-                        "SELECT r.path, r.started_at FROM repositories r
-                         WHERE r.policy = $1 AND r.status = 'cleanup_unfinished' AND {NO_BACKOFF}
-                         ORDER BY r.started_at NULLS FIRST LIMIT 1 FOR UPDATE OF r SKIP LOCKED"
-                    ))
-                    .await?;
-                for (policy, _) in &policies {
-                    if let Some(row) = tx.query_opt(&unfinished, &[policy, &now_us]).await? {
-                        let started: Option<i64> = row.get(1);
-                        if found.as_ref().is_none_or(|(_, _, _, best)| earlier(started, *best)) {
-                            found = Some((row.get(0), policy.clone(), CleanupStatus::Unfinished, started));
-                        }
-                    }
-                }
-            }
-            let Some((path, policy, from, _)) = found else {
-                tx.commit().await?;
-                return Ok(None);
-            };
-            let claim = tx
-                .prepare_cached(
-                    "UPDATE repositories SET status = 'cleanup_ongoing', started_at = $2, lease_owner = $3, lease_expires_at = $4
-                     WHERE path = $1 AND status = $5",
-                )
-                .await?;
-            let changed = tx.execute(&claim, &[&path, &now_us, &owner, &expires, &from.as_str()]).await?;
-            if changed != 1 {
-                bail!("{path} changed while locked: {changed} rows updated");
-            }
-            tx.commit().await?;
-            Ok(Some(Claim { path, policy, from, started_at: now }))
+            let client = client(&pool).await?;
+            // Prepared once per connection: a claim is then one round trip.
+            let claim = client.prepare_cached(&CLAIM_NEXT.replace("{NO_BACKOFF}", NO_BACKOFF)).await?;
+            let row = client.query_opt(&claim, &[&owner, &now_us, &expires]).await?;
+            let Some(row) = row else { return Ok(None) };
+            let from = CleanupStatus::parse(row.get(2))?;
+            Ok(Some(Claim { path: row.get(0), policy: row.get(1), from, started_at: now }))
         })
         .context(what)
     }
