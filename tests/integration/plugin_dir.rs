@@ -208,8 +208,10 @@ async fn a_new_file_is_swapped_in_while_a_pass_runs_bad_files_leave_the_old_vers
     .await;
     let mut runs = store.runs().recent(None, 10).unwrap();
     runs.sort_by_key(|r| r.id);
-    let by: Vec<(&str, bool, bool)> =
-        runs.iter().map(|r| (r.status.as_str(), r.decided_by.contains(&sha1[..12]), r.decided_by.contains(&sha2[..12]))).collect();
+    let by: Vec<(&str, bool, bool)> = runs
+        .iter()
+        .map(|r| (r.status.as_str(), r.decided_by.contains(&format!("sha256:{sha1})")), r.decided_by.contains(&format!("sha256:{sha2})"))))
+        .collect();
     assert_eq!(by, [("completed", true, false), ("completed", false, true)], "{runs:#?}\n{}", daemon.output);
     // v2's counts: the evaluation of the second pass only.
     let row = row_when(&store, "keep", |r| r.evaluations == 1).await;
