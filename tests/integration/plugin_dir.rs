@@ -98,7 +98,17 @@ impl Daemon {
         }
         let code = tokio::task::block_in_place(|| self.child.wait()).unwrap().code();
         assert_eq!(code, Some(0), "{}", self.output);
-        self.output
+        std::mem::take(&mut self.output)
+    }
+}
+
+/// A test that fails before `stop` leaves no daemon behind.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
