@@ -105,7 +105,8 @@ impl CanaryLists for BackendLists {
 /// What the plugin directory reports (`serve` prints these).
 #[derive(Debug)]
 pub enum PluginEvent<'a> {
-    /// A version went into service.
+    /// A version went into service; `elapsed` from reading the file to the swap, the canary
+    /// excluded (it has its own event).
     Loaded {
         name: &'a str,
         file: &'a Path,
@@ -496,9 +497,10 @@ impl PluginDirectory {
                 if let Some(held) = entry.pending.take() {
                     supersede(&self.table, name, &held);
                 }
+                let mut canary_time = Duration::ZERO;
                 let held = match (&entry.serving, &self.canary) {
                     (Some(old), Some(lists)) if self.options.canary_sample > 0 => {
-                        let started = Instant::now();
+                        let canary_started = Instant::now();
                         let diff = run_canary(old, &version, &**lists, users, self.options.canary_sample);
                         let max = self.options.canary_max_extra_deletions;
                         let held = diff.held_because(max);
@@ -514,12 +516,13 @@ impl PluginDirectory {
                             max_extra_fraction: max,
                             diff,
                         };
+                        canary_time = canary_started.elapsed();
                         let id = self.table.record_canary(&record).map_err(|e| tracing::warn!("plugin {name}: {e:#}")).ok();
                         on_event(PluginEvent::Canary {
                             name,
                             meta: &version.meta,
                             diff: &record.diff,
-                            elapsed: started.elapsed(),
+                            elapsed: canary_time,
                             held: held.as_deref(),
                         });
                         held.map(|why| (why, record.diff.summary(), id))
@@ -575,7 +578,7 @@ impl PluginDirectory {
                     name,
                     file,
                     meta,
-                    elapsed: started.elapsed(),
+                    elapsed: started.elapsed().saturating_sub(canary_time),
                     policies: users,
                     replaced: replaced.as_deref(),
                 });
