@@ -110,6 +110,8 @@ fn main() {
             watch_interval: config.plugins.watch_interval,
             settle: config.plugins.settle,
             quarantine_after: config.plugins.quarantine_after,
+            canary_sample: config.plugins.canary_sample,
+            canary_max_extra_deletions: config.plugins.canary_max_extra_deletions,
         };
         let directory = PluginDirectory::open(options, runtime, &store, bound, &quiet).unwrap();
         let policies = directory.policies();
@@ -166,6 +168,8 @@ fn main() {
                 watch_interval: config.plugins.watch_interval,
                 settle: config.plugins.settle,
                 quarantine_after: config.plugins.quarantine_after,
+                canary_sample: config.plugins.canary_sample,
+                canary_max_extra_deletions: config.plugins.canary_max_extra_deletions,
             };
             let started = Instant::now();
             let d = PluginDirectory::open(options, runtime.clone(), &store, bound, &quiet).unwrap();

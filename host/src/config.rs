@@ -201,6 +201,8 @@ impl Default for PluginsSection {
             watch_interval: defaults::watch_interval(),
             settle: defaults::settle(),
             quarantine_after: defaults::quarantine_after(),
+            canary_sample: defaults::canary_sample(),
+            canary_max_extra_deletions: defaults::canary_max_extra_deletions(),
         }
     }
 }
@@ -238,6 +240,15 @@ pub struct PluginsSection {
     /// quarantined (its policies pause until a new file or `tagwarden plugins release`).
     #[serde(default = "defaults::quarantine_after")]
     pub quarantine_after: u32,
+    /// Repositories the canary compares a new version of a plugin of `dir` on (with the
+    /// version in service) before it replaces it; 0 turns the canary off.
+    #[serde(default = "defaults::canary_sample")]
+    pub canary_sample: usize,
+    /// The brake: a new version that would delete more than this fraction of the compared
+    /// tags beyond what the version in service deletes waits as `pending` until `tagwarden
+    /// plugins approve NAME`.
+    #[serde(default = "defaults::canary_max_extra_deletions")]
+    pub canary_max_extra_deletions: f64,
 }
 
 /// `[imports]`: repository imports to a GitLab-compatible registry (`tagwarden imports`), and
@@ -356,6 +367,12 @@ mod defaults {
     pub fn quarantine_after() -> u32 {
         3
     }
+    pub fn canary_sample() -> usize {
+        50
+    }
+    pub fn canary_max_extra_deletions() -> f64 {
+        0.05
+    }
     pub fn import_capacity() -> usize {
         2
     }
@@ -472,6 +489,12 @@ impl Config {
         let pl = &self.plugins;
         if pl.watch_interval.is_zero() {
             bail!("at `plugins.watch_interval`: expected a positive duration such as \"100ms\"");
+        }
+        if !(0.0..=1.0).contains(&pl.canary_max_extra_deletions) {
+            bail!(
+                "at `plugins.canary_max_extra_deletions`: expected a fraction of the tags from 0 to 1, such as 0.05; got {}",
+                pl.canary_max_extra_deletions
+            );
         }
         if pl.quarantine_after == 0 {
             bail!("at `plugins.quarantine_after`: expected at least 1 (consecutive traps or timeouts before a plugin is quarantined)");
@@ -691,6 +714,11 @@ params = { keep_n = 5, name_regex_delete = ".*" }
         assert!(e.contains("plugins.quarantine_after") && e.contains("at least 1"), "{e}");
         let e = err(&with("settle = \"soon\""));
         assert!(e.contains("plugins.settle") && e.contains("not a duration"), "{e}");
+        assert_eq!((c.plugins.canary_sample, c.plugins.canary_max_extra_deletions), (50, 0.05));
+        let c = Config::parse(&with("canary_sample = 0\ncanary_max_extra_deletions = 0.2")).unwrap();
+        assert_eq!((c.plugins.canary_sample, c.plugins.canary_max_extra_deletions), (0, 0.2));
+        let e = err(&with("canary_max_extra_deletions = 5.0"));
+        assert!(e.contains("plugins.canary_max_extra_deletions") && e.contains("from 0 to 1"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! - [`metrics`]: the Prometheus metrics every module records into (served at `/metrics`).
 //! - [`pass`]: one cleanup pass over one repository (plan, execute, reconcile).
 //! - [`plugins`]: finding plugin files by name or path.
-//! - [`plugin_dir`]: `serve`'s watched plugin directory: hot swap, pause, quarantine.
+//! - [`plugin_dir`]: `serve`'s watched plugin directory: hot swap, canary, pause, quarantine.
+//! - [`canary`]: what a new plugin version decides differently from the old (`plugins diff`).
 //! - [`scheduler`]: cadence and claim order as pure functions of state and time.
 //! - [`restore`]: pushing a deleted tag's kept manifest back (CLI and API).
 //! - [`setup`]: config → policies, store, backend and pass context, for every command.
@@ -22,6 +23,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod canary;
 pub mod cli;
 pub mod config;
 pub mod deletion;

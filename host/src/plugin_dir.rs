@@ -18,6 +18,16 @@
 //! the step and why), unless the file changed within `[plugins] settle`: a copy still being
 //! written is tried again once it settles, never reported broken for good.
 //!
+//! Canary: before a new version replaces the one in service, both decide over the latest tag
+//! lists of (a sample of, `[plugins] canary_sample`) the repositories its policies cover
+//! ([`CanaryLists`]; the daemon's lists them through its backend), and the difference
+//! ([`crate::canary::Diff`]) is recorded (`plugins diff NAME` shows it). The brake: a version
+//! that would delete more than `[plugins] canary_max_extra_deletions` of the compared tags
+//! beyond the old one, or that fails where the old one decides, stays `pending` while the old
+//! one serves, until `tagwarden plugins approve NAME`. Nothing is compared when nothing serves
+//! (at start, or after a removal); a version that was pending when the daemon stopped is
+//! pending again at start, its policies paused, since the version it would replace is gone.
+//!
 //! A removed file pauses the policies that use it (they are disabled in the state, so
 //! nothing claims their repositories); nothing falls back to a default that could delete. A
 //! plugin whose evaluations trap, time out or exhaust memory or fuel `[plugins]
@@ -35,11 +45,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 
-use crate::model::Timestamp;
-use crate::pass::Policy;
+use crate::canary::{Diff, RepositoryDiff};
+use crate::model::{TagList, Timestamp};
+use crate::pass::{PassContext, Policy};
 use crate::runtime::{CallCounts, ConfiguredPolicy, PluginLimits, PluginMeta, PluginRuntime};
 use crate::setup::{BoundPolicy, PolicySet};
-use crate::store::{PluginRecord, PluginState, PluginTable, StateStore, Store};
+use crate::store::{CanaryOutcome, CanaryRecord, PluginRecord, PluginState, PluginTable, StateStore, Store};
 
 /// How the directory is watched (`[plugins]` in the config).
 #[derive(Debug, Clone)]
@@ -48,12 +59,54 @@ pub struct DirectoryOptions {
     pub watch_interval: Duration,
     pub settle: Duration,
     pub quarantine_after: u32,
+    /// Repositories the canary compares on; 0: no canary.
+    pub canary_sample: usize,
+    /// The brake, a fraction of the compared tags.
+    pub canary_max_extra_deletions: f64,
+}
+
+/// Where the canary finds the latest tag lists of the repositories a plugin's policies cover.
+pub trait CanaryLists: Send + Sync {
+    /// Up to `sample` repositories of `policies`, each with its policy and its tag list as
+    /// it is now.
+    fn sample(&self, policies: &[String], sample: usize) -> anyhow::Result<Vec<SampledList>>;
+}
+
+/// One repository of the canary's sample.
+pub struct SampledList {
+    pub repository: String,
+    pub policy: String,
+    /// `Ok(None)`: the repository is gone; `Err`: it could not be listed.
+    pub list: Result<Option<TagList>, String>,
+}
+
+/// The daemon's [`CanaryLists`]: repositories of the state (cleaned most recently first),
+/// listed through the pass's backend (the registry, with its metadata cache, or recordings)
+/// from the directory's thread. The state holds no tag lists, so these are fresh listings.
+pub struct BackendLists {
+    pub store: Store,
+    pub ctx: Arc<PassContext>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl CanaryLists for BackendLists {
+    fn sample(&self, policies: &[String], sample: usize) -> anyhow::Result<Vec<SampledList>> {
+        let repositories = self.store.canary_sample(policies, sample)?;
+        Ok(repositories
+            .into_iter()
+            .map(|(repository, policy)| {
+                let list = self.runtime.block_on(self.ctx.backend.tag_list(&repository, &|_, _| {})).map_err(|e| e.to_string());
+                SampledList { repository, policy, list }
+            })
+            .collect())
+    }
 }
 
 /// What the plugin directory reports (`serve` prints these).
 #[derive(Debug)]
 pub enum PluginEvent<'a> {
-    /// A version went into service.
+    /// A version went into service; `elapsed` from reading the file to the swap, the canary
+    /// excluded (it has its own event).
     Loaded {
         name: &'a str,
         file: &'a Path,
@@ -90,6 +143,20 @@ pub enum PluginEvent<'a> {
     /// An operator released a quarantined plugin (`tagwarden plugins release`).
     Released {
         name: &'a str,
+    },
+    /// A new version was compared with the one in service; `held`: why it waits for approval.
+    Canary {
+        name: &'a str,
+        meta: &'a PluginMeta,
+        diff: &'a Diff,
+        elapsed: Duration,
+        held: Option<&'a str>,
+    },
+    /// An operator approved the version a canary held (`tagwarden plugins approve`): in service.
+    Approved {
+        name: &'a str,
+        meta: &'a PluginMeta,
+        replaced: Option<&'a str>,
     },
 }
 
@@ -139,9 +206,17 @@ impl Serving {
     }
 }
 
+/// A version the canary held back, and its canary's id.
+struct Held {
+    version: Serving,
+    canary: Option<i64>,
+}
+
 /// One plugin name of the directory.
 struct Entry {
     serving: Option<Serving>,
+    /// A newer version waiting for an operator's approval.
+    pending: Option<Held>,
     state: PluginState,
     reason: Option<String>,
     /// The file at the last look.
@@ -156,7 +231,16 @@ struct Entry {
 
 impl Entry {
     fn new() -> Entry {
-        Entry { serving: None, state: PluginState::Paused, reason: None, seen: None, tried: None, provisional: false, written: None }
+        Entry {
+            serving: None,
+            pending: None,
+            state: PluginState::Paused,
+            reason: None,
+            seen: None,
+            tried: None,
+            provisional: false,
+            written: None,
+        }
     }
 
     /// Why policies that use it cannot run, if they cannot.
@@ -181,6 +265,8 @@ pub struct PluginDirectory {
     bound: Vec<BoundPolicy>,
     policies: Arc<PolicySet>,
     entries: BTreeMap<String, Entry>,
+    /// Where the canary's tag lists come from; `None`: no canary.
+    canary: Option<Arc<dyn CanaryLists>>,
     /// Whether the daemon runs: from then on, pausing and resuming policies is written to
     /// the state (before that the daemon records the policies itself, with their first run).
     started: bool,
@@ -207,10 +293,17 @@ impl PluginDirectory {
             bound,
             policies,
             entries: BTreeMap::new(),
+            canary: None,
             started: false,
         };
         dir.look(on_event)?;
         Ok(dir)
+    }
+
+    /// Compares each new version with the one in service over `lists` before it replaces it.
+    pub fn with_canary(mut self, lists: Arc<dyn CanaryLists>) -> Self {
+        self.canary = Some(lists);
+        self
     }
 
     /// The daemon's policies, which this directory keeps up to date.
@@ -286,6 +379,9 @@ impl PluginDirectory {
         let Some(stamp) = stamp else {
             if entry.serving.is_some() || entry.reason.is_none() || entry.state != PluginState::Paused {
                 let was_serving = entry.serving.take().is_some();
+                if let Some(held) = entry.pending.take() {
+                    supersede(&self.table, name, &held);
+                }
                 entry.state = PluginState::Paused;
                 entry.reason = Some(if was_serving {
                     format!("its file {} was removed; its policies pause until it is back", file.display())
@@ -320,8 +416,34 @@ impl PluginDirectory {
             on_event(PluginEvent::Released { name });
             changed = true;
         }
+        if let Some(sha) = requested.as_deref().and_then(|r| r.strip_prefix("approve ")) {
+            match entry.pending.take() {
+                Some(held) if held.version.meta.sha256 == sha => {
+                    if let Some(id) = held.canary
+                        && let Err(e) = self.table.set_canary_outcome(id, CanaryOutcome::Approved)
+                    {
+                        tracing::warn!("plugin {name}: {e:#}");
+                    }
+                    let replaced = entry.serving.replace(held.version).map(|s| s.meta.sha256);
+                    entry.state = PluginState::Active;
+                    entry.reason = None;
+                    crate::metrics::get().plugin_loaded(name);
+                    let meta = &entry.serving.as_ref().expect("just set").meta;
+                    on_event(PluginEvent::Approved { name, meta, replaced: replaced.as_deref() });
+                    changed = true;
+                }
+                other => {
+                    let waiting = other.as_ref().map(|h| format!("sha256:{} waits", h.version.meta.sha256));
+                    tracing::warn!(
+                        "plugin {name}: an approval of sha256:{sha} arrived, but {}; nothing changed",
+                        waiting.unwrap_or_else(|| "no version waits for approval".to_owned())
+                    );
+                    entry.pending = other;
+                }
+            }
+        }
         if let Some(serving) = &entry.serving
-            && matches!(entry.state, PluginState::Active | PluginState::Failed)
+            && matches!(entry.state, PluginState::Active | PluginState::Failed | PluginState::Pending)
         {
             let counts = serving.counts();
             if counts.consecutive_faults >= quarantine_after {
@@ -349,11 +471,19 @@ impl PluginDirectory {
         let result = match attempt {
             Ok((sha256, bytes)) => {
                 if entry.serving.as_ref().is_some_and(|s| s.meta.sha256 == sha256) {
-                    // The bytes in service (touched, or a bad copy replaced by the good one again).
-                    if entry.state == PluginState::Failed {
+                    // The bytes in service (touched, a bad copy replaced by the good one again,
+                    // or the old file put back over a version the canary held).
+                    if let Some(held) = entry.pending.take() {
+                        supersede(&self.table, name, &held);
+                    }
+                    if matches!(entry.state, PluginState::Failed | PluginState::Pending) {
                         entry.state = PluginState::Active;
                         entry.reason = None;
                     }
+                    return false;
+                }
+                if entry.pending.as_ref().is_some_and(|h| h.version.meta.sha256 == sha256) {
+                    // The version already waiting for approval (touched).
                     return false;
                 }
                 configure(&self.runtime, file, &bytes, &self.bound, name)
@@ -362,8 +492,84 @@ impl PluginDirectory {
         };
         match result {
             Ok((meta, configured)) => {
+                let version = Serving { meta, configured, loaded_at: Timestamp::now() };
+                // This file supersedes any version waiting for approval.
+                if let Some(held) = entry.pending.take() {
+                    supersede(&self.table, name, &held);
+                }
+                let mut canary_time = Duration::ZERO;
+                let held = match (&entry.serving, &self.canary) {
+                    (Some(old), Some(lists)) if self.options.canary_sample > 0 => {
+                        let canary_started = Instant::now();
+                        let diff = run_canary(old, &version, &**lists, users, self.options.canary_sample);
+                        let max = self.options.canary_max_extra_deletions;
+                        let held = diff.held_because(max);
+                        let record = CanaryRecord {
+                            id: 0,
+                            plugin: name.to_owned(),
+                            at: Timestamp::now(),
+                            old_sha256: old.meta.sha256.clone(),
+                            old_version: format!("{} {}", old.meta.name, old.meta.version),
+                            new_sha256: version.meta.sha256.clone(),
+                            new_version: format!("{} {}", version.meta.name, version.meta.version),
+                            outcome: if held.is_some() { CanaryOutcome::Pending } else { CanaryOutcome::Swapped },
+                            max_extra_fraction: max,
+                            diff,
+                        };
+                        canary_time = canary_started.elapsed();
+                        let id = self.table.record_canary(&record).map_err(|e| tracing::warn!("plugin {name}: {e:#}")).ok();
+                        on_event(PluginEvent::Canary {
+                            name,
+                            meta: &version.meta,
+                            diff: &record.diff,
+                            elapsed: canary_time,
+                            held: held.as_deref(),
+                        });
+                        held.map(|why| (why, record.diff.summary(), id))
+                    }
+                    // Nothing serves: a version the canary held before a restart waits again
+                    // (the version it would replace is gone), its policies paused.
+                    (None, _) => match self.table.latest_canary(name, Some(&version.meta.sha256)) {
+                        Ok(Some(c)) => {
+                            let why = "a canary held it before the daemon restarted; the version it would replace is no longer \
+                                       loaded, so its policies pause until it is approved";
+                            on_event(PluginEvent::Canary {
+                                name,
+                                meta: &version.meta,
+                                diff: &c.diff,
+                                elapsed: Duration::ZERO,
+                                held: Some(why),
+                            });
+                            Some((why.to_owned(), c.diff.summary(), Some(c.id)))
+                        }
+                        Ok(None) => None,
+                        Err(e) => {
+                            tracing::warn!("plugin {name}: {e:#}");
+                            None
+                        }
+                    },
+                    _ => None,
+                };
+                if let Some((why, summary, canary)) = held {
+                    let m = &version.meta;
+                    entry.state = PluginState::Pending;
+                    entry.reason = Some(format!(
+                        "version {} {} (sha256:{}) waits for approval: {why}. Canary: {summary}. \
+                         `tagwarden plugins diff {name}` shows the difference, `tagwarden plugins approve {name}` puts it in service{}",
+                        m.name,
+                        m.version,
+                        m.sha256,
+                        match &entry.serving {
+                            Some(s) => format!("; the version in service (sha256:{}) keeps serving", s.meta.sha256),
+                            None => String::new(),
+                        }
+                    ));
+                    entry.pending = Some(Held { version, canary });
+                    // Policies change only when nothing served (they now say why they pause).
+                    return entry.serving.is_none();
+                }
                 let replaced = entry.serving.as_ref().map(|s| s.meta.sha256.clone());
-                entry.serving = Some(Serving { meta, configured, loaded_at: Timestamp::now() });
+                entry.serving = Some(version);
                 entry.state = PluginState::Active;
                 entry.reason = None;
                 let meta = &entry.serving.as_ref().expect("just set").meta;
@@ -372,7 +578,7 @@ impl PluginDirectory {
                     name,
                     file,
                     meta,
-                    elapsed: started.elapsed(),
+                    elapsed: started.elapsed().saturating_sub(canary_time),
                     policies: users,
                     replaced: replaced.as_deref(),
                 });
@@ -385,6 +591,9 @@ impl PluginDirectory {
                 false
             }
             Err((step, why)) => {
+                if let Some(held) = entry.pending.take() {
+                    supersede(&self.table, name, &held);
+                }
                 let serving = entry.serving.as_ref().map(|s| s.meta.sha256.as_str());
                 entry.state = PluginState::Failed;
                 entry.reason = Some(format!(
@@ -488,6 +697,56 @@ impl PluginDirectory {
         }
         Ok(())
     }
+}
+
+/// Records that `held` will not go into service (another file replaced it).
+fn supersede(table: &PluginTable, name: &str, held: &Held) {
+    if let Some(id) = held.canary
+        && let Err(e) = table.set_canary_outcome(id, CanaryOutcome::Superseded)
+    {
+        tracing::warn!("plugin {name}: {e:#}");
+    }
+}
+
+/// Evaluates `old` and `new` side by side over the sample of the repositories of `policies`.
+/// Each evaluation runs in a fresh store, as `eval`'s: the canary neither warms instances
+/// nor counts toward either version's evaluations and faults (nor its quarantine).
+fn run_canary(old: &Serving, new: &Serving, lists: &dyn CanaryLists, policies: &[String], sample: usize) -> Diff {
+    let now = Timestamp::now();
+    let mut diff = Diff::default();
+    let sampled = match lists.sample(policies, sample) {
+        Ok(s) => s,
+        Err(e) => {
+            diff.push(RepositoryDiff::not_compared("(the sample)", None, format!("{e:#}"), false));
+            return diff;
+        }
+    };
+    let find = |s: &Serving, policy: &str| s.configured.iter().find(|(p, _)| p == policy).map(|(_, c)| c.clone());
+    for s in sampled {
+        let policy = Some(s.policy.as_str());
+        let not_compared = |why: String, new_failed| RepositoryDiff::not_compared(&s.repository, policy, why, new_failed);
+        let list = match &s.list {
+            Ok(Some(list)) => list,
+            Ok(None) => {
+                diff.push(not_compared("the repository does not exist".into(), false));
+                continue;
+            }
+            Err(e) => {
+                diff.push(not_compared(format!("listing failed: {e}"), false));
+                continue;
+            }
+        };
+        let (Some(o), Some(n)) = (find(old, &s.policy), find(new, &s.policy)) else {
+            diff.push(not_compared(format!("policy `{}` does not use this plugin", s.policy), false));
+            continue;
+        };
+        match (o.plugin().evaluate(o.params(), list, now), n.plugin().evaluate(n.params(), list, now)) {
+            (Ok(a), Ok(b)) => diff.push(crate::canary::compare(list, policy, &a, &b)),
+            (Ok(_), Err(e)) => diff.push(not_compared(format!("the new version failed: {e}"), true)),
+            (Err(e), _) => diff.push(not_compared(format!("the version in service failed: {e}"), false)),
+        }
+    }
+    diff
 }
 
 /// Fails unless `dir` is a directory, naming it and the config key.

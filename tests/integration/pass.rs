@@ -209,13 +209,20 @@ async fn a_pass_deletes_exactly_what_eval_decides_over_a_recording_of_the_same_r
     for row in &rows {
         assert_eq!((row.operation.as_str(), row.outcome.as_str(), row.tags.len()), ("delete_manifest", "deleted", 1), "{row:#?}");
         assert_eq!(row.digest, before[&row.tags[0]], "{row:#?}");
-        assert!(row.decided_by.contains("test-policy") && row.decided_by.contains("gitlab-retention"), "{row:#?}");
+        // Who decided: the policy, and the plugin's name, version and full sha256 (issue #11 §7).
+        let m = retention.plugin().plugin().meta();
+        let by = format!("policy test-policy (plugin gitlab-retention {} sha256:{})", m.version, m.sha256);
+        assert!(m.sha256.len() == 64 && row.decided_by.starts_with(&by), "{row:#?}");
         // ...and the rule that deleted its tag: the plugin's reason, as eval gives it.
         let i = recording.list.tags().iter().position(|t| t.name == row.tags[0]).unwrap();
         assert!(row.decided_by.ends_with(&format!("; rule: {}", decisions.tag(i).reason)), "{row:#?}");
         assert!(row.registry.starts_with(reg.url()), "{row:#?}");
     }
     assert_eq!(audited_deletions(&rows), eval_deletes);
+    // The run names the same plugin identity.
+    let runs = store.runs().recent(None, 10).unwrap();
+    let m = retention.plugin().plugin().meta();
+    assert!(runs.iter().all(|r| r.decided_by.ends_with(&format!("sha256:{})", m.sha256))), "{runs:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

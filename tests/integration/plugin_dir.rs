@@ -98,7 +98,17 @@ impl Daemon {
         }
         let code = tokio::task::block_in_place(|| self.child.wait()).unwrap().code();
         assert_eq!(code, Some(0), "{}", self.output);
-        self.output
+        std::mem::take(&mut self.output)
+    }
+}
+
+/// A test that fails before `stop` leaves no daemon behind.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -208,8 +218,10 @@ async fn a_new_file_is_swapped_in_while_a_pass_runs_bad_files_leave_the_old_vers
     .await;
     let mut runs = store.runs().recent(None, 10).unwrap();
     runs.sort_by_key(|r| r.id);
-    let by: Vec<(&str, bool, bool)> =
-        runs.iter().map(|r| (r.status.as_str(), r.decided_by.contains(&sha1[..12]), r.decided_by.contains(&sha2[..12]))).collect();
+    let by: Vec<(&str, bool, bool)> = runs
+        .iter()
+        .map(|r| (r.status.as_str(), r.decided_by.contains(&format!("sha256:{sha1})")), r.decided_by.contains(&format!("sha256:{sha2})"))))
+        .collect();
     assert_eq!(by, [("completed", true, false), ("completed", false, true)], "{runs:#?}\n{}", daemon.output);
     // v2's counts: the evaluation of the second pass only.
     let row = row_when(&store, "keep", |r| r.evaluations == 1).await;
@@ -297,5 +309,102 @@ async fn a_plugin_that_traps_k_times_in_a_row_is_quarantined_until_released() {
     let (code, out) = tagwarden(dir.path(), &["plugins", "release", "wild", "--config", &config_arg]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("is active, not quarantined"), "{out}");
+    daemon.stop().await;
+}
+
+/// The canary (issue #11 §3) over the recordings backend: a new version that decides like the
+/// old one swaps in at once; one that would delete more than the brake allows waits as
+/// `pending` (across a restart too, its policies then paused) until `plugins approve`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_over_the_brake_waits_for_approval_and_one_under_it_swaps_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let recs = dir.path().join("recs");
+    crate::plugin_tools::write_recording(&recs, "a.json", "builds/a", 10);
+    crate::plugin_tools::write_recording(&recs, "b.json", "builds/b", 10);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    // With no params, gitlab-retention deletes nothing; semver-lines deletes 2 of each 10.
+    let v1 = std::fs::read(crate::support::plugin_path("gitlab-retention")).unwrap();
+    let v2 = with_custom_section(&v1, "version 2");
+    let v3 = std::fs::read(crate::support::plugin_path("semver-lines")).unwrap();
+    let [sha1, sha2, sha3] = [&v1, &v2, &v3].map(|b| tagwarden::model::sha256_hex(b));
+    install(&plugins, "keep.wasm", &v1);
+    let config = dir.path().join("tagwarden.toml");
+    std::fs::write(
+        &config,
+        "[registry]\nrecordings = \"recs\"\n\n[state]\ndir = \"state\"\n\n[serve]\nworker_capacity = 1\nlisten = \"off\"\n\n\
+         [plugins]\ndir = \"plugins\"\nwatch_interval = \"50ms\"\nsettle = \"2s\"\ncanary_max_extra_deletions = 0.1\n\n\
+         [[policy]]\nname = \"builds\"\nrepositories = [\"builds/*\"]\nplugin = \"keep\"\ncadence = \"7d\"\nparams = {}\n",
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let cli = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--config", &config_arg]);
+        tokio::task::block_in_place(|| crate::cli::tagwarden(dir.path(), &a))
+    };
+
+    let mut daemon = Daemon::start(dir.path(), &["serve", "--config", &config_arg]);
+    daemon.expect(&["plugin keep: loaded", "policies: builds"]).await;
+    let store = Store::open(&dir.path().join("state/tagwarden.db")).unwrap();
+    // The canary compares on the repositories of the state: wait for the first passes.
+    crate::crash::wait_until(|| {
+        let done = ["builds/a", "builds/b"].iter().all(|r| store.repository(r).unwrap().is_some_and(|s| s.completed_at.is_some()));
+        async move { done }
+    })
+    .await;
+
+    // Under the brake (the same decisions): swapped in at once, the difference recorded.
+    install(&plugins, "keep.wasm", &v2);
+    let line = daemon.expect(&["plugin keep: canary of gitlab-retention"]).await;
+    assert!(
+        line.contains("2 repositories, 20 tags compared: the new version deletes 0 tags") && line.contains("under the brake"),
+        "{line}"
+    );
+    daemon.expect(&["plugin keep: swapped in", &format!("replacing sha256:{}", &sha1[..12])]).await;
+    row_when(&store, "keep", |r| r.state == PluginState::Active && r.sha256.as_deref() == Some(&*sha2)).await;
+    let diff = cli(&["plugins", "diff", "keep", "--output", "json"]);
+    diff.assert_success();
+    let report = diff.json();
+    assert_eq!((report["outcome"].as_str(), report["diff"]["tags"].as_u64()), (Some("swapped"), Some(20)), "{report:#}");
+    assert_eq!((report["old"]["sha256"].as_str(), report["new"]["sha256"].as_str()), (Some(&*sha1), Some(&*sha2)));
+
+    // Over the brake (4 of 20 tags more, 20% > 10%): pending, and the old version keeps serving.
+    install(&plugins, "keep.wasm", &v3);
+    let line = daemon.expect(&["plugin keep: canary of semver-lines"]).await;
+    assert!(line.contains("deletes 4 tags the old one keeps (20.0%)") && line.contains("pending:"), "{line}");
+    let row = row_when(&store, "keep", |r| r.state == PluginState::Pending).await;
+    assert_eq!(row.sha256.as_deref(), Some(&*sha2), "the old version serves: {row:?}");
+    assert!(row.reason.as_deref().unwrap().contains(&format!("sha256:{sha3}) waits for approval")), "{row:?}");
+    assert!(store.policy("builds").unwrap().unwrap().enabled, "the policy runs on the old version");
+    let list = cli(&["plugins", "list"]);
+    list.assert_success();
+    assert!(list.stdout.contains("pending") && list.stdout.contains("tagwarden plugins approve keep"), "{}", list.stdout);
+    let diff = cli(&["plugins", "diff", "keep"]);
+    diff.assert_success();
+    assert!(diff.stdout.contains("outcome: pending"), "{}", diff.stdout);
+    assert!(diff.stdout.contains("builds/a: new deletes, old keeps (2): 1.0.0, 1.1.0"), "{}", diff.stdout);
+    assert!(diff.stdout.contains("brake: 10.0% extra deletions allowed; exceeded"), "{}", diff.stdout);
+
+    // A restart does not put the held version in service: nothing else serves, so it pauses.
+    daemon.stop().await;
+    let mut daemon = Daemon::start(dir.path(), &["serve", "--config", &config_arg]);
+    let line = daemon.expect(&["plugin keep: canary of semver-lines"]).await;
+    assert!(line.contains("pending: a canary held it before the daemon restarted"), "{line}");
+    let row = row_when(&store, "keep", |r| r.state == PluginState::Pending && r.sha256.is_none()).await;
+    assert!(row.reason.as_deref().unwrap().contains("its policies pause until it is approved"), "{row:?}");
+    policy_enabled(&store, "builds", false).await;
+
+    // Approved: swapped in, the policy runs again; approving again is refused.
+    let approve = cli(&["plugins", "approve", "keep"]);
+    approve.assert_success();
+    assert!(approve.stdout.contains(&format!("approval of semver-lines 0.1.0 (sha256:{sha3}) requested")), "{}", approve.stdout);
+    daemon.expect(&["plugin keep: approved semver-lines", "swapped in"]).await;
+    row_when(&store, "keep", |r| r.state == PluginState::Active && r.sha256.as_deref() == Some(&*sha3)).await;
+    policy_enabled(&store, "builds", true).await;
+    let report = cli(&["plugins", "diff", "keep", "--output", "json"]).json();
+    assert_eq!(report["outcome"], "approved", "{report:#}");
+    cli(&["plugins", "approve", "keep"]).assert_error(&["plugin `keep` is active, not pending"]);
+    cli(&["plugins", "approve", "nothere"]).assert_error(&["no plugin named `nothere`", "known: keep"]);
     daemon.stop().await;
 }

@@ -188,3 +188,125 @@ fn new_refuses_bad_names_and_existing_directories_writing_nothing() {
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 1, "only `taken`: {names:?}");
 }
+
+/// Writes a recording of `repository` with `n` tags `1.{i/4}.{i%4}`, one a day, the newest
+/// the day before `recorded_at` (2026-11-20T12:00:00Z).
+pub(crate) fn write_recording(dir: &Path, file: &str, repository: &str, n: usize) {
+    let tags: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let created = tagwarden::model::Timestamp::parse_rfc3339("2026-11-20T12:00:00Z")
+                .unwrap()
+                .saturating_sub(std::time::Duration::from_secs(86_400 * (n - i) as u64));
+            serde_json::json!({
+                "name": format!("1.{}.{}", i / 4, i % 4),
+                "digest": tagwarden::model::Digest::sha256_of(format!("{repository} {i}").as_bytes()).to_string(),
+                "created_at": created.to_rfc3339(),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "format": "tagwarden.recording.v1", "repository": repository, "recorded_at": "2026-11-20T12:00:00Z", "tags": tags,
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(file), serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+}
+
+#[test]
+fn diff_compares_two_versions_over_recordings_with_an_exit_status_for_ci() {
+    let dir = tempdir();
+    let recs = dir.path().join("recs");
+    write_recording(&recs, "a.json", "builds/a", 10);
+    write_recording(&recs, "b.json", "builds/b", 10);
+    let gitlab = wasm("gitlab-retention");
+    let keep = |n: u32| format!(r#"{{"name_regex_delete": ".*", "keep_n": {n}}}"#);
+    let (old, new) = (keep(5), keep(3));
+    let args = |extra: &[&str]| {
+        let mut a = vec!["plugins", "diff", &gitlab, &gitlab, "--params", &old, "--new-params", &new, "--recordings", "recs"];
+        a.extend_from_slice(extra);
+        a.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        tagwarden(dir.path(), &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    // keep_n 5 → 3: per repository, the 4th and 5th newest go; nothing comes back.
+    let out = run(&[]);
+    out.assert_success();
+    assert!(out.stdout.contains("builds/a: new deletes, old keeps (2): 1.1.1, 1.1.2"), "{}", out.stdout);
+    assert!(!out.stdout.contains("old deletes, new keeps"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("total: 2 repositories, 20 tags compared: the new version deletes 4 tags the old one keeps (20.0%)"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains(&format!("sha256:{}", tagwarden::model::sha256_hex(&std::fs::read(&gitlab).unwrap()))));
+
+    let json = run(&["--output", "json"]);
+    json.assert_success();
+    let report = json.json();
+    assert_eq!((report["diff"]["tags"].as_u64(), report["diff"]["extra_deletions"].as_u64()), (Some(20), Some(4)), "{report:#}");
+    assert_eq!((report["diff"]["old_deletes"].as_u64(), report["diff"]["new_deletes"].as_u64()), (Some(10), Some(14)));
+    assert_eq!(report["diff"]["repositories"][1]["extra_names"], serde_json::json!(["1.1.1", "1.1.2"]), "{report:#}");
+    assert_eq!(report["new"]["params"]["keep_n"], 3);
+
+    // The brake for CI: status 2 over it, 0 within it.
+    let over = run(&["--max-extra-deletions", "0.1"]);
+    assert_eq!(over.code, Some(2), "{over:#?}");
+    assert!(
+        over.stderr.contains("deletes 4 tags the old one keeps, 20.0% of the 20 tags compared: more than --max-extra-deletions 10.0%"),
+        "{}",
+        over.stderr
+    );
+    assert!(over.stdout.contains("brake: 10.0% extra deletions allowed; exceeded"), "{}", over.stdout);
+    run(&["--max-extra-deletions", "0.2"]).assert_success();
+
+    // The reverse direction, and two different plugins: semver-lines deletes 2 of the 10 where
+    // gitlab-retention with no params deletes none.
+    let out = tagwarden(dir.path(), &["plugins", "diff", &wasm("semver-lines"), "gitlab-retention", "--recordings", "recs"]);
+    out.assert_success();
+    assert!(out.stdout.contains("builds/b: old deletes, new keeps (2): 1.0.0, 1.1.0"), "{}", out.stdout);
+    assert!(out.stdout.contains("deletes 0 tags the old one keeps (0.0%) and keeps 4 the old one deletes"), "{}", out.stdout);
+}
+
+#[test]
+fn diff_refuses_bad_input_saying_what_where_and_what_to_do() {
+    let dir = tempdir();
+    let recs = dir.path().join("recs");
+    write_recording(&recs, "a.json", "builds/a", 4);
+    let gitlab = wasm("gitlab-retention");
+    let diff = |extra: &[&str]| {
+        let mut a = vec!["plugins", "diff"];
+        a.extend_from_slice(extra);
+        tagwarden(dir.path(), &a)
+    };
+    diff(&[&gitlab, &gitlab]).assert_error(&["add `--recordings DIR`"]);
+    diff(&[&gitlab, &gitlab, "--recordings", "nowhere"]).assert_error(&["cannot read --recordings nowhere"]);
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    diff(&[&gitlab, &gitlab, "--recordings", "empty"]).assert_error(&["no recordings (`*.json`) in --recordings empty"]);
+    diff(&[&gitlab, "missing.wasm", "--recordings", "recs"]).assert_error(&["the new plugin", "plugin file missing.wasm does not exist"]);
+    diff(&[&gitlab, &wasm("exponential-backoff"), "--recordings", "recs"])
+        .assert_error(&["compares retention plugins", "is a backoff plugin"]);
+    diff(&[&gitlab, &wasm("semver-lines"), "--recordings", "recs", "--params", r#"{"keep_n": 2}"#]).assert_error(&[
+        "the new plugin",
+        "rejects --params",
+        "plugins validate",
+    ]);
+    diff(&[&gitlab, &gitlab, "--recordings", "recs", "--new-params", "[1]"]).assert_error(&["--new-params", "expected a JSON object"]);
+    diff(&[&gitlab, &gitlab, "--recordings", "recs", "--max-extra-deletions", "5"]).assert_error(&["from 0 to 1"]);
+    write_recording(&recs, "b.json", "builds/a", 4);
+    diff(&[&gitlab, &gitlab, "--recordings", "recs"]).assert_error(&["a.json and", "b.json are both recordings of repository builds/a"]);
+    std::fs::write(recs.join("b.json"), "{\"format\": \"tagwarden.recording.v1\", \"repository\": \"x\"").unwrap();
+    diff(&[&gitlab, &gitlab, "--recordings", "recs"]).assert_error(&["fix or remove", "b.json"]);
+    // The recorded form needs a daemon's state.
+    std::fs::write(
+        dir.path().join("tagwarden.toml"),
+        "[registry]\nrecordings = \"recs\"\n\n[state]\ndir = \"state\"\n\n\
+         [[policy]]\nname = \"p\"\nrepositories = [\"builds/*\"]\nplugin = \"gitlab-retention\"\nparams = {}\n",
+    )
+    .unwrap();
+    diff(&["keep"]).assert_error(&["no state at state/tagwarden.db yet", "tagwarden serve"]);
+    drop(tagwarden::store::Store::open(&dir.path().join("state/tagwarden.db")).unwrap());
+    diff(&["keep"]).assert_error(&["no canary recorded for plugin `keep`", "plugins diff OLD.wasm NEW.wasm"]);
+    diff(&["keep", "--recordings", "recs"]).assert_error(&["shows what the daemon's canary recorded"]);
+}

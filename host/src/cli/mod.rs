@@ -5,6 +5,7 @@ mod eval;
 mod imports;
 mod inspect;
 mod output;
+mod plugin_diff;
 mod plugin_tools;
 mod plugins;
 mod record;
@@ -84,6 +85,11 @@ enum PluginsCommand {
     List(plugins::ListArgs),
     /// Put a quarantined plugin back in service (its policies resume).
     Release(plugins::ReleaseArgs),
+    /// What a new plugin version deletes that the old keeps, and the reverse: two files over
+    /// recordings (for CI), or the daemon's recorded canary for plugin NAME.
+    Diff(plugin_diff::DiffArgs),
+    /// Put in service the new version of a plugin that its canary held back (pending).
+    Approve(plugins::ApproveArgs),
 }
 
 /// Output format for commands that report results.
@@ -183,5 +189,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins { command: PluginsCommand::New(args) } => plugin_tools::new(args),
         Command::Plugins { command: PluginsCommand::List(args) } => plugins::list(args),
         Command::Plugins { command: PluginsCommand::Release(args) } => plugins::release(args),
+        Command::Plugins { command: PluginsCommand::Diff(args) } => plugin_diff::diff(args),
+        Command::Plugins { command: PluginsCommand::Approve(args) } => plugins::approve(args),
     }
 }

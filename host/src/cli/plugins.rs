@@ -1,4 +1,4 @@
-//! `tagwarden plugins list` and `plugins release`: the daemon's plugin directory
+//! `tagwarden plugins list`, `plugins release` and `plugins approve`: the daemon's plugin directory
 //! (`[plugins] dir`) as the state database records it. Like `status`, they read and write the
 //! database directly; a running daemon takes a release at its next look at the directory.
 
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 
 use super::{OutputFormat, output};
-use crate::store::{PluginRecord, PluginState};
+use crate::store::{CanaryOutcome, PluginRecord, PluginState};
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
@@ -20,6 +20,14 @@ pub struct ListArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ReleaseArgs {
+    #[arg(long, value_name = "FILE", default_value = "tagwarden.toml")]
+    config: PathBuf,
+    /// The plugin's name (its file stem in the plugin directory).
+    name: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApproveArgs {
     #[arg(long, value_name = "FILE", default_value = "tagwarden.toml")]
     config: PathBuf,
     /// The plugin's name (its file stem in the plugin directory).
@@ -88,5 +96,43 @@ pub fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
     }
     table.request(&args.name, "release")?;
     println!("plugin {}: release requested; the daemon puts it back in service at its next look at the plugin directory", args.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `plugins approve NAME`: puts in service the version of plugin NAME that its canary held
+/// back (`pending`). The request names that version's sha256, so a newer file that arrives
+/// in the meantime is not approved by it; the daemon swaps at its next look.
+pub fn approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
+    let store = super::repos::store(&args.config)?;
+    let table = store.plugin_table();
+    let plugins = table.list()?;
+    match plugins.iter().find(|p| p.name == args.name) {
+        Some(p) if p.state == PluginState::Pending => {}
+        Some(p) => bail!(
+            "plugin `{}` is {}, not pending: no new version of it waits for approval (`tagwarden plugins list` shows each plugin's state)",
+            p.name,
+            p.state
+        ),
+        None => bail!(
+            "no plugin named `{}` in the daemon's plugin directory (known: {}); `tagwarden plugins list` shows them",
+            args.name,
+            if plugins.is_empty() { "none yet".to_owned() } else { plugins.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ") }
+        ),
+    }
+    let waiting = table.latest_canary(&args.name, None)?.filter(|c| c.outcome == CanaryOutcome::Pending);
+    let Some(canary) = waiting else {
+        bail!(
+            "plugin `{}`: no canary waiting for approval is recorded; `tagwarden plugins diff {}` shows the last one",
+            args.name,
+            args.name
+        );
+    };
+    table.request(&args.name, &format!("approve {}", canary.new_sha256))?;
+    println!(
+        "plugin {}: approval of {} (sha256:{}) requested; the daemon puts it in service at its next look at the plugin directory",
+        args.name,
+        crate::untrusted::escape(&canary.new_version),
+        canary.new_sha256
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -41,8 +41,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (policies, directory) = match setup::plugin_dir(&config) {
         Some(dir) => {
             let p = &config.plugins;
-            let options =
-                DirectoryOptions { dir, watch_interval: p.watch_interval, settle: p.settle, quarantine_after: p.quarantine_after };
+            let options = DirectoryOptions {
+                dir,
+                watch_interval: p.watch_interval,
+                settle: p.settle,
+                quarantine_after: p.quarantine_after,
+                canary_sample: p.canary_sample,
+                canary_max_extra_deletions: p.canary_max_extra_deletions,
+            };
             let started = std::time::Instant::now();
             let directory = PluginDirectory::open(options, runtime.clone(), &store, bound, &*on_plugin_event)
                 .with_context(|| format!("in {}", config.path.display()))?;
@@ -55,6 +61,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let imports = crate::scheduler::imports::worker_for(&config, &store, &ctx.backend, stale.clone())?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let api = api_for(&config, &store, &ctx, &policies.current(), &backoff, &stale, &wake)?;
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // The canary lists the repositories it compares on through the passes' backend.
+    let directory = directory.map(|d| {
+        d.with_canary(Arc::new(crate::plugin_dir::BackendLists { store: store.clone(), ctx: ctx.clone(), runtime: tokio.handle().clone() }))
+    });
     // Stops the watching thread when `serve` returns.
     let _watching = directory.map(|d| d.watch(wake.clone(), on_plugin_event)).transpose()?.map(StopOnDrop);
     let options = DaemonOptions {
@@ -70,7 +81,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         stale,
         wake,
     };
-    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let summary = tokio.block_on(async {
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
@@ -187,6 +197,28 @@ fn print_plugin_event(event: PluginEvent<'_>) {
             eprintln!("serve: plugin {name}: quarantined: {}; policies paused: {}", escape(reason), policies.join(", "))
         }
         PluginEvent::Released { name } => eprintln!("serve: plugin {name}: released from quarantine; back in service"),
+        PluginEvent::Canary { name, meta, diff, elapsed, held } => eprintln!(
+            "serve: plugin {name}: canary of {} {} (sha256:{}) in {:.1} ms: {}; {}",
+            meta.name,
+            meta.version,
+            &meta.sha256[..12],
+            elapsed.as_secs_f64() * 1000.0,
+            diff.summary(),
+            match held {
+                Some(why) => format!(
+                    "pending: {}; the version in service keeps serving until `tagwarden plugins approve {name}` (`tagwarden plugins diff {name}` shows the difference)",
+                    escape(why)
+                ),
+                None => "under the brake".to_owned(),
+            }
+        ),
+        PluginEvent::Approved { name, meta, replaced } => eprintln!(
+            "serve: plugin {name}: approved {} {} (sha256:{}) swapped in{}",
+            meta.name,
+            meta.version,
+            &meta.sha256[..12],
+            replaced.map(|r| format!(", replacing sha256:{}", &r[..12])).unwrap_or_default()
+        ),
     }
 }
 

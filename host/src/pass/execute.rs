@@ -228,7 +228,7 @@ impl<'a> Execution<'a> {
 
     /// Writes an `attempted` audit row for an operation this pass's policy decided.
     /// The row names who decided and the rule each of its tags (or, untagged, its digest)
-    /// was deleted by, e.g. `policy p (gitlab-retention 0.1.0 sha256:…); rule: older than 7d`.
+    /// was deleted by, e.g. `policy p (plugin gitlab-retention 0.1.0 sha256:<64 hex>); rule: older than 7d`.
     pub fn audit_attempt(&self, operation: AuditOperation, digest: &Digest, tags: &[String]) -> anyhow::Result<i64> {
         self.audit_attempt_as(operation, digest, tags, &self.decided_by_with_rules(digest, tags))
     }

@@ -101,12 +101,13 @@ impl Policy {
         }
     }
 
-    /// Who decided, for the audit log and reports.
+    /// Who decided, for the runs and the audit log: the policy and its plugin's declared name,
+    /// version and full sha256 (issue #11 §7: which exact file decided).
     pub fn decided_by(&self) -> String {
         match &self.decider {
             Decider::Plugin(p) => {
                 let m = p.plugin().plugin().meta();
-                format!("policy {} ({} {} sha256:{})", self.name, m.name, m.version, &m.sha256[..12])
+                format!("policy {} (plugin {} {} sha256:{})", self.name, m.name, m.version, m.sha256)
             }
             Decider::DeleteRepository => "operator: repository deletion (`tagwarden repos delete`)".to_owned(),
             Decider::Paused(why) => format!("policy {} (paused: {why})", self.name),

@@ -73,7 +73,7 @@ pub struct AuditEntry<'a> {
     pub digest: &'a str,
     /// The tags this operation removes (comma-separated in the table).
     pub tags: &'a [String],
-    /// The policy and plugin that decided it, e.g. `apps (gitlab-retention 0.1.0 sha256:…)`.
+    /// The policy and plugin that decided it, e.g. `policy apps (plugin gitlab-retention 0.1.0 sha256:<64 hex>)`.
     pub decided_by: &'a str,
     /// The run (see [`super::RunLog`]) this attempt belongs to.
     pub run_id: Option<i64>,

@@ -20,7 +20,8 @@
 //! - [`ImportLog`] (`imports`, `import_events`): each repository's import to a GitLab-compatible
 //!   registry, with §5's transition table enforced in [`ImportLog::apply`], and its history.
 //!
-//! - [`PluginTable`] (`plugins`): the daemon's plugin directory, what `plugins list` shows.
+//! - [`PluginTable`] (`plugins`, `plugin_canaries`): the daemon's plugin directory, what `plugins
+//!   list` shows, and each canary's difference, what `plugins diff NAME` shows.
 //!
 //! The daemon's state (runs, schedules) will be further tables of the same database, added as new
 //! entries of [`MIGRATIONS`].
@@ -53,7 +54,7 @@ pub use browse::DayTotals;
 pub use deletions::{DeletionOutcome, DeletionState, DeletionStatus};
 pub use imports::{Change, Enqueued, ImportEvent, ImportHistory, ImportLog, ImportRecord, ImportState, TransitionRefused, transition};
 pub use metadata::{ManifestMetadata, MetadataCache};
-pub use plugins::{PluginRecord, PluginState, PluginTable};
+pub use plugins::{CanaryOutcome, CanaryRecord, PluginRecord, PluginState, PluginTable};
 pub use postgres::PgStateStore;
 pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunRecord, RunSummary, RunTotals};
 pub use state::{Claim, CleanupOutcome, CleanupStatus, LastFailure, Lease, PolicyState, RepositoryState, StateStore, Work};
@@ -227,6 +228,24 @@ const MIGRATIONS: &[&str] = &[
         updated_at          INTEGER NOT NULL,
         requested           TEXT
     );",
+    // 10: reserved for the lead's migration (merged separately; replace this entry with it).
+    "-- reserved",
+    // 11: the plugin directory's canaries (plugins.rs): each comparison of a new version with
+    // the one in service, what became of it (`swapped`, `pending`, `approved`, `superseded`)
+    // and the difference itself as JSON (`canary::Diff`), which `plugins diff NAME` shows.
+    "CREATE TABLE plugin_canaries (
+        id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+        plugin              TEXT NOT NULL,
+        at                  INTEGER NOT NULL,
+        old_sha256          TEXT NOT NULL,
+        old_version         TEXT NOT NULL,
+        new_sha256          TEXT NOT NULL,
+        new_version         TEXT NOT NULL,
+        outcome             TEXT NOT NULL,
+        max_extra_fraction  REAL NOT NULL,
+        diff                TEXT NOT NULL
+    );
+    CREATE INDEX plugin_canaries_plugin ON plugin_canaries (plugin, id);",
 ];
 
 /// How long a statement waits for another process's write lock before failing.

@@ -182,6 +182,150 @@ impl PluginTable {
     }
 }
 
+/// What became of a canary (`plugin_canaries.outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryOutcome {
+    /// Under the brake: the new version went into service at once.
+    Swapped,
+    /// Over the brake: the new version waits for `tagwarden plugins approve`; the old one serves.
+    Pending,
+    /// An operator approved it: in service.
+    Approved,
+    /// Another file (or the old one back) replaced it before it was approved.
+    Superseded,
+}
+
+impl CanaryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CanaryOutcome::Swapped => "swapped",
+            CanaryOutcome::Pending => "pending",
+            CanaryOutcome::Approved => "approved",
+            CanaryOutcome::Superseded => "superseded",
+        }
+    }
+
+    fn parse(s: &str) -> CanaryOutcome {
+        match s {
+            "swapped" => CanaryOutcome::Swapped,
+            "pending" => CanaryOutcome::Pending,
+            "approved" => CanaryOutcome::Approved,
+            _ => CanaryOutcome::Superseded,
+        }
+    }
+}
+
+impl std::fmt::Display for CanaryOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One canary: a new version of plugin `plugin` compared with the one in service.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CanaryRecord {
+    /// Set by the store.
+    pub id: i64,
+    pub plugin: String,
+    pub at: Timestamp,
+    pub old_sha256: String,
+    /// The declared name and version, e.g. `gitlab-retention 0.1.0`.
+    pub old_version: String,
+    pub new_sha256: String,
+    pub new_version: String,
+    pub outcome: CanaryOutcome,
+    /// `[plugins] canary_max_extra_deletions` when it ran.
+    pub max_extra_fraction: f64,
+    pub diff: crate::canary::Diff,
+}
+
+const CANARY_COLUMNS: &str = "id, plugin, at, old_sha256, old_version, new_sha256, new_version, outcome, max_extra_fraction, diff";
+
+fn canary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(CanaryRecord, String)> {
+    let record = CanaryRecord {
+        id: row.get(0)?,
+        plugin: row.get(1)?,
+        at: Timestamp::from_unix_micros(row.get(2)?),
+        old_sha256: row.get(3)?,
+        old_version: row.get(4)?,
+        new_sha256: row.get(5)?,
+        new_version: row.get(6)?,
+        outcome: CanaryOutcome::parse(&row.get::<_, String>(7)?),
+        max_extra_fraction: row.get(8)?,
+        diff: crate::canary::Diff::default(),
+    };
+    Ok((record, row.get(9)?))
+}
+
+impl PluginTable {
+    /// Records a canary; returns its id.
+    pub fn record_canary(&self, r: &CanaryRecord) -> anyhow::Result<i64> {
+        let diff = serde_json::to_string(&r.diff)?;
+        let conn = self.store.lock();
+        conn.execute(
+            "INSERT INTO plugin_canaries (plugin, at, old_sha256, old_version, new_sha256, new_version, outcome, max_extra_fraction, diff)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                r.plugin,
+                r.at.unix_micros(),
+                r.old_sha256,
+                r.old_version,
+                r.new_sha256,
+                r.new_version,
+                r.outcome.as_str(),
+                r.max_extra_fraction,
+                diff
+            ],
+        )
+        .map_err(|e| {
+            anyhow::Error::from(e).context(format!("recording the canary of plugin `{}` in {}", r.plugin, self.store.describe()))
+        })?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Sets what became of canary `id`.
+    pub fn set_canary_outcome(&self, id: i64, outcome: CanaryOutcome) -> anyhow::Result<()> {
+        self.store
+            .lock()
+            .execute("UPDATE plugin_canaries SET outcome = ?2 WHERE id = ?1", params![id, outcome.as_str()])
+            .map_err(|e| anyhow::Error::from(e).context(format!("recording a canary's outcome in {}", self.store.describe())))?;
+        Ok(())
+    }
+
+    /// Plugin `name`'s latest canary; with `pending_sha256`, its latest canary still waiting
+    /// for approval of that version.
+    pub fn latest_canary(&self, name: &str, pending_sha256: Option<&str>) -> anyhow::Result<Option<CanaryRecord>> {
+        let found = {
+            let conn = self.store.lock();
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {CANARY_COLUMNS} FROM plugin_canaries
+                 WHERE plugin = ?1 AND (?2 IS NULL OR (outcome = 'pending' AND new_sha256 = ?2)) ORDER BY id DESC LIMIT 1"
+            ))?;
+            stmt.query_row(params![name, pending_sha256], canary_row).optional()?
+        };
+        let Some((mut record, diff)) = found else { return Ok(None) };
+        record.diff = serde_json::from_str(&diff).map_err(|e| {
+            anyhow::anyhow!("canary {} of plugin `{name}` in {}: unreadable difference: {e}", record.id, self.store.describe())
+        })?;
+        Ok(Some(record))
+    }
+}
+
+impl Store {
+    /// Up to `limit` repositories of the state under `policies`, with their policy: those
+    /// cleaned most recently first, then by path (what the canary compares on).
+    pub fn canary_sample(&self, policies: &[String], limit: usize) -> anyhow::Result<Vec<(String, String)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT path, policy FROM repositories WHERE policy IN (SELECT value FROM json_each(?1))
+             ORDER BY completed_at IS NULL, completed_at DESC, path LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![serde_json::to_string(policies)?, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading the canary's repositories in {}: {e}", self.describe()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,5 +360,47 @@ mod tests {
         table.put(&r).unwrap();
         assert_eq!(table.take_request("keep-n").unwrap().as_deref(), Some("release"));
         assert_eq!(table.take_request("keep-n").unwrap(), None);
+    }
+
+    #[test]
+    fn canaries_read_back_latest_first_and_pending_by_version() {
+        use crate::canary::{Diff, RepositoryDiff};
+        let store = Store::in_memory().unwrap();
+        let table = store.plugin_table();
+        assert_eq!(table.latest_canary("keep-n", None).unwrap(), None);
+        let mut diff = Diff::default();
+        diff.push(RepositoryDiff::not_compared("a/b", Some("p"), "gone".into(), false));
+        let mut r = CanaryRecord {
+            id: 0,
+            plugin: "keep-n".into(),
+            at: Timestamp::from_unix_micros(1_000_000),
+            old_sha256: "aa".repeat(32),
+            old_version: "gitlab-retention 0.1.0".into(),
+            new_sha256: "bb".repeat(32),
+            new_version: "gitlab-retention 0.2.0".into(),
+            outcome: CanaryOutcome::Pending,
+            max_extra_fraction: 0.05,
+            diff,
+        };
+        r.id = table.record_canary(&r).unwrap();
+        assert_eq!(table.latest_canary("keep-n", None).unwrap().as_ref(), Some(&r));
+        assert_eq!(table.latest_canary("keep-n", Some(&"bb".repeat(32))).unwrap().map(|c| c.id), Some(r.id));
+        assert_eq!(table.latest_canary("keep-n", Some(&"cc".repeat(32))).unwrap(), None);
+        table.set_canary_outcome(r.id, CanaryOutcome::Approved).unwrap();
+        assert_eq!(table.latest_canary("keep-n", Some(&"bb".repeat(32))).unwrap(), None);
+        assert_eq!(table.latest_canary("keep-n", None).unwrap().unwrap().outcome, CanaryOutcome::Approved);
+
+        // The sample: the policies' repositories, most recently cleaned first.
+        use crate::store::{CleanupOutcome, StateStore};
+        store.add_repositories("p", &["r/1".into(), "r/2".into(), "r/3".into()]).unwrap();
+        store.add_repositories("other", &["x/1".into()]).unwrap();
+        let now = Timestamp::from_unix_micros(10_000_000);
+        store.upsert_policy("p", true, std::time::Duration::from_secs(60), Timestamp::from_unix_micros(0)).unwrap();
+        let claim = store.claim_next(now, "me", std::time::Duration::from_secs(60)).unwrap().unwrap();
+        store.finish_claim(&claim.path, "me", &CleanupOutcome::Done { deleted: 0 }, now).unwrap();
+        let sample = store.canary_sample(&["p".into()], 2).unwrap();
+        assert_eq!(sample.len(), 2);
+        assert_eq!(sample[0], (claim.path.clone(), "p".to_owned()));
+        assert!(sample.iter().all(|(path, policy)| path.starts_with("r/") && policy == "p"), "{sample:?}");
     }
 }
