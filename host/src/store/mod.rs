@@ -228,9 +228,7 @@ const MIGRATIONS: &[&str] = &[
         updated_at          INTEGER NOT NULL,
         requested           TEXT
     );",
-    // 10: reserved for the lead's migration (merged separately; replace this entry with it).
-    "-- reserved",
-    // 11: the plugin directory's canaries (plugins.rs): each comparison of a new version with
+    // 10: the plugin directory's canaries (plugins.rs): each comparison of a new version with
     // the one in service, what became of it (`swapped`, `pending`, `approved`, `superseded`)
     // and the difference itself as JSON (`canary::Diff`), which `plugins diff NAME` shows.
     "CREATE TABLE plugin_canaries (
