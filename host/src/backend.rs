@@ -534,6 +534,15 @@ mod tests {
         list.tags().iter().map(|t| t.name.as_str()).collect()
     }
 
+    /// Recordings of `app` and of more other repositories than the lists kept in memory.
+    fn app_and_others(dir: &Path) -> Backend {
+        write(dir, "app.json", app());
+        for i in 0..KEEP_LOADED + 2 {
+            write(dir, &format!("other-{i:02}.json"), TagList::new(format!("other/{i:02}"), vec![Tag::new("x", d(9))], vec![]).unwrap());
+        }
+        Backend::Recordings(RecordingBackend::load(dir).unwrap())
+    }
+
     /// `app`: a, b on digest 1; c on 2; untagged 3 and (index) 4 over 3.
     fn app() -> TagList {
         let untagged = |n| UntaggedManifest { digest: d(n), created_at: None, pushed_at: None };
@@ -545,15 +554,7 @@ mod tests {
     #[tokio::test]
     async fn deletions_apply_to_the_served_lists_and_survive_eviction() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "app.json", app());
-        for i in 0..KEEP_LOADED + 2 {
-            write(
-                dir.path(),
-                &format!("other-{i:02}.json"),
-                TagList::new(format!("other/{i:02}"), vec![Tag::new("x", d(9))], vec![]).unwrap(),
-            );
-        }
-        let backend = Backend::Recordings(RecordingBackend::load(dir.path()).unwrap());
+        let backend = app_and_others(dir.path());
         assert_eq!(backend.repositories().await.unwrap().len(), KEEP_LOADED + 3);
         let none = |_, _| {};
 
@@ -590,15 +591,7 @@ mod tests {
     #[tokio::test]
     async fn a_released_list_leaves_memory_with_its_deletions_kept_and_the_others_stay() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "app.json", app());
-        for i in 0..KEEP_LOADED + 2 {
-            write(
-                dir.path(),
-                &format!("other-{i:02}.json"),
-                TagList::new(format!("other/{i:02}"), vec![Tag::new("x", d(9))], vec![]).unwrap(),
-            );
-        }
-        let backend = Backend::Recordings(RecordingBackend::load(dir.path()).unwrap());
+        let backend = app_and_others(dir.path());
         let Backend::Recordings(recordings) = &backend else { unreachable!() };
         let loaded = || recordings.state.lock().unwrap().loaded.iter().map(|l| l.repository.clone()).collect::<Vec<_>>();
         let none = |_, _| {};

@@ -959,5 +959,5 @@ fn a_pass_over_recordings_audits_every_deletion_once_with_its_outcome() {
     let shared: Vec<&str> = rows.iter().filter(|r| r.operation == "delete_tag").flat_map(|r| r.tags.iter().map(String::as_str)).collect();
     assert_eq!(shared.len(), TAGS / 10, "tags on a kept manifest are removed one by one");
     assert!(shared.iter().all(|t| t.ends_with('1')), "{:?}", &shared[..3]);
-    assert!(rows.iter().all(|r| r.decided_by.contains("policy apps (gitlab-retention")), "{}", rows[0].decided_by);
+    assert!(rows.iter().all(|r| r.decided_by.starts_with("policy apps (plugin gitlab-retention 0.1.0 sha256:")), "{}", rows[0].decided_by);
 }

@@ -156,34 +156,8 @@ impl AuditLog {
     /// each: a pass over recordings deletes ~100,000 manifests a second, and a commit per row
     /// was most of its time (docs/benchmarks.md, "What-if at scale").
     pub fn attempt_all(&self, entries: &[AuditEntry<'_>]) -> anyhow::Result<Vec<i64>> {
-        let mut conn = self.store.lock();
-        let write = |conn: &mut rusqlite::Connection| -> rusqlite::Result<Vec<i64>> {
-            let tx = conn.transaction()?;
-            let mut ids = Vec::with_capacity(entries.len());
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT INTO audit_log (at, registry, repository, operation, digest, tags, decided_by, outcome, run_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'attempted', ?8)",
-                )?;
-                let at = Timestamp::now().unix_micros();
-                for e in entries {
-                    stmt.execute(params![
-                        at,
-                        e.registry,
-                        e.repository,
-                        e.operation.as_str(),
-                        e.digest,
-                        e.tags.join(","),
-                        e.decided_by,
-                        e.run_id
-                    ])?;
-                    ids.push(tx.last_insert_rowid());
-                }
-            }
-            tx.commit()?;
-            Ok(ids)
-        };
-        write(&mut conn).map_err(|err| anyhow::anyhow!("writing the audit log in {}: {err}", self.store.describe()))
+        let rows: Vec<_> = entries.iter().map(|e| (e.clone(), None, None)).collect();
+        self.insert_all(&rows)
     }
 
     /// Records several deletions already carried out, each with its outcome (`None`: not
@@ -192,9 +166,15 @@ impl AuditLog {
     /// crash there is nothing to record beforehand, and one insert per row, a commit per
     /// thousands, is what keeps a what-if pass over millions of tags fast.
     pub fn record_all(&self, rows: &[(AuditEntry<'_>, Option<AuditOutcome>, Option<&str>)]) -> anyhow::Result<()> {
+        self.insert_all(rows).map(drop)
+    }
+
+    /// Inserts `rows` (`None` outcome: `attempted`) in one transaction; their ids in order.
+    fn insert_all(&self, rows: &[(AuditEntry<'_>, Option<AuditOutcome>, Option<&str>)]) -> anyhow::Result<Vec<i64>> {
         let mut conn = self.store.lock();
-        let write = |conn: &mut rusqlite::Connection| -> rusqlite::Result<()> {
+        let write = |conn: &mut rusqlite::Connection| -> rusqlite::Result<Vec<i64>> {
             let tx = conn.transaction()?;
+            let mut ids = Vec::with_capacity(rows.len());
             {
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO audit_log (at, registry, repository, operation, digest, tags, decided_by, outcome, detail, run_id)
@@ -214,9 +194,11 @@ impl AuditLog {
                         detail,
                         e.run_id
                     ])?;
+                    ids.push(tx.last_insert_rowid());
                 }
             }
-            tx.commit()
+            tx.commit()?;
+            Ok(ids)
         };
         write(&mut conn).map_err(|err| anyhow::anyhow!("writing {} audit rows in {}: {err}", rows.len(), self.store.describe()))
     }
