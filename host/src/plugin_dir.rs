@@ -259,7 +259,8 @@ impl Entry {
 pub struct PluginDirectory {
     options: DirectoryOptions,
     runtime: Arc<PluginRuntime>,
-    store: Store,
+    /// The cleanup state, where pausing and resuming a policy is recorded.
+    state: Arc<dyn StateStore>,
     table: PluginTable,
     /// The policies as configured (watched ones with whatever decider they had last).
     bound: Vec<BoundPolicy>,
@@ -280,6 +281,7 @@ impl PluginDirectory {
         options: DirectoryOptions,
         runtime: Arc<PluginRuntime>,
         store: &Store,
+        state: Arc<dyn StateStore>,
         bound: Vec<BoundPolicy>,
         on_event: &OnEvent,
     ) -> anyhow::Result<PluginDirectory> {
@@ -288,7 +290,7 @@ impl PluginDirectory {
         let mut dir = PluginDirectory {
             options,
             runtime,
-            store: store.clone(),
+            state,
             table: store.plugin_table(),
             bound,
             policies,
@@ -655,13 +657,13 @@ impl PluginDirectory {
         let now = Timestamp::now();
         if self.started {
             for b in &pausing {
-                self.store.upsert_policy(&b.policy.name, false, b.cadence.every(), b.cadence.next_after(now))?;
+                self.state.upsert_policy(&b.policy.name, false, b.cadence.every(), b.cadence.next_after(now))?;
             }
         }
         self.policies.replace(self.bound.clone());
         if self.started {
             for b in &resuming {
-                self.store.upsert_policy(&b.policy.name, b.enabled, b.cadence.every(), b.cadence.next_after(now))?;
+                self.state.upsert_policy(&b.policy.name, b.enabled, b.cadence.every(), b.cadence.next_after(now))?;
             }
         }
         Ok(())
