@@ -666,3 +666,51 @@ fn serve_keeps_the_cleanup_state_in_postgres_when_state_url_is_set() {
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(pg.repository("builds/a").unwrap().unwrap().status, CleanupStatus::Unfinished);
 }
+
+/// Two daemons on one PostgreSQL state: only the holder of the `catalog_sync` duty reads the
+/// catalog (the other's intervals pass without a sync), and when the holder stops (SIGTERM,
+/// which releases its duties) the other takes the duty at its next interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_daemon_at_a_time_syncs_the_catalog_and_the_other_takes_over_when_it_stops() {
+    let cluster = PostgresCluster::start().unwrap();
+    let url = cluster.create_database("duties").unwrap();
+    let plugin = crate::support::plugin_path("gitlab-retention").display().to_string();
+    let host = |name: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        crate::plugin_tools::write_recording(&dir.path().join("recs"), "a.json", "builds/a", 10);
+        crate::plugin_tools::write_recording(&dir.path().join("recs"), "b.json", "builds/b", 10);
+        std::fs::write(dir.path().join("pg-password"), cluster.password()).unwrap();
+        let config = format!(
+            "[registry]\nrecordings = \"recs\"\n\n[state]\ndir = \"state-{name}\"\nurl = {url:?}\npassword_file = \"pg-password\"\n\n\
+             [serve]\nworker_capacity = 1\nlisten = \"off\"\ncatalog_sync = \"2s\"\n\n\
+             [[policy]]\nname = \"builds\"\nrepositories = [\"builds/*\"]\nplugin = {plugin:?}\ncadence = \"7d\"\n\
+             params = {{ name_regex_delete = \".*\", keep_n = 4 }}\n"
+        );
+        std::fs::write(dir.path().join("tagwarden.toml"), config).unwrap();
+        dir
+    };
+    let (dir_a, dir_b) = (host("a"), host("b"));
+    let pg = PgStateStore::connect(&url, Some(Secret::new(cluster.password()))).unwrap();
+    let holder_pid = || pg.duty_holder("catalog_sync").unwrap().and_then(|h| h.split('/').nth(2).map(str::to_owned));
+    const SYNCED: &str = "1 policies, 2 repositories";
+
+    let mut a = crate::plugin_dir::Daemon::start(dir_a.path(), &["serve"]);
+    a.expect(&[SYNCED]).await;
+    assert_eq!(holder_pid(), Some(a.child.id().to_string()), "a holds the duty");
+    let mut b = crate::plugin_dir::Daemon::start(dir_b.path(), &["serve"]);
+    // Three of a's syncs (2 s apart) span at least two of b's intervals: b reads no catalog.
+    for _ in 0..3 {
+        a.expect(&[SYNCED]).await;
+    }
+    assert_eq!(holder_pid(), Some(a.child.id().to_string()), "still a's");
+    let mut b_so_far = Vec::new();
+    while let Ok(line) = b.lines.try_recv() {
+        b_so_far.push(line);
+    }
+    assert!(!b_so_far.iter().any(|l| l.contains(SYNCED)), "b read the catalog while a held the duty: {b_so_far:?}");
+    a.stop().await;
+    // a released its duties: b syncs at its next interval and holds the duty from then on.
+    b.expect(&[SYNCED]).await;
+    assert_eq!(holder_pid(), Some(b.child.id().to_string()), "b holds the duty now");
+    b.stop().await;
+}
