@@ -669,27 +669,30 @@ fn serve_keeps_the_cleanup_state_in_postgres_when_state_url_is_set() {
 
 /// Two daemons on one PostgreSQL state: only the holder of the `catalog_sync` duty reads the
 /// catalog (the other's intervals pass without a sync), and when the holder stops (SIGTERM,
-/// which releases its duties) the other takes the duty at its next interval.
+/// which releases its duties) the other takes the duty at its next interval. The other's HTTP
+/// API shows the state the first one left in PostgreSQL (its runs stay in the first's SQLite
+/// file: the current limit).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_daemon_at_a_time_syncs_the_catalog_and_the_other_takes_over_when_it_stops() {
     let cluster = PostgresCluster::start().unwrap();
     let url = cluster.create_database("duties").unwrap();
     let plugin = crate::support::plugin_path("gitlab-retention").display().to_string();
-    let host = |name: &str| {
+    let host = |name: &str, listen: &str| {
         let dir = tempfile::tempdir().unwrap();
         crate::plugin_tools::write_recording(&dir.path().join("recs"), "a.json", "builds/a", 10);
         crate::plugin_tools::write_recording(&dir.path().join("recs"), "b.json", "builds/b", 10);
         std::fs::write(dir.path().join("pg-password"), cluster.password()).unwrap();
         let config = format!(
             "[registry]\nrecordings = \"recs\"\n\n[state]\ndir = \"state-{name}\"\nurl = {url:?}\npassword_file = \"pg-password\"\n\n\
-             [serve]\nworker_capacity = 1\nlisten = \"off\"\ncatalog_sync = \"2s\"\n\n\
+             [serve]\nworker_capacity = 1\nlisten = {listen:?}\ncatalog_sync = \"2s\"\n\n\
              [[policy]]\nname = \"builds\"\nrepositories = [\"builds/*\"]\nplugin = {plugin:?}\ncadence = \"7d\"\n\
              params = {{ name_regex_delete = \".*\", keep_n = 4 }}\n"
         );
         std::fs::write(dir.path().join("tagwarden.toml"), config).unwrap();
         dir
     };
-    let (dir_a, dir_b) = (host("a"), host("b"));
+    // b serves the HTTP API: its state reads come from PostgreSQL, where a did the work.
+    let (dir_a, dir_b) = (host("a", "off"), host("b", "127.0.0.1:0"));
     let pg = PgStateStore::connect(&url, Some(Secret::new(cluster.password()))).unwrap();
     let holder_pid = || pg.duty_holder("catalog_sync").unwrap().and_then(|h| h.split('/').nth(2).map(str::to_owned));
     const SYNCED: &str = "1 policies, 2 repositories";
@@ -697,7 +700,24 @@ async fn one_daemon_at_a_time_syncs_the_catalog_and_the_other_takes_over_when_it
     let mut a = crate::plugin_dir::Daemon::start(dir_a.path(), &["serve"]);
     a.expect(&[SYNCED]).await;
     assert_eq!(holder_pid(), Some(a.child.id().to_string()), "a holds the duty");
+    for _ in 0..2 {
+        a.expect(&["6 deleted", "→ cleanup_unscheduled"]).await;
+    }
     let mut b = crate::plugin_dir::Daemon::start(dir_b.path(), &["serve"]);
+    let api_line = b.expect(&["serve: API and /metrics on "]).await;
+    let api = api_line.lines().find_map(|l| l.strip_prefix("serve: API and /metrics on ")).unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let (http, url) = (http.clone(), format!("{api}{path}"));
+        async move { http.get(url).send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let listed = get("/api/v1/repositories").await;
+    let shown: Vec<(&str, &str)> =
+        listed["repositories"].as_array().unwrap().iter().map(|r| (r["path"].as_str().unwrap(), r["status"].as_str().unwrap())).collect();
+    assert_eq!(shown, [("builds/a", "cleanup_unscheduled"), ("builds/b", "cleanup_unscheduled")], "{listed:#}");
+    let one = get("/api/v1/repositories/builds/a").await;
+    assert_eq!((one["repository"]["last_deleted"].as_u64(), one["runs"].as_array().map(Vec::len)), (Some(6), Some(0)), "{one:#}");
+    assert_eq!(get("/api/v1/status").await["repositories"]["cleanup_unscheduled"], 2);
     // Three of a's syncs (2 s apart) span at least two of b's intervals: b reads no catalog.
     for _ in 0..3 {
         a.expect(&[SYNCED]).await;
