@@ -718,6 +718,7 @@ async fn one_daemon_at_a_time_syncs_the_catalog_and_the_other_takes_over_when_it
     let one = get("/api/v1/repositories/builds/a").await;
     assert_eq!((one["repository"]["last_deleted"].as_u64(), one["runs"].as_array().map(Vec::len)), (Some(6), Some(0)), "{one:#}");
     assert_eq!(get("/api/v1/status").await["repositories"]["cleanup_unscheduled"], 2);
+    assert_eq!(get("/readyz").await["state_store"], "ok");
     // Three of a's syncs (2 s apart) span at least two of b's intervals: b reads no catalog.
     for _ in 0..3 {
         a.expect(&[SYNCED]).await;

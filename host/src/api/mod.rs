@@ -275,7 +275,8 @@ async fn require_token_for_reads(State(api): State<Arc<Api>>, req: Request, next
 // Reads
 
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
-    let store = api.store.ping();
+    // Both: the local file (runs, audit log) and the cleanup state (PostgreSQL with `[state] url`).
+    let store = api.store.ping().and_then(|()| api.state.ping());
     let ready = store.is_ok() && !api.plugins.is_empty();
     let body = json!({
         "ready": ready,

@@ -912,6 +912,15 @@ impl StateStore for PgStateStore {
         .context(what)
     }
 
+    fn ping(&self) -> anyhow::Result<()> {
+        let what = format!("the state database {} does not answer", self.describe());
+        self.run(|pool| async move {
+            client(&pool).await?.query_one("SELECT count(*) FROM policies", &[]).await?;
+            Ok(())
+        })
+        .context(what)
+    }
+
     fn duty_holder(&self, name: &str) -> anyhow::Result<Option<String>> {
         let name = name.to_owned();
         let what = format!("reading duty `{name}` in {}", self.describe());

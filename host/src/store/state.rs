@@ -239,6 +239,9 @@ pub trait StateStore: Send + Sync {
         limit: usize,
     ) -> anyhow::Result<Vec<String>>;
 
+    /// Whether the store answers (`/readyz`): an error naming it when it does not.
+    fn ping(&self) -> anyhow::Result<()>;
+
     /// Takes or renews the lease on periodic duty `name` (catalog sync, stale detection,
     /// cadence scheduling) for `owner` until `now + ttl`, in one statement: `true` when
     /// `owner` holds it now (it was free, its lease had expired, or it was already
@@ -687,6 +690,10 @@ impl StateStore for Store {
         limit: usize,
     ) -> anyhow::Result<Vec<String>> {
         Store::repository_paths(self, status, search, after, limit)
+    }
+
+    fn ping(&self) -> anyhow::Result<()> {
+        Store::ping(self)
     }
 
     fn duty_holder(&self, name: &str) -> anyhow::Result<Option<String>> {
