@@ -84,14 +84,15 @@ pub struct SampledList {
 /// listed through the pass's backend (the registry, with its metadata cache, or recordings)
 /// from the directory's thread. The state holds no tag lists, so these are fresh listings.
 pub struct BackendLists {
-    pub store: Store,
+    /// The cleanup state (PostgreSQL with `[state] url`): which repositories to sample.
+    pub state: Arc<dyn StateStore>,
     pub ctx: Arc<PassContext>,
     pub runtime: tokio::runtime::Handle,
 }
 
 impl CanaryLists for BackendLists {
     fn sample(&self, policies: &[String], sample: usize) -> anyhow::Result<Vec<SampledList>> {
-        let repositories = self.store.canary_sample(policies, sample)?;
+        let repositories = self.state.canary_sample(policies, sample)?;
         Ok(repositories
             .into_iter()
             .map(|(repository, policy)| {

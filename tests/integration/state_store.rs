@@ -37,6 +37,7 @@ const CASES: &[Case] = &[
     Case { name: "hosts_claiming_at_once_never_get_the_same_repository", run: hosts_claiming_at_once_never_get_the_same_repository },
     Case { name: "hosts_claiming_deletions_at_once_never_share_one", run: hosts_claiming_deletions_at_once_never_share_one },
     Case { name: "a_duty_has_one_holder_until_its_lease_expires", run: a_duty_has_one_holder_until_its_lease_expires },
+    Case { name: "the_canary_samples_the_most_recently_cleaned_first", run: the_canary_samples_the_most_recently_cleaned_first },
     Case { name: "hosts_taking_a_duty_at_once_get_one_holder", run: hosts_taking_a_duty_at_once_get_one_holder },
 ];
 
@@ -734,4 +735,24 @@ async fn one_daemon_at_a_time_syncs_the_catalog_and_the_other_takes_over_when_it
     b.expect(&[SYNCED]).await;
     assert_eq!(holder_pid(), Some(b.child.id().to_string()), "b holds the duty now");
     b.stop().await;
+}
+
+/// The canary's sample: repositories of the given policies only, most recently cleaned first,
+/// never-cleaned ones last, by path among equals; at most `limit`.
+fn the_canary_samples_the_most_recently_cleaned_first(open: Open) {
+    let store = open();
+    store.upsert_policy("p", true, Duration::from_secs(86_400), t(NOW)).unwrap();
+    store.upsert_policy("q", true, Duration::from_secs(86_400), t(NOW)).unwrap();
+    store.add_repositories("p", &["p/never".into(), "p/old".into(), "p/new".into(), "p/also-never".into()]).unwrap();
+    store.add_repositories("q", &["q/newest".into()]).unwrap();
+    for (path, policy, at) in [("p/old", "p", "2026-11-01T00:00:00Z"), ("p/new", "p", "2026-11-10T00:00:00Z"), ("q/newest", "q", NOW)] {
+        let mut r = store.repository(path).unwrap().unwrap();
+        r.completed_at = Some(t(at));
+        assert_eq!(r.policy, policy);
+        store.put_repository_state(&r).unwrap();
+    }
+    let sample = store.canary_sample(&["p".into()], 3).unwrap();
+    let paths: Vec<&str> = sample.iter().map(|(path, _)| path.as_str()).collect();
+    assert_eq!(paths, ["p/new", "p/old", "p/also-never"]);
+    assert!(sample.iter().all(|(_, policy)| policy == "p"));
 }

@@ -64,7 +64,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // The canary lists the repositories it compares on through the passes' backend.
     let directory = directory.map(|d| {
-        d.with_canary(Arc::new(crate::plugin_dir::BackendLists { store: store.clone(), ctx: ctx.clone(), runtime: tokio.handle().clone() }))
+        d.with_canary(Arc::new(crate::plugin_dir::BackendLists { state: state.clone(), ctx: ctx.clone(), runtime: tokio.handle().clone() }))
     });
     // Stops the watching thread when `serve` returns.
     let _watching = directory.map(|d| d.watch(wake.clone(), on_plugin_event)).transpose()?.map(StopOnDrop);

@@ -912,6 +912,24 @@ impl StateStore for PgStateStore {
         .context(what)
     }
 
+    fn canary_sample(&self, policies: &[String], limit: usize) -> anyhow::Result<Vec<(String, String)>> {
+        let policies = policies.to_vec();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let what = format!("reading the canary's repositories in {}", self.describe());
+        self.run(move |pool| async move {
+            let rows = client(&pool)
+                .await?
+                .query(
+                    "SELECT path, policy FROM repositories WHERE policy = ANY($1)
+                     ORDER BY completed_at IS NULL, completed_at DESC, path LIMIT $2",
+                    &[&policies, &limit],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .context(what)
+    }
+
     fn ping(&self) -> anyhow::Result<()> {
         let what = format!("the state database {} does not answer", self.describe());
         self.run(|pool| async move {

@@ -239,6 +239,10 @@ pub trait StateStore: Send + Sync {
         limit: usize,
     ) -> anyhow::Result<Vec<String>>;
 
+    /// Up to `limit` repositories under `policies`, with their policy: those cleaned most
+    /// recently first, then by path (what the plugin directory's canary compares on).
+    fn canary_sample(&self, policies: &[String], limit: usize) -> anyhow::Result<Vec<(String, String)>>;
+
     /// Whether the store answers (`/readyz`): an error naming it when it does not.
     fn ping(&self) -> anyhow::Result<()>;
 
@@ -690,6 +694,10 @@ impl StateStore for Store {
         limit: usize,
     ) -> anyhow::Result<Vec<String>> {
         Store::repository_paths(self, status, search, after, limit)
+    }
+
+    fn canary_sample(&self, policies: &[String], limit: usize) -> anyhow::Result<Vec<(String, String)>> {
+        Store::canary_sample(self, policies, limit)
     }
 
     fn ping(&self) -> anyhow::Result<()> {
