@@ -113,7 +113,7 @@ fn main() {
             canary_sample: config.plugins.canary_sample,
             canary_max_extra_deletions: config.plugins.canary_max_extra_deletions,
         };
-        let directory = PluginDirectory::open(options, runtime, &store, bound, &quiet).unwrap();
+        let directory = PluginDirectory::open(options, runtime, &store, Arc::new(store.clone()), bound, &quiet).unwrap();
         let policies = directory.policies();
         let stop = directory.watch(Arc::new(tokio::sync::Notify::new()), Arc::new(quiet)).unwrap();
         let list = list();
@@ -172,7 +172,7 @@ fn main() {
                 canary_max_extra_deletions: config.plugins.canary_max_extra_deletions,
             };
             let started = Instant::now();
-            let d = PluginDirectory::open(options, runtime.clone(), &store, bound, &quiet).unwrap();
+            let d = PluginDirectory::open(options, runtime.clone(), &store, Arc::new(store.clone()), bound, &quiet).unwrap();
             let elapsed = started.elapsed();
             let active = d.policies().current().iter().filter(|p| p.policy.retention().is_some()).count();
             assert_eq!(active, 10);

@@ -57,17 +57,25 @@ pub struct RegistrySection {
     pub max_retries: u32,
 }
 
-/// `[state]`: where the metadata cache and the audit log live.
+/// `[state]`: where the state lives. `dir` holds the SQLite file (the cleanup state, the
+/// metadata cache, the audit log and runs); with `url`, the cleanup state (claims, leases,
+/// duties) is on that PostgreSQL database instead, shared by every host.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateSection {
     #[serde(default = "defaults::state_dir")]
     pub dir: PathBuf,
+    /// `postgres://user@host:port/database`, never with a password in it.
+    pub url: Option<String>,
+    /// The environment variable holding the database password (preferred over a file).
+    pub password_env: Option<String>,
+    /// A file holding the database password; trailing newline ignored.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for StateSection {
     fn default() -> Self {
-        StateSection { dir: defaults::state_dir() }
+        StateSection { dir: defaults::state_dir(), url: None, password_env: None, password_file: None }
     }
 }
 
@@ -447,6 +455,7 @@ impl Config {
         if r.password_env.is_some() && r.password_file.is_some() {
             bail!("at `registry`: set `password_env` or `password_file`, not both");
         }
+        self.validate_state()?;
         if (r.password_env.is_some() || r.password_file.is_some()) && r.username.is_none() {
             bail!("at `registry.username`: a password is configured but no username");
         }
@@ -572,17 +581,69 @@ impl Config {
     pub fn credentials(&self) -> anyhow::Result<Credentials> {
         let r = &self.registry;
         let Some(username) = r.username.clone() else { return Ok(Credentials::Anonymous) };
-        let password = if let Some(var) = &r.password_env {
-            std::env::var(var)
-                .map_err(|_| anyhow::anyhow!("`registry.password_env` names {var}, which is not set; export it or use `password_file`"))?
-        } else if let Some(file) = &r.password_file {
-            let file = self.resolve_path(file);
-            let text = crate::input::read_text(&file, "`registry.password_file`", crate::input::limits::SECRET_BYTES, "")?;
-            text.trim_end_matches(['\n', '\r']).to_owned()
-        } else {
+        let Some(password) = self.secret("registry", r.password_env.as_deref(), r.password_file.as_deref())? else {
             bail!("`registry.username` is set but neither `password_env` nor `password_file` is");
         };
-        Ok(Credentials::Basic { username, password: Secret::new(password) })
+        Ok(Credentials::Basic { username, password })
+    }
+
+    /// The PostgreSQL state database's password (`[state] password_env` / `password_file`),
+    /// if one is set. Like the registry's, it never appears in errors.
+    pub fn state_password(&self) -> anyhow::Result<Option<Secret>> {
+        let s = &self.state;
+        self.secret("state", s.password_env.as_deref(), s.password_file.as_deref())
+    }
+
+    /// A secret from the environment variable `env` or the file `file` (relative to the
+    /// config) of section `section`; `None` when neither is set.
+    fn secret(&self, section: &str, env: Option<&str>, file: Option<&Path>) -> anyhow::Result<Option<Secret>> {
+        let secret = if let Some(var) = env {
+            std::env::var(var)
+                .map_err(|_| anyhow::anyhow!("`{section}.password_env` names {var}, which is not set; export it or use `password_file`"))?
+        } else if let Some(file) = file {
+            let file = self.resolve_path(file);
+            let what = format!("`{section}.password_file`");
+            let text = crate::input::read_text(&file, &what, crate::input::limits::SECRET_BYTES, "")?;
+            text.trim_end_matches(['\n', '\r']).to_owned()
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(Secret::new(secret)))
+    }
+
+    /// `[state]`: a PostgreSQL URL without a password in it, and at most one password source,
+    /// which only a URL uses.
+    fn validate_state(&self) -> anyhow::Result<()> {
+        let s = &self.state;
+        if s.password_env.is_some() && s.password_file.is_some() {
+            bail!("at `state`: set `password_env` or `password_file`, not both");
+        }
+        let Some(url) = &s.url else {
+            if s.password_env.is_some() || s.password_file.is_some() {
+                bail!(
+                    "at `state`: a password is configured but no `url`; set `url = \"postgres://user@host:port/database\"` or remove the password"
+                );
+            }
+            return Ok(());
+        };
+        let expected = "expected e.g. \"postgres://tagwarden@db.example.com:5432/tagwarden\"";
+        let parsed = url::Url::parse(url).map_err(|e| anyhow::anyhow!("at `state.url`: not a URL ({e}); {expected}"))?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            bail!(
+                "at `state.url`: only PostgreSQL is supported (postgres://), got `{}://`; {expected}, or leave `url` out to use the SQLite file in `dir`",
+                parsed.scheme()
+            );
+        }
+        if parsed.password().is_some() {
+            bail!("at `state.url`: put the password in `password_env` or `password_file` of `[state]`, not in the URL");
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            bail!("at `state.url`: no host; {expected}");
+        }
+        if parsed.path().trim_start_matches('/').is_empty() {
+            bail!("at `state.url`: no database name; {expected}");
+        }
+        Ok(())
     }
 }
 
@@ -809,6 +870,27 @@ params = { keep_n = 5, name_regex_delete = ".*" }
     fn special_files_and_huge_files_are_refused() {
         let e = format!("{:#}", Config::read(Path::new("/dev/zero")).unwrap_err());
         assert_eq!(e, "config /dev/zero is a character device; expected a regular file");
+    }
+
+    #[test]
+    fn the_state_url_is_checked_and_its_password_read_like_the_registrys() {
+        let state = |body: &str| GOOD.replace("[deletion]", &format!("[state]\n{body}\n\n[deletion]"));
+        let c = Config::parse(&state("url = \"postgres://tw@db:5432/tagwarden\"\npassword_env = \"TW_TEST_STATE_PW\"")).unwrap();
+        assert_eq!(c.state.url.as_deref(), Some("postgres://tw@db:5432/tagwarden"));
+        let e = c.state_password().unwrap_err().to_string();
+        assert!(e.contains("`state.password_env` names TW_TEST_STATE_PW") && e.contains("not set"), "{e}");
+        assert!(Config::parse(&state("")).unwrap().state_password().unwrap().is_none());
+        for (body, expected) in [
+            ("url = \"postgres://tw:hunter2@db/tw\"", "not in the URL"),
+            ("url = \"mysql://tw@db/tw\"", "only PostgreSQL is supported"),
+            ("url = \"db:5432\"", "state.url"),
+            ("url = \"postgres://tw@db:5432/\"", "no database name"),
+            ("password_env = \"X\"", "no `url`"),
+            ("url = \"postgres://tw@db/tw\"\npassword_env = \"X\"\npassword_file = \"pw\"", "not both"),
+        ] {
+            let e = err(&state(body));
+            assert!(e.contains(expected) && !e.contains("hunter2"), "{body}: {e}");
+        }
     }
 
     #[test]

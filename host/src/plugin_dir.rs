@@ -84,14 +84,15 @@ pub struct SampledList {
 /// listed through the pass's backend (the registry, with its metadata cache, or recordings)
 /// from the directory's thread. The state holds no tag lists, so these are fresh listings.
 pub struct BackendLists {
-    pub store: Store,
+    /// The cleanup state (PostgreSQL with `[state] url`): which repositories to sample.
+    pub state: Arc<dyn StateStore>,
     pub ctx: Arc<PassContext>,
     pub runtime: tokio::runtime::Handle,
 }
 
 impl CanaryLists for BackendLists {
     fn sample(&self, policies: &[String], sample: usize) -> anyhow::Result<Vec<SampledList>> {
-        let repositories = self.store.canary_sample(policies, sample)?;
+        let repositories = self.state.canary_sample(policies, sample)?;
         Ok(repositories
             .into_iter()
             .map(|(repository, policy)| {
@@ -259,7 +260,8 @@ impl Entry {
 pub struct PluginDirectory {
     options: DirectoryOptions,
     runtime: Arc<PluginRuntime>,
-    store: Store,
+    /// The cleanup state, where pausing and resuming a policy is recorded.
+    state: Arc<dyn StateStore>,
     table: PluginTable,
     /// The policies as configured (watched ones with whatever decider they had last).
     bound: Vec<BoundPolicy>,
@@ -280,6 +282,7 @@ impl PluginDirectory {
         options: DirectoryOptions,
         runtime: Arc<PluginRuntime>,
         store: &Store,
+        state: Arc<dyn StateStore>,
         bound: Vec<BoundPolicy>,
         on_event: &OnEvent,
     ) -> anyhow::Result<PluginDirectory> {
@@ -288,7 +291,7 @@ impl PluginDirectory {
         let mut dir = PluginDirectory {
             options,
             runtime,
-            store: store.clone(),
+            state,
             table: store.plugin_table(),
             bound,
             policies,
@@ -655,13 +658,13 @@ impl PluginDirectory {
         let now = Timestamp::now();
         if self.started {
             for b in &pausing {
-                self.store.upsert_policy(&b.policy.name, false, b.cadence.every(), b.cadence.next_after(now))?;
+                self.state.upsert_policy(&b.policy.name, false, b.cadence.every(), b.cadence.next_after(now))?;
             }
         }
         self.policies.replace(self.bound.clone());
         if self.started {
             for b in &resuming {
-                self.store.upsert_policy(&b.policy.name, b.enabled, b.cadence.every(), b.cadence.next_after(now))?;
+                self.state.upsert_policy(&b.policy.name, b.enabled, b.cadence.every(), b.cadence.next_after(now))?;
             }
         }
         Ok(())

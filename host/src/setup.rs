@@ -14,7 +14,7 @@ use crate::pass::{DeletionLimits, Guards, PassContext, Policy};
 use crate::registry::{RegistryClient, RegistryConfig};
 use crate::runtime::{BackoffPlugin, Failure, Operation, OperationKind, PluginLimits, PluginRuntime, StalePlugin};
 use crate::scheduler::Cadence;
-use crate::store::Store;
+use crate::store::{PgStateStore, StateStore, Store};
 
 /// A policy and the repositories it applies to.
 #[derive(Clone)]
@@ -178,6 +178,26 @@ pub fn load_backoff(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Re
 /// The state database of `config` (`[state] dir`/tagwarden.db).
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     Store::open(&config.resolve_path(&config.state.dir).join("tagwarden.db"))
+}
+
+/// The local SQLite file and the cleanup state `config` names: the PostgreSQL database of
+/// `[state] url` (connected, and its schema brought up to date, before the SQLite file is
+/// opened or created: a wrong URL or password changes nothing), else the SQLite file itself.
+/// The audit log, runs, metadata cache and plugin table stay on the SQLite file.
+pub fn open_state(config: &Config) -> anyhow::Result<(Store, Arc<dyn StateStore>)> {
+    let shared = connect_state(config)?;
+    let store = open_store(config)?;
+    let state = shared.unwrap_or_else(|| Arc::new(store.clone()) as Arc<dyn StateStore>);
+    Ok((store, state))
+}
+
+/// The PostgreSQL state of `[state] url`, if one is configured.
+pub fn connect_state(config: &Config) -> anyhow::Result<Option<Arc<dyn StateStore>>> {
+    let Some(url) = &config.state.url else { return Ok(None) };
+    let context = || format!("opening the state database of {} (`state.url`)", config.path.display());
+    let password = config.state_password().with_context(context)?;
+    let store = PgStateStore::connect(url, password).with_context(context)?;
+    Ok(Some(Arc::new(store)))
 }
 
 /// The registry (with the store's metadata cache) or the recordings `config` names.

@@ -41,14 +41,14 @@ fn install(dir: &Path, name: &str, bytes: &[u8]) {
 }
 
 /// A running `serve` whose stderr lines arrive on a channel.
-struct Daemon {
-    child: Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) lines: tokio::sync::mpsc::UnboundedReceiver<String>,
     output: String,
 }
 
 impl Daemon {
-    fn start(dir: &Path, args: &[&str]) -> Daemon {
+    pub(crate) fn start(dir: &Path, args: &[&str]) -> Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tagwarden"))
             .current_dir(dir)
             .args(args)
@@ -71,7 +71,7 @@ impl Daemon {
     }
 
     /// Waits for a line containing every one of `parts`; returns the lines up to it.
-    async fn expect(&mut self, parts: &[&str]) -> String {
+    pub(crate) async fn expect(&mut self, parts: &[&str]) -> String {
         let mut seen = String::new();
         let found = tokio::time::timeout(REACH, async {
             while let Some(line) = self.lines.recv().await {
@@ -89,7 +89,7 @@ impl Daemon {
         seen
     }
 
-    async fn stop(mut self) -> String {
+    pub(crate) async fn stop(mut self) -> String {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         while let Some(line) = self.lines.recv().await {

@@ -36,6 +36,9 @@ const CASES: &[Case] = &[
     Case { name: "cleanup_and_deletion_never_run_together", run: cleanup_and_deletion_never_run_together },
     Case { name: "hosts_claiming_at_once_never_get_the_same_repository", run: hosts_claiming_at_once_never_get_the_same_repository },
     Case { name: "hosts_claiming_deletions_at_once_never_share_one", run: hosts_claiming_deletions_at_once_never_share_one },
+    Case { name: "a_duty_has_one_holder_until_its_lease_expires", run: a_duty_has_one_holder_until_its_lease_expires },
+    Case { name: "the_canary_samples_the_most_recently_cleaned_first", run: the_canary_samples_the_most_recently_cleaned_first },
+    Case { name: "hosts_taking_a_duty_at_once_get_one_holder", run: hosts_taking_a_duty_at_once_get_one_holder },
 ];
 
 fn run_all(open_case: &dyn Fn(usize) -> Box<dyn Fn() -> Arc<dyn StateStore> + Sync>) {
@@ -83,7 +86,7 @@ fn postgres_migrations_run_once_when_hosts_start_together() {
             });
         }
     });
-    assert_eq!(cluster.psql_in("together", "SELECT version FROM tagwarden_schema").unwrap().trim(), "1");
+    assert_eq!(cluster.psql_in("together", "SELECT version FROM tagwarden_schema").unwrap().trim(), "2");
 }
 
 /// Bad input changes nothing and says what to do: a password in the URL, a wrong password (never
@@ -110,7 +113,7 @@ fn postgres_refuses_bad_urls_wrong_passwords_and_newer_schemas() {
     drop(store);
     cluster.psql_in("refusals", "UPDATE tagwarden_schema SET version = 99").unwrap();
     let e = format!("{:#}", PgStateStore::connect(&url, Some(Secret::new(cluster.password()))).unwrap_err());
-    assert!(e.contains("schema version 99") && e.contains("this tagwarden's 1"), "{e}");
+    assert!(e.contains("schema version 99") && e.contains("this tagwarden's 2"), "{e}");
 }
 
 /// A PostgreSQL restart between calls: the pool drops its dead connections and the next call
@@ -540,4 +543,216 @@ fn hosts_claiming_deletions_at_once_never_share_one(open: Open) {
     let distinct: HashSet<&String> = claimed.iter().collect();
     assert_eq!((claimed.len(), distinct.len()), (40, 40));
     assert_eq!(setup.deletions(Some(DeletionStatus::Ongoing)).unwrap().len(), 40);
+}
+
+/// A periodic duty's lease: one owner gets it, the other not until it expires; the holder
+/// renews it; a duty's lease is its own (another duty is free).
+fn a_duty_has_one_holder_until_its_lease_expires(open: Open) {
+    let (a, b) = (open(), open());
+    let ttl = Duration::from_secs(60);
+    let at = |s: u64| t(NOW).saturating_add(Duration::from_secs(s));
+    assert!(a.take_duty("catalog_sync", "host-a", at(0), ttl).unwrap(), "free: a takes it");
+    assert!(!b.take_duty("catalog_sync", "host-b", at(1), ttl).unwrap(), "a holds it");
+    assert!(b.take_duty("stale_check", "host-b", at(1), ttl).unwrap(), "another duty is free");
+    // The holder renews at 50 s: its lease now runs to 110 s, so b is refused at 70 s.
+    assert!(a.take_duty("catalog_sync", "host-a", at(50), ttl).unwrap(), "the holder renews");
+    assert!(!b.take_duty("catalog_sync", "host-b", at(70), ttl).unwrap(), "renewed: still a's");
+    assert!(!b.take_duty("catalog_sync", "host-b", at(109), ttl).unwrap(), "not before expiry");
+    // a stops renewing (dead): b gets it once the lease has expired, and a does not get it back.
+    assert!(b.take_duty("catalog_sync", "host-b", at(110), ttl).unwrap(), "expired: b takes it");
+    assert!(!a.take_duty("catalog_sync", "host-a", at(111), ttl).unwrap(), "now b's");
+    assert_eq!(a.duty_holder("catalog_sync").unwrap().as_deref(), Some("host-b"));
+    // Released by someone who no longer holds it: nothing changes; by its holder: free at once.
+    assert!(!a.release_duty("catalog_sync", "host-a").unwrap());
+    assert!(b.release_duty("catalog_sync", "host-b").unwrap());
+    assert!(a.take_duty("catalog_sync", "host-a", at(112), ttl).unwrap(), "released: a takes it before b's lease would end");
+    assert_eq!(b.duty_holder("nobody_took_this").unwrap(), None);
+}
+
+/// Hosts asking for the same free duty at the same moment: exactly one gets it.
+fn hosts_taking_a_duty_at_once_get_one_holder(open: Open) {
+    let hosts: Vec<Arc<dyn StateStore>> = (0..6).map(|_| open()).collect();
+    let barrier = Barrier::new(hosts.len());
+    let won: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    h.take_duty("cadence", &format!("host-{i}"), t(NOW), Duration::from_secs(60)).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap() as usize).sum()
+    });
+    assert_eq!(won, 1, "one holder");
+}
+
+/// `serve --until-idle` with `[state] url`: every repository's state lands in PostgreSQL (none
+/// in the local SQLite file), the daemon gives its duties up when it exits, and `repos list`
+/// and `status` read the same database. A URL of another kind or a wrong password is an error
+/// that names the key and what to do, shows no password, and changes nothing.
+#[test]
+fn serve_keeps_the_cleanup_state_in_postgres_when_state_url_is_set() {
+    let cluster = PostgresCluster::start().unwrap();
+    let url = cluster.create_database("serve").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    crate::plugin_tools::write_recording(&dir.path().join("recs"), "a.json", "builds/a", 10);
+    crate::plugin_tools::write_recording(&dir.path().join("recs"), "b.json", "builds/b", 10);
+    std::fs::write(dir.path().join("pg-password"), format!("{}\n", cluster.password())).unwrap();
+    std::fs::write(dir.path().join("wrong-password"), "wrong-horse-battery\n").unwrap();
+    let plugin = crate::support::plugin_path("gitlab-retention").display().to_string();
+    let write_config = |url: &str, password_file: &str| {
+        let config = format!(
+            "[registry]\nrecordings = \"recs\"\n\n[state]\ndir = \"state\"\nurl = {url:?}\npassword_file = {password_file:?}\n\n\
+             [serve]\nworker_capacity = 2\nlisten = \"off\"\n\n\
+             [[policy]]\nname = \"builds\"\nrepositories = [\"builds/*\"]\nplugin = {plugin:?}\ncadence = \"7d\"\n\
+             params = {{ name_regex_delete = \".*\", keep_n = 4 }}\n"
+        );
+        std::fs::write(dir.path().join("tagwarden.toml"), config).unwrap();
+    };
+    let tagwarden = |args: &[&str]| crate::serve::tagwarden(dir.path(), args);
+    let nothing_changed = |database: &str| {
+        assert!(!dir.path().join("state").exists(), "no SQLite file was created");
+        let schema = cluster.psql_in(database, "SELECT to_regclass('public.tagwarden_schema') IS NULL").unwrap();
+        assert_eq!(schema.trim(), "t", "nothing created in PostgreSQL");
+    };
+
+    // Refusals first: nothing exists afterwards.
+    write_config(&url.replace("postgres://", "mysql://"), "pg-password");
+    let (code, out) = tagwarden(&["serve", "--until-idle"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("at `state.url`") && out.contains("only PostgreSQL is supported"), "{out}");
+    nothing_changed("serve");
+    write_config(&url, "wrong-password");
+    let (code, out) = tagwarden(&["serve", "--until-idle"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("`state.url`") && out.contains("password authentication failed"), "{out}");
+    assert!(!out.contains("wrong-horse-battery") && !out.contains(cluster.password()), "no password is shown: {out}");
+    nothing_changed("serve");
+
+    write_config(&url, "pg-password");
+    let (code, out) = tagwarden(&["serve", "--until-idle"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("serve: 2 passes"), "{out}");
+    let pg = PgStateStore::connect(&url, Some(Secret::new(cluster.password()))).unwrap();
+    for path in ["builds/a", "builds/b"] {
+        let r = pg.repository(path).unwrap().unwrap_or_else(|| panic!("{path} is in PostgreSQL: {out}"));
+        assert_eq!((r.status, r.policy.as_str(), r.last_deleted), (CleanupStatus::Unscheduled, "builds", Some(6)), "{r:?}");
+        assert!(r.completed_at.is_some() && r.lease_owner.is_none(), "{r:?}");
+    }
+    let policy = pg.policy("builds").unwrap().unwrap();
+    assert!(policy.enabled && policy.next_run_at > Timestamp::now(), "the next run is scheduled in PostgreSQL: {policy:?}");
+    for duty in ["catalog_sync", "stale_check", "cadence"] {
+        assert_eq!(pg.duty_holder(duty).unwrap(), None, "{duty} released on exit");
+    }
+    let local = Store::open(&dir.path().join("state/tagwarden.db")).unwrap();
+    assert!(local.repositories(None).unwrap().is_empty(), "the local file holds no cleanup state");
+    assert_eq!(local.runs().recent(None, 10).unwrap().len(), 2, "runs stay on the local file");
+
+    // The operator's commands read (and change) PostgreSQL.
+    let (code, out) = tagwarden(&["repos", "list", "--output", "json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let shown: Vec<(&str, &str)> =
+        list.as_array().unwrap().iter().map(|r| (r["path"].as_str().unwrap(), r["status"].as_str().unwrap())).collect();
+    assert_eq!(shown, [("builds/a", "cleanup_unscheduled"), ("builds/b", "cleanup_unscheduled")]);
+    let (code, out) = tagwarden(&["status", "--output", "json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["repositories"]["cleanup_unscheduled"], 2, "{status:#}");
+    let (code, out) = tagwarden(&["repos", "cleanup-now", "builds/a"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(pg.repository("builds/a").unwrap().unwrap().status, CleanupStatus::Unfinished);
+}
+
+/// Two daemons on one PostgreSQL state: only the holder of the `catalog_sync` duty reads the
+/// catalog (the other's intervals pass without a sync), and when the holder stops (SIGTERM,
+/// which releases its duties) the other takes the duty at its next interval. The other's HTTP
+/// API shows the state the first one left in PostgreSQL (its runs stay in the first's SQLite
+/// file: the current limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_daemon_at_a_time_syncs_the_catalog_and_the_other_takes_over_when_it_stops() {
+    let cluster = PostgresCluster::start().unwrap();
+    let url = cluster.create_database("duties").unwrap();
+    let plugin = crate::support::plugin_path("gitlab-retention").display().to_string();
+    let host = |name: &str, listen: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        crate::plugin_tools::write_recording(&dir.path().join("recs"), "a.json", "builds/a", 10);
+        crate::plugin_tools::write_recording(&dir.path().join("recs"), "b.json", "builds/b", 10);
+        std::fs::write(dir.path().join("pg-password"), cluster.password()).unwrap();
+        let config = format!(
+            "[registry]\nrecordings = \"recs\"\n\n[state]\ndir = \"state-{name}\"\nurl = {url:?}\npassword_file = \"pg-password\"\n\n\
+             [serve]\nworker_capacity = 1\nlisten = {listen:?}\ncatalog_sync = \"2s\"\n\n\
+             [[policy]]\nname = \"builds\"\nrepositories = [\"builds/*\"]\nplugin = {plugin:?}\ncadence = \"7d\"\n\
+             params = {{ name_regex_delete = \".*\", keep_n = 4 }}\n"
+        );
+        std::fs::write(dir.path().join("tagwarden.toml"), config).unwrap();
+        dir
+    };
+    // b serves the HTTP API: its state reads come from PostgreSQL, where a did the work.
+    let (dir_a, dir_b) = (host("a", "off"), host("b", "127.0.0.1:0"));
+    let pg = PgStateStore::connect(&url, Some(Secret::new(cluster.password()))).unwrap();
+    let holder_pid = || pg.duty_holder("catalog_sync").unwrap().and_then(|h| h.split('/').nth(2).map(str::to_owned));
+    const SYNCED: &str = "1 policies, 2 repositories";
+
+    let mut a = crate::plugin_dir::Daemon::start(dir_a.path(), &["serve"]);
+    a.expect(&[SYNCED]).await;
+    assert_eq!(holder_pid(), Some(a.child.id().to_string()), "a holds the duty");
+    for _ in 0..2 {
+        a.expect(&["6 deleted", "→ cleanup_unscheduled"]).await;
+    }
+    let mut b = crate::plugin_dir::Daemon::start(dir_b.path(), &["serve"]);
+    let api_line = b.expect(&["serve: API and /metrics on "]).await;
+    let api = api_line.lines().find_map(|l| l.strip_prefix("serve: API and /metrics on ")).unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let (http, url) = (http.clone(), format!("{api}{path}"));
+        async move { http.get(url).send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let listed = get("/api/v1/repositories").await;
+    let shown: Vec<(&str, &str)> =
+        listed["repositories"].as_array().unwrap().iter().map(|r| (r["path"].as_str().unwrap(), r["status"].as_str().unwrap())).collect();
+    assert_eq!(shown, [("builds/a", "cleanup_unscheduled"), ("builds/b", "cleanup_unscheduled")], "{listed:#}");
+    let one = get("/api/v1/repositories/builds/a").await;
+    assert_eq!((one["repository"]["last_deleted"].as_u64(), one["runs"].as_array().map(Vec::len)), (Some(6), Some(0)), "{one:#}");
+    assert_eq!(get("/api/v1/status").await["repositories"]["cleanup_unscheduled"], 2);
+    assert_eq!(get("/readyz").await["state_store"], "ok");
+    // Three of a's syncs (2 s apart) span at least two of b's intervals: b reads no catalog.
+    for _ in 0..3 {
+        a.expect(&[SYNCED]).await;
+    }
+    assert_eq!(holder_pid(), Some(a.child.id().to_string()), "still a's");
+    let mut b_so_far = Vec::new();
+    while let Ok(line) = b.lines.try_recv() {
+        b_so_far.push(line);
+    }
+    assert!(!b_so_far.iter().any(|l| l.contains(SYNCED)), "b read the catalog while a held the duty: {b_so_far:?}");
+    a.stop().await;
+    // a released its duties: b syncs at its next interval and holds the duty from then on.
+    b.expect(&[SYNCED]).await;
+    assert_eq!(holder_pid(), Some(b.child.id().to_string()), "b holds the duty now");
+    b.stop().await;
+}
+
+/// The canary's sample: repositories of the given policies only, most recently cleaned first,
+/// never-cleaned ones last, by path among equals; at most `limit`.
+fn the_canary_samples_the_most_recently_cleaned_first(open: Open) {
+    let store = open();
+    store.upsert_policy("p", true, Duration::from_secs(86_400), t(NOW)).unwrap();
+    store.upsert_policy("q", true, Duration::from_secs(86_400), t(NOW)).unwrap();
+    store.add_repositories("p", &["p/never".into(), "p/old".into(), "p/new".into(), "p/also-never".into()]).unwrap();
+    store.add_repositories("q", &["q/newest".into()]).unwrap();
+    for (path, policy, at) in [("p/old", "p", "2026-11-01T00:00:00Z"), ("p/new", "p", "2026-11-10T00:00:00Z"), ("q/newest", "q", NOW)] {
+        let mut r = store.repository(path).unwrap().unwrap();
+        r.completed_at = Some(t(at));
+        assert_eq!(r.policy, policy);
+        store.put_repository_state(&r).unwrap();
+    }
+    let sample = store.canary_sample(&["p".into()], 3).unwrap();
+    let paths: Vec<&str> = sample.iter().map(|(path, _)| path.as_str()).collect();
+    assert_eq!(paths, ["p/new", "p/old", "p/also-never"]);
+    assert!(sample.iter().all(|(_, policy)| policy == "p"));
 }

@@ -26,20 +26,20 @@ pub struct Overview {
 }
 
 /// Reads the [`Overview`] from the state.
-pub fn overview(store: &Store) -> anyhow::Result<Overview> {
+pub fn overview(store: &Store, state: &dyn StateStore) -> anyhow::Result<Overview> {
     let mut deletions: BTreeMap<&'static str, usize> = DeletionStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-    for d in store.deletions(None)? {
+    for d in state.deletions(None)? {
         *deletions.entry(d.status.as_str()).or_default() += 1;
     }
-    let workers_busy = store.leases()?.iter().filter(|l| l.owner.as_deref().is_some_and(|o| owner::liveness(o) != Liveness::Gone)).count();
+    let workers_busy = state.leases()?.iter().filter(|l| l.owner.as_deref().is_some_and(|o| owner::liveness(o) != Liveness::Gone)).count();
     let mut failing_by_class: BTreeMap<String, usize> = BTreeMap::new();
-    for r in store.repositories(None)? {
+    for r in state.repositories(None)? {
         if let (true, Some(f)) = (r.consecutive_failures > 0 || r.status == CleanupStatus::Failed, &r.last_failure) {
             *failing_by_class.entry(f.class.clone()).or_default() += 1;
         }
     }
     Ok(Overview {
-        repositories: store.status_counts()?,
+        repositories: state.status_counts()?,
         deletions,
         workers_busy,
         last_24h: store.runs().since(Timestamp::now().saturating_sub(Duration::from_secs(86_400)))?,

@@ -52,7 +52,10 @@ pub struct LoadedPlugin {
 
 /// What the API serves from.
 pub struct Api {
+    /// The local SQLite file: runs, the audit log (and, without `[state] url`, the state).
     pub store: Store,
+    /// The cleanup state: repositories, deletions, leases (PostgreSQL with `[state] url`).
+    pub state: Arc<dyn StateStore>,
     /// The registry client restores go through (`None` with a recordings backend).
     pub registry: Option<RegistryClient>,
     pub plugins: Vec<LoadedPlugin>,
@@ -68,6 +71,7 @@ impl Api {
     /// Checks the address against the token: off loopback, a token is required.
     pub fn new(
         store: Store,
+        state: Arc<dyn StateStore>,
         registry: Option<RegistryClient>,
         plugins: Vec<LoadedPlugin>,
         token: Option<Secret>,
@@ -81,7 +85,7 @@ impl Api {
                  only holders of the token can read the state or act on it"
             );
         }
-        Ok(Api { store, registry, plugins, token, reads_need_token: !loopback, wake })
+        Ok(Api { store, state, registry, plugins, token, reads_need_token: !loopback, wake })
     }
 }
 
@@ -271,7 +275,8 @@ async fn require_token_for_reads(State(api): State<Arc<Api>>, req: Request, next
 // Reads
 
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
-    let store = api.store.ping();
+    // Both: the local file (runs, audit log) and the cleanup state (PostgreSQL with `[state] url`).
+    let store = api.store.ping().and_then(|()| api.state.ping());
     let ready = store.is_ok() && !api.plugins.is_empty();
     let body = json!({
         "ready": ready,
@@ -287,7 +292,7 @@ fn plugin_roles(api: &Api) -> BTreeMap<String, String> {
 }
 
 async fn status(State(api): State<Arc<Api>>) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(json::overview(&api.store)?.to_json(&plugin_roles(&api))))
+    Ok(axum::Json(json::overview(&api.store, &*api.state)?.to_json(&plugin_roles(&api))))
 }
 
 async fn plugins(State(api): State<Arc<Api>>) -> axum::Json<Value> {
@@ -305,7 +310,7 @@ struct RepositoriesQuery {
 
 async fn repositories(State(api): State<Arc<Api>>, QueryParams(q): QueryParams<RepositoriesQuery>) -> Result<axum::Json<Value>, ApiError> {
     let limit = page_limit(q.limit)?;
-    let store = &api.store;
+    let store = &api.state;
     let (cleanup, deletion) = match q.status.as_deref() {
         None => (None, None),
         Some(s) => match (CleanupStatus::parse(s), DeletionStatus::parse(s)) {
@@ -340,15 +345,14 @@ async fn repositories(State(api): State<Arc<Api>>, QueryParams(q): QueryParams<R
 }
 
 async fn repository(State(api): State<Arc<Api>>, Path(path): Path<String>) -> Result<axum::Json<Value>, ApiError> {
-    let store = &api.store;
-    let (repository, deletion) = (store.repository(&path)?, store.deletion(&path)?);
+    let (repository, deletion) = (api.state.repository(&path)?, api.state.deletion(&path)?);
     if repository.is_none() && deletion.is_none() {
         return Err(ApiError::not_found(format!(
             "{path}: not in the state (no policy's `repositories` patterns matched it at the last catalog sync)"
         )));
     }
-    let runs = store.runs().recent(Some(&path), 20)?;
-    let audit = store.audit_log().recent(Some(&path), 50)?;
+    let runs = api.store.runs().recent(Some(&path), 20)?;
+    let audit = api.store.audit_log().recent(Some(&path), 50)?;
     Ok(axum::Json(json!({
         "repository": repository.as_ref().map(json::repository_json),
         "deletion": deletion.as_ref().map(json::deletion_json),
@@ -401,7 +405,7 @@ async fn audit(State(api): State<Arc<Api>>, QueryParams(q): QueryParams<AuditPar
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
-    let o = json::overview(&api.store)?;
+    let o = json::overview(&api.store, &*api.state)?;
     let repositories: Vec<(&'static str, usize)> = o.repositories.iter().map(|(s, n)| (s.as_str(), *n)).collect();
     let deletions: Vec<(&'static str, usize)> = o.deletions.iter().map(|(s, n)| (*s, *n)).collect();
     crate::metrics::get().set_queue(&repositories, &deletions, o.workers_busy);
@@ -419,7 +423,7 @@ struct RepositoryAction {
 
 fn known_repository(api: &Api, path: &str) -> Result<(), ApiError> {
     crate::registry::validate_repository_name(path).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-    if api.store.repository(path)?.is_none() && api.store.deletion(path)?.is_none() {
+    if api.state.repository(path)?.is_none() && api.state.deletion(path)?.is_none() {
         return Err(ApiError::not_found(format!("{path}: not in the state")));
     }
     Ok(())
@@ -428,8 +432,8 @@ fn known_repository(api: &Api, path: &str) -> Result<(), ApiError> {
 /// The repository's state right after an action (read before the daemon is woken, so the
 /// answer shows what the action did, not how far the daemon got since).
 fn after_action(api: &Api, path: &str, done: &str) -> Result<axum::Json<Value>, ApiError> {
-    let repository = api.store.repository(path)?;
-    let deletion = api.store.deletion(path)?;
+    let repository = api.state.repository(path)?;
+    let deletion = api.state.deletion(path)?;
     api.wake.notify_one();
     Ok(axum::Json(json!({
         "done": done,
@@ -444,7 +448,7 @@ fn busy(path: &str) -> ApiError {
 
 fn retry_action(api: &Api, path: &str) -> Result<(), ApiError> {
     known_repository(api, path)?;
-    if !api.store.retry(path)? {
+    if !api.state.retry(path)? {
         return Err(busy(path));
     }
     Ok(())
@@ -452,7 +456,7 @@ fn retry_action(api: &Api, path: &str) -> Result<(), ApiError> {
 
 fn cleanup_now_action(api: &Api, path: &str) -> Result<(), ApiError> {
     known_repository(api, path)?;
-    if !api.store.cleanup_now(path)? {
+    if !api.state.cleanup_now(path)? {
         return Err(busy(path));
     }
     Ok(())
@@ -470,7 +474,7 @@ async fn cleanup_now(State(api): State<Arc<Api>>, JsonBody(a): JsonBody<Reposito
 
 async fn delete_repository(State(api): State<Arc<Api>>, JsonBody(a): JsonBody<RepositoryAction>) -> Result<axum::Json<Value>, ApiError> {
     crate::registry::validate_repository_name(&a.repository).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-    api.store
+    api.state
         .schedule_deletion(&a.repository, Timestamp::now())
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "conflict", format!("{e:#}")))?;
     after_action(&api, &a.repository, "delete_scheduled")

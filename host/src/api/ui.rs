@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::{Api, ApiError, authorized_token, page_limit};
 use crate::model::{Digest, Timestamp};
 use crate::restore::RestoreRequest;
-use crate::store::{AuditQuery, AuditRecord, CleanupStatus, DeletionStatus, StateStore};
+use crate::store::{AuditQuery, AuditRecord, CleanupStatus, DeletionStatus};
 
 /// Days the overview's chart covers.
 const CHART_DAYS: i64 = 14;
@@ -154,7 +154,7 @@ fn chart(api: &Api) -> anyhow::Result<Chart> {
 }
 
 pub(super) async fn overview(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
-    let o = super::json::overview(&api.store)?;
+    let o = super::json::overview(&api.store, &*api.state)?;
     let statuses = o
         .repositories
         .iter()
@@ -225,10 +225,10 @@ pub(super) async fn repositories(State(api): State<Arc<Api>>, Query(q): Query<Re
         s => Some(CleanupStatus::parse(s).map_err(|_| ApiError::bad_request(format!("unknown cleanup status `{s}`")))?),
     };
     let search = Some(q.search.as_str()).filter(|s| !s.is_empty());
-    let paths = api.store.repository_paths(status, search, q.after.as_deref(), limit)?;
+    let paths = api.state.repository_paths(status, search, q.after.as_deref(), limit)?;
     let mut rows = Vec::new();
     for path in &paths {
-        if let Some(r) = api.store.repository(path)? {
+        if let Some(r) = api.state.repository(path)? {
             rows.push(RepositoryRow {
                 path: r.path.clone(),
                 policy: r.policy.clone(),
@@ -313,7 +313,7 @@ struct RepositoryPage {
 }
 
 pub(super) async fn repository(State(api): State<Arc<Api>>, Path(path): Path<String>) -> Result<Response, ApiError> {
-    let (repository, deletion) = (api.store.repository(&path)?, api.store.deletion(&path)?);
+    let (repository, deletion) = (api.state.repository(&path)?, api.state.deletion(&path)?);
     let Some(r) = repository else {
         return Err(ApiError::not_found(format!("{path}: not in the state")));
     };

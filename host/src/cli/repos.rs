@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::bail;
 use serde_json::{Value, json};
@@ -16,20 +17,27 @@ use crate::config::Config;
 use crate::model::Timestamp;
 use crate::store::{CleanupStatus, DeletionState, DeletionStatus, LastFailure, RepositoryState, RunRecord, StateStore, Store};
 
-/// The state database of a config, which must exist.
-fn state(config: &Path) -> anyhow::Result<(Config, Store)> {
+/// The SQLite file of a config (runs, the audit log), which must exist, and the cleanup
+/// state: the PostgreSQL database of `[state] url`, else the SQLite file too.
+fn state(config: &Path) -> anyhow::Result<(Config, Store, Arc<dyn StateStore>)> {
     let config = Config::read(config)?;
+    let shared = crate::setup::connect_state(&config)?;
+    let store = sqlite(&config)?;
+    let state = shared.unwrap_or_else(|| Arc::new(store.clone()) as Arc<dyn StateStore>);
+    Ok((config, store, state))
+}
+
+fn sqlite(config: &Config) -> anyhow::Result<Store> {
     let db = config.resolve_path(&config.state.dir).join("tagwarden.db");
     if !db.is_file() {
         bail!("no state at {} yet: run `tagwarden serve --config FILE` first", db.display());
     }
-    let store = Store::open(&db)?;
-    Ok((config, store))
+    Store::open(&db)
 }
 
-/// The state database of a config, which must exist (for other commands reading it).
+/// The SQLite file of a config, which must exist (for other commands reading it).
 pub(super) fn store(config: &Path) -> anyhow::Result<Store> {
-    state(config).map(|(_, store)| store)
+    sqlite(&Config::read(config)?)
 }
 
 fn time(t: Option<Timestamp>) -> String {
@@ -62,8 +70,8 @@ pub struct StatusArgs {
 }
 
 pub fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let (config, store) = state(&args.config)?;
-    let o = overview(&store)?;
+    let (config, store, state) = state(&args.config)?;
+    let o = overview(&store, &*state)?;
     let (counts, deletions, busy, day, failures) = (&o.repositories, &o.deletions, o.workers_busy, &o.last_24h, &o.failing_by_class);
     let imports = &o.imports;
     let plugins = configured_plugins(&config);
@@ -145,7 +153,7 @@ pub fn repos(command: ReposCommand) -> anyhow::Result<ExitCode> {
         ReposCommand::List { config, status, output: format } => list(&config, status.as_deref(), format),
         ReposCommand::Show { config, path, output: format } => show(&config, &path, format),
         ReposCommand::Retry { config, path } => {
-            let (_, store) = state(&config)?;
+            let (_, _, store) = state(&config)?;
             if !store.retry(&path)? {
                 bail!("{path}: no such repository in the state, or a pass holds it right now (`tagwarden repos show {path}`)");
             }
@@ -156,7 +164,7 @@ pub fn repos(command: ReposCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ReposCommand::CleanupNow { config, path } => {
-            let (_, store) = state(&config)?;
+            let (_, _, store) = state(&config)?;
             if !store.cleanup_now(&path)? {
                 bail!("{path}: no such repository in the state, or a pass holds it right now (`tagwarden repos show {path}`)");
             }
@@ -165,7 +173,7 @@ pub fn repos(command: ReposCommand) -> anyhow::Result<ExitCode> {
         }
         ReposCommand::Delete { config, path } => {
             crate::registry::validate_repository_name(&path)?;
-            let (_, store) = state(&config)?;
+            let (_, _, store) = state(&config)?;
             store.schedule_deletion(&path, Timestamp::now())?;
             println!("{path}: deletion scheduled (delete_scheduled); a running `tagwarden serve` deletes every tag and manifest");
             Ok(ExitCode::SUCCESS)
@@ -174,7 +182,7 @@ pub fn repos(command: ReposCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn list(config: &Path, status: Option<&str>, format: OutputFormat) -> anyhow::Result<ExitCode> {
-    let (_, store) = state(config)?;
+    let (_, _, store) = state(config)?;
     let deletion_status = status.and_then(|s| DeletionStatus::parse(s).ok());
     let cleanup_status = match (status, deletion_status) {
         (Some(s), None) => Some(CleanupStatus::parse(s).map_err(|_| {
@@ -230,9 +238,9 @@ fn list(config: &Path, status: Option<&str>, format: OutputFormat) -> anyhow::Re
 }
 
 fn show(config: &Path, path: &str, format: OutputFormat) -> anyhow::Result<ExitCode> {
-    let (_, store) = state(config)?;
-    let repository = store.repository(path)?;
-    let deletion = store.deletion(path)?;
+    let (_, store, state) = state(config)?;
+    let repository = state.repository(path)?;
+    let deletion = state.deletion(path)?;
     if repository.is_none() && deletion.is_none() {
         bail!(
             "{path}: not in the state (no policy's `repositories` patterns matched it at the last catalog sync); `tagwarden repos list` shows what is"
@@ -348,7 +356,7 @@ pub enum RunsCommand {
 
 pub fn runs(command: RunsCommand) -> anyhow::Result<ExitCode> {
     let RunsCommand::List { config, repository, limit, output: format } = command;
-    let (_, store) = state(&config)?;
+    let store = store(&config)?;
     let runs = store.runs().recent(repository.as_deref(), limit)?;
     match format {
         OutputFormat::Json => output::print_json(&runs.iter().map(run_json).collect::<Vec<_>>())?,

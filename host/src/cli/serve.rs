@@ -36,7 +36,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = setup::plugin_dir(&config) {
         crate::plugin_dir::check_dir(&dir).with_context(|| format!("in {}", config.path.display()))?;
     }
-    let store = setup::open_store(&config)?;
+    let (store, state) = setup::open_state(&config)?;
     let on_plugin_event: Arc<dyn Fn(PluginEvent<'_>) + Send + Sync> = Arc::new(print_plugin_event);
     let (policies, directory) = match setup::plugin_dir(&config) {
         Some(dir) => {
@@ -50,7 +50,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 canary_max_extra_deletions: p.canary_max_extra_deletions,
             };
             let started = std::time::Instant::now();
-            let directory = PluginDirectory::open(options, runtime.clone(), &store, bound, &*on_plugin_event)
+            let directory = PluginDirectory::open(options, runtime.clone(), &store, state.clone(), bound, &*on_plugin_event)
                 .with_context(|| format!("in {}", config.path.display()))?;
             eprintln!("serve: plugin directory loaded in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
             (directory.policies(), Some(directory))
@@ -60,11 +60,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let ctx = Arc::new(setup::pass_context(&config, &store, false, None)?);
     let imports = crate::scheduler::imports::worker_for(&config, &store, &ctx.backend, stale.clone())?;
     let wake = Arc::new(tokio::sync::Notify::new());
-    let api = api_for(&config, &store, &ctx, &policies.current(), &backoff, &stale, &wake)?;
+    let api = api_for(&config, (&store, &state), &ctx, &policies.current(), &backoff, &stale, &wake)?;
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // The canary lists the repositories it compares on through the passes' backend.
     let directory = directory.map(|d| {
-        d.with_canary(Arc::new(crate::plugin_dir::BackendLists { store: store.clone(), ctx: ctx.clone(), runtime: tokio.handle().clone() }))
+        d.with_canary(Arc::new(crate::plugin_dir::BackendLists { state: state.clone(), ctx: ctx.clone(), runtime: tokio.handle().clone() }))
     });
     // Stops the watching thread when `serve` returns.
     let _watching = directory.map(|d| d.watch(wake.clone(), on_plugin_event)).transpose()?.map(StopOnDrop);
@@ -110,7 +110,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             crate::metrics::get().daemon_event(&event);
             print_event(event)
         };
-        let summary = daemon::run(ctx, policies, store, options, shutdown, &on_event).await;
+        let summary = daemon::run(ctx, policies, state, options, shutdown, &on_event).await;
         let _ = stop_api.send(());
         if let Some(task) = api_task {
             task.await.context("the API server panicked")?.context("serving the API")?;
@@ -124,10 +124,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The API's address and server state, unless `serve.listen` is `off`.
+/// The API's address and server state (over the local SQLite file and the cleanup state),
+/// unless `serve.listen` is `off`.
 fn api_for(
     config: &Config,
-    store: &crate::store::Store,
+    (store, state): (&crate::store::Store, &Arc<dyn crate::store::StateStore>),
     ctx: &crate::pass::PassContext,
     policies: &[setup::BoundPolicy],
     backoff: &Option<(crate::runtime::BackoffPlugin, String)>,
@@ -145,7 +146,7 @@ fn api_for(
     }
     plugins.push(LoadedPlugin { role: "stale".into(), meta: stale.0.plugin().meta().clone() });
     let registry = ctx.backend.registry().cloned();
-    let api = Api::new(store.clone(), registry, plugins, config.api_token()?, addr, wake.clone())
+    let api = Api::new(store.clone(), state.clone(), registry, plugins, config.api_token()?, addr, wake.clone())
         .with_context(|| format!("in {}", config.path.display()))?;
     Ok(Some((addr, Arc::new(api))))
 }

@@ -104,18 +104,20 @@ type Running = JoinSet<(Job, RepositoryReport)>;
 type Stops = HashMap<(Work, String), StopFlag>;
 
 /// Runs the daemon until `shutdown` resolves (or, with `until_idle`, until idle).
-pub async fn run<S: StateStore + Clone + 'static>(
+pub async fn run(
     ctx: Arc<PassContext>,
     policies: Arc<PolicySet>,
-    state: S,
+    state: Arc<dyn StateStore>,
     options: DaemonOptions,
     shutdown: impl Future<Output = ()>,
     on_event: &(dyn Fn(DaemonEvent<'_>) + Send + Sync),
 ) -> anyhow::Result<DaemonSummary> {
     let me = owner::current();
+    let state = &*state;
     let mut summary = DaemonSummary::default();
-    record_policies(&policies.current(), &state, &options)?;
-    summary.recovered = recover(&state, on_event)?;
+    record_policies(&policies.current(), state, &options)?;
+    summary.recovered = recover(state, on_event)?;
+    let mut duties = Duties::new(&options);
     let heartbeat = options.lease / 4;
     let started = Instant::now();
     let (mut next_sync, mut next_heartbeat, mut next_stale) = (started, started + heartbeat, started + options.stale_check);
@@ -125,8 +127,12 @@ pub async fn run<S: StateStore + Clone + 'static>(
     let mut stops: Stops = HashMap::new();
     tokio::pin!(shutdown);
     loop {
+        if Instant::now() >= next_sync && !duties.catalog_sync.held(state, me)? {
+            // Another host syncs the catalog; this one asks again at the next interval.
+            next_sync = Instant::now() + options.catalog_sync;
+        }
         if Instant::now() >= next_sync {
-            next_sync = match sync_catalog(&ctx, &policies.current(), &state, on_event).await {
+            next_sync = match sync_catalog(&ctx, &policies.current(), state, on_event).await {
                 Ok(()) => {
                     synced = true;
                     Instant::now() + options.catalog_sync
@@ -143,15 +149,18 @@ pub async fn run<S: StateStore + Clone + 'static>(
         }
         if Instant::now() >= next_heartbeat {
             state.renew_leases(me, Timestamp::now().saturating_add(options.lease))?;
-            summary.recovered += recover(&state, on_event)?;
+            summary.recovered += recover(state, on_event)?;
             next_heartbeat = Instant::now() + heartbeat;
         }
         if Instant::now() >= next_stale {
-            summary.stale += check_stale(&state, &options, me, &stops, on_event)?;
+            if duties.stale_check.held(state, me)? {
+                summary.stale += check_stale(state, &options, me, &stops, on_event)?;
+            }
             next_stale = Instant::now() + options.stale_check;
         }
         let now = Timestamp::now();
-        for policy in state.advance_policies(now)? {
+        let policies_due = if duties.cadence.held(state, me)? { state.advance_policies(now)? } else { Vec::new() };
+        for policy in policies_due {
             if let Some(p) = state.policy(&policy)? {
                 on_event(DaemonEvent::PolicyScheduled { policy: &policy, next_run_at: p.next_run_at });
             }
@@ -184,20 +193,24 @@ pub async fn run<S: StateStore + Clone + 'static>(
             let until = wakeup.map(|w| Duration::from_micros((w.unix_micros() - now.unix_micros()).max(0) as u64));
             if options.until_idle && until.is_none_or(|u| u >= IDLE_HORIZON) {
                 on_event(DaemonEvent::Idle);
+                duties.release_all(state, me);
                 return Ok(summary);
             }
             let sleep = until.unwrap_or(IDLE_POLL).min(IDLE_POLL).min(next_duty.saturating_duration_since(Instant::now()));
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => continue,
                 _ = options.wake.notified() => continue,
-                _ = &mut shutdown => return Ok(summary),
+                _ = &mut shutdown => {
+                    duties.release_all(state, me);
+                    return Ok(summary);
+                }
             }
         }
         tokio::select! {
             finished = running.join_next() => {
                 let (job, report) = finished.expect("running is not empty").context("a pass task panicked")?;
                 stops.remove(&(job.work, job.claim.path.clone()));
-                record(&state, me, &job, &report, options.backoff.as_ref(), &mut summary, on_event)?;
+                record(state, me, &job, &report, options.backoff.as_ref(), &mut summary, on_event)?;
             }
             _ = tokio::time::sleep_until(next_duty.into()) => {}
             _ = options.wake.notified() => {}
@@ -207,7 +220,7 @@ pub async fn run<S: StateStore + Clone + 'static>(
                 let drain = async {
                     while let Some(done) = running.join_next().await {
                         if let Ok((job, report)) = done {
-                            record(&state, me, &job, &report, options.backoff.as_ref(), &mut summary, on_event)?;
+                            record(state, me, &job, &report, options.backoff.as_ref(), &mut summary, on_event)?;
                         }
                     }
                     anyhow::Ok(())
@@ -219,8 +232,81 @@ pub async fn run<S: StateStore + Clone + 'static>(
                         state.recover(lease, Some("the daemon shut down before the pass reached a safe point"))?;
                     }
                 }
+                duties.release_all(state, me);
                 return Ok(summary);
             }
+        }
+    }
+}
+
+/// A periodic duty that one host at a time runs: whoever holds its lease in the state store
+/// ([`StateStore::take_duty`]). The holder renews it each time it asks; another host gets it
+/// once the lease has expired, so a dead host's duty moves within `ttl` plus the asking
+/// host's interval (docs/operations.md states the bound).
+struct Duty {
+    name: &'static str,
+    ttl: Duration,
+    /// When this host last asked, and the answer: asked again after a quarter of `ttl`
+    /// (the cadence duty is consulted on every loop, the store only this often).
+    asked: Option<(Instant, bool)>,
+}
+
+impl Duty {
+    fn new(name: &'static str, ttl: Duration) -> Self {
+        Duty { name, ttl, asked: None }
+    }
+
+    /// Whether `me` holds the duty now (taking or renewing its lease when it is time to ask).
+    fn held<S: StateStore + ?Sized>(&mut self, state: &S, me: &str) -> anyhow::Result<bool> {
+        if let Some((at, held)) = self.asked
+            && at.elapsed() < self.ttl / 4
+        {
+            return Ok(held);
+        }
+        let mut held = state.take_duty(self.name, me, Timestamp::now(), self.ttl)?;
+        if !held
+            && let Some(holder) = state.duty_holder(self.name)?
+            && owner::liveness(&holder) == Liveness::Gone
+        {
+            // A predecessor on this machine died holding it: no waiting for its lease.
+            state.release_duty(self.name, &holder)?;
+            held = state.take_duty(self.name, me, Timestamp::now(), self.ttl)?;
+        }
+        self.asked = Some((Instant::now(), held));
+        Ok(held)
+    }
+
+    /// Gives the duty up (a clean shutdown): another host takes it at its next look.
+    fn release<S: StateStore + ?Sized>(&self, state: &S, me: &str) {
+        if let Err(e) = state.release_duty(self.name, me) {
+            tracing::warn!("releasing duty `{}`: {e:#}; it moves when its lease ends", self.name);
+        }
+    }
+}
+
+/// The daemon's periodic duties. A holder asks again well before its lease ends (each
+/// interval, or each quarter of the lease), so it keeps the duty while it lives.
+struct Duties {
+    /// Reading the catalog (every `catalog_sync`; the lease lasts two intervals).
+    catalog_sync: Duty,
+    /// Asking the stale plugin about ongoing work (every `stale_check`; two intervals).
+    stale_check: Duty,
+    /// Scheduling the next run of due policies (every loop; the lease is the claims' `lease`).
+    cadence: Duty,
+}
+
+impl Duties {
+    fn release_all<S: StateStore + ?Sized>(&self, state: &S, me: &str) {
+        for duty in [&self.catalog_sync, &self.stale_check, &self.cadence] {
+            duty.release(state, me);
+        }
+    }
+
+    fn new(options: &DaemonOptions) -> Self {
+        Duties {
+            catalog_sync: Duty::new("catalog_sync", options.catalog_sync.saturating_mul(2)),
+            stale_check: Duty::new("stale_check", options.stale_check.saturating_mul(2)),
+            cadence: Duty::new("cadence", options.lease),
         }
     }
 }
@@ -246,7 +332,7 @@ fn spawn(running: &mut Running, stops: &mut Stops, ctx: &Arc<PassContext>, polic
 }
 
 /// Records the policies of the config in the state (a new one is due per `first_run`).
-fn record_policies<S: StateStore>(policies: &[BoundPolicy], state: &S, options: &DaemonOptions) -> anyhow::Result<()> {
+fn record_policies<S: StateStore + ?Sized>(policies: &[BoundPolicy], state: &S, options: &DaemonOptions) -> anyhow::Result<()> {
     let now = Timestamp::now();
     for p in policies {
         let first = match options.first_run {
@@ -264,7 +350,7 @@ fn record_policies<S: StateStore>(policies: &[BoundPolicy], state: &S, options: 
 /// patterns match), with the paths policies name outright (no glob characters), which are
 /// recorded even when the catalog cannot be read. One that left the registry stays in the
 /// state until its next pass finds it gone (`cleanup_gone`, seed 001).
-async fn sync_catalog<S: StateStore>(
+async fn sync_catalog<S: StateStore + ?Sized>(
     ctx: &PassContext,
     policies: &[BoundPolicy],
     state: &S,
@@ -291,7 +377,7 @@ async fn sync_catalog<S: StateStore>(
 
 /// Takes back every cleanup and deletion whose holder is gone (a process on this machine
 /// that died, or a lease that was not renewed in time): no waiting for a stale timeout.
-fn recover<S: StateStore>(state: &S, on_event: &(dyn Fn(DaemonEvent<'_>) + Send + Sync)) -> anyhow::Result<usize> {
+fn recover<S: StateStore + ?Sized>(state: &S, on_event: &(dyn Fn(DaemonEvent<'_>) + Send + Sync)) -> anyhow::Result<usize> {
     let now = Timestamp::now();
     let mut recovered = 0;
     for lease in state.leases()? {
@@ -314,7 +400,7 @@ fn recover<S: StateStore>(state: &S, on_event: &(dyn Fn(DaemonEvent<'_>) + Send 
 /// another host holds is taken back in the state (that host's outcome is then not
 /// recorded; its run is settled by the next pass). If the plugin fails, the work is left
 /// alone: leases still bound a dead holder.
-fn check_stale<S: StateStore>(
+fn check_stale<S: StateStore + ?Sized>(
     state: &S,
     options: &DaemonOptions,
     me: &str,
@@ -361,7 +447,7 @@ fn check_stale<S: StateStore>(
 }
 
 /// Records how a pass ended, with the backoff plugin's decision after a failure.
-fn record<S: StateStore>(
+fn record<S: StateStore + ?Sized>(
     state: &S,
     me: &str,
     job: &Job,
@@ -584,6 +670,22 @@ mod tests {
         assert_eq!(a.status, crate::store::CleanupStatus::Unfinished);
         assert!(a.last_failure.is_none(), "a recovery is not a failure");
         assert_eq!(store.repository("g/b").unwrap().unwrap().status, crate::store::CleanupStatus::Ongoing);
+    }
+
+    #[test]
+    fn a_duty_moves_at_once_from_a_gone_holder_here_and_waits_for_another_machines_lease() {
+        let store = crate::store::Store::in_memory().unwrap();
+        let (me, now, ttl) = (owner::current(), Timestamp::now(), Duration::from_secs(600));
+        // A predecessor on this machine that died holding it (same pid, another start time).
+        let gone = format!("{}/1", me.rsplit_once('/').unwrap().0);
+        assert!(store.take_duty("catalog_sync", &gone, now, ttl).unwrap());
+        assert!(Duty::new("catalog_sync", ttl).held(&store, me).unwrap(), "taken at once from a holder that is gone");
+        assert_eq!(store.duty_holder("catalog_sync").unwrap().as_deref(), Some(me));
+        // A holder on another machine cannot be checked from here: its lease decides.
+        assert!(store.release_duty("catalog_sync", me).unwrap());
+        assert!(store.take_duty("catalog_sync", "otherhost/boot/1/1", now, ttl).unwrap());
+        assert!(!Duty::new("catalog_sync", ttl).held(&store, me).unwrap());
+        assert_eq!(store.duty_holder("catalog_sync").unwrap().as_deref(), Some("otherhost/boot/1/1"));
     }
 
     #[test]

@@ -244,6 +244,13 @@ const MIGRATIONS: &[&str] = &[
         diff                TEXT NOT NULL
     );
     CREATE INDEX plugin_canaries_plugin ON plugin_canaries (plugin, id);",
+    // 11: periodic duties (catalog sync, stale detection, cadence scheduling), each run by one
+    // host at a time: whoever holds the row's unexpired lease (state.rs `take_duty`).
+    "CREATE TABLE duties (
+        name       TEXT PRIMARY KEY,
+        owner      TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );",
 ];
 
 /// How long a statement waits for another process's write lock before failing.

@@ -26,7 +26,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, Row};
 
 use super::deletions::{DeletionOutcome, DeletionState, DeletionStatus};
-use super::state::{Claim, CleanupOutcome, CleanupStatus, LastFailure, Lease, PolicyState, RepositoryState, StateStore, Work};
+use super::state::{Claim, CleanupOutcome, CleanupStatus, LastFailure, Lease, PolicyState, RepositoryState, StateStore, TAKE_DUTY, Work};
 use crate::model::Timestamp;
 use crate::registry::Secret;
 
@@ -76,6 +76,12 @@ const MIGRATIONS: &[&str] = &[
         lease_expires_at     BIGINT
     );
     CREATE INDEX repository_deletions_claim ON repository_deletions (status, requested_at);",
+    // 2: periodic duties run by one host at a time, as SQLite's migration 11.
+    "CREATE TABLE duties (
+        name       TEXT PRIMARY KEY,
+        owner      TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );",
 ];
 
 /// The advisory lock key migrations run under ("tagwarden" in ASCII, truncated to 8 bytes).
@@ -180,7 +186,7 @@ impl PgStateStore {
         self.run(|pool| async move {
             let client = client(&pool).await?;
             client
-                .batch_execute("DROP TABLE IF EXISTS repositories, repository_deletions, policies, tagwarden_schema")
+                .batch_execute("DROP TABLE IF EXISTS repositories, repository_deletions, policies, duties, tagwarden_schema")
                 .await
                 .context("dropping the state tables")
         })
@@ -863,6 +869,92 @@ impl StateStore for PgStateStore {
                 )
                 .await?;
             Ok(())
+        })
+        .context(what)
+    }
+
+    fn take_duty(&self, name: &str, owner: &str, now: Timestamp, ttl: Duration) -> anyhow::Result<bool> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        let what = format!("taking duty `{name}` in {}", self.describe());
+        let (expires, now) = (now.saturating_add(ttl).unix_micros(), now.unix_micros());
+        self.run(move |pool| async move {
+            let changed = client(&pool).await?.execute(TAKE_DUTY, &[&name, &owner, &expires, &now]).await?;
+            Ok(changed == 1)
+        })
+        .context(what)
+    }
+
+    fn repository_paths(
+        &self,
+        status: Option<CleanupStatus>,
+        search: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let status = status.map(|s| s.as_str().to_owned());
+        let (search, after) = (search.map(str::to_owned), after.map(str::to_owned));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let what = format!("reading repositories in {}", self.describe());
+        self.run(move |pool| async move {
+            // strpos, not LIKE: `_` and `%` are ordinary characters in what an operator searches.
+            let rows = client(&pool)
+                .await?
+                .query(
+                    "SELECT path FROM repositories
+                     WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR strpos(path, $2) > 0)
+                       AND ($3::text IS NULL OR path > $3)
+                     ORDER BY path LIMIT $4",
+                    &[&status, &search, &after, &limit],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .context(what)
+    }
+
+    fn canary_sample(&self, policies: &[String], limit: usize) -> anyhow::Result<Vec<(String, String)>> {
+        let policies = policies.to_vec();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let what = format!("reading the canary's repositories in {}", self.describe());
+        self.run(move |pool| async move {
+            let rows = client(&pool)
+                .await?
+                .query(
+                    "SELECT path, policy FROM repositories WHERE policy = ANY($1)
+                     ORDER BY completed_at IS NULL, completed_at DESC, path LIMIT $2",
+                    &[&policies, &limit],
+                )
+                .await?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .context(what)
+    }
+
+    fn ping(&self) -> anyhow::Result<()> {
+        let what = format!("the state database {} does not answer", self.describe());
+        self.run(|pool| async move {
+            client(&pool).await?.query_one("SELECT count(*) FROM policies", &[]).await?;
+            Ok(())
+        })
+        .context(what)
+    }
+
+    fn duty_holder(&self, name: &str) -> anyhow::Result<Option<String>> {
+        let name = name.to_owned();
+        let what = format!("reading duty `{name}` in {}", self.describe());
+        self.run(move |pool| async move {
+            let row = client(&pool).await?.query_opt("SELECT owner FROM duties WHERE name = $1", &[&name]).await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+        .context(what)
+    }
+
+    fn release_duty(&self, name: &str, owner: &str) -> anyhow::Result<bool> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        let what = format!("releasing duty `{name}` in {}", self.describe());
+        self.run(move |pool| async move {
+            let changed = client(&pool).await?.execute("DELETE FROM duties WHERE name = $1 AND owner = $2", &[&name, &owner]).await?;
+            Ok(changed == 1)
         })
         .context(what)
     }

@@ -228,7 +228,43 @@ pub trait StateStore: Send + Sync {
 
     /// Sets a policy's state as given (tests, benchmarks, and copying state between stores).
     fn put_policy_state(&self, p: &PolicyState) -> anyhow::Result<()>;
+
+    /// Up to `limit` repository paths after `after` (by path), in `status` when given,
+    /// containing `search` when given: a page of the API's listing.
+    fn repository_paths(
+        &self,
+        status: Option<CleanupStatus>,
+        search: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<String>>;
+
+    /// Up to `limit` repositories under `policies`, with their policy: those cleaned most
+    /// recently first, then by path (what the plugin directory's canary compares on).
+    fn canary_sample(&self, policies: &[String], limit: usize) -> anyhow::Result<Vec<(String, String)>>;
+
+    /// Whether the store answers (`/readyz`): an error naming it when it does not.
+    fn ping(&self) -> anyhow::Result<()>;
+
+    /// Takes or renews the lease on periodic duty `name` (catalog sync, stale detection,
+    /// cadence scheduling) for `owner` until `now + ttl`, in one statement: `true` when
+    /// `owner` holds it now (it was free, its lease had expired, or it was already
+    /// `owner`'s), `false` while another owner's lease runs.
+    fn take_duty(&self, name: &str, owner: &str, now: Timestamp, ttl: Duration) -> anyhow::Result<bool>;
+
+    /// Who holds (or last held) duty `name`, if anyone took it.
+    fn duty_holder(&self, name: &str) -> anyhow::Result<Option<String>>;
+
+    /// Gives up duty `name` if `owner` still holds it (a daemon shutting down, or a holder
+    /// on this machine that is gone): the next host to ask takes it at once.
+    fn release_duty(&self, name: &str, owner: &str) -> anyhow::Result<bool>;
 }
+
+/// The duty lease statement, the same on both stores: an upsert whose update only happens
+/// for the holder or once the lease has expired (0 rows changed otherwise).
+pub(super) const TAKE_DUTY: &str = "INSERT INTO duties (name, owner, expires_at) VALUES ($1, $2, $3)
+     ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+     WHERE duties.owner = excluded.owner OR duties.expires_at <= $4";
 
 /// Clause shared by the two claim queries: claimable now (no backoff pending), and not
 /// being deleted (a deletion asked for, running or done wins over cleanup; a failed one
@@ -639,6 +675,41 @@ impl StateStore for Store {
             ],
         )?;
         Ok(())
+    }
+
+    fn take_duty(&self, name: &str, owner: &str, now: Timestamp, ttl: Duration) -> anyhow::Result<bool> {
+        let expires = now.saturating_add(ttl).unix_micros();
+        let changed = self
+            .lock()
+            .execute(TAKE_DUTY, params![name, owner, expires, now.unix_micros()])
+            .with_context(|| format!("taking duty `{name}` in {}", self.describe()))?;
+        Ok(changed == 1)
+    }
+
+    fn repository_paths(
+        &self,
+        status: Option<CleanupStatus>,
+        search: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        Store::repository_paths(self, status, search, after, limit)
+    }
+
+    fn canary_sample(&self, policies: &[String], limit: usize) -> anyhow::Result<Vec<(String, String)>> {
+        Store::canary_sample(self, policies, limit)
+    }
+
+    fn ping(&self) -> anyhow::Result<()> {
+        Store::ping(self)
+    }
+
+    fn duty_holder(&self, name: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.lock().query_row("SELECT owner FROM duties WHERE name = ?1", params![name], |r| r.get(0)).optional()?)
+    }
+
+    fn release_duty(&self, name: &str, owner: &str) -> anyhow::Result<bool> {
+        Ok(self.lock().execute("DELETE FROM duties WHERE name = ?1 AND owner = ?2", params![name, owner])? == 1)
     }
 
     fn put_policy_state(&self, p: &PolicyState) -> anyhow::Result<()> {
