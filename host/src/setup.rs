@@ -175,29 +175,55 @@ pub fn load_backoff(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Re
     Ok(Some((plugin, params)))
 }
 
-/// The state database of `config` (`[state] dir`/tagwarden.db).
+/// The database of `config`: the local file (`[state] dir`/tagwarden.db) and, with `[state]
+/// url`, the PostgreSQL database the hosts share, which then holds the cleanup state, audit
+/// log, runs and metadata cache ([`Store::share`]). PostgreSQL is connected, and its schema
+/// brought up to date, before the local file is opened or created: a wrong URL or password
+/// changes nothing.
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
-    Store::open(&config.resolve_path(&config.state.dir).join("tagwarden.db"))
+    let shared = connect_state(config)?;
+    let store = open_local_store(config)?;
+    Ok(match shared {
+        Some(pg) => store.share(pg),
+        None => store,
+    })
 }
 
-/// The local SQLite file and the cleanup state `config` names: the PostgreSQL database of
-/// `[state] url` (connected, and its schema brought up to date, before the SQLite file is
-/// opened or created: a wrong URL or password changes nothing), else the SQLite file itself.
-/// The audit log, runs, metadata cache and plugin table stay on the SQLite file.
+/// [`open_store`] for a command that reads what a daemon or pass wrote: without `[state] url`
+/// the local file must exist already, else the error says so and `missing` what to do.
+pub fn open_existing_store(config: &Config, missing: &str) -> anyhow::Result<Store> {
+    let db = local_store_path(config);
+    if config.state.url.is_none() && !db.is_file() {
+        anyhow::bail!("no state at {} yet: {missing}", db.display());
+    }
+    open_store(config)
+}
+
+/// The local database file of `config` alone, whatever `[state] url` says (`state migrate`
+/// reads it).
+pub fn open_local_store(config: &Config) -> anyhow::Result<Store> {
+    Store::open(&local_store_path(config))
+}
+
+/// Where `config`'s local database file is.
+pub fn local_store_path(config: &Config) -> std::path::PathBuf {
+    config.resolve_path(&config.state.dir).join("tagwarden.db")
+}
+
+/// [`open_store`], and the cleanup state it holds.
 pub fn open_state(config: &Config) -> anyhow::Result<(Store, Arc<dyn StateStore>)> {
-    let shared = connect_state(config)?;
     let store = open_store(config)?;
-    let state = shared.unwrap_or_else(|| Arc::new(store.clone()) as Arc<dyn StateStore>);
+    let state = store.state();
     Ok((store, state))
 }
 
-/// The PostgreSQL state of `[state] url`, if one is configured.
-pub fn connect_state(config: &Config) -> anyhow::Result<Option<Arc<dyn StateStore>>> {
+/// The PostgreSQL database of `[state] url`, if one is configured.
+pub fn connect_state(config: &Config) -> anyhow::Result<Option<PgStateStore>> {
     let Some(url) = &config.state.url else { return Ok(None) };
     let context = || format!("opening the state database of {} (`state.url`)", config.path.display());
     let password = config.state_password().with_context(context)?;
     let store = PgStateStore::connect(url, password).with_context(context)?;
-    Ok(Some(Arc::new(store)))
+    Ok(Some(store))
 }
 
 /// The registry (with the store's metadata cache) or the recordings `config` names.

@@ -14,6 +14,7 @@ mod registry;
 mod restore;
 mod runtime;
 mod serve;
+mod shared_log;
 mod state_store;
 mod support;
 mod torture;

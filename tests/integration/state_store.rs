@@ -86,7 +86,7 @@ fn postgres_migrations_run_once_when_hosts_start_together() {
             });
         }
     });
-    assert_eq!(cluster.psql_in("together", "SELECT version FROM tagwarden_schema").unwrap().trim(), "2");
+    assert_eq!(cluster.psql_in("together", "SELECT version FROM tagwarden_schema").unwrap().trim(), "3");
 }
 
 /// Bad input changes nothing and says what to do: a password in the URL, a wrong password (never
@@ -113,7 +113,7 @@ fn postgres_refuses_bad_urls_wrong_passwords_and_newer_schemas() {
     drop(store);
     cluster.psql_in("refusals", "UPDATE tagwarden_schema SET version = 99").unwrap();
     let e = format!("{:#}", PgStateStore::connect(&url, Some(Secret::new(cluster.password()))).unwrap_err());
-    assert!(e.contains("schema version 99") && e.contains("this tagwarden's 2"), "{e}");
+    assert!(e.contains("schema version 99") && e.contains("this tagwarden's 3"), "{e}");
 }
 
 /// A PostgreSQL restart between calls: the pool drops its dead connections and the next call
@@ -650,7 +650,12 @@ fn serve_keeps_the_cleanup_state_in_postgres_when_state_url_is_set() {
     }
     let local = Store::open(&dir.path().join("state/tagwarden.db")).unwrap();
     assert!(local.repositories(None).unwrap().is_empty(), "the local file holds no cleanup state");
-    assert_eq!(local.runs().recent(None, 10).unwrap().len(), 2, "runs stay on the local file");
+    assert!(local.runs().recent(None, 10).unwrap().is_empty(), "nor runs");
+    assert!(local.audit_log().recent(None, 10).unwrap().is_empty(), "nor the audit log");
+    assert!(local.metadata_cache().is_empty().unwrap(), "nor the metadata cache");
+    let shared = Store::in_memory().unwrap().share(pg.clone());
+    assert_eq!(shared.runs().recent(None, 10).unwrap().len(), 2, "the runs are in PostgreSQL");
+    assert_eq!(shared.audit_log().recent(None, 100).unwrap().len(), 12, "and every deletion's audit row");
 
     // The operator's commands read (and change) PostgreSQL.
     let (code, out) = tagwarden(&["repos", "list", "--output", "json"]);
@@ -671,8 +676,7 @@ fn serve_keeps_the_cleanup_state_in_postgres_when_state_url_is_set() {
 /// Two daemons on one PostgreSQL state: only the holder of the `catalog_sync` duty reads the
 /// catalog (the other's intervals pass without a sync), and when the holder stops (SIGTERM,
 /// which releases its duties) the other takes the duty at its next interval. The other's HTTP
-/// API shows the state the first one left in PostgreSQL (its runs stay in the first's SQLite
-/// file: the current limit).
+/// API shows the state, runs and audit log the first one left in PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_daemon_at_a_time_syncs_the_catalog_and_the_other_takes_over_when_it_stops() {
     let cluster = PostgresCluster::start().unwrap();
@@ -717,7 +721,8 @@ async fn one_daemon_at_a_time_syncs_the_catalog_and_the_other_takes_over_when_it
         listed["repositories"].as_array().unwrap().iter().map(|r| (r["path"].as_str().unwrap(), r["status"].as_str().unwrap())).collect();
     assert_eq!(shown, [("builds/a", "cleanup_unscheduled"), ("builds/b", "cleanup_unscheduled")], "{listed:#}");
     let one = get("/api/v1/repositories/builds/a").await;
-    assert_eq!((one["repository"]["last_deleted"].as_u64(), one["runs"].as_array().map(Vec::len)), (Some(6), Some(0)), "{one:#}");
+    assert_eq!((one["repository"]["last_deleted"].as_u64(), one["runs"].as_array().map(Vec::len)), (Some(6), Some(1)), "{one:#}");
+    assert_eq!(one["audit"].as_array().map(Vec::len), Some(6), "b shows the deletions a made: {one:#}");
     assert_eq!(get("/api/v1/status").await["repositories"]["cleanup_unscheduled"], 2);
     assert_eq!(get("/readyz").await["state_store"], "ok");
     // Three of a's syncs (2 s apart) span at least two of b's intervals: b reads no catalog.

@@ -122,7 +122,7 @@ fn plugin_rows(api: &Api) -> Vec<PluginRow> {
 fn chart(api: &Api) -> anyhow::Result<Chart> {
     let today = Timestamp::now().unix_micros().div_euclid(86_400_000_000);
     let first = today - CHART_DAYS + 1;
-    let totals = api.store.runs_by_day(Timestamp::from_unix_micros(first * 86_400_000_000))?;
+    let totals = api.store.runs().by_day(Timestamp::from_unix_micros(first * 86_400_000_000))?;
     let (w, gap, plot) = (14usize, 8usize, 120usize);
     let max_deleted = totals.iter().map(|t| t.tags_deleted).max().unwrap_or(0);
     let max_failed = totals.iter().map(|t| t.failed_runs).max().unwrap_or(0);

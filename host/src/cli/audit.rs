@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use super::{OutputFormat, output};
 use crate::config::Config;
 use crate::model::Timestamp;
-use crate::store::Store;
 
 /// `--since`: a duration back from now, or an RFC 3339 time.
 fn since(s: &str) -> Result<Timestamp, String> {
@@ -19,7 +18,7 @@ fn since(s: &str) -> Result<Timestamp, String> {
 
 #[derive(Debug, clap::Args)]
 pub struct AuditArgs {
-    /// The configuration file (its `[state] dir` holds the audit log).
+    /// The configuration file (its `[state] dir`, or `[state] url` when set, holds the audit log).
     #[arg(long, value_name = "FILE", default_value = "tagwarden.toml")]
     config: PathBuf,
     /// Only this repository.
@@ -38,11 +37,8 @@ pub struct AuditArgs {
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let config = Config::read(&args.config)?;
-    let db = config.resolve_path(&config.state.dir).join("tagwarden.db");
-    if !db.is_file() {
-        anyhow::bail!("no audit log at {} yet: nothing has been deleted with this configuration", db.display());
-    }
-    let records = Store::open(&db)?.audit_log().recent_since(args.repository.as_deref(), args.since, args.limit)?;
+    let store = crate::setup::open_existing_store(&config, "nothing has been deleted with this configuration")?;
+    let records = store.audit_log().recent_since(args.repository.as_deref(), args.since, args.limit)?;
     match args.output {
         OutputFormat::Json => {
             let rows: Vec<serde_json::Value> = records

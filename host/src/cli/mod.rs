@@ -13,6 +13,7 @@ mod repos;
 mod restore;
 mod run;
 mod serve;
+mod state;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,11 @@ enum Command {
     Imports {
         #[command(subcommand)]
         command: imports::ImportsCommand,
+    },
+    /// The state database: move a SQLite state into PostgreSQL (`state migrate --to`).
+    State {
+        #[command(subcommand)]
+        command: state::StateCommand,
     },
     /// Work with plugin files.
     Plugins {
@@ -183,6 +189,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Repos { command } => repos::repos(command),
         Command::Runs { command } => repos::runs(command),
         Command::Imports { command } => imports::imports(command),
+        Command::State { command } => state::state(command),
         Command::Plugins { command: PluginsCommand::Inspect(args) } => inspect::run(args),
         Command::Plugins { command: PluginsCommand::Validate(args) } => plugin_tools::validate(args),
         Command::Plugins { command: PluginsCommand::Test(args) } => plugin_tools::test(args),

@@ -17,27 +17,22 @@ use crate::config::Config;
 use crate::model::Timestamp;
 use crate::store::{CleanupStatus, DeletionState, DeletionStatus, LastFailure, RepositoryState, RunRecord, StateStore, Store};
 
-/// The SQLite file of a config (runs, the audit log), which must exist, and the cleanup
-/// state: the PostgreSQL database of `[state] url`, else the SQLite file too.
+/// The database of a config, which must exist, and the cleanup state it holds: the PostgreSQL
+/// database of `[state] url`, else the SQLite file.
 fn state(config: &Path) -> anyhow::Result<(Config, Store, Arc<dyn StateStore>)> {
     let config = Config::read(config)?;
-    let shared = crate::setup::connect_state(&config)?;
-    let store = sqlite(&config)?;
-    let state = shared.unwrap_or_else(|| Arc::new(store.clone()) as Arc<dyn StateStore>);
+    let store = existing(&config)?;
+    let state = store.state();
     Ok((config, store, state))
 }
 
-fn sqlite(config: &Config) -> anyhow::Result<Store> {
-    let db = config.resolve_path(&config.state.dir).join("tagwarden.db");
-    if !db.is_file() {
-        bail!("no state at {} yet: run `tagwarden serve --config FILE` first", db.display());
-    }
-    Store::open(&db)
+fn existing(config: &Config) -> anyhow::Result<Store> {
+    crate::setup::open_existing_store(config, "run `tagwarden serve --config FILE` first")
 }
 
-/// The SQLite file of a config, which must exist (for other commands reading it).
+/// The database of a config, which must exist (for other commands reading it).
 pub(super) fn store(config: &Path) -> anyhow::Result<Store> {
-    sqlite(&Config::read(config)?)
+    existing(&Config::read(config)?)
 }
 
 fn time(t: Option<Timestamp>) -> String {

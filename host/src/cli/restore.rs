@@ -30,11 +30,7 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         bail!("`{}`: expected REPOSITORY:TAG, e.g. `group/app:v1.2`", crate::untrusted::escape(&args.target));
     };
     let config = Config::read(&args.config)?;
-    let db = config.resolve_path(&config.state.dir).join("tagwarden.db");
-    if !db.is_file() {
-        bail!("no audit log at {} yet: nothing has been deleted with this configuration", db.display());
-    }
-    let store = crate::store::Store::open(&db)?;
+    let store = setup::open_existing_store(&config, "nothing has been deleted with this configuration")?;
     let backend = setup::backend(&config, &store)?;
     let Some(client) = backend.registry() else {
         bail!("restore needs a registry: {} simulates one from recordings (`registry.recordings`)", config.path.display());

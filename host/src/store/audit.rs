@@ -10,6 +10,8 @@
 //! (`restore_tag`: `restoring`, then `restored` or `failed`), which reconciliation never
 //! looks at: it only settles `attempted` rows.
 
+use std::sync::Arc;
+
 use rusqlite::params;
 
 use super::Store;
@@ -29,7 +31,7 @@ pub enum AuditOperation {
 }
 
 impl AuditOperation {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             AuditOperation::DeleteManifest => "delete_manifest",
             AuditOperation::DeleteTag => "delete_tag",
@@ -53,7 +55,7 @@ pub enum AuditOutcome {
 }
 
 impl AuditOutcome {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             AuditOutcome::Deleted => "deleted",
             AuditOutcome::AlreadyGone => "already_gone",
@@ -134,15 +136,70 @@ pub struct AuditQuery<'a> {
     pub limit: usize,
 }
 
-/// The audit table.
+/// An audit row about to be written: the entry, its outcome (`None`: `attempted`) and detail.
+pub type AuditRow<'a> = (AuditEntry<'a>, Option<AuditOutcome>, Option<&'a str>);
+
+/// Where the audit log lives: the local SQLite file, or the PostgreSQL database several hosts
+/// share (`[state] url`), so that every host reads, and reconciles, one log. Reached through
+/// [`AuditLog`].
+pub trait AuditStore: Send + Sync + std::fmt::Debug {
+    /// Inserts `rows` in one transaction (all or none); their ids in order.
+    fn insert(&self, rows: &[AuditRow<'_>]) -> anyhow::Result<Vec<i64>>;
+
+    /// Records how several attempts ended, in one transaction (all or none).
+    fn finish_all(&self, outcomes: &[(i64, AuditOutcome, Option<String>)]) -> anyhow::Result<()>;
+
+    /// Leaves attempt `id` open (`attempted`: its outcome is unknown) with a note saying why;
+    /// the next pass over the repository checks the registry and resolves it.
+    fn leave_open(&self, id: i64, detail: &str) -> anyhow::Result<()>;
+
+    /// Resolves attempt `id` if it is still open; `false` when its owner finished it first
+    /// (whose answer, having seen the registry's reply, is the better one).
+    fn resolve(&self, id: i64, outcome: AuditOutcome, detail: &str) -> anyhow::Result<bool>;
+
+    /// Every open attempt on `repository` of `registry`, oldest first, with its run's owner.
+    fn open_attempts(&self, registry: &str, repository: &str) -> anyhow::Result<Vec<OpenAttempt>>;
+
+    /// Repositories of `registry` with open attempts, sorted.
+    fn repositories_with_open_attempts(&self, registry: &str) -> anyhow::Result<Vec<String>>;
+
+    /// Rows matching `q`, newest first.
+    fn search(&self, q: &AuditQuery<'_>) -> anyhow::Result<Vec<AuditRecord>>;
+
+    /// The newest row that deleted `tag` from `repository` (`deleted` or `already_gone`, by
+    /// any operation but a restore): what a restore of the tag starts from.
+    fn last_deletion(&self, repository: &str, tag: &str) -> anyhow::Result<Option<AuditRecord>>;
+
+    /// Records a restore about to be pushed (`restoring`; [`AuditLog::finish`] completes it).
+    /// Not `attempted`: reconciliation settles deletions only.
+    fn restore_attempt(&self, e: &AuditEntry<'_>) -> anyhow::Result<i64>;
+
+    /// Keeps a manifest about to be deleted, for a later restore. The same digest kept
+    /// before is left as it is (the bytes are the digest's).
+    fn keep_manifest(&self, m: &KeptManifest) -> anyhow::Result<()>;
+
+    /// Whether manifest `digest` is kept already (no need to read it again).
+    fn has_kept_manifest(&self, digest: &str) -> anyhow::Result<bool>;
+
+    /// The kept manifest `digest`, if any.
+    fn kept_manifest(&self, digest: &str) -> anyhow::Result<Option<KeptManifest>>;
+}
+
+/// The audit log, wherever it lives; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct AuditLog {
-    store: Store,
+pub struct AuditLog(Arc<dyn AuditStore>);
+
+impl std::ops::Deref for AuditLog {
+    type Target = dyn AuditStore;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
 }
 
 impl AuditLog {
-    pub(super) fn new(store: Store) -> Self {
-        AuditLog { store }
+    pub(super) fn new(store: Arc<dyn AuditStore>) -> Self {
+        AuditLog(store)
     }
 
     /// Records an attempt before it is made; returns its id for [`AuditLog::finish`].
@@ -157,7 +214,7 @@ impl AuditLog {
     /// was most of its time (docs/benchmarks.md, "What-if at scale").
     pub fn attempt_all(&self, entries: &[AuditEntry<'_>]) -> anyhow::Result<Vec<i64>> {
         let rows: Vec<_> = entries.iter().map(|e| (e.clone(), None, None)).collect();
-        self.insert_all(&rows)
+        self.0.insert(&rows)
     }
 
     /// Records several deletions already carried out, each with its outcome (`None`: not
@@ -165,12 +222,34 @@ impl AuditLog {
     /// backend whose deletions end with the process (recordings): with nothing outliving a
     /// crash there is nothing to record beforehand, and one insert per row, a commit per
     /// thousands, is what keeps a what-if pass over millions of tags fast.
-    pub fn record_all(&self, rows: &[(AuditEntry<'_>, Option<AuditOutcome>, Option<&str>)]) -> anyhow::Result<()> {
-        self.insert_all(rows).map(drop)
+    pub fn record_all(&self, rows: &[AuditRow<'_>]) -> anyhow::Result<()> {
+        self.0.insert(rows).map(drop)
     }
 
-    /// Inserts `rows` (`None` outcome: `attempted`) in one transaction; their ids in order.
-    fn insert_all(&self, rows: &[(AuditEntry<'_>, Option<AuditOutcome>, Option<&str>)]) -> anyhow::Result<Vec<i64>> {
+    /// Records how attempt `id` ended.
+    pub fn finish(&self, id: i64, outcome: AuditOutcome, detail: Option<&str>) -> anyhow::Result<()> {
+        self.0.finish_all(&[(id, outcome, detail.map(str::to_owned))])
+    }
+
+    /// The most recent `limit` rows for `repository` (all repositories when `None`), newest first.
+    pub fn recent(&self, repository: Option<&str>, limit: usize) -> anyhow::Result<Vec<AuditRecord>> {
+        self.recent_since(repository, None, limit)
+    }
+
+    /// [`AuditLog::recent`], only rows written at or after `since`.
+    pub fn recent_since(&self, repository: Option<&str>, since: Option<Timestamp>, limit: usize) -> anyhow::Result<Vec<AuditRecord>> {
+        self.0.search(&AuditQuery { repository, since, limit, ..AuditQuery::default() })
+    }
+}
+
+/// The audit log in the local SQLite file.
+#[derive(Clone, Debug)]
+pub(super) struct SqliteAudit {
+    pub(super) store: Store,
+}
+
+impl AuditStore for SqliteAudit {
+    fn insert(&self, rows: &[AuditRow<'_>]) -> anyhow::Result<Vec<i64>> {
         let mut conn = self.store.lock();
         let write = |conn: &mut rusqlite::Connection| -> rusqlite::Result<Vec<i64>> {
             let tx = conn.transaction()?;
@@ -203,18 +282,7 @@ impl AuditLog {
         write(&mut conn).map_err(|err| anyhow::anyhow!("writing {} audit rows in {}: {err}", rows.len(), self.store.describe()))
     }
 
-    /// Records how attempt `id` ended.
-    pub fn finish(&self, id: i64, outcome: AuditOutcome, detail: Option<&str>) -> anyhow::Result<()> {
-        self.store
-            .lock()
-            .prepare_cached("UPDATE audit_log SET outcome = ?2, detail = ?3 WHERE id = ?1")
-            .and_then(|mut stmt| stmt.execute(params![id, outcome.as_str(), detail]))
-            .map_err(|err| self.write_error(id, err))?;
-        Ok(())
-    }
-
-    /// Records how several attempts ended, in one transaction (all or none).
-    pub fn finish_all(&self, outcomes: &[(i64, AuditOutcome, Option<String>)]) -> anyhow::Result<()> {
+    fn finish_all(&self, outcomes: &[(i64, AuditOutcome, Option<String>)]) -> anyhow::Result<()> {
         let mut conn = self.store.lock();
         let write = |conn: &mut rusqlite::Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
@@ -232,9 +300,7 @@ impl AuditLog {
         })
     }
 
-    /// Leaves attempt `id` open (`attempted`: its outcome is unknown) with a note saying why;
-    /// the next pass over the repository checks the registry and resolves it.
-    pub fn leave_open(&self, id: i64, detail: &str) -> anyhow::Result<()> {
+    fn leave_open(&self, id: i64, detail: &str) -> anyhow::Result<()> {
         self.store
             .lock()
             .execute("UPDATE audit_log SET detail = ?2 WHERE id = ?1 AND outcome = 'attempted'", params![id, detail])
@@ -242,9 +308,7 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Resolves attempt `id` if it is still open; `false` when its owner finished it first
-    /// (whose answer, having seen the registry's reply, is the better one).
-    pub fn resolve(&self, id: i64, outcome: AuditOutcome, detail: &str) -> anyhow::Result<bool> {
+    fn resolve(&self, id: i64, outcome: AuditOutcome, detail: &str) -> anyhow::Result<bool> {
         let changed = self
             .store
             .lock()
@@ -256,8 +320,7 @@ impl AuditLog {
         Ok(changed == 1)
     }
 
-    /// Every open attempt on `repository` of `registry`, oldest first, with its run's owner.
-    pub fn open_attempts(&self, registry: &str, repository: &str) -> anyhow::Result<Vec<OpenAttempt>> {
+    fn open_attempts(&self, registry: &str, repository: &str) -> anyhow::Result<Vec<OpenAttempt>> {
         let conn = self.store.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT a.id, a.operation, a.digest, a.tags, a.run_id, r.owner, r.finished_at IS NOT NULL
@@ -279,8 +342,7 @@ impl AuditLog {
         rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading open audit rows in {}: {e}", self.store.describe()))
     }
 
-    /// Repositories of `registry` with open attempts, sorted.
-    pub fn repositories_with_open_attempts(&self, registry: &str) -> anyhow::Result<Vec<String>> {
+    fn repositories_with_open_attempts(&self, registry: &str) -> anyhow::Result<Vec<String>> {
         let conn = self.store.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT DISTINCT repository FROM audit_log WHERE outcome = 'attempted' AND registry = ?1 ORDER BY repository",
@@ -289,22 +351,7 @@ impl AuditLog {
         rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading open audit rows in {}: {e}", self.store.describe()))
     }
 
-    fn write_error(&self, id: i64, err: rusqlite::Error) -> anyhow::Error {
-        anyhow::anyhow!("writing the outcome of audit row {id} in {}: {err}", self.store.describe())
-    }
-
-    /// The most recent `limit` rows for `repository` (all repositories when `None`), newest first.
-    pub fn recent(&self, repository: Option<&str>, limit: usize) -> anyhow::Result<Vec<AuditRecord>> {
-        self.recent_since(repository, None, limit)
-    }
-
-    /// [`AuditLog::recent`], only rows written at or after `since`.
-    pub fn recent_since(&self, repository: Option<&str>, since: Option<Timestamp>, limit: usize) -> anyhow::Result<Vec<AuditRecord>> {
-        self.search(&AuditQuery { repository, since, limit, ..AuditQuery::default() })
-    }
-
-    /// Rows matching `q`, newest first.
-    pub fn search(&self, q: &AuditQuery<'_>) -> anyhow::Result<Vec<AuditRecord>> {
+    fn search(&self, q: &AuditQuery<'_>) -> anyhow::Result<Vec<AuditRecord>> {
         let conn = self.store.lock();
         // Tags are stored comma-separated: a tag matches when `,tag,` is in `,tags,`
         // (instr, not LIKE: `_` is a wildcard there and common in tags).
@@ -330,9 +377,7 @@ impl AuditLog {
         rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading the audit log in {}: {e}", self.store.describe()))
     }
 
-    /// The newest row that deleted `tag` from `repository` (`deleted` or `already_gone`, by
-    /// any operation but a restore): what a restore of the tag starts from.
-    pub fn last_deletion(&self, repository: &str, tag: &str) -> anyhow::Result<Option<AuditRecord>> {
+    fn last_deletion(&self, repository: &str, tag: &str) -> anyhow::Result<Option<AuditRecord>> {
         let conn = self.store.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT id, at, registry, repository, operation, digest, tags, decided_by, outcome, detail, run_id FROM audit_log
@@ -344,9 +389,7 @@ impl AuditLog {
         rows.next().transpose().map_err(|e| anyhow::anyhow!("reading the audit log in {}: {e}", self.store.describe()))
     }
 
-    /// Records a restore about to be pushed (`restoring`; [`AuditLog::finish`] completes it).
-    /// Not `attempted`: reconciliation settles deletions only.
-    pub fn restore_attempt(&self, e: &AuditEntry<'_>) -> anyhow::Result<i64> {
+    fn restore_attempt(&self, e: &AuditEntry<'_>) -> anyhow::Result<i64> {
         let conn = self.store.lock();
         conn.execute(
             "INSERT INTO audit_log (at, registry, repository, operation, digest, tags, decided_by, outcome, run_id)
@@ -357,9 +400,7 @@ impl AuditLog {
         Ok(conn.last_insert_rowid())
     }
 
-    /// Keeps a manifest about to be deleted, for a later restore. The same digest kept
-    /// before is left as it is (the bytes are the digest's).
-    pub fn keep_manifest(&self, m: &KeptManifest) -> anyhow::Result<()> {
+    fn keep_manifest(&self, m: &KeptManifest) -> anyhow::Result<()> {
         self.store
             .lock()
             .execute(
@@ -370,20 +411,24 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Whether manifest `digest` is kept already (no need to read it again).
-    pub fn has_kept_manifest(&self, digest: &str) -> anyhow::Result<bool> {
+    fn has_kept_manifest(&self, digest: &str) -> anyhow::Result<bool> {
         let conn = self.store.lock();
         let n: i64 = conn.query_row("SELECT count(*) FROM deleted_manifests WHERE digest = ?1", params![digest], |r| r.get(0))?;
         Ok(n > 0)
     }
 
-    /// The kept manifest `digest`, if any.
-    pub fn kept_manifest(&self, digest: &str) -> anyhow::Result<Option<KeptManifest>> {
+    fn kept_manifest(&self, digest: &str) -> anyhow::Result<Option<KeptManifest>> {
         let conn = self.store.lock();
         let mut stmt = conn.prepare_cached("SELECT media_type, body FROM deleted_manifests WHERE digest = ?1")?;
         let mut rows =
             stmt.query_map(params![digest], |r| Ok(KeptManifest { digest: digest.to_owned(), media_type: r.get(0)?, body: r.get(1)? }))?;
         rows.next().transpose().map_err(|e| anyhow::anyhow!("reading kept manifests in {}: {e}", self.store.describe()))
+    }
+}
+
+impl SqliteAudit {
+    fn write_error(&self, id: i64, err: rusqlite::Error) -> anyhow::Error {
+        anyhow::anyhow!("writing the outcome of audit row {id} in {}: {err}", self.store.describe())
     }
 }
 
@@ -405,7 +450,7 @@ fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
 }
 
 /// The `tags` column: comma-separated (tag names cannot contain commas).
-fn split_tags(tags: &str) -> Vec<String> {
+pub(super) fn split_tags(tags: &str) -> Vec<String> {
     if tags.is_empty() { vec![] } else { tags.split(',').map(str::to_owned).collect() }
 }
 

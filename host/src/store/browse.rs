@@ -4,17 +4,6 @@
 use rusqlite::params;
 
 use super::{CleanupStatus, Store};
-use crate::model::Timestamp;
-
-/// One UTC day's runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DayTotals {
-    /// Days since 1970-01-01.
-    pub day: i64,
-    pub runs: u64,
-    pub tags_deleted: u64,
-    pub failed_runs: u64,
-}
 
 impl Store {
     /// Up to `limit` repository paths after `after` (by path), in `status` when given,
@@ -37,25 +26,6 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading repositories in {}: {e}", self.describe()))
     }
 
-    /// Runs started since `since`, by UTC day (days since the epoch), oldest first: for the
-    /// status page's chart of deletions and failures over time.
-    pub fn runs_by_day(&self, since: Timestamp) -> anyhow::Result<Vec<DayTotals>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT started_at / 86400000000 AS day, COUNT(*), COALESCE(SUM(tags_deleted), 0), COUNT(*) FILTER (WHERE status = 'failed')
-             FROM runs WHERE started_at >= ?1 GROUP BY day ORDER BY day",
-        )?;
-        let rows = stmt.query_map(params![since.unix_micros()], |r| {
-            Ok(DayTotals {
-                day: r.get(0)?,
-                runs: r.get::<_, i64>(1)? as u64,
-                tags_deleted: r.get::<_, i64>(2)? as u64,
-                failed_runs: r.get::<_, i64>(3)? as u64,
-            })
-        })?;
-        rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading runs in {}: {e}", self.describe()))
-    }
-
     /// Whether the database answers (`/readyz`).
     pub fn ping(&self) -> anyhow::Result<()> {
         self.lock()
@@ -68,6 +38,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Timestamp;
     use crate::store::StateStore;
 
     #[test]

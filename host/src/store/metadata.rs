@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use rusqlite::{OptionalExtension, params};
@@ -25,15 +26,40 @@ pub struct ManifestMetadata {
     pub children: Vec<Digest>,
 }
 
-/// Manifest metadata keyed by digest; cheap to clone, shareable between tasks.
+/// Where the metadata cache lives: the local SQLite file, or the PostgreSQL database several
+/// hosts share (`[state] url`), so a manifest one host read is never fetched again by another.
+/// Reached through [`MetadataCache`].
+pub trait MetadataStore: Send + Sync + std::fmt::Debug {
+    /// The cached entries among `digests` (missing ones are simply absent), read at once.
+    fn get_many(&self, digests: &[Digest]) -> anyhow::Result<HashMap<Digest, ManifestMetadata>>;
+
+    /// Stores `entries` in one transaction (replacing any entry for the same digest).
+    fn put_many(&self, entries: &[(Digest, ManifestMetadata)]) -> anyhow::Result<()>;
+
+    /// How many digests are cached.
+    fn len(&self) -> anyhow::Result<usize>;
+
+    /// Whether nothing is cached.
+    fn is_empty(&self) -> anyhow::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// Manifest metadata keyed by digest, wherever it lives; cheap to clone, shareable between tasks.
 #[derive(Clone, Debug)]
-pub struct MetadataCache {
-    store: Store,
+pub struct MetadataCache(Arc<dyn MetadataStore>);
+
+impl std::ops::Deref for MetadataCache {
+    type Target = dyn MetadataStore;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
 }
 
 impl MetadataCache {
-    pub(super) fn new(store: Store) -> Self {
-        MetadataCache { store }
+    pub(super) fn new(store: Arc<dyn MetadataStore>) -> Self {
+        MetadataCache(store)
     }
 
     /// Opens (or creates) the database at `path` and returns its metadata table.
@@ -48,11 +74,18 @@ impl MetadataCache {
 
     /// The entry for `digest`, if cached.
     pub fn get(&self, digest: &Digest) -> anyhow::Result<Option<ManifestMetadata>> {
-        Ok(self.get_many(std::slice::from_ref(digest))?.remove(digest))
+        Ok(self.0.get_many(std::slice::from_ref(digest))?.remove(digest))
     }
+}
 
-    /// The cached entries among `digests` (missing ones are simply absent), read in one transaction.
-    pub fn get_many(&self, digests: &[Digest]) -> anyhow::Result<HashMap<Digest, ManifestMetadata>> {
+/// The metadata cache in the local SQLite file.
+#[derive(Clone, Debug)]
+pub(super) struct SqliteMetadata {
+    pub(super) store: Store,
+}
+
+impl MetadataStore for SqliteMetadata {
+    fn get_many(&self, digests: &[Digest]) -> anyhow::Result<HashMap<Digest, ManifestMetadata>> {
         let mut found = HashMap::with_capacity(digests.len());
         if digests.is_empty() {
             return Ok(found);
@@ -68,37 +101,18 @@ impl MetadataCache {
             for digest in digests {
                 let row = stmt
                     .query_row([digest.as_str()], |row| {
-                        Ok((
-                            row.get::<_, String>(0)?,
-                            row.get::<_, Option<i64>>(1)?,
-                            row.get::<_, Option<i64>>(2)?,
-                            row.get::<_, Option<String>>(3)?,
-                            row.get::<_, Option<String>>(4)?,
-                        ))
+                        Ok(MetadataRow {
+                            media_type: row.get(0)?,
+                            created_at: row.get(1)?,
+                            size_bytes: row.get(2)?,
+                            config_digest: row.get(3)?,
+                            children: row.get(4)?,
+                        })
                     })
                     .optional()
                     .with_context(|| self.context("reading"))?;
-                let Some((media_type, created, size, config, children)) = row else {
-                    continue;
-                };
-                let config_digest = config
-                    .map(|c| Digest::parse(&c))
-                    .transpose()
-                    .with_context(|| format!("{}: corrupt config digest for {digest}", self.context("reading")))?;
-                let children = children
-                    .as_deref()
-                    .unwrap_or_default()
-                    .split_ascii_whitespace()
-                    .map(Digest::parse)
-                    .collect::<anyhow::Result<Vec<_>>>()
-                    .with_context(|| format!("{}: corrupt index children for {digest}", self.context("reading")))?;
-                let meta = ManifestMetadata {
-                    media_type,
-                    created_at: created.map(Timestamp::from_unix_micros),
-                    size_bytes: size.and_then(|s| u64::try_from(s).ok()),
-                    config_digest,
-                    children,
-                };
+                let Some(row) = row else { continue };
+                let meta = row.decode(digest).with_context(|| self.context("reading"))?;
                 found.insert(digest.clone(), meta);
             }
         }
@@ -106,8 +120,7 @@ impl MetadataCache {
         Ok(found)
     }
 
-    /// Stores `entries` in one transaction (replacing any entry for the same digest).
-    pub fn put_many(&self, entries: &[(Digest, ManifestMetadata)]) -> anyhow::Result<()> {
+    fn put_many(&self, entries: &[(Digest, ManifestMetadata)]) -> anyhow::Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -123,13 +136,14 @@ impl MetadataCache {
                 )
                 .with_context(|| self.context("writing"))?;
             for (digest, meta) in entries {
+                let row = MetadataRow::encode(meta);
                 stmt.execute(params![
                     digest.as_str(),
-                    meta.media_type,
-                    meta.created_at.map(Timestamp::unix_micros),
-                    meta.size_bytes.and_then(|s| i64::try_from(s).ok()),
-                    meta.config_digest.as_ref().map(Digest::as_str),
-                    (!meta.children.is_empty()).then(|| meta.children.iter().map(Digest::as_str).collect::<Vec<_>>().join(" ")),
+                    row.media_type,
+                    row.created_at,
+                    row.size_bytes,
+                    row.config_digest,
+                    row.children,
                     now,
                 ])
                 .with_context(|| self.context("writing"))?;
@@ -139,8 +153,7 @@ impl MetadataCache {
         Ok(())
     }
 
-    /// How many digests are cached.
-    pub fn len(&self) -> anyhow::Result<usize> {
+    fn len(&self) -> anyhow::Result<usize> {
         let n: i64 = self
             .store
             .lock()
@@ -148,12 +161,52 @@ impl MetadataCache {
             .with_context(|| self.context("counting"))?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
+}
 
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> anyhow::Result<bool> {
-        Ok(self.len()? == 0)
+/// A cache row's columns, as both databases hold them: times in microseconds since the
+/// epoch, an index's children separated by spaces (`NULL` for an image manifest).
+pub(super) struct MetadataRow {
+    pub media_type: String,
+    pub created_at: Option<i64>,
+    pub size_bytes: Option<i64>,
+    pub config_digest: Option<String>,
+    pub children: Option<String>,
+}
+
+impl MetadataRow {
+    pub fn encode(meta: &ManifestMetadata) -> MetadataRow {
+        MetadataRow {
+            media_type: meta.media_type.clone(),
+            created_at: meta.created_at.map(Timestamp::unix_micros),
+            size_bytes: meta.size_bytes.and_then(|s| i64::try_from(s).ok()),
+            config_digest: meta.config_digest.as_ref().map(|d| d.as_str().to_owned()),
+            children: (!meta.children.is_empty()).then(|| meta.children.iter().map(Digest::as_str).collect::<Vec<_>>().join(" ")),
+        }
     }
 
+    /// The entry of `digest`; an error names what is corrupt.
+    pub fn decode(self, digest: &Digest) -> anyhow::Result<ManifestMetadata> {
+        let config_digest =
+            self.config_digest.map(|c| Digest::parse(&c)).transpose().with_context(|| format!("corrupt config digest for {digest}"))?;
+        let children = self
+            .children
+            .as_deref()
+            .unwrap_or_default()
+            .split_ascii_whitespace()
+            .map(Digest::parse)
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("corrupt index children for {digest}"))?;
+        Ok(ManifestMetadata {
+            media_type: self.media_type,
+            created_at: self.created_at.map(Timestamp::from_unix_micros),
+            size_bytes: self.size_bytes.and_then(|s| u64::try_from(s).ok()),
+            config_digest,
+            children,
+        })
+    }
+}
+
+impl SqliteMetadata {
     fn context(&self, what: &str) -> String {
         format!("{what} the manifest metadata cache in {}", self.store.describe())
     }

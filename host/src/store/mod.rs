@@ -23,8 +23,10 @@
 //! - [`PluginTable`] (`plugins`, `plugin_canaries`): the daemon's plugin directory, what `plugins
 //!   list` shows, and each canary's difference, what `plugins diff NAME` shows.
 //!
-//! The daemon's state (runs, schedules) will be further tables of the same database, added as new
-//! entries of [`MIGRATIONS`].
+//! With `[state] url`, the cleanup state, audit log, runs and metadata cache live in a
+//! PostgreSQL database the hosts share instead ([`PgStateStore`], same tables and meaning);
+//! the handles above are the same types either way, and `state migrate` copies one into the
+//! other.
 //!
 //! Architecture invariant: no other module contains SQL or touches `rusqlite`.
 //!
@@ -49,14 +51,15 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rusqlite::Connection;
 
-pub use audit::{AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditQuery, AuditRecord, KeptManifest, OpenAttempt};
-pub use browse::DayTotals;
+pub use audit::{
+    AuditEntry, AuditLog, AuditOperation, AuditOutcome, AuditQuery, AuditRecord, AuditRow, AuditStore, KeptManifest, OpenAttempt,
+};
 pub use deletions::{DeletionOutcome, DeletionState, DeletionStatus};
 pub use imports::{Change, Enqueued, ImportEvent, ImportHistory, ImportLog, ImportRecord, ImportState, TransitionRefused, transition};
-pub use metadata::{ManifestMetadata, MetadataCache};
+pub use metadata::{ManifestMetadata, MetadataCache, MetadataStore};
 pub use plugins::{CanaryOutcome, CanaryRecord, PluginRecord, PluginState, PluginTable};
-pub use postgres::PgStateStore;
-pub use runs::{NewRun, OpenRun, RunLog, RunPlan, RunRecord, RunSummary, RunTotals};
+pub use postgres::{MigrationReport, PgStateStore};
+pub use runs::{DayTotals, NewRun, OpenRun, RunLog, RunPlan, RunRecord, RunStore, RunSummary, RunTotals};
 pub use state::{Claim, CleanupOutcome, CleanupStatus, LastFailure, Lease, PolicyState, RepositoryState, StateStore, Work};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many have run.
@@ -265,11 +268,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// passes per second at 2 workers). docs/benchmarks.md, "State store".
 type Mutex<T> = parking_lot::Mutex<T>;
 
-/// One open tagwarden database; cheap to clone (the connection is shared).
+/// One open tagwarden database; cheap to clone (the connection is shared). With `[state] url`
+/// it also holds the PostgreSQL database the hosts share ([`Store::share`]): the cleanup
+/// state, audit log, runs and metadata cache are then there, and the local file keeps what
+/// is this host's own (its plugin directory, imports).
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: Option<PathBuf>,
+    shared: Option<PgStateStore>,
 }
 
 impl std::fmt::Debug for Store {
@@ -325,7 +332,7 @@ impl Store {
 
     fn with_connection(mut conn: Connection, path: Option<PathBuf>) -> anyhow::Result<Store> {
         migrate(&mut conn)?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)), path })
+        Ok(Store { conn: Arc::new(Mutex::new(conn)), path, shared: None })
     }
 
     /// The database file, `None` for an in-memory store.
@@ -333,24 +340,53 @@ impl Store {
         self.path.as_deref()
     }
 
+    /// This store with the PostgreSQL database several hosts share: the cleanup state, audit
+    /// log, runs and metadata cache are read and written there from now on.
+    pub fn share(mut self, shared: PgStateStore) -> Store {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// The shared PostgreSQL database, if [`Store::share`] gave one.
+    pub fn shared(&self) -> Option<&PgStateStore> {
+        self.shared.as_ref()
+    }
+
+    /// The cleanup state: the shared database's, else this file's.
+    pub fn state(&self) -> Arc<dyn StateStore> {
+        match &self.shared {
+            Some(pg) => Arc::new(pg.clone()),
+            None => Arc::new(self.clone()),
+        }
+    }
+
     /// The audit log of deletions.
     pub fn audit_log(&self) -> AuditLog {
-        AuditLog::new(self.clone())
+        AuditLog::new(match &self.shared {
+            Some(pg) => Arc::new(pg.clone()),
+            None => Arc::new(audit::SqliteAudit { store: self.clone() }),
+        })
     }
 
-    /// The runs table: one row per pass that reached a plan.
+    /// The runs: one row per pass that reached a plan.
     pub fn runs(&self) -> RunLog {
-        RunLog::new(self.clone())
+        RunLog::new(match &self.shared {
+            Some(pg) => Arc::new(pg.clone()),
+            None => Arc::new(runs::SqliteRuns { store: self.clone() }),
+        })
     }
 
-    /// The plugins table: the daemon's plugin directory.
+    /// The plugins table: the daemon's plugin directory (this host's own).
     pub fn plugin_table(&self) -> PluginTable {
         PluginTable { store: self.clone() }
     }
 
-    /// The manifest metadata table.
+    /// The manifest metadata cache.
     pub fn metadata_cache(&self) -> MetadataCache {
-        MetadataCache::new(self.clone())
+        MetadataCache::new(match &self.shared {
+            Some(pg) => Arc::new(pg.clone()),
+            None => Arc::new(metadata::SqliteMetadata { store: self.clone() }),
+        })
     }
 
     /// The connection, for one statement or transaction. A panic while it was held cannot leave

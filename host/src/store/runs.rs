@@ -6,6 +6,8 @@
 //! `interrupted` once its open audit rows are resolved. The daemon's scheduling state builds
 //! on these rows.
 
+use std::sync::Arc;
+
 use rusqlite::params;
 
 use super::Store;
@@ -79,19 +81,77 @@ pub struct OpenRun {
     pub started_at: Timestamp,
 }
 
-/// The runs table.
+/// Where the runs live: the local SQLite file, or the PostgreSQL database several hosts share
+/// (`[state] url`), beside the audit rows that point at them. Reached through [`RunLog`].
+pub trait RunStore: Send + Sync + std::fmt::Debug {
+    /// Opens a run; returns its id.
+    fn begin(&self, run: &NewRun<'_>) -> anyhow::Result<i64>;
+
+    /// Records what run `id`'s plan is about to do.
+    fn set_plan(&self, id: i64, plan: RunPlan) -> anyhow::Result<()>;
+
+    /// Closes run `id` with how it ended.
+    fn finish(&self, id: i64, s: &RunSummary<'_>) -> anyhow::Result<()>;
+
+    /// Closes run `id` as interrupted, unless it was closed meanwhile.
+    fn close_interrupted(&self, id: i64, detail: &str) -> anyhow::Result<()>;
+
+    /// Runs on `repository` of `registry` that were never closed, oldest first.
+    fn open(&self, registry: &str, repository: &str) -> anyhow::Result<Vec<OpenRun>>;
+
+    /// Repositories of `registry` with runs never closed, sorted.
+    fn repositories_with_open_runs(&self, registry: &str) -> anyhow::Result<Vec<String>>;
+
+    /// Runs started since `since`: how many, tags deleted, how many failed.
+    fn since(&self, since: Timestamp) -> anyhow::Result<RunTotals>;
+
+    /// Runs started since `since`, by UTC day (days since the epoch), oldest first: for the
+    /// status page's chart of deletions and failures over time.
+    fn by_day(&self, since: Timestamp) -> anyhow::Result<Vec<DayTotals>>;
+
+    /// The most recent `limit` runs (of `repository`, or all), newest first.
+    fn recent(&self, repository: Option<&str>, limit: usize) -> anyhow::Result<Vec<RunRecord>>;
+
+    /// The status of run `id` (`deleting` while open), for tests and reports.
+    fn status(&self, id: i64) -> anyhow::Result<Option<String>>;
+}
+
+/// The runs, wherever they live; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct RunLog {
-    store: Store,
+pub struct RunLog(Arc<dyn RunStore>);
+
+impl std::ops::Deref for RunLog {
+    type Target = dyn RunStore;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
 }
 
 impl RunLog {
-    pub(super) fn new(store: Store) -> Self {
-        RunLog { store }
+    pub(super) fn new(store: Arc<dyn RunStore>) -> Self {
+        RunLog(store)
     }
+}
 
-    /// Opens a run; returns its id.
-    pub fn begin(&self, run: &NewRun<'_>) -> anyhow::Result<i64> {
+/// One UTC day's runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayTotals {
+    /// Days since 1970-01-01.
+    pub day: i64,
+    pub runs: u64,
+    pub tags_deleted: u64,
+    pub failed_runs: u64,
+}
+
+/// The runs in the local SQLite file.
+#[derive(Clone, Debug)]
+pub(super) struct SqliteRuns {
+    pub(super) store: Store,
+}
+
+impl RunStore for SqliteRuns {
+    fn begin(&self, run: &NewRun<'_>) -> anyhow::Result<i64> {
         let conn = self.store.lock();
         conn.execute(
             "INSERT INTO runs (registry, repository, policy, decided_by, owner, started_at, status,
@@ -111,8 +171,7 @@ impl RunLog {
         Ok(conn.last_insert_rowid())
     }
 
-    /// Records what run `id`'s plan is about to do.
-    pub fn set_plan(&self, id: i64, plan: RunPlan) -> anyhow::Result<()> {
+    fn set_plan(&self, id: i64, plan: RunPlan) -> anyhow::Result<()> {
         self.store
             .lock()
             .execute(
@@ -123,8 +182,7 @@ impl RunLog {
         Ok(())
     }
 
-    /// Closes run `id` with how it ended.
-    pub fn finish(&self, id: i64, s: &RunSummary<'_>) -> anyhow::Result<()> {
+    fn finish(&self, id: i64, s: &RunSummary<'_>) -> anyhow::Result<()> {
         self.store
             .lock()
             .execute(
@@ -144,8 +202,7 @@ impl RunLog {
         Ok(())
     }
 
-    /// Closes run `id` as interrupted, unless it was closed meanwhile.
-    pub fn close_interrupted(&self, id: i64, detail: &str) -> anyhow::Result<()> {
+    fn close_interrupted(&self, id: i64, detail: &str) -> anyhow::Result<()> {
         self.store
             .lock()
             .execute(
@@ -156,8 +213,7 @@ impl RunLog {
         Ok(())
     }
 
-    /// Runs on `repository` of `registry` that were never closed, oldest first.
-    pub fn open(&self, registry: &str, repository: &str) -> anyhow::Result<Vec<OpenRun>> {
+    fn open(&self, registry: &str, repository: &str) -> anyhow::Result<Vec<OpenRun>> {
         let conn = self.store.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT id, owner, started_at FROM runs WHERE finished_at IS NULL AND registry = ?1 AND repository = ?2 ORDER BY id",
@@ -168,8 +224,7 @@ impl RunLog {
         rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading open runs in {}: {e}", self.store.describe()))
     }
 
-    /// Repositories of `registry` with runs never closed, sorted.
-    pub fn repositories_with_open_runs(&self, registry: &str) -> anyhow::Result<Vec<String>> {
+    fn repositories_with_open_runs(&self, registry: &str) -> anyhow::Result<Vec<String>> {
         let conn = self.store.lock();
         let mut stmt =
             conn.prepare_cached("SELECT DISTINCT repository FROM runs WHERE finished_at IS NULL AND registry = ?1 ORDER BY repository")?;
@@ -177,8 +232,7 @@ impl RunLog {
         rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading open runs in {}: {e}", self.store.describe()))
     }
 
-    /// Runs started since `since`: how many, tags deleted, how many failed.
-    pub fn since(&self, since: Timestamp) -> anyhow::Result<RunTotals> {
+    fn since(&self, since: Timestamp) -> anyhow::Result<RunTotals> {
         let conn = self.store.lock();
         Ok(conn.query_row(
             "SELECT COUNT(*), COALESCE(SUM(tags_deleted), 0), COUNT(*) FILTER (WHERE status = 'failed') FROM runs WHERE started_at >= ?1",
@@ -193,8 +247,24 @@ impl RunLog {
         )?)
     }
 
-    /// The most recent `limit` runs (of `repository`, or all), newest first.
-    pub fn recent(&self, repository: Option<&str>, limit: usize) -> anyhow::Result<Vec<RunRecord>> {
+    fn by_day(&self, since: Timestamp) -> anyhow::Result<Vec<DayTotals>> {
+        let conn = self.store.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT started_at / 86400000000 AS day, COUNT(*), COALESCE(SUM(tags_deleted), 0), COUNT(*) FILTER (WHERE status = 'failed')
+             FROM runs WHERE started_at >= ?1 GROUP BY day ORDER BY day",
+        )?;
+        let rows = stmt.query_map(params![since.unix_micros()], |r| {
+            Ok(DayTotals {
+                day: r.get(0)?,
+                runs: r.get::<_, i64>(1)? as u64,
+                tags_deleted: r.get::<_, i64>(2)? as u64,
+                failed_runs: r.get::<_, i64>(3)? as u64,
+            })
+        })?;
+        rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading runs in {}: {e}", self.store.describe()))
+    }
+
+    fn recent(&self, repository: Option<&str>, limit: usize) -> anyhow::Result<Vec<RunRecord>> {
         let conn = self.store.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT id, repository, policy, decided_by, started_at, finished_at, status, tags_seen, tags_to_delete, tags_deleted, failed, detail
@@ -220,8 +290,7 @@ impl RunLog {
         rows.collect::<Result<_, _>>().map_err(|e| anyhow::anyhow!("reading runs in {}: {e}", self.store.describe()))
     }
 
-    /// The status of run `id` (`deleting` while open), for tests and reports.
-    pub fn status(&self, id: i64) -> anyhow::Result<Option<String>> {
+    fn status(&self, id: i64) -> anyhow::Result<Option<String>> {
         use rusqlite::OptionalExtension;
         Ok(self.store.lock().query_row("SELECT status FROM runs WHERE id = ?1", params![id], |r| r.get(0)).optional()?)
     }

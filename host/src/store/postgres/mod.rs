@@ -1,5 +1,7 @@
 //! [`StateStore`] on PostgreSQL: several hosts sharing one queue. PostgreSQL is the shared state
-//! and the lock manager; there is no coordinator of our own.
+//! and the lock manager; there is no coordinator of our own. The audit log, runs and metadata
+//! cache are here too (audit.rs, runs.rs, metadata.rs), so every host reads and reconciles one
+//! log; `migrate.rs` copies a SQLite state in.
 //!
 //! - Claims are one short transaction: the candidate is read `FOR UPDATE SKIP LOCKED` (a row
 //!   another host is claiming is skipped, not waited for) and marked ongoing before commit.
@@ -29,6 +31,13 @@ use super::deletions::{DeletionOutcome, DeletionState, DeletionStatus};
 use super::state::{Claim, CleanupOutcome, CleanupStatus, LastFailure, Lease, PolicyState, RepositoryState, StateStore, TAKE_DUTY, Work};
 use crate::model::Timestamp;
 use crate::registry::Secret;
+
+mod audit;
+mod metadata;
+mod migrate;
+mod runs;
+
+pub use migrate::MigrationReport;
 
 /// Schema migrations, applied in order; `tagwarden_schema.version` counts how many have run.
 /// Append only: never edit an entry that has shipped.
@@ -81,6 +90,60 @@ const MIGRATIONS: &[&str] = &[
         name       TEXT PRIMARY KEY,
         owner      TEXT NOT NULL,
         expires_at BIGINT NOT NULL
+    );",
+    // 3: the audit log, runs, kept manifests and metadata cache, as SQLite's migrations 1–4
+    // and 8 left them: one log every host writes and reconciles, one cache every host reads.
+    "CREATE TABLE runs (
+        id                BIGSERIAL PRIMARY KEY,
+        registry          TEXT NOT NULL,
+        repository        TEXT NOT NULL,
+        policy            TEXT NOT NULL,
+        decided_by        TEXT NOT NULL,
+        owner             TEXT NOT NULL,
+        started_at        BIGINT NOT NULL,
+        finished_at       BIGINT,
+        status            TEXT NOT NULL,
+        tags_seen         BIGINT NOT NULL,
+        tags_to_delete    BIGINT NOT NULL,
+        digests_planned   BIGINT NOT NULL,
+        tags_planned      BIGINT NOT NULL,
+        tags_deleted      BIGINT,
+        manifests_deleted BIGINT,
+        failed            BIGINT,
+        detail            TEXT
+    );
+    CREATE INDEX runs_repository ON runs (registry, repository, id);
+    CREATE INDEX runs_open ON runs (registry, repository) WHERE finished_at IS NULL;
+    CREATE INDEX runs_started ON runs (started_at);
+    CREATE TABLE audit_log (
+        id          BIGSERIAL PRIMARY KEY,
+        at          BIGINT NOT NULL,
+        registry    TEXT NOT NULL,
+        repository  TEXT NOT NULL,
+        operation   TEXT NOT NULL,
+        digest      TEXT NOT NULL,
+        tags        TEXT NOT NULL,
+        decided_by  TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        detail      TEXT,
+        run_id      BIGINT REFERENCES runs (id)
+    );
+    CREATE INDEX audit_log_repository ON audit_log (repository, id);
+    CREATE INDEX audit_log_open ON audit_log (registry, repository) WHERE outcome = 'attempted';
+    CREATE TABLE deleted_manifests (
+        digest      TEXT PRIMARY KEY,
+        media_type  TEXT NOT NULL,
+        body        BYTEA NOT NULL,
+        kept_at     BIGINT NOT NULL
+    );
+    CREATE TABLE manifest_metadata (
+        digest        TEXT PRIMARY KEY,
+        media_type    TEXT NOT NULL,
+        created_at    BIGINT,
+        size_bytes    BIGINT,
+        config_digest TEXT,
+        children      TEXT,
+        cached_at     BIGINT NOT NULL
     );",
 ];
 
@@ -186,7 +249,7 @@ impl PgStateStore {
         self.run(|pool| async move {
             let client = client(&pool).await?;
             client
-                .batch_execute("DROP TABLE IF EXISTS repositories, repository_deletions, policies, duties, tagwarden_schema")
+                .batch_execute("DROP TABLE IF EXISTS audit_log, runs, deleted_manifests, manifest_metadata, repositories, repository_deletions, policies, duties, tagwarden_schema")
                 .await
                 .context("dropping the state tables")
         })
