@@ -4,6 +4,7 @@ mod api;
 mod browser;
 mod cli;
 mod crash;
+mod fleet;
 mod golden;
 mod imports;
 mod pass;

@@ -229,6 +229,10 @@ fn print_event(event: DaemonEvent<'_>) {
         DaemonEvent::SyncFailed { error, retry_in } => {
             eprintln!("serve: reading the catalog failed, trying again in {}: {error:#}", humantime::format_duration(retry_in))
         }
+        DaemonEvent::StateUnavailable { error, retry_in } => eprintln!(
+            "serve: the state store did not answer, asking again in {} (passes in flight go on): {error:#}",
+            humantime::format_duration(retry_in)
+        ),
         DaemonEvent::Recovered { path, work } => {
             let then = if work == Work::Cleanup { "cleanup_unfinished" } else { "delete_scheduled" };
             eprintln!("serve: {path}: taken back from a holder that is gone ({then})")

@@ -43,6 +43,8 @@ const GIVE_UP_RETRYABLE: u32 = 8;
 /// How long a cleanup waits when the repository is being imported (no failure counted).
 const DEFERRED_WAIT: Duration = Duration::from_secs(300);
 const GIVE_UP_PERMANENT: u32 = 3;
+/// After the state store failed to answer, it is asked again after this.
+const STATE_RETRY: Duration = Duration::from_secs(1);
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -73,15 +75,45 @@ pub struct DaemonOptions {
 /// What the daemon reports as it goes (the CLI prints these).
 #[derive(Debug)]
 pub enum DaemonEvent<'a> {
-    Synced { policies: usize, repositories: usize },
-    SyncFailed { error: &'a anyhow::Error, retry_in: Duration },
-    Recovered { path: &'a str, work: Work },
-    Stale { path: &'a str, work: Work, reason: &'a str, held_here: bool },
-    PassFinished { report: &'a RepositoryReport, outcome: &'a CleanupOutcome },
-    DeletionFinished { report: &'a RepositoryReport, outcome: &'a DeletionOutcome },
-    PolicyScheduled { policy: &'a str, next_run_at: Timestamp },
+    Synced {
+        policies: usize,
+        repositories: usize,
+    },
+    SyncFailed {
+        error: &'a anyhow::Error,
+        retry_in: Duration,
+    },
+    /// The state store did not answer; the daemon keeps its passes running and asks again.
+    StateUnavailable {
+        error: &'a anyhow::Error,
+        retry_in: Duration,
+    },
+    Recovered {
+        path: &'a str,
+        work: Work,
+    },
+    Stale {
+        path: &'a str,
+        work: Work,
+        reason: &'a str,
+        held_here: bool,
+    },
+    PassFinished {
+        report: &'a RepositoryReport,
+        outcome: &'a CleanupOutcome,
+    },
+    DeletionFinished {
+        report: &'a RepositoryReport,
+        outcome: &'a DeletionOutcome,
+    },
+    PolicyScheduled {
+        policy: &'a str,
+        next_run_at: Timestamp,
+    },
     Idle,
-    ShuttingDown { running: usize },
+    ShuttingDown {
+        running: usize,
+    },
 }
 
 /// What a daemon run did, for `--until-idle` callers.
@@ -126,98 +158,130 @@ pub async fn run(
     let mut running: Running = JoinSet::new();
     let mut stops: Stops = HashMap::new();
     tokio::pin!(shutdown);
+    // Passes that ended but whose outcome the state store has not taken yet: recorded at the
+    // start of the next round, before anything is claimed.
+    let mut unrecorded: Vec<(Job, RepositoryReport)> = Vec::new();
+    // After the state store failed to answer: not asked again before this.
+    let mut state_retry_at: Option<Instant> = None;
     loop {
-        if Instant::now() >= next_sync && !duties.catalog_sync.held(state, me)? {
-            // Another host syncs the catalog; this one asks again at the next interval.
-            next_sync = Instant::now() + options.catalog_sync;
-        }
-        if Instant::now() >= next_sync {
-            next_sync = match sync_catalog(&ctx, &policies.current(), state, on_event).await {
-                Ok(()) => {
-                    synced = true;
-                    Instant::now() + options.catalog_sync
+        let round = async {
+            if let Some(at) = state_retry_at.filter(|at| Instant::now() < *at) {
+                return Ok(Round::Wait(at));
+            }
+            while let Some((job, report)) = unrecorded.first() {
+                record(state, me, job, report, options.backoff.as_ref(), &mut summary, on_event)?;
+                unrecorded.remove(0);
+            }
+            if Instant::now() >= next_sync && !duties.catalog_sync.held(state, me)? {
+                // Another host syncs the catalog; this one asks again at the next interval.
+                next_sync = Instant::now() + options.catalog_sync;
+            }
+            if Instant::now() >= next_sync {
+                next_sync = match sync_catalog(&ctx, &policies.current(), state, on_event).await {
+                    Ok(()) => {
+                        synced = true;
+                        Instant::now() + options.catalog_sync
+                    }
+                    // A script (`--until-idle`) wants to know at once; a daemon keeps going on
+                    // what its state knows and reads the catalog again soon.
+                    Err(e) if options.until_idle && !synced => return Ok(Round::Fail(e)),
+                    Err(e) => {
+                        let retry_in = SYNC_RETRY.min(options.catalog_sync);
+                        on_event(DaemonEvent::SyncFailed { error: &e, retry_in });
+                        Instant::now() + retry_in
+                    }
+                };
+            }
+            if Instant::now() >= next_heartbeat {
+                state.renew_leases(me, Timestamp::now().saturating_add(options.lease))?;
+                summary.recovered += recover(state, on_event)?;
+                next_heartbeat = Instant::now() + heartbeat;
+            }
+            if Instant::now() >= next_stale {
+                if duties.stale_check.held(state, me)? {
+                    summary.stale += check_stale(state, &options, me, &stops, on_event)?;
                 }
-                // A script (`--until-idle`) wants to know at once; a daemon keeps going on
-                // what its state knows and reads the catalog again soon.
-                Err(e) if options.until_idle && !synced => return Err(e),
-                Err(e) => {
-                    let retry_in = SYNC_RETRY.min(options.catalog_sync);
-                    on_event(DaemonEvent::SyncFailed { error: &e, retry_in });
-                    Instant::now() + retry_in
+                next_stale = Instant::now() + options.stale_check;
+            }
+            let now = Timestamp::now();
+            let policies_due = if duties.cadence.held(state, me)? { state.advance_policies(now)? } else { Vec::new() };
+            for policy in policies_due {
+                if let Some(p) = state.policy(&policy)? {
+                    on_event(DaemonEvent::PolicyScheduled { policy: &policy, next_run_at: p.next_run_at });
                 }
-            };
-        }
-        if Instant::now() >= next_heartbeat {
-            state.renew_leases(me, Timestamp::now().saturating_add(options.lease))?;
-            summary.recovered += recover(state, on_event)?;
-            next_heartbeat = Instant::now() + heartbeat;
-        }
-        if Instant::now() >= next_stale {
-            if duties.stale_check.held(state, me)? {
-                summary.stale += check_stale(state, &options, me, &stops, on_event)?;
             }
-            next_stale = Instant::now() + options.stale_check;
-        }
-        let now = Timestamp::now();
-        let policies_due = if duties.cadence.held(state, me)? { state.advance_policies(now)? } else { Vec::new() };
-        for policy in policies_due {
-            if let Some(p) = state.policy(&policy)? {
-                on_event(DaemonEvent::PolicyScheduled { policy: &policy, next_run_at: p.next_run_at });
+            while busy(&stops, Work::Cleanup) < options.worker_capacity {
+                let Some(claim) = state.claim_next(Timestamp::now(), me, options.lease)? else { break };
+                // The set in force now: a plugin swapped in since the last claim is used from here on.
+                let current = policies.current();
+                let Some(policy) = setup::policy_by_name(&current, &claim.policy).cloned() else {
+                    // The policy left the config: hand the repository back, untouched.
+                    state.recover(&held(&claim, Work::Cleanup, me), None)?;
+                    continue;
+                };
+                if policy.paused_because().is_some() {
+                    // Its plugin went out of service between the state's `enabled` (which the
+                    // plugin directory clears first) and this claim: hand it back, claim no more
+                    // this round (claiming again would find it again).
+                    state.recover(&held(&claim, Work::Cleanup, me), None)?;
+                    break;
+                }
+                spawn(&mut running, &mut stops, &ctx, policy, claim, Work::Cleanup);
             }
-        }
-        while busy(&stops, Work::Cleanup) < options.worker_capacity {
-            let Some(claim) = state.claim_next(Timestamp::now(), me, options.lease)? else { break };
-            // The set in force now: a plugin swapped in since the last claim is used from here on.
-            let current = policies.current();
-            let Some(policy) = setup::policy_by_name(&current, &claim.policy).cloned() else {
-                // The policy left the config: hand the repository back, untouched.
-                state.recover(&held(&claim, Work::Cleanup, me), None)?;
-                continue;
-            };
-            if policy.paused_because().is_some() {
-                // Its plugin went out of service between the state's `enabled` (which the
-                // plugin directory clears first) and this claim: hand it back, claim no more
-                // this round (claiming again would find it again).
-                state.recover(&held(&claim, Work::Cleanup, me), None)?;
-                break;
+            while busy(&stops, Work::Deletion) < options.deletion_capacity {
+                let Some(claim) = state.claim_deletion(Timestamp::now(), me, options.lease)? else { break };
+                spawn(&mut running, &mut stops, &ctx, deletion.clone(), claim, Work::Deletion);
             }
-            spawn(&mut running, &mut stops, &ctx, policy, claim, Work::Cleanup);
-        }
-        while busy(&stops, Work::Deletion) < options.deletion_capacity {
-            let Some(claim) = state.claim_deletion(Timestamp::now(), me, options.lease)? else { break };
-            spawn(&mut running, &mut stops, &ctx, deletion.clone(), claim, Work::Deletion);
-        }
-        let next_duty = next_sync.min(next_heartbeat).min(next_stale);
-        if running.is_empty() {
+            let next_duty = next_sync.min(next_heartbeat).min(next_stale);
+            if !running.is_empty() {
+                return Ok(Round::Wait(next_duty));
+            }
             let wakeup = state.next_wakeup(now)?;
             let until = wakeup.map(|w| Duration::from_micros((w.unix_micros() - now.unix_micros()).max(0) as u64));
             if options.until_idle && until.is_none_or(|u| u >= IDLE_HORIZON) {
+                return Ok(Round::Idle);
+            }
+            let sleep = until.unwrap_or(IDLE_POLL).min(IDLE_POLL).min(next_duty.saturating_duration_since(Instant::now()));
+            anyhow::Ok(Round::Wait(Instant::now() + sleep))
+        }
+        .await;
+        let wait_until = match round {
+            Ok(Round::Wait(until)) => until,
+            Ok(Round::Idle) => {
                 on_event(DaemonEvent::Idle);
                 duties.release_all(state, me);
                 return Ok(summary);
             }
-            let sleep = until.unwrap_or(IDLE_POLL).min(IDLE_POLL).min(next_duty.saturating_duration_since(Instant::now()));
-            tokio::select! {
-                _ = tokio::time::sleep(sleep) => continue,
-                _ = options.wake.notified() => continue,
-                _ = &mut shutdown => {
+            Ok(Round::Fail(e)) => return Err(e),
+            // The state store did not answer (PostgreSQL restarting, a network blip): passes in
+            // flight go on, their outcomes wait in `unrecorded`, and the store is asked again
+            // shortly; the leases this host holds outlast a short outage.
+            Err(e) => {
+                on_event(DaemonEvent::StateUnavailable { error: &e, retry_in: STATE_RETRY });
+                let at = Instant::now() + STATE_RETRY;
+                state_retry_at = Some(at);
+                at
+            }
+        };
+        tokio::select! {
+            finished = running.join_next(), if !running.is_empty() => {
+                let (job, report) = finished.expect("running is not empty").context("a pass task panicked")?;
+                stops.remove(&(job.work, job.claim.path.clone()));
+                unrecorded.push((job, report));
+            }
+            _ = tokio::time::sleep_until(wait_until.into()) => {}
+            _ = options.wake.notified() => {}
+            _ = &mut shutdown => {
+                if running.is_empty() && unrecorded.is_empty() {
                     duties.release_all(state, me);
                     return Ok(summary);
                 }
-            }
-        }
-        tokio::select! {
-            finished = running.join_next() => {
-                let (job, report) = finished.expect("running is not empty").context("a pass task panicked")?;
-                stops.remove(&(job.work, job.claim.path.clone()));
-                record(state, me, &job, &report, options.backoff.as_ref(), &mut summary, on_event)?;
-            }
-            _ = tokio::time::sleep_until(next_duty.into()) => {}
-            _ = options.wake.notified() => {}
-            _ = &mut shutdown => {
                 on_event(DaemonEvent::ShuttingDown { running: running.len() });
                 stops.values().for_each(|s| s.stop("the daemon is shutting down"));
                 let drain = async {
+                    for (job, report) in std::mem::take(&mut unrecorded) {
+                        record(state, me, &job, &report, options.backoff.as_ref(), &mut summary, on_event)?;
+                    }
                     while let Some(done) = running.join_next().await {
                         if let Ok((job, report)) = done {
                             record(state, me, &job, &report, options.backoff.as_ref(), &mut summary, on_event)?;
@@ -237,6 +301,16 @@ pub async fn run(
             }
         }
     }
+}
+
+/// What a round of the daemon's loop decided.
+enum Round {
+    /// Wait for a pass to end, an operator, a signal, or this instant.
+    Wait(Instant),
+    /// `--until-idle`, and nothing is due soon.
+    Idle,
+    /// Stop with this error.
+    Fail(anyhow::Error),
 }
 
 /// A periodic duty that one host at a time runs: whoever holds its lease in the state store
@@ -458,19 +532,18 @@ fn record<S: StateStore + ?Sized>(
 ) -> anyhow::Result<()> {
     let now = Timestamp::now();
     let path = &job.claim.path;
-    summary.tags_deleted += report.tags_deleted;
+    // Counted once the state took the outcome: a failed call is made again later.
     match job.work {
         Work::Cleanup => {
-            summary.passes += 1;
             let failures = state.repository(path)?.map_or(0, |r| r.consecutive_failures) + 1;
             let outcome = decide(outcome(report, failures, now), report, OperationKind::Cleanup, failures, backoff, now, path);
             if !state.finish_claim(path, me, &outcome, now)? {
                 tracing::warn!(repository = path, "the claim was taken back while the pass ran; its outcome is not recorded");
             }
+            summary.passes += 1;
             on_event(DaemonEvent::PassFinished { report, outcome: &outcome });
         }
         Work::Deletion => {
-            summary.deletions += 1;
             let failures = state.deletion(path)?.map_or(0, |d| d.consecutive_failures) + 1;
             let outcome =
                 decide(deletion_ending(report, failures, now), report, OperationKind::RepositoryDeletion, failures, backoff, now, path);
@@ -489,9 +562,11 @@ fn record<S: StateStore + ?Sized>(
             if !state.finish_deletion(path, me, &outcome, now)? {
                 tracing::warn!(repository = path, "the deletion was taken back while it ran; its outcome is not recorded");
             }
+            summary.deletions += 1;
             on_event(DaemonEvent::DeletionFinished { report, outcome: &outcome });
         }
     }
+    summary.tags_deleted += report.tags_deleted;
     Ok(())
 }
 

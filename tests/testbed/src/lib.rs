@@ -1,7 +1,8 @@
 //! Test bed for tagwarden: runs a REAL registry (CNCF distribution 2.8, Debian's `docker-registry`)
 //! per test, with optional HTTP Basic or token authentication ([`TokenServer`]), pushes fixtures with
 //! a plain-HTTP [`Seeder`], and puts a fault-injecting [`FaultProxy`] in front of it on demand.
-//! [`PostgresCluster`] is a throwaway PostgreSQL cluster for the state store's tests and benchmarks.
+//! [`PostgresCluster`] is a throwaway PostgreSQL cluster for the state store's tests and benchmarks;
+//! [`on_own_machine`] runs a process under a host name of its own, as if on another machine.
 //! [`ImportServer`] is a stand-in for GitLab's repository import API, which no registry that can run
 //! here implements.
 //!
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod imports;
+mod machine;
 mod postgres;
 mod proxy;
 mod seeder;
@@ -38,6 +40,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 
 pub use imports::{ImportFault, ImportServer, Progress};
+pub use machine::on_own_machine;
 pub use postgres::{Durability, POSTGRES_BIN_ENV, POSTGRES_USER, PostgresCluster, postgres_bin};
 pub use proxy::{Fault, FaultProxy, Held, HeldRequest};
 pub use seeder::{ACCEPT_ALL_MANIFESTS, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Seeder};
