@@ -95,6 +95,24 @@ pub enum Progress {
     Deleting { done: usize, total: usize },
 }
 
+/// Why a pass did nothing and is to be tried again later without a failure counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "reason", rename_all = "snake_case")]
+pub enum Deferral {
+    /// The repository is being imported (GitLab refuses cleanups meanwhile).
+    Importing(String),
+    /// The state store did not take the pass's run: nothing was deleted.
+    StateUnavailable(String),
+}
+
+impl Deferral {
+    pub fn reason(&self) -> &str {
+        match self {
+            Deferral::Importing(r) | Deferral::StateUnavailable(r) => r,
+        }
+    }
+}
+
 /// How a repository's pass ended.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(tag = "status", content = "detail", rename_all = "snake_case")]
@@ -191,9 +209,8 @@ pub struct RepositoryReport {
     pub tags_deleted: usize,
     /// Tags decided `delete` beyond `max_list_size`: left for the next pass.
     pub tags_truncated: usize,
-    /// Why the pass did nothing and should be tried later, no failure counted (the
-    /// repository is being imported).
-    pub deferred: Option<String>,
+    /// Why the pass did nothing and should be tried later, no failure counted.
+    pub deferred: Option<Deferral>,
     pub manifests_deleted: usize,
     pub failed: usize,
     /// What stopped or failed the pass (a registry error's class, status and
@@ -323,7 +340,7 @@ async fn pass(
         && let Some(why) = import_in_progress(ctx, repository)
     {
         report.status = RepositoryStatus::Unfinished(why.clone());
-        report.deferred = Some(why);
+        report.deferred = Some(Deferral::Importing(why));
         return;
     }
     let listing = ctx.backend.tag_list(repository, &|done, total| progress(Progress::Listing { done, total })).await;
@@ -364,8 +381,12 @@ async fn pass(
                 Some(ex)
             }
             Err(e) => {
-                // No record of the pass, no deletion.
-                report.status = RepositoryStatus::Failed(format!("{e:#}; nothing was deleted"));
+                // No record of the pass, no deletion. The state store did not take the run
+                // (PostgreSQL restarting, a disk full): the host's trouble, not the
+                // repository's, so no failure is counted against it.
+                let why = format!("{e:#}; nothing was deleted");
+                report.status = RepositoryStatus::Unfinished(why.clone());
+                report.deferred = Some(Deferral::StateUnavailable(why));
                 report.errors.push(format!("{e:#}"));
                 return;
             }

@@ -42,6 +42,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(86_400);
 const GIVE_UP_RETRYABLE: u32 = 8;
 /// How long a cleanup waits when the repository is being imported (no failure counted).
 const DEFERRED_WAIT: Duration = Duration::from_secs(300);
+/// How long a cleanup waits when the state store did not take its run (no failure counted):
+/// long enough not to spin while PostgreSQL restarts, short enough not to lose a cadence.
+const STATE_WAIT: Duration = Duration::from_secs(10);
 const GIVE_UP_PERMANENT: u32 = 3;
 /// After the state store failed to answer, it is asked again after this.
 const STATE_RETRY: Duration = Duration::from_secs(1);
@@ -659,8 +662,12 @@ pub fn outcome(report: &RepositoryReport, failures: u32, now: Timestamp) -> Clea
             next_attempt_at,
         }
     };
-    if let Some(reason) = &report.deferred {
-        return CleanupOutcome::Deferred { reason: reason.clone(), until: now.saturating_add(DEFERRED_WAIT) };
+    if let Some(deferral) = &report.deferred {
+        let wait = match deferral {
+            pass::Deferral::Importing(_) => DEFERRED_WAIT,
+            pass::Deferral::StateUnavailable(_) => STATE_WAIT,
+        };
+        return CleanupOutcome::Deferred { reason: deferral.reason().to_owned(), until: now.saturating_add(wait) };
     }
     match &report.status {
         RepositoryStatus::Completed | RepositoryStatus::Planned => CleanupOutcome::Done { deleted: report.tags_deleted },
@@ -770,7 +777,7 @@ mod tests {
         assert_eq!(outcome(&report(RepositoryStatus::NotFound, 0, &[]), 1, now), CleanupOutcome::Gone);
         // Being imported: wait, no failure counted, however often.
         let mut importing = report(RepositoryStatus::Unfinished("importing".into()), 0, &[]);
-        importing.deferred = Some("importing".into());
+        importing.deferred = Some(pass::Deferral::Importing("importing".into()));
         assert_eq!(
             outcome(&importing, 50, now),
             CleanupOutcome::Deferred { reason: "importing".into(), until: now.saturating_add(DEFERRED_WAIT) }
