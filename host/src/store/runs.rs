@@ -296,29 +296,4 @@ impl RunStore for SqliteRuns {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runs_open_before_deleting_and_close_once() {
-        let runs = Store::in_memory().unwrap().runs();
-        let new = NewRun { registry: "http://r", repository: "g/app", policy: "p", decided_by: "p (x)", owner: "me", tags_seen: 10 };
-        let a = runs.begin(&new).unwrap();
-        runs.set_plan(a, RunPlan { tags_to_delete: 4, digests_planned: 3, tags_planned: 4 }).unwrap();
-        let b = runs.begin(&new).unwrap();
-        assert_eq!(runs.open("http://r", "g/app").unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [a, b]);
-        assert_eq!(runs.repositories_with_open_runs("http://r").unwrap(), ["g/app"]);
-        runs.finish(a, &RunSummary { status: "completed", tags_deleted: 4, manifests_deleted: 3, failed: 0, detail: None }).unwrap();
-        runs.close_interrupted(b, "owner gone").unwrap();
-        runs.close_interrupted(a, "too late").unwrap();
-        assert_eq!(runs.status(a).unwrap().as_deref(), Some("completed"), "a closed run is not closed again");
-        assert_eq!(runs.status(b).unwrap().as_deref(), Some("interrupted"));
-        assert!(runs.open("http://r", "g/app").unwrap().is_empty());
-        let recent = runs.recent(Some("g/app"), 10).unwrap();
-        assert_eq!(recent.iter().map(|r| (r.id, r.status.as_str())).collect::<Vec<_>>(), [(b, "interrupted"), (a, "completed")]);
-        assert_eq!((recent[1].tags_seen, recent[1].tags_to_delete, recent[1].tags_deleted), (10, 4, Some(4)));
-        assert_eq!(runs.recent(Some("other"), 10).unwrap(), []);
-        assert_eq!(runs.recent(None, 1).unwrap().len(), 1);
-    }
-}
+// Tested for SQLite and PostgreSQL alike by tests/integration/shared_log.rs.
