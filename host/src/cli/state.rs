@@ -1,5 +1,5 @@
 //! `tagwarden state migrate --to postgres://…`: moves a host's SQLite state into the PostgreSQL
-//! database several hosts will share (docs/operations.md, "Moving to PostgreSQL").
+//! database several hosts will share (docs/operations.md, "When to move, and how").
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -69,7 +69,8 @@ fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let local = crate::setup::open_local_store(&config)?;
     eprintln!("copying {} into {} ...", db.display(), target.describe());
     let report = target.migrate_from(&local, |table, rows| {
-        eprint!("\r  {table}: {rows} rows");
+        // Fixed width: the next table's line overwrites this one whole.
+        eprint!("\r  {table:<22} {rows:>10} rows");
         let _ = std::io::stderr().flush();
     })?;
     eprintln!();

@@ -169,8 +169,18 @@ impl PgStateStore {
 }
 
 /// Reads every table of `store` in pages by primary key and sends them; stops when the copy
-/// stops listening.
+/// stops listening. All pages come from one read transaction: one snapshot of the file (WAL),
+/// so a process still writing it cannot make the copy a mix of two moments.
 fn read_tables(store: &Store, tx: &tokio::sync::mpsc::Sender<Message>) {
+    if let Err(e) = store.lock().execute_batch("BEGIN") {
+        let _ = tx.blocking_send(Message::End(Err(format!("reading {}: {e}", store.describe()))));
+        return;
+    }
+    read_snapshot(store, tx);
+    let _ = store.lock().execute_batch("ROLLBACK");
+}
+
+fn read_snapshot(store: &Store, tx: &tokio::sync::mpsc::Sender<Message>) {
     for table in TABLES {
         let result = read_table(store, table, tx);
         let end = match result {
