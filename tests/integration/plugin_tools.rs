@@ -25,7 +25,7 @@ fn validate_reports_each_check_and_accepts_good_params() {
     let dir = tempdir();
     let out = tagwarden(dir.path(), &["plugins", "validate", &wasm("semver-lines"), "--params", r#"{"keep_per_minor": 2}"#]);
     out.assert_success();
-    assert!(out.stdout.contains("load     ok      retention plugin semver-lines 0.1.0, contract tagwarden:policy@0.1.0"), "{}", out.stdout);
+    assert!(out.stdout.contains("load     ok      retention plugin semver-lines 0.1.0, contract tagwarden:policy@0.2.0"), "{}", out.stdout);
     assert!(out.stdout.contains(r#"params   ok      accepted {"keep_per_minor":2}"#), "{}", out.stdout);
     assert!(out.stdout.contains("valid: "), "{}", out.stdout);
 
@@ -165,7 +165,7 @@ fn new_writes_a_complete_plugin_named_as_asked() {
     let out = tagwarden(dir.path(), &["plugins", "new", "slow-retry", "--kind", "backoff"]);
     out.assert_success();
     let cargo = std::fs::read_to_string(dir.path().join("slow-retry/Cargo.toml")).unwrap();
-    assert!(cargo.contains(r#"tagwarden-plugin-sdk = { version = "0.1", features = ["backoff"] }"#), "{cargo}");
+    assert!(cargo.contains(r#"tagwarden-plugin-sdk = { version = "0.2", features = ["backoff"] }"#), "{cargo}");
     assert!(std::fs::read_to_string(dir.path().join("slow-retry/src/lib.rs")).unwrap().contains("export_backoff!"));
     assert!(!dir.path().join("slow-retry/golden").exists() && !dir.path().join("slow-retry/Cargo.lock").exists());
 }

@@ -153,7 +153,7 @@ fn plugin_of_another_kind_is_refused_where_retention_is_needed() {
 fn metadata_comes_from_the_plugin() {
     let p = support::plugin("gitlab-retention", PluginLimits::default());
     let meta = p.meta();
-    assert_eq!((meta.name.as_str(), meta.kind, meta.contract_version.as_str()), ("gitlab-retention", PluginKind::Retention, "0.1.0"));
+    assert_eq!((meta.name.as_str(), meta.kind, meta.contract_version.as_str()), ("gitlab-retention", PluginKind::Retention, "0.2.0"));
     assert_eq!(meta.sha256.len(), 64);
     assert!(!meta.description.is_empty());
 }

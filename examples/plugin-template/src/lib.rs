@@ -9,7 +9,7 @@
 //! (their errors are what the operator sees), reasons built there too, one verdict per tag.
 
 use tagwarden_plugin_sdk::params::Params;
-use tagwarden_plugin_sdk::{Decisions, Duration, RetentionInput, RetentionPolicy, Verdict, export_retention, interned};
+use tagwarden_plugin_sdk::{Columns, Decisions, Duration, RetentionInput, RetentionPolicy, Verdict, export_retention, interned};
 
 /// Every param this plugin accepts; any other is refused, naming it.
 const KNOWN_PARAMS: &[&str] = &["keep", "older_than", "protect"];
@@ -50,11 +50,16 @@ impl RetentionPolicy for KeepRecent {
         })
     }
 
+    /// Only what it reads is sent: it ages tags by push time only.
+    fn reads(&self) -> Columns {
+        Columns::PUSHED_AT
+    }
+
     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {
         let cutoff = input.now.saturating_sub(self.older_than);
         // Newest first; an unknown push time sorts last. Ties by name, for a fixed answer.
         let mut by_age: Vec<usize> = (0..input.tags.len()).collect();
-        by_age.sort_by_key(|&i| (std::cmp::Reverse(input.tags.at(i).pushed_at), i));
+        by_age.sort_by_key(|&i| (std::cmp::Reverse(input.tags.at(i).pushed_at()), i));
         let mut tags = vec![self.delete.clone(); input.tags.len()];
         for (rank, &i) in by_age.iter().enumerate() {
             let tag = input.tags.at(i);
@@ -63,7 +68,7 @@ impl RetentionPolicy for KeepRecent {
             } else if rank < self.keep {
                 self.among_newest.clone()
             } else {
-                match tag.pushed_at {
+                match tag.pushed_at() {
                     None => Verdict::keep(reason::TIME_UNKNOWN),
                     Some(at) if at >= cutoff => self.too_recent.clone(),
                     Some(_) => self.delete.clone(),

@@ -468,7 +468,7 @@ const BACKOFF_LIB: &str = include_str!("../../../examples/plugin-template/other-
 const STALE_LIB: &str = include_str!("../../../examples/plugin-template/other-kinds/stale.rs");
 
 /// The template's SDK dependency, rewritten for the new crate.
-const TEMPLATE_SDK_DEPENDENCY: &str = r#"tagwarden-plugin-sdk = { version = "0.1", path = "../../plugins/sdk", features = ["retention"] }"#;
+const TEMPLATE_SDK_DEPENDENCY: &str = r#"tagwarden-plugin-sdk = { version = "0.2", path = "../../plugins/sdk", features = ["retention"] }"#;
 
 /// Writes a complete plugin crate: the template with the new name, for the kind asked.
 /// Nothing is written unless the name and the directory are acceptable.
@@ -498,7 +498,7 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         NewKind::Stale => ("stale", "stale"),
     };
     let sdk = match &args.sdk_path {
-        None => format!(r#"tagwarden-plugin-sdk = {{ version = "0.1", features = ["{feature}"] }}"#),
+        None => format!(r#"tagwarden-plugin-sdk = {{ version = "0.2", features = ["{feature}"] }}"#),
         Some(path) => {
             if !path.join("Cargo.toml").is_file() {
                 bail!(
@@ -507,7 +507,7 @@ pub fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             let path = toml::Value::String(path.display().to_string());
-            format!(r#"tagwarden-plugin-sdk = {{ version = "0.1", path = {path}, features = ["{feature}"] }}"#)
+            format!(r#"tagwarden-plugin-sdk = {{ version = "0.2", path = {path}, features = ["{feature}"] }}"#)
         }
     };
     let crate_name = name.replace('-', "_");

@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use super::bindings::backoff::exports::tagwarden::policy::backoff as wire;
-use super::bindings::retention::tagwarden::policy::types::OperationKind as WireKind;
-use super::{FailureCause, Plugin, PluginError, TypedPre};
+use super::wire::{self, OperationKind as WireKind};
+use super::{FailureCause, Plugin, PluginError};
 use crate::model::{ErrorClass, Timestamp};
 
 /// What kind of registry operation failed or is in progress.
@@ -87,23 +86,21 @@ impl BackoffPlugin {
             },
             http_status: failure.http_status,
             retry_after: failure.retry_after.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            message: failure.message.clone(),
+            message: &failure.message,
             now: failure.now.unix_micros(),
             seed: failure.seed,
         };
         let answer = self.plugin.call(failure.now, |store, pre| {
-            let TypedPre::Backoff(pre) = pre else { unreachable!("kind checked at construction") };
-            let guest = pre.instantiate(&mut *store)?;
-            let strategy = guest.tagwarden_policy_backoff().strategy();
-            let handle = match strategy.call_create(&mut *store, params)? {
+            let instance = pre.instance.instantiate(&mut *store)?;
+            let handle = match pre.exports.create(store, &instance, params)? {
                 Ok(handle) => handle,
                 Err(message) => return Ok(Err(FailureCause::InvalidParams(message))),
             };
-            Ok(Ok(strategy.call_decide(&mut *store, handle, &input)?))
+            Ok(Ok(pre.exports.call::<_, wire::BackoffDecision>(store, &instance, handle, &input)?))
         })?;
         match answer {
-            wire::Decision::RetryAfter(micros) => Ok(BackoffDecision::RetryAfter(Duration::from_micros(micros))),
-            wire::Decision::GiveUp(reason) => self.plugin.check_reason(&reason).map(|()| BackoffDecision::GiveUp(reason)),
+            wire::BackoffDecision::RetryAfter(micros) => Ok(BackoffDecision::RetryAfter(Duration::from_micros(micros))),
+            wire::BackoffDecision::GiveUp(reason) => self.plugin.check_reason(&reason).map(|()| BackoffDecision::GiveUp(reason)),
         }
     }
 }

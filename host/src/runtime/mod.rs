@@ -16,12 +16,12 @@
 //! partial answer.
 
 mod backoff;
-mod bindings;
 mod compile_cache;
 mod retention;
 mod sandbox;
 mod stale;
 mod virtual_time;
+mod wire;
 
 use std::fmt;
 use std::path::Path;
@@ -32,8 +32,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use wasmtime::component::{Component, Linker, types::ComponentItem};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::component::{Component, InstancePre, Linker, types::ComponentItem};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut, Trap};
 
 pub use backoff::{BackoffDecision, BackoffPlugin, Failure, OperationKind};
 pub use retention::{ConfiguredPolicy, RetentionPlugin};
@@ -41,8 +41,15 @@ pub use stale::{Operation, StaleAction, StalePlugin, StaleVerdict};
 
 use sandbox::SandboxState;
 
-/// The WIT package version this host implements.
-pub const CONTRACT_VERSION: (u64, u64, u64) = (0, 1, 0);
+pub use wire::{Columns, ContractVersion};
+
+/// The contract (`wit/policy.wit`) this host's SDK builds plugins for.
+pub const CONTRACT_VERSION: ContractVersion = ContractVersion { major: 0, minor: 2, patch: 0 };
+
+/// Every contract version this host serves, oldest first: plugins built for 0.1 keep
+/// working unchanged (`tests/fixtures/contract-0.1/` holds 0.1.0 builds the suite loads).
+pub const ACCEPTED_CONTRACTS: &[ContractVersion] = &[ContractVersion { major: 0, minor: 1, patch: 0 }, CONTRACT_VERSION];
+
 const CONTRACT_PACKAGE: &str = "tagwarden:policy";
 
 /// How often the epoch advances; deadlines are whole multiples of it.
@@ -296,10 +303,20 @@ impl PluginRuntime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         // Clock waits and polls that never block the thread (see `virtual_time`).
         virtual_time::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-        bindings::retention::tagwarden::policy::log::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        bindings::retention::tagwarden::policy::types::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // `log` (and `types`, which holds only types) at every accepted version: a 0.1
+        // plugin imports `log@0.1.0`, a 0.2 plugin `log@0.2.0`, and both reach one logger.
+        for version in ACCEPTED_CONTRACTS {
+            linker.instance(&format!("{CONTRACT_PACKAGE}/types@{version}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+            linker
+                .instance(&format!("{CONTRACT_PACKAGE}/log@{version}"))
+                .and_then(|mut log| {
+                    log.func_wrap("log", |mut cx: StoreContextMut<'_, SandboxState>, (level, message): (wire::LogLevel, String)| {
+                        cx.data_mut().log(level, message);
+                        Ok(())
+                    })
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -350,19 +367,15 @@ impl PluginRuntime {
             load_err(format!("not a valid WebAssembly component ({} bytes; a truncated copy? build or copy it again): {e:#}", bytes.len()))
         })?;
         let (kind, contract_version) = self.exported_world(&component).map_err(load_err)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+        let instance = self.linker.instantiate_pre(&component).map_err(|e| {
             load_err(format!(
                 "{e} (plugins may import only the tagwarden:policy/log interface and the WASI interfaces the Rust standard library needs; \
                  they get no network, filesystem or environment)"
             ))
         })?;
-        let typed = match kind {
-            PluginKind::Retention => bindings::retention::RetentionPluginPre::new(pre)
-                .and_then(|pre| Ok(TypedPre::Retention(pre, retention::evaluate_export(&component, &contract_version)?))),
-            PluginKind::Backoff => bindings::backoff::BackoffPluginPre::new(pre).map(TypedPre::Backoff),
-            PluginKind::Stale => bindings::stale::StalePluginPre::new(pre).map(TypedPre::Stale),
-        }
-        .map_err(|e| load_err(format!("exports `{CONTRACT_PACKAGE}/{kind}` with the wrong shape: {e}")))?;
+        let exports = wire::Exports::find(&component, kind, contract_version)
+            .map_err(|e| load_err(format!("exports `{CONTRACT_PACKAGE}/{kind}@{contract_version}` with the wrong shape: {e}")))?;
+        let typed = TypedPre { instance, exports };
 
         let mut plugin = Plugin {
             inner: Arc::new(PluginInner {
@@ -372,7 +385,7 @@ impl PluginRuntime {
                     version: String::new(),
                     description: String::new(),
                     kind,
-                    contract_version,
+                    contract_version: contract_version.to_string(),
                     sha256,
                     size_bytes: bytes.len(),
                     from_compile_cache,
@@ -383,7 +396,16 @@ impl PluginRuntime {
                 stats: PluginStats::default(),
             }),
         };
-        let info = plugin.call(crate::model::Timestamp::from_unix_micros(0), |store, pre| pre.info(store).map(Ok))?;
+        let info = plugin.call(crate::model::Timestamp::from_unix_micros(0), |store, pre| {
+            let instance = pre.instance.instantiate(&mut *store)?;
+            // Every function's type, checked once here: a mismatch is a load error.
+            if let Err(e) = pre.exports.check(store, &instance) {
+                return Ok(Err(FailureCause::Load(format!(
+                    "exports `{CONTRACT_PACKAGE}/{kind}@{contract_version}` with the wrong shape: {e:#}"
+                ))));
+            }
+            Ok(Ok(pre.exports.info(store, &instance)?.call(&mut *store, ())?.0))
+        })?;
         check_info(&info).map_err(|m| load_err(format!("its `info` {m}")))?;
         let inner = Arc::get_mut(&mut plugin.inner).expect("not shared yet");
         inner.name = Arc::from(info.name.as_str());
@@ -394,7 +416,7 @@ impl PluginRuntime {
     }
 
     /// Finds which plugin interface the component exports and checks its version.
-    fn exported_world(&self, component: &Component) -> Result<(PluginKind, String), String> {
+    fn exported_world(&self, component: &Component) -> Result<(PluginKind, ContractVersion), String> {
         let ty = component.component_type();
         let mut found = Vec::new();
         for (name, item) in ty.exports(&self.engine) {
@@ -417,10 +439,7 @@ impl PluginRuntime {
                 "exports none of {CONTRACT_PACKAGE}/retention, /backoff or /stale (it exports: {}); build it with the tagwarden plugin SDK",
                 if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") }
             )),
-            [(kind, version)] => {
-                check_contract_version(version)?;
-                Ok((*kind, version.clone()))
-            }
+            [(kind, version)] => Ok((*kind, check_contract_version(version)?)),
             _ => Err("exports more than one plugin interface; a plugin implements exactly one world".to_owned()),
         }
     }
@@ -446,27 +465,28 @@ impl Drop for PluginRuntime {
     }
 }
 
-/// Semver for the contract: same major, and for 0.x the same minor; a plugin built
-/// for a newer patch or minor (1.x) than the host may use features the host lacks.
-fn check_contract_version(version: &str) -> Result<(), String> {
-    let (hmaj, hmin, hpatch) = CONTRACT_VERSION;
-    let parsed: Option<(u64, u64, u64)> = (|| {
-        let mut it = version.split('.').map(|p| p.split(['-', '+']).next().unwrap_or(p).parse::<u64>().ok());
-        Some((it.next()??, it.next()??, it.next()??))
-    })();
-    let host = format!("{hmaj}.{hmin}.{hpatch}");
-    let Some((maj, min, patch)) = parsed else {
-        return Err(format!("exports contract version `{version}`, which is not semver; this host speaks {CONTRACT_PACKAGE}@{host}"));
+/// The accepted version a plugin built for `version` is served as. Semver per accepted
+/// version: same major, and for 0.x the same minor; a plugin built for a newer patch (or,
+/// past 1.0, a newer minor) than the host lists may use features the host lacks.
+fn check_contract_version(version: &str) -> Result<ContractVersion, String> {
+    let accepted = accepted_contracts();
+    let Some(parsed) = ContractVersion::parse(version) else {
+        return Err(format!("exports contract version `{version}`, which is not semver; this host accepts {accepted}"));
     };
-    let compatible = maj == hmaj && if hmaj == 0 { min == hmin && patch <= hpatch } else { min <= hmin };
-    if compatible {
-        Ok(())
-    } else {
-        Err(format!(
-            "was built for {CONTRACT_PACKAGE}@{version}, but this host speaks {CONTRACT_PACKAGE}@{host}; \
-             rebuild the plugin against a matching tagwarden-plugin-sdk, or use a tagwarden that speaks {version}"
-        ))
-    }
+    // The plugin's own version names its exports; the accepted one only vouches for it.
+    ACCEPTED_CONTRACTS.iter().any(|host| host.accepts(parsed)).then_some(parsed).ok_or_else(|| {
+        format!(
+            "was built for {CONTRACT_PACKAGE}@{version}, but this host accepts {accepted}; \
+             rebuild the plugin against tagwarden-plugin-sdk {}.{} (contract {CONTRACT_VERSION}), or use a tagwarden that accepts {version}",
+            CONTRACT_VERSION.major, CONTRACT_VERSION.minor
+        )
+    })
+}
+
+/// `tagwarden:policy@0.1.x (up to 0.1.0) and @0.2.x (up to 0.2.0)`, for messages.
+pub fn accepted_contracts() -> String {
+    let each: Vec<String> = ACCEPTED_CONTRACTS.iter().map(|v| format!("@{}.{}.x (up to {v})", v.major, v.minor)).collect();
+    format!("{CONTRACT_PACKAGE}{}", each.join(" and "))
 }
 
 /// Longest plugin name and version accepted from `info`.
@@ -477,7 +497,7 @@ const INFO_DESCRIPTION_BYTES: usize = 1024;
 /// A plugin's name and version appear in every log line, error and audit row about it,
 /// so they are short identifiers that need no escaping anywhere; the description is
 /// bounded and escaped where shown.
-fn check_info(info: &bindings::PluginInfo) -> Result<(), String> {
+fn check_info(info: &wire::PluginInfo) -> Result<(), String> {
     let identifier = |what: &str, value: &str, allowed: &dyn Fn(char) -> bool| {
         if value.is_empty() || value.len() > INFO_NAME_BYTES || !value.chars().all(allowed) {
             Err(format!(
@@ -512,22 +532,11 @@ fn check_binary_header(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
-/// The typed pre-instantiated component of each kind.
-enum TypedPre {
-    /// With the export index of `[method]policy.evaluate`, which the host calls directly.
-    Retention(bindings::retention::RetentionPluginPre<SandboxState>, wasmtime::component::ComponentExportIndex),
-    Backoff(bindings::backoff::BackoffPluginPre<SandboxState>),
-    Stale(bindings::stale::StalePluginPre<SandboxState>),
-}
-
-impl TypedPre {
-    fn info(&self, store: &mut Store<SandboxState>) -> wasmtime::Result<bindings::PluginInfo> {
-        match self {
-            TypedPre::Retention(p, _) => p.instantiate(&mut *store)?.tagwarden_policy_retention().call_info(store),
-            TypedPre::Backoff(p) => p.instantiate(&mut *store)?.tagwarden_policy_backoff().call_info(store),
-            TypedPre::Stale(p) => p.instantiate(&mut *store)?.tagwarden_policy_stale().call_info(store),
-        }
-    }
+/// The pre-instantiated component and the functions of its interface.
+#[derive(Clone)]
+struct TypedPre {
+    instance: InstancePre<SandboxState>,
+    exports: wire::Exports,
 }
 
 struct PluginInner {
@@ -634,11 +643,7 @@ impl Plugin {
     /// The same plugin with other limits (the compiled code is shared).
     pub fn with_limits(&self, limits: PluginLimits) -> Plugin {
         let i = &self.inner;
-        let pre = match &i.pre {
-            TypedPre::Retention(p, evaluate) => TypedPre::Retention(p.clone(), *evaluate),
-            TypedPre::Backoff(p) => TypedPre::Backoff(p.clone()),
-            TypedPre::Stale(p) => TypedPre::Stale(p.clone()),
-        };
+        let pre = i.pre.clone();
         Plugin {
             inner: Arc::new(PluginInner {
                 runtime: i.runtime.clone(),
@@ -777,13 +782,17 @@ mod tests {
     }
 
     #[test]
-    fn contract_versions_follow_semver() {
-        assert!(check_contract_version("0.1.0").is_ok());
-        let err = check_contract_version("0.2.0").unwrap_err();
-        assert!(err.contains("0.2.0") && err.contains("0.1.0"), "{err}");
+    fn contract_versions_follow_semver_per_accepted_version() {
+        let v = |s| ContractVersion::parse(s).unwrap();
+        assert_eq!(check_contract_version("0.1.0"), Ok(v("0.1.0")));
+        assert_eq!(check_contract_version("0.2.0"), Ok(v("0.2.0")));
+        let err = check_contract_version("0.3.0").unwrap_err();
+        assert!(err.contains("built for tagwarden:policy@0.3.0") && err.contains("@0.1.x (up to 0.1.0) and @0.2.x (up to 0.2.0)"), "{err}");
         assert!(check_contract_version("1.0.0").is_err());
         assert!(check_contract_version("0.1.1").is_err(), "a newer patch may rely on additions");
+        assert!(check_contract_version("0.2.1").is_err(), "a newer patch may rely on additions");
         assert!(check_contract_version("banana").unwrap_err().contains("not semver"));
+        assert!(check_contract_version("0.2.0.1").unwrap_err().contains("not semver"));
     }
 
     #[test]

@@ -5,29 +5,17 @@ use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
 use wasmtime::Store;
-use wasmtime::component::{Component, ComponentExportIndex, ComponentType, Func, Lower, ResourceAny};
+use wasmtime::component::ResourceAny;
 
-use super::bindings::retention::RetentionPlugin as Guest;
-use super::bindings::retention::exports::tagwarden::policy::retention as wire;
 use super::sandbox::SandboxState;
-use super::{CONTRACT_PACKAGE, FailureCause, Plugin, PluginError, TypedPre, WarmPermit};
+use super::wire::{self, Columns, StringTable};
+use super::{FailureCause, Plugin, PluginError, WarmPermit};
 use crate::model::{self, Action, ListColumns, RetentionDecisions, Rule, TagList, Timestamp};
 
 // The list's columns are lowered as they are: their "unknown" values must be the wire's.
 const _: () = assert!(ListColumns::UNKNOWN_TIME == i64::MIN, "wit/policy.wit: an unknown timestamp is the minimum s64");
 const _: () = assert!(ListColumns::UNKNOWN_SIZE == -1, "wit/policy.wit: an unknown size is -1");
 const _: () = assert!(ListColumns::UNKNOWN_MEDIA_TYPE == u32::MAX, "wit/policy.wit: an unknown media type is the maximum u32");
-
-/// The index of `[method]policy.evaluate` in a retention component, found once at load.
-/// The host calls it directly rather than through the generated binding, so that the
-/// input is lowered from the list's borrowed columns (`EvaluationRef`).
-pub(super) fn evaluate_export(component: &Component, contract_version: &str) -> wasmtime::Result<ComponentExportIndex> {
-    let interface = format!("{CONTRACT_PACKAGE}/retention@{contract_version}");
-    component
-        .get_export_index(None, &interface)
-        .and_then(|i| component.get_export_index(Some(&i), "[method]policy.evaluate"))
-        .ok_or_else(|| wasmtime::format_err!("{interface} exports no `[method]policy.evaluate`"))
-}
 
 /// Idle instances kept per configured policy: about the passes that run it at once.
 const IDLE_PER_POLICY: usize = 4;
@@ -49,11 +37,17 @@ impl RetentionPlugin {
 
     /// Asks the plugin to validate `params` (a JSON object's text) without evaluating.
     pub fn validate_params(&self, params: &str) -> Result<(), PluginError> {
-        let mut store = self.plugin.new_store();
-        let (_, handle) = self.create(&mut store, params)?;
+        let instance = self.create(params)?;
+        let mut store = instance.store;
         // Dropping the store drops the policy with it; say so to the guest all the same.
-        let _ = handle.resource_drop(&mut store);
+        let _ = instance.handle.resource_drop(&mut store);
         Ok(())
+    }
+
+    /// The columns a policy configured with `params` reads (all of them for a plugin
+    /// built for contract 0.1, which cannot say).
+    pub fn reads(&self, params: &str) -> Result<Columns, PluginError> {
+        self.create(params).map(|instance| instance.reads)
     }
 
     /// Decides every tag and untagged manifest of `list` as of `now`, in a fresh store
@@ -61,9 +55,8 @@ impl RetentionPlugin {
     /// verdict or the result is an error: never partial. To evaluate many repositories
     /// with the same params, [`configure`](Self::configure) once instead.
     pub fn evaluate(&self, params: &str, list: &TagList, now: Timestamp) -> Result<RetentionDecisions, PluginError> {
-        let mut store = self.plugin.new_store();
-        let (evaluate, handle) = self.create(&mut store, params)?;
-        self.decide(&mut store, evaluate, handle, list, now)
+        let mut instance = self.create(params)?;
+        self.decide(&mut instance, list, now)
     }
 
     /// Validates `params` and returns the policy they configure, ready to evaluate
@@ -71,42 +64,38 @@ impl RetentionPlugin {
     pub fn configure(&self, params: &str) -> Result<ConfiguredPolicy, PluginError> {
         let policy = ConfiguredPolicy { plugin: self.clone(), params: params.to_owned(), idle: Mutex::new(Vec::new()) };
         // The instance that validated the params serves the first repository.
-        let mut store = self.plugin.new_store();
-        let (evaluate, handle) = self.create(&mut store, params)?;
-        policy.keep_warm(Instance { store, evaluate, handle, permit: None });
+        policy.keep_warm(self.create(params)?);
         Ok(policy)
     }
 
-    /// Instantiates the component in `store` and creates its policy from `params`.
-    /// Returns the policy and the instance's `[method]policy.evaluate`.
-    fn create(&self, store: &mut Store<SandboxState>, params: &str) -> Result<(Func, ResourceAny), PluginError> {
+    /// Instantiates the component in a fresh store, creates its policy from `params` and
+    /// asks which columns it reads.
+    fn create(&self, params: &str) -> Result<Instance, PluginError> {
+        let mut store = self.plugin.new_store();
         // `create` always runs with its clock at the Unix epoch: a policy created once
         // serves evaluations at many times, and must not depend on when it was created.
-        self.plugin.call_in(store, Timestamp::from_unix_micros(0), |store, pre| {
-            let TypedPre::Retention(pre, evaluate) = pre else { unreachable!("kind checked at construction") };
-            let instance = pre.instance_pre().instantiate(&mut *store)?;
-            let guest = Guest::new(&mut *store, &instance)?;
-            let evaluate = instance.get_func(&mut *store, evaluate).expect("found at load, in the same component");
-            match guest.tagwarden_policy_retention().policy().call_create(&mut *store, params)? {
-                Ok(handle) => Ok(Ok((evaluate, handle))),
-                Err(message) => Ok(Err(FailureCause::InvalidParams(message))),
-            }
-        })
+        let (instance, handle, reads) = self.plugin.call_in(&mut store, Timestamp::from_unix_micros(0), |store, pre| {
+            let instance = pre.instance.instantiate(&mut *store)?;
+            let handle = match pre.exports.create(store, &instance, params)? {
+                Ok(handle) => handle,
+                Err(message) => return Ok(Err(FailureCause::InvalidParams(message))),
+            };
+            let reads = pre.exports.reads(store, &instance, handle)?;
+            Ok(Ok((instance, handle, reads)))
+        })?;
+        Ok(Instance { store, instance, handle, reads, permit: None })
     }
 
     /// One `evaluate` call on a created policy, its answer validated against `list`.
-    fn decide(
-        &self,
-        store: &mut Store<SandboxState>,
-        evaluate: Func,
-        handle: ResourceAny,
-        list: &TagList,
-        now: Timestamp,
-    ) -> Result<RetentionDecisions, PluginError> {
-        let input = EvaluationRef::new(list, now);
-        let answer = self.plugin.call_in(store, now, |store, _| {
-            let typed = evaluate.typed::<(ResourceAny, &EvaluationRef<'_>), (Result<wire::Decisions, String>,)>(&*store)?;
-            let (answer,) = typed.call(&mut *store, (handle, &input))?;
+    fn decide(&self, instance: &mut Instance, list: &TagList, now: Timestamp) -> Result<RetentionDecisions, PluginError> {
+        let Instance { store, instance, handle, reads, .. } = instance;
+        let (instance, handle, reads) = (*instance, *handle, *reads);
+        let answer = self.plugin.call_in(store, now, |store, pre| {
+            let answer: Result<wire::Decisions, String> = if pre.exports.version.declares_columns() {
+                pre.exports.call(store, &instance, handle, &evaluation(list, now, reads))?
+            } else {
+                pre.exports.call(store, &instance, handle, &evaluation_v01(list, now))?
+            };
             Ok(answer.map_err(FailureCause::Rejected))
         })?;
         let rules = answer
@@ -147,8 +136,10 @@ pub struct ConfiguredPolicy {
 /// An instance with its policy created.
 struct Instance {
     store: Store<SandboxState>,
-    evaluate: Func,
+    instance: wasmtime::component::Instance,
     handle: ResourceAny,
+    /// The columns the policy declared it reads (`policy.reads`).
+    reads: Columns,
     /// Held while the instance is warm.
     permit: Option<WarmPermit>,
 }
@@ -178,13 +169,9 @@ impl ConfiguredPolicy {
         let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let mut instance = match idle {
             Some(instance) => instance,
-            None => {
-                let mut store = self.plugin.plugin.new_store();
-                let (evaluate, handle) = self.plugin.create(&mut store, &self.params)?;
-                Instance { store, evaluate, handle, permit: None }
-            }
+            None => self.plugin.create(&self.params)?,
         };
-        let decisions = self.plugin.decide(&mut instance.store, instance.evaluate, instance.handle, list, now);
+        let decisions = self.plugin.decide(&mut instance, list, now);
         if decisions.is_ok() {
             self.keep_warm(instance);
         }
@@ -225,74 +212,61 @@ impl fmt::Debug for ConfiguredPolicy {
     }
 }
 
-/// `retention.evaluation` (`wit/policy.wit`) borrowing the list's columns: lowering
-/// copies them into the guest straight from the list, with no copy on the host.
-#[derive(ComponentType, Lower)]
-#[component(record)]
-struct EvaluationRef<'a> {
-    repository: &'a str,
-    now: i64,
-    digests: StringTableRef<'a>,
-    #[component(name = "media-types")]
-    media_types: StringTableRef<'a>,
-    tags: TagColumnsRef<'a>,
-    untagged: UntaggedColumnsRef<'a>,
+/// The list's columns as the wire's borrowed tables: lowering copies them into the guest
+/// straight from the list, with no copy on the host.
+fn table(t: &model::StringTable) -> StringTable<'_> {
+    StringTable { data: t.data(), ends: t.ends() }
 }
 
-#[derive(ComponentType, Lower)]
-#[component(record)]
-struct StringTableRef<'a> {
-    data: &'a str,
-    ends: &'a [u32],
+/// `retention.evaluation` of contract 0.2: only the columns the policy reads; the others
+/// are empty lists (the names always go).
+fn evaluation(list: &TagList, now: Timestamp, reads: Columns) -> wire::Evaluation<'_> {
+    let c = list.columns();
+    let (t, u) = (c.tags(), c.untagged());
+    fn pick<T>(reads: Columns, column: Columns, values: &[T]) -> &[T] {
+        if reads.contains(column) { values } else { &[] }
+    }
+    wire::Evaluation {
+        repository: &list.repository,
+        now: now.unix_micros(),
+        digests: if reads.contains(Columns::DIGESTS) { table(c.digests()) } else { StringTable::EMPTY },
+        media_types: if reads.contains(Columns::MEDIA_TYPES) { table(c.media_types()) } else { StringTable::EMPTY },
+        tags: wire::TagColumns {
+            names: table(c.names()),
+            digests: pick(reads, Columns::DIGESTS, &t.digests),
+            created_at: pick(reads, Columns::CREATED_AT, &t.created_at),
+            pushed_at: pick(reads, Columns::PUSHED_AT, &t.pushed_at),
+            last_pulled_at: pick(reads, Columns::LAST_PULLED_AT, &t.last_pulled_at),
+            size_bytes: pick(reads, Columns::SIZE_BYTES, &t.size_bytes),
+            media_types: pick(reads, Columns::MEDIA_TYPES, &t.media_types),
+        },
+        untagged: wire::UntaggedColumns {
+            count: u32::try_from(u.digests.len()).expect("a list's length fits the wire's u32 (input limits)"),
+            digests: pick(reads, Columns::DIGESTS, &u.digests),
+            created_at: pick(reads, Columns::CREATED_AT, &u.created_at),
+            pushed_at: pick(reads, Columns::PUSHED_AT, &u.pushed_at),
+        },
+    }
 }
 
-#[derive(ComponentType, Lower)]
-#[component(record)]
-struct TagColumnsRef<'a> {
-    names: StringTableRef<'a>,
-    digests: &'a [u32],
-    #[component(name = "created-at")]
-    created_at: &'a [i64],
-    #[component(name = "pushed-at")]
-    pushed_at: &'a [i64],
-    #[component(name = "last-pulled-at")]
-    last_pulled_at: &'a [i64],
-    #[component(name = "size-bytes")]
-    size_bytes: &'a [i64],
-    #[component(name = "media-types")]
-    media_types: &'a [u32],
-}
-
-#[derive(ComponentType, Lower)]
-#[component(record)]
-struct UntaggedColumnsRef<'a> {
-    digests: &'a [u32],
-    #[component(name = "created-at")]
-    created_at: &'a [i64],
-    #[component(name = "pushed-at")]
-    pushed_at: &'a [i64],
-}
-
-impl<'a> EvaluationRef<'a> {
-    fn new(list: &'a TagList, now: Timestamp) -> Self {
-        let c = list.columns();
-        let table = |t: &'a model::StringTable| StringTableRef { data: t.data(), ends: t.ends() };
-        let (t, u) = (c.tags(), c.untagged());
-        EvaluationRef {
-            repository: &list.repository,
-            now: now.unix_micros(),
-            digests: table(c.digests()),
-            media_types: table(c.media_types()),
-            tags: TagColumnsRef {
-                names: table(c.names()),
-                digests: &t.digests,
-                created_at: &t.created_at,
-                pushed_at: &t.pushed_at,
-                last_pulled_at: &t.last_pulled_at,
-                size_bytes: &t.size_bytes,
-                media_types: &t.media_types,
-            },
-            untagged: UntaggedColumnsRef { digests: &u.digests, created_at: &u.created_at, pushed_at: &u.pushed_at },
-        }
+/// `retention.evaluation` of contract 0.1: every column.
+fn evaluation_v01(list: &TagList, now: Timestamp) -> wire::EvaluationV01<'_> {
+    let c = list.columns();
+    let (t, u) = (c.tags(), c.untagged());
+    wire::EvaluationV01 {
+        repository: &list.repository,
+        now: now.unix_micros(),
+        digests: table(c.digests()),
+        media_types: table(c.media_types()),
+        tags: wire::TagColumns {
+            names: table(c.names()),
+            digests: &t.digests,
+            created_at: &t.created_at,
+            pushed_at: &t.pushed_at,
+            last_pulled_at: &t.last_pulled_at,
+            size_bytes: &t.size_bytes,
+            media_types: &t.media_types,
+        },
+        untagged: wire::UntaggedColumnsV01 { digests: &u.digests, created_at: &u.created_at, pushed_at: &u.pushed_at },
     }
 }

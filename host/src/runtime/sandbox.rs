@@ -19,8 +19,8 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::random::Deterministic;
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::LogLevel;
 use super::virtual_time::{VirtualClock, Waits};
+use super::wire::LogLevel;
 use super::{PluginLimits, STDERR_CAPTURE_BYTES};
 use crate::model::Timestamp;
 
@@ -131,10 +131,9 @@ impl WasiView for SandboxState {
     }
 }
 
-impl super::bindings::retention::tagwarden::policy::types::Host for SandboxState {}
-
-impl super::bindings::retention::tagwarden::policy::log::Host for SandboxState {
-    fn log(&mut self, level: LogLevel, message: String) {
+impl SandboxState {
+    /// `log.log`, for plugins of every contract version.
+    pub(crate) fn log(&mut self, level: LogLevel, message: String) {
         self.log_lines += 1;
         if self.log_lines > LOG_LINES_PER_CALL {
             if self.log_lines == LOG_LINES_PER_CALL + 1 {

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::backoff::OperationKind;
-use super::bindings::stale::exports::tagwarden::policy::stale as wire;
-use super::{FailureCause, Plugin, PluginError, TypedPre};
+use super::wire;
+use super::{FailureCause, Plugin, PluginError};
 use crate::model::Timestamp;
 
 /// An operation the host's state says is in progress.
@@ -61,21 +61,19 @@ impl StalePlugin {
     fn check_fresh(&self, params: &str, op: &Operation) -> Result<StaleVerdict, PluginError> {
         let input = wire::Operation {
             kind: op.kind.into(),
-            state: op.state.clone(),
+            state: &op.state,
             started_at: op.started_at.map(Timestamp::unix_micros),
             now: op.now.unix_micros(),
             limits: wire::Limits { delete_timeout: u64::try_from(op.delete_timeout.as_micros()).unwrap_or(u64::MAX) },
-            registry_status: op.registry_status.clone(),
+            registry_status: op.registry_status.as_deref(),
         };
         let answer = self.plugin.call(op.now, |store, pre| {
-            let TypedPre::Stale(pre) = pre else { unreachable!("kind checked at construction") };
-            let guest = pre.instantiate(&mut *store)?;
-            let rule = guest.tagwarden_policy_stale().rule();
-            let handle = match rule.call_create(&mut *store, params)? {
+            let instance = pre.instance.instantiate(&mut *store)?;
+            let handle = match pre.exports.create(store, &instance, params)? {
                 Ok(handle) => handle,
                 Err(message) => return Ok(Err(FailureCause::InvalidParams(message))),
             };
-            Ok(Ok(rule.call_check(&mut *store, handle, &input)?))
+            Ok(Ok(pre.exports.call::<_, wire::Verdict>(store, &instance, handle, &input)?))
         })?;
         if let wire::Verdict::Stale(f) = &answer {
             self.plugin.check_reason(&f.reason)?;

@@ -21,7 +21,7 @@ use std::cmp::Reverse;
 use regex::Regex;
 use serde_json::Value;
 use tagwarden_plugin_sdk::params::expected;
-use tagwarden_plugin_sdk::{Decisions, RetentionInput, RetentionPolicy, Timestamp, Verdict, export_retention};
+use tagwarden_plugin_sdk::{Columns, Decisions, RetentionInput, RetentionPolicy, Timestamp, Verdict, export_retention};
 
 use flags::Flags;
 
@@ -70,6 +70,11 @@ impl RetentionPolicy for AcrPurge {
         })
     }
 
+    /// Only what it reads is sent: it ages by push time (build time as fallback); untagged manifests are named by digest.
+    fn reads(&self) -> Columns {
+        Columns::DIGESTS | Columns::PUSHED_AT | Columns::CREATED_AT
+    }
+
     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {
         let tag_regexes: Vec<&str> =
             self.flags.filters.iter().filter(|f| f.repository.is_match(input.repository)).map(|f| f.tag.as_str()).collect();
@@ -108,7 +113,7 @@ impl AcrPurge {
                 Verdict::keep(reason::NO_MATCH)
             } else {
                 // A tag's last update: when it was pushed or moved; else its image's build time.
-                match tag.pushed_at.or(tag.created_at) {
+                match tag.pushed_at().or(tag.created_at()) {
                     None => Verdict::keep(reason::TIME_UNKNOWN),
                     Some(t) if t < cutoff => {
                         candidates.push((t, i));
@@ -131,12 +136,12 @@ impl AcrPurge {
         let mut verdicts = Vec::with_capacity(input.untagged.len());
         let mut candidates: Vec<(Timestamp, &str, usize)> = Vec::new();
         for (i, manifest) in input.untagged.iter().enumerate() {
-            verdicts.push(match manifest.pushed_at.or(manifest.created_at) {
+            verdicts.push(match manifest.pushed_at().or(manifest.created_at()) {
                 None => Verdict::keep(reason::UNTAGGED_TIME_UNKNOWN),
                 // Protected only when updated strictly after the cutoff.
                 Some(t) if t > cutoff => self.manifest_too_recent.clone(),
                 Some(t) => {
-                    candidates.push((t, manifest.digest, i));
+                    candidates.push((t, manifest.digest(), i));
                     self.delete_manifest.clone()
                 }
             });

@@ -29,21 +29,25 @@ fn run_in(
     let mut list: Vec<Tag<'static>> = tags
         .iter()
         .enumerate()
-        .map(|(n, &(name, hours))| Tag {
-            name,
-            digest: digest(n + 1),
-            created_at: None,
-            pushed_at: hours.map(|h| ago(h * HOUR)),
-            last_pulled_at: None,
-            size_bytes: None,
-            media_type: None,
+        .map(|(n, &(name, hours))| {
+            let tag = Tag::new(name, digest(n + 1));
+            match hours {
+                Some(h) => tag.with_pushed_at(ago(h * HOUR)),
+                None => tag,
+            }
         })
         .collect();
     list.sort_by_key(|t| t.name);
     let untagged: Vec<UntaggedManifest<'static>> = untagged
         .iter()
         .enumerate()
-        .map(|(n, h)| UntaggedManifest { digest: digest(100 + n), created_at: None, pushed_at: h.map(|h| ago(h * HOUR)) })
+        .map(|(n, h)| {
+            let manifest = UntaggedManifest::new(digest(100 + n));
+            match h {
+                Some(h) => manifest.with_pushed_at(ago(h * HOUR)),
+                None => manifest,
+            }
+        })
         .collect();
     let input = RetentionInput { repository: repo, now: NOW, tags: list.into(), untagged };
     let decisions = AcrPurge::create(params)?.evaluate(&input)?;

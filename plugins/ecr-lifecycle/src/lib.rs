@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use serde_json::Value;
 use tagwarden_images::{Image, Images};
 use tagwarden_plugin_sdk::params::expected;
-use tagwarden_plugin_sdk::{Decisions, Duration, RetentionInput, RetentionPolicy, Timestamp, Verdict, export_retention};
+use tagwarden_plugin_sdk::{Columns, Decisions, Duration, RetentionInput, RetentionPolicy, Timestamp, Verdict, export_retention};
 
 use policy::{Count, Rule, Selection};
 
@@ -55,6 +55,11 @@ impl RetentionPolicy for EcrLifecycle {
         };
         let rules = policy::parse(document)?;
         Ok(EcrLifecycle { rules: rules.into_iter().map(PreparedRule::new).collect() })
+    }
+
+    /// Only what it reads is sent: it images are grouped by digest and aged by push time (build time as fallback).
+    fn reads(&self) -> Columns {
+        Columns::DIGESTS | Columns::PUSHED_AT | Columns::CREATED_AT
     }
 
     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {
@@ -153,8 +158,8 @@ impl Rule {
 /// OCI registry offers.
 fn push_time(images: &Images<'_>, input: &RetentionInput<'_>, image: &Image<'_>) -> Option<Timestamp> {
     images
-        .earliest(input, image, |t| t.pushed_at, |u| u.pushed_at)
-        .or_else(|| images.earliest(input, image, |t| t.created_at, |u| u.created_at))
+        .earliest(input, image, |t| t.pushed_at(), |u| u.pushed_at())
+        .or_else(|| images.earliest(input, image, |t| t.created_at(), |u| u.created_at()))
 }
 
 /// The error for an image that a rule identifies but whose age nothing in the input tells.

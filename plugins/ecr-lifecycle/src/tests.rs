@@ -34,18 +34,10 @@ fn run(policy: &str, images: &[Img]) -> Result<Vec<(String, Action, String)>, St
     for (n, image) in images.iter().enumerate() {
         let d = digest(n as u8 + 1);
         for &name in image.tags {
-            tags.push(Tag {
-                name,
-                digest: d,
-                created_at: image.created_ago.map(ago),
-                pushed_at: image.pushed_ago.map(ago),
-                last_pulled_at: None,
-                size_bytes: None,
-                media_type: None,
-            });
+            tags.push(Tag::new(name, d).with_created_at(image.created_ago.map(ago)).with_pushed_at(image.pushed_ago.map(ago)));
         }
         if image.tags.is_empty() {
-            untagged.push(UntaggedManifest { digest: d, created_at: image.created_ago.map(ago), pushed_at: image.pushed_ago.map(ago) });
+            untagged.push(UntaggedManifest::new(d).with_created_at(image.created_ago.map(ago)).with_pushed_at(image.pushed_ago.map(ago)));
         }
     }
     tags.sort_by_key(|t| t.name);
@@ -54,7 +46,7 @@ fn run(policy: &str, images: &[Img]) -> Result<Vec<(String, Action, String)>, St
     // Every tag of an image shares its verdict.
     for (n, image) in images.iter().enumerate() {
         let d = digest(n as u8 + 1);
-        let verdicts: Vec<&Verdict> = input.tags.iter().zip(&decisions.tags).filter(|(t, _)| t.digest == d).map(|(_, v)| v).collect();
+        let verdicts: Vec<&Verdict> = input.tags.iter().zip(&decisions.tags).filter(|(t, _)| t.digest() == d).map(|(_, v)| v).collect();
         assert!(verdicts.windows(2).all(|w| w[0] == w[1]), "image {n} ({:?}) got different verdicts per tag", image.tags);
     }
     let mut out = Vec::new();
@@ -62,10 +54,13 @@ fn run(policy: &str, images: &[Img]) -> Result<Vec<(String, Action, String)>, St
     for (n, image) in images.iter().enumerate() {
         let d = digest(n as u8 + 1);
         let (label, v) = match image.tags.first() {
-            Some(&first) => (first.to_owned(), input.tags.iter().zip(&decisions.tags).find(|(t, _)| t.digest == d).unwrap().1),
+            Some(&first) => (first.to_owned(), input.tags.iter().zip(&decisions.tags).find(|(t, _)| t.digest() == d).unwrap().1),
             None => {
                 untagged_n += 1;
-                (format!("<untagged {untagged_n}>"), input.untagged.iter().zip(&decisions.untagged).find(|(u, _)| u.digest == d).unwrap().1)
+                (
+                    format!("<untagged {untagged_n}>"),
+                    input.untagged.iter().zip(&decisions.untagged).find(|(u, _)| u.digest() == d).unwrap().1,
+                )
             }
         };
         out.push((label, v.action, v.reason.to_string()));

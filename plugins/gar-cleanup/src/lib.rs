@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use serde_json::Value;
 use tagwarden_images::{Image, Images};
 use tagwarden_plugin_sdk::params::expected;
-use tagwarden_plugin_sdk::{Decisions, RetentionInput, RetentionPolicy, Timestamp, Verdict, export_retention};
+use tagwarden_plugin_sdk::{Columns, Decisions, RetentionInput, RetentionPolicy, Timestamp, Verdict, export_retention};
 
 use policy::{Condition, Policy, Rule, TagState};
 
@@ -62,6 +62,11 @@ impl RetentionPolicy for GarCleanup {
             })
             .collect();
         Ok(GarCleanup { policies, dry_run })
+    }
+
+    /// Only what it reads is sent: it versions are digests, aged by push time (build time as fallback).
+    fn reads(&self) -> Columns {
+        Columns::DIGESTS | Columns::PUSHED_AT | Columns::CREATED_AT
     }
 
     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {
@@ -173,8 +178,8 @@ fn any_prefix(prefixes: &[String], name: &str) -> bool {
 /// untagged), else its build time `created_at`.
 fn upload_time(images: &Images<'_>, input: &RetentionInput<'_>, image: &Image<'_>) -> Option<Timestamp> {
     images
-        .earliest(input, image, |t| t.pushed_at, |u| u.pushed_at)
-        .or_else(|| images.earliest(input, image, |t| t.created_at, |u| u.created_at))
+        .earliest(input, image, |t| t.pushed_at(), |u| u.pushed_at())
+        .or_else(|| images.earliest(input, image, |t| t.created_at(), |u| u.created_at()))
 }
 
 fn no_time(images: &Images<'_>, input: &RetentionInput<'_>, i: usize, policy: &str) -> String {

@@ -18,18 +18,10 @@ fn run_in(repo: &str, policies: &str, versions: &[(&'static [&'static str], Opti
     let mut untagged = Vec::new();
     for (n, (names, days)) in versions.iter().enumerate() {
         for &name in *names {
-            tags.push(Tag {
-                name,
-                digest: digest(n + 1),
-                created_at: None,
-                pushed_at: days.map(at),
-                last_pulled_at: None,
-                size_bytes: None,
-                media_type: None,
-            });
+            tags.push(Tag::new(name, digest(n + 1)).with_pushed_at(days.map(at)));
         }
         if names.is_empty() {
-            untagged.push(UntaggedManifest { digest: digest(n + 1), created_at: None, pushed_at: days.map(at) });
+            untagged.push(UntaggedManifest::new(digest(n + 1)).with_pushed_at(days.map(at)));
         }
     }
     tags.sort_by_key(|t| t.name);
@@ -42,9 +34,9 @@ fn run_in(repo: &str, policies: &str, versions: &[(&'static [&'static str], Opti
                 .tags
                 .iter()
                 .zip(&decisions.tags)
-                .find(|(t, _)| t.digest == d)
+                .find(|(t, _)| t.digest() == d)
                 .map(|(_, v)| v)
-                .or_else(|| input.untagged.iter().zip(&decisions.untagged).find(|(u, _)| u.digest == d).map(|(_, v)| v))
+                .or_else(|| input.untagged.iter().zip(&decisions.untagged).find(|(u, _)| u.digest() == d).map(|(_, v)| v))
                 .unwrap();
             (v.action, v.reason.to_string())
         })
@@ -138,12 +130,7 @@ fn the_rest_api_map_and_dry_run() {
     let map = r#"{"old": {"id": "old", "action": "DELETE", "condition": {"olderThan": "86400s"}}}"#;
     assert_eq!(run(map, &[(&["a"], Some(2.0))]), [D]);
     let text = r#"{"cleanupPolicies": [{"name": "all", "action": {"type": "Delete"}, "condition": {}}], "cleanupPolicyDryRun": true}"#;
-    let input = RetentionInput {
-        repository: "r",
-        now: NOW,
-        tags: Vec::new().into(),
-        untagged: vec![UntaggedManifest { digest: digest(1), created_at: None, pushed_at: None }],
-    };
+    let input = RetentionInput { repository: "r", now: NOW, tags: Vec::new().into(), untagged: vec![UntaggedManifest::new(digest(1))] };
     let decisions = GarCleanup::create(text).unwrap().evaluate(&input).unwrap();
     assert_eq!(decisions.untagged[0], Verdict::keep("cleanupPolicyDryRun: Artifact Registry deletes nothing"));
 }

@@ -17,7 +17,7 @@ mod pattern;
 use serde_json::Value;
 use tagwarden_plugin_sdk::params::{Params, expected};
 use tagwarden_plugin_sdk::{
-    Decisions, Duration, RetentionInput, RetentionPolicy, Tag, Timestamp, Verdict, export_retention, interned, log,
+    Columns, Decisions, Duration, RetentionInput, RetentionPolicy, Tag, Timestamp, Verdict, export_retention, interned, log,
 };
 
 use params::{DURATION_EXAMPLES, GitlabParams};
@@ -116,6 +116,11 @@ impl RetentionPolicy for GitlabRetention {
         })
     }
 
+    /// Only what it reads is sent: it GitLab orders and ages tags by push time, falling back to build time; it never reads digests, sizes or media types.
+    fn reads(&self) -> Columns {
+        Columns::PUSHED_AT | Columns::CREATED_AT
+    }
+
     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {
         let now = input.now;
         let age_rule = self.older_than.as_ref().map(|o| (o, now.saturating_sub(o.duration)));
@@ -169,7 +174,7 @@ impl RetentionPolicy for GitlabRetention {
                 if !self.delete_untagged {
                     return Verdict::keep(reason::UNTAGGED_NOT_MANAGED);
                 }
-                let time = m.pushed_at.or(m.created_at);
+                let time = m.pushed_at().or(m.created_at());
                 age_rule
                     .and_then(|(older_than, cutoff)| older_than.keeps(time, cutoff))
                     .unwrap_or_else(|| Verdict::delete(reason::DELETE_UNTAGGED))
@@ -202,7 +207,7 @@ fn is_latest(name: &str) -> bool {
 
 /// When the tag was last pushed, else when its image was built: GitLab's `updated_at || created_at`.
 fn tag_time(tag: &Tag<'_>) -> Option<Timestamp> {
-    tag.pushed_at.or(tag.created_at)
+    tag.pushed_at().or(tag.created_at())
 }
 
 /// Reads a regex param and compiles it as GitLab does: first the pattern alone (GitLab's

@@ -38,14 +38,10 @@ fn run(params: &str, tags: &[T], untagged: &[UntaggedManifest<'static>]) -> Deci
         now: NOW,
         tags: tags
             .iter()
-            .map(|t| Tag {
-                name: t.name,
-                digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-                created_at: t.created_ago.map(ago),
-                pushed_at: t.pushed_ago.map(ago),
-                last_pulled_at: None,
-                size_bytes: None,
-                media_type: None,
+            .map(|t| {
+                Tag::new(t.name, "sha256:0000000000000000000000000000000000000000000000000000000000000000")
+                    .with_created_at(t.created_ago.map(ago))
+                    .with_pushed_at(t.pushed_ago.map(ago))
             })
             .collect(),
         untagged: untagged.to_vec(),
@@ -311,10 +307,10 @@ fn each_step_behaves_like_gitlab() {
 
 #[test]
 fn untagged_manifests() {
-    let m = |created: Option<i64>, pushed: Option<i64>| UntaggedManifest {
-        digest: "sha256:1111111111111111111111111111111111111111111111111111111111111111",
-        created_at: created.map(|d| ago(d * DAY)),
-        pushed_at: pushed.map(|d| ago(d * DAY)),
+    let m = |created: Option<i64>, pushed: Option<i64>| {
+        UntaggedManifest::new("sha256:1111111111111111111111111111111111111111111111111111111111111111")
+            .with_created_at(created.map(|d| ago(d * DAY)))
+            .with_pushed_at(pushed.map(|d| ago(d * DAY)))
     };
     let manifests = [m(Some(30), None), m(None, Some(30)), m(Some(30), Some(1)), m(None, None)];
     const NOT_MANAGED: (Action, &str) = (K, "untagged: not managed by gitlab-retention (delete_untagged is false)");

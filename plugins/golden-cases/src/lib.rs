@@ -152,26 +152,42 @@ pub fn run_case<P: RetentionPolicy>(dir: &Path) -> Result<(), String> {
     let mut tags = Vec::new();
     for t in &recorded {
         check_digest(&t.digest)?;
-        tags.push(Tag {
-            name: &t.name,
-            digest: &t.digest,
-            created_at: timestamp(&t.created_at)?,
-            pushed_at: timestamp(&t.pushed_at)?,
-            last_pulled_at: timestamp(&t.last_pulled_at)?,
-            size_bytes: t.size_bytes,
-            media_type: t.media_type.as_deref(),
-        });
+        let mut tag = Tag::new(&t.name, &t.digest);
+        if let Some(at) = timestamp(&t.created_at)? {
+            tag = tag.with_created_at(at);
+        }
+        if let Some(at) = timestamp(&t.pushed_at)? {
+            tag = tag.with_pushed_at(at);
+        }
+        if let Some(at) = timestamp(&t.last_pulled_at)? {
+            tag = tag.with_last_pulled_at(at);
+        }
+        if let Some(bytes) = t.size_bytes {
+            tag = tag.with_size_bytes(bytes);
+        }
+        if let Some(media_type) = t.media_type.as_deref() {
+            tag = tag.with_media_type(media_type);
+        }
+        tags.push(tag);
     }
     let mut untagged = Vec::new();
     for m in &recording.untagged {
         check_digest(&m.digest)?;
-        untagged.push(UntaggedManifest { digest: &m.digest, created_at: timestamp(&m.created_at)?, pushed_at: timestamp(&m.pushed_at)? });
+        let mut manifest = UntaggedManifest::new(&m.digest);
+        if let Some(at) = timestamp(&m.created_at)? {
+            manifest = manifest.with_created_at(at);
+        }
+        if let Some(at) = timestamp(&m.pushed_at)? {
+            manifest = manifest.with_pushed_at(at);
+        }
+        untagged.push(manifest);
     }
     let now = timestamp(&Some(recording.recorded_at.clone()))?.expect("recorded_at");
     let input = RetentionInput { repository: &recording.repository, now, tags: tags.into(), untagged };
 
     // An expected error may come from `create` (bad params) or `evaluate` (missing data).
-    let outcome = P::create(&params).and_then(|policy| policy.evaluate(&input));
+    // As the host does: only the columns the policy declares (reading another panics).
+    let outcome = P::create(&params).and_then(|policy| policy.evaluate(&input.clone().restricted_to(policy.reads())));
     let (want_tags, want_untagged, decisions) = match (expected, outcome) {
         (Expected::Error { error_contains }, Err(err)) => {
             return match error_contains.iter().find(|needle| !err.contains(needle.as_str())) {
@@ -192,11 +208,11 @@ pub fn run_case<P: RetentionPolicy>(dir: &Path) -> Result<(), String> {
         .zip(&decisions.tags)
         .map(|(t, v)| ExpectedTag { name: t.name.to_owned(), action: action(v).into(), reason: v.reason.to_string() })
         .collect();
-    let got_untagged: Vec<ExpectedUntagged> = input
+    let got_untagged: Vec<ExpectedUntagged> = recording
         .untagged
         .iter()
         .zip(&decisions.untagged)
-        .map(|(m, v)| ExpectedUntagged { digest: m.digest.to_owned(), action: action(v).into(), reason: v.reason.to_string() })
+        .map(|(m, v)| ExpectedUntagged { digest: m.digest.clone(), action: action(v).into(), reason: v.reason.to_string() })
         .collect();
     let mut differences = diff("tag", &want_tags, &got_tags);
     differences.extend(diff("untagged", &want_untagged, &got_untagged));

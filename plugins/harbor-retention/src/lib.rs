@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use serde_json::Value;
 use tagwarden_images::{Image, Images};
 use tagwarden_plugin_sdk::params::expected;
-use tagwarden_plugin_sdk::{Decisions, RetentionInput, RetentionPolicy, Verdict, export_retention};
+use tagwarden_plugin_sdk::{Columns, Decisions, RetentionInput, RetentionPolicy, Verdict, export_retention};
 
 use policy::{RepositorySelector, Rule, TagSelector, Template};
 
@@ -59,6 +59,11 @@ impl RetentionPolicy for HarborRetention {
             })
             .collect();
         Ok(HarborRetention { rules })
+    }
+
+    /// Only what it reads is sent: it artifacts are digests; rules look at push, build and pull times.
+    fn reads(&self) -> Columns {
+        Columns::DIGESTS | Columns::PUSHED_AT | Columns::CREATED_AT | Columns::LAST_PULLED_AT
     }
 
     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {
@@ -163,18 +168,18 @@ impl Times {
             .iter()
             .map(|image| {
                 let latest_push = images
-                    .latest(input, image, |t| t.pushed_at)
-                    .or_else(|| image.untagged.iter().filter_map(|&u| input.untagged[u].pushed_at).max());
+                    .latest(input, image, |t| t.pushed_at())
+                    .or_else(|| image.untagged.iter().filter_map(|&u| input.untagged[u].pushed_at()).max());
                 let latest_build = || {
                     images
-                        .latest(input, image, |t| t.created_at)
-                        .or_else(|| image.untagged.iter().filter_map(|&u| input.untagged[u].created_at).max())
+                        .latest(input, image, |t| t.created_at())
+                        .or_else(|| image.untagged.iter().filter_map(|&u| input.untagged[u].created_at()).max())
                 };
                 latest_push.or_else(latest_build).map(secs)
             })
             .collect();
-        let pulled = images.images.iter().map(|image| images.latest(input, image, |t| t.last_pulled_at).map(secs)).collect();
-        let pulls_recorded = input.tags.iter().any(|t| t.last_pulled_at.is_some());
+        let pulled = images.images.iter().map(|image| images.latest(input, image, |t| t.last_pulled_at()).map(secs)).collect();
+        let pulls_recorded = input.tags.iter().any(|t| t.last_pulled_at().is_some());
         Times { pushed, pulled, pulls_recorded }
     }
 }

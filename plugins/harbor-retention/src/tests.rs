@@ -36,18 +36,10 @@ fn run_in(repo: &str, policy: &str, arts: &[Art]) -> Result<Vec<(Action, String)
     let mut untagged = Vec::new();
     for (n, a) in arts.iter().enumerate() {
         for &name in a.tags {
-            tags.push(Tag {
-                name,
-                digest: digest(n + 1),
-                created_at: None,
-                pushed_at: a.pushed.map(days),
-                last_pulled_at: a.pulled.map(days),
-                size_bytes: None,
-                media_type: None,
-            });
+            tags.push(Tag::new(name, digest(n + 1)).with_pushed_at(a.pushed.map(days)).with_last_pulled_at(a.pulled.map(days)));
         }
         if a.tags.is_empty() {
-            untagged.push(UntaggedManifest { digest: digest(n + 1), created_at: None, pushed_at: a.pushed.map(days) });
+            untagged.push(UntaggedManifest::new(digest(n + 1)).with_pushed_at(a.pushed.map(days)));
         }
     }
     tags.sort_by_key(|t| t.name);
@@ -62,9 +54,9 @@ fn run_in(repo: &str, policy: &str, arts: &[Art]) -> Result<Vec<(Action, String)
                 .tags
                 .iter()
                 .zip(&decisions.tags)
-                .find(|(t, _)| t.digest == d)
+                .find(|(t, _)| t.digest() == d)
                 .map(|(_, v)| v)
-                .or_else(|| input.untagged.iter().zip(&decisions.untagged).find(|(u, _)| u.digest == d).map(|(_, v)| v))
+                .or_else(|| input.untagged.iter().zip(&decisions.untagged).find(|(u, _)| u.digest() == d).map(|(_, v)| v))
                 .unwrap();
             (v.action, v.reason.to_string())
         })

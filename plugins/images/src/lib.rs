@@ -43,15 +43,15 @@ pub fn group<'a>(input: &RetentionInput<'a>) -> Images<'a> {
     let mut by_digest: HashMap<&'a str, usize> = HashMap::with_capacity(input.tags.len() + input.untagged.len());
     let mut images: Vec<Image<'a>> = Vec::new();
     for (i, tag) in input.tags.iter().enumerate() {
-        let at = *by_digest.entry(tag.digest).or_insert_with(|| {
-            images.push(Image { digest: tag.digest, tags: Vec::new(), untagged: Vec::new() });
+        let at = *by_digest.entry(tag.digest()).or_insert_with(|| {
+            images.push(Image { digest: tag.digest(), tags: Vec::new(), untagged: Vec::new() });
             images.len() - 1
         });
         images[at].tags.push(i);
     }
     for (i, manifest) in input.untagged.iter().enumerate() {
-        let at = *by_digest.entry(manifest.digest).or_insert_with(|| {
-            images.push(Image { digest: manifest.digest, tags: Vec::new(), untagged: Vec::new() });
+        let at = *by_digest.entry(manifest.digest()).or_insert_with(|| {
+            images.push(Image { digest: manifest.digest(), tags: Vec::new(), untagged: Vec::new() });
             images.len() - 1
         });
         images[at].untagged.push(i);

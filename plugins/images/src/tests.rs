@@ -2,11 +2,11 @@ use super::*;
 use tagwarden_plugin_sdk::{Action, UntaggedManifest};
 
 fn tag(name: &'static str, digest: &'static str) -> Tag<'static> {
-    Tag { name, digest, created_at: None, pushed_at: None, last_pulled_at: None, size_bytes: None, media_type: None }
+    Tag::new(name, digest)
 }
 
 fn untagged(digest: &'static str) -> UntaggedManifest<'static> {
-    UntaggedManifest { digest, created_at: None, pushed_at: None }
+    UntaggedManifest::new(digest)
 }
 
 #[test]
@@ -31,18 +31,16 @@ fn tags_group_by_digest_in_first_listing_order_then_untagged() {
 #[test]
 fn earliest_prefers_tags_and_falls_back_to_the_untagged_listing() {
     let at = Timestamp::from_unix_secs;
-    let mut a = tag("a", "sha256:1");
-    a.pushed_at = Some(at(20));
-    let mut b = tag("b", "sha256:1");
-    b.pushed_at = Some(at(10));
+    let a = tag("a", "sha256:1").with_pushed_at(at(20));
+    let b = tag("b", "sha256:1").with_pushed_at(at(10));
     let input = RetentionInput {
         repository: "r",
         now: at(0),
         tags: vec![a, b, tag("c", "sha256:2")].into(),
-        untagged: vec![UntaggedManifest { digest: "sha256:3", created_at: None, pushed_at: Some(at(5)) }],
+        untagged: vec![UntaggedManifest::new("sha256:3").with_pushed_at(at(5))],
     };
     let images = group(&input);
-    let pushed = |i: usize| images.earliest(&input, &images.images[i], |t| t.pushed_at, |u| u.pushed_at);
+    let pushed = |i: usize| images.earliest(&input, &images.images[i], |t| t.pushed_at(), |u| u.pushed_at());
     assert_eq!((pushed(0), pushed(1), pushed(2)), (Some(at(10)), None, Some(at(5))));
-    assert_eq!(images.latest(&input, &images.images[0], |t| t.pushed_at), Some(at(20)));
+    assert_eq!(images.latest(&input, &images.images[0], |t| t.pushed_at()), Some(at(20)));
 }

@@ -35,9 +35,13 @@
 //! verdict per tag, at most 256 distinct reasons), so a native test fails where
 //! production would.
 //!
-//! Versions: this crate's major.minor is the contract's (`tagwarden:policy@0.1.x` for
-//! 0.1.x); a patch release only adds helpers. The contract (`wit/policy.wit`) ships in
-//! the crate.
+//! A retention policy declares the columns it reads ([`RetentionPolicy::reads`],
+//! [`Columns`]); the host sends only those, and reading another panics with the column to
+//! declare. [`testing::evaluate`] gives native tests only the declared columns too.
+//!
+//! Versions: this crate's major.minor is the contract's (`tagwarden:policy@0.2.x` for
+//! 0.2.x); a patch release only adds helpers. The contract (`wit/policy.wit`) ships in
+//! the crate. Hosts that accept 0.2 keep accepting plugins built with SDK 0.1.
 
 mod time;
 pub use core::time::Duration;
@@ -61,8 +65,8 @@ mod retention;
 pub use retention::wire as __retention_wire;
 #[cfg(feature = "retention")]
 pub use retention::{
-    Action, Decisions, MAX_REASON_BYTES, MAX_RULES, RetentionInput, RetentionPolicy, Tag, Tags, TagsIter, UntaggedManifest, Verdict,
-    interned,
+    Action, Columns, Decisions, MAX_REASON_BYTES, MAX_RULES, RetentionInput, RetentionPolicy, Tag, Tags, TagsIter, UntaggedManifest,
+    Verdict, interned,
 };
 
 #[cfg(feature = "stale")]

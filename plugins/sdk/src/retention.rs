@@ -4,24 +4,126 @@ use std::borrow::Cow;
 
 use crate::Timestamp;
 
-/// One tag of the repository being evaluated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The columns a retention policy reads besides tag names, which it always gets
+/// ([`RetentionPolicy::reads`]). The host sends only these; a policy that reads names
+/// and times does not pay for copying digests it never looks at (at 100k tags, digests
+/// are over half of what would be copied).
+///
+/// ```
+/// # use tagwarden_plugin_sdk::Columns;
+/// let reads = Columns::PUSHED_AT | Columns::CREATED_AT;
+/// assert!(reads.contains(Columns::PUSHED_AT) && !reads.contains(Columns::DIGESTS));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Columns(u8);
+
+impl Columns {
+    /// Tag names only.
+    pub const NONE: Columns = Columns(0);
+    /// [`Tag::digest`] and [`UntaggedManifest::digest`].
+    pub const DIGESTS: Columns = Columns(1);
+    /// [`Tag::created_at`] and [`UntaggedManifest::created_at`].
+    pub const CREATED_AT: Columns = Columns(1 << 1);
+    /// [`Tag::pushed_at`] and [`UntaggedManifest::pushed_at`].
+    pub const PUSHED_AT: Columns = Columns(1 << 2);
+    /// [`Tag::last_pulled_at`].
+    pub const LAST_PULLED_AT: Columns = Columns(1 << 3);
+    /// [`Tag::size_bytes`].
+    pub const SIZE_BYTES: Columns = Columns(1 << 4);
+    /// [`Tag::media_type`].
+    pub const MEDIA_TYPES: Columns = Columns(1 << 5);
+    /// Every column: what a policy that declares nothing reads.
+    pub const ALL: Columns = Columns((1 << 6) - 1);
+
+    /// Both sets.
+    pub const fn union(self, other: Columns) -> Columns {
+        Columns(self.0 | other.0)
+    }
+
+    /// Whether every column of `other` is in this set.
+    pub const fn contains(self, other: Columns) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The names of the columns in this set, as the contract spells them.
+    pub fn names(self) -> Vec<&'static str> {
+        COLUMN_NAMES.iter().filter(|(c, _)| self.contains(*c)).map(|&(_, n)| n).collect()
+    }
+}
+
+/// Each column with its name in the contract and the SDK constant that declares it.
+const COLUMN_NAMES: [(Columns, &str); 6] = [
+    (Columns::DIGESTS, "digests"),
+    (Columns::CREATED_AT, "created-at"),
+    (Columns::PUSHED_AT, "pushed-at"),
+    (Columns::LAST_PULLED_AT, "last-pulled-at"),
+    (Columns::SIZE_BYTES, "size-bytes"),
+    (Columns::MEDIA_TYPES, "media-types"),
+];
+
+impl std::ops::BitOr for Columns {
+    type Output = Columns;
+    fn bitor(self, other: Columns) -> Columns {
+        self.union(other)
+    }
+}
+
+impl std::fmt::Debug for Columns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Columns({})", if *self == Columns::NONE { "names only".to_owned() } else { self.names().join(" | ") })
+    }
+}
+
+/// Refuses to read a column the policy did not declare: the host did not send it, so
+/// any value would be made up. The panic names the caller's line (`#[track_caller]`).
+#[track_caller]
+#[inline]
+fn require(reads: Columns, column: Columns, what: &str, constant: &str) {
+    if !reads.contains(column) {
+        undeclared(what, constant)
+    }
+}
+
+#[track_caller]
+#[cold]
+fn undeclared(what: &str, constant: &str) -> ! {
+    panic!(
+        "read {what}, a column this policy does not declare: add `Columns::{constant}` to what its \
+         `RetentionPolicy::reads` returns (the host sends only the columns a policy declares)"
+    )
+}
+
+/// One tag of the repository being evaluated: its name, and the other columns read on
+/// demand through its methods.
+///
+/// A column is there only if the policy declares it in [`RetentionPolicy::reads`];
+/// reading one it did not declare panics, naming the line and the column to declare
+/// (the host sends nothing for it). [`crate::testing::evaluate`] gives native tests only
+/// the declared columns too, so a missing declaration fails there first.
+#[derive(Clone, Copy)]
 pub struct Tag<'a> {
     /// The tag name, e.g. `v1.2.0`.
     pub name: &'a str,
-    /// The manifest digest it points at, e.g. `sha256:…`. Tags with equal digests share a manifest.
-    pub digest: &'a str,
-    /// When the image was built (its config's `created`), if known.
-    pub created_at: Option<Timestamp>,
-    /// When the tag was last pushed or moved, if the registry records it.
-    pub pushed_at: Option<Timestamp>,
-    /// When the tag was last pulled, if the registry records it.
-    pub last_pulled_at: Option<Timestamp>,
-    /// The image's size in bytes as the registry reports it (config plus layers; for an
-    /// index, the sum of its children), if known.
-    pub size_bytes: Option<u64>,
-    /// The manifest media type, if known.
-    pub media_type: Option<&'a str>,
+    source: TagSource<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum TagSource<'a> {
+    /// Built natively (tests): the values, and which of them the policy may read.
+    Values(TagValues<'a>),
+    /// Tag `i` of the columns the host sent.
+    Columns(wire::TagColumnsView<'a>, usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TagValues<'a> {
+    digest: &'a str,
+    created_at: Option<Timestamp>,
+    pushed_at: Option<Timestamp>,
+    last_pulled_at: Option<Timestamp>,
+    size_bytes: Option<u64>,
+    media_type: Option<&'a str>,
+    reads: Columns,
 }
 
 impl<'a> Tag<'a> {
@@ -31,49 +133,253 @@ impl<'a> Tag<'a> {
     /// ```
     /// # use tagwarden_plugin_sdk::{Tag, Timestamp};
     /// let tag = Tag::new("v1.2.0", "sha256:…").with_pushed_at(Timestamp::from_unix_secs(1_700_000_000)).with_size_bytes(1024);
-    /// assert_eq!((tag.name, tag.created_at, tag.size_bytes), ("v1.2.0", None, Some(1024)));
+    /// assert_eq!((tag.name, tag.created_at(), tag.size_bytes()), ("v1.2.0", None, Some(1024)));
     /// ```
     pub const fn new(name: &'a str, digest: &'a str) -> Self {
-        Tag { name, digest, created_at: None, pushed_at: None, last_pulled_at: None, size_bytes: None, media_type: None }
+        Tag {
+            name,
+            source: TagSource::Values(TagValues {
+                digest,
+                created_at: None,
+                pushed_at: None,
+                last_pulled_at: None,
+                size_bytes: None,
+                media_type: None,
+                reads: Columns::ALL,
+            }),
+        }
     }
 
+    /// The values of a natively built tag (the `with_*` builders); a tag read from the
+    /// host's columns is turned into one with everything it has.
+    fn values(self) -> TagValues<'a> {
+        match self.source {
+            TagSource::Values(v) => v,
+            TagSource::Columns(view, i) => view.values(i),
+        }
+    }
+
+    fn with(self, f: impl FnOnce(&mut TagValues<'a>)) -> Self {
+        let mut v = self.values();
+        f(&mut v);
+        Tag { name: self.name, source: TagSource::Values(v) }
+    }
+
+    // The builders take a value or an `Option` (`None`: unknown), so that tests can
+    // pass either straight through.
+
     /// This tag, built at `at`.
-    pub const fn with_created_at(mut self, at: Timestamp) -> Self {
-        self.created_at = Some(at);
-        self
+    pub fn with_created_at(self, at: impl Into<Option<Timestamp>>) -> Self {
+        self.with(|v| v.created_at = at.into())
     }
 
     /// This tag, last pushed at `at`.
-    pub const fn with_pushed_at(mut self, at: Timestamp) -> Self {
-        self.pushed_at = Some(at);
-        self
+    pub fn with_pushed_at(self, at: impl Into<Option<Timestamp>>) -> Self {
+        self.with(|v| v.pushed_at = at.into())
     }
 
     /// This tag, last pulled at `at`.
-    pub const fn with_last_pulled_at(mut self, at: Timestamp) -> Self {
-        self.last_pulled_at = Some(at);
-        self
+    pub fn with_last_pulled_at(self, at: impl Into<Option<Timestamp>>) -> Self {
+        self.with(|v| v.last_pulled_at = at.into())
     }
 
     /// This tag, of `bytes` bytes.
-    pub const fn with_size_bytes(mut self, bytes: u64) -> Self {
-        self.size_bytes = Some(bytes);
-        self
+    pub fn with_size_bytes(self, bytes: impl Into<Option<u64>>) -> Self {
+        self.with(|v| v.size_bytes = bytes.into())
     }
 
     /// This tag, whose manifest has media type `media_type`.
-    pub const fn with_media_type(mut self, media_type: &'a str) -> Self {
-        self.media_type = Some(media_type);
-        self
+    pub fn with_media_type(self, media_type: impl Into<Option<&'a str>>) -> Self {
+        self.with(|v| v.media_type = media_type.into())
+    }
+
+    /// This tag as a policy that reads only `reads` sees it.
+    pub(crate) fn restricted_to(self, reads: Columns) -> Self {
+        self.with(|v| v.reads = Columns(v.reads.0 & reads.0))
+    }
+
+    /// The manifest digest it points at, e.g. `sha256:…`; tags with equal digests share
+    /// a manifest. Needs [`Columns::DIGESTS`].
+    #[inline]
+    #[track_caller]
+    pub fn digest(&self) -> &'a str {
+        match self.source {
+            TagSource::Values(v) => {
+                require(v.reads, Columns::DIGESTS, "Tag::digest", "DIGESTS");
+                v.digest
+            }
+            TagSource::Columns(view, i) => view.digest(i),
+        }
+    }
+
+    /// When the image was built (its config's `created`), if known. Needs [`Columns::CREATED_AT`].
+    #[inline]
+    #[track_caller]
+    pub fn created_at(&self) -> Option<Timestamp> {
+        match self.source {
+            TagSource::Values(v) => {
+                require(v.reads, Columns::CREATED_AT, "Tag::created_at", "CREATED_AT");
+                v.created_at
+            }
+            TagSource::Columns(view, i) => view.created_at(i),
+        }
+    }
+
+    /// When the tag was last pushed or moved, if the registry records it. Needs [`Columns::PUSHED_AT`].
+    #[inline]
+    #[track_caller]
+    pub fn pushed_at(&self) -> Option<Timestamp> {
+        match self.source {
+            TagSource::Values(v) => {
+                require(v.reads, Columns::PUSHED_AT, "Tag::pushed_at", "PUSHED_AT");
+                v.pushed_at
+            }
+            TagSource::Columns(view, i) => view.pushed_at(i),
+        }
+    }
+
+    /// When the tag was last pulled, if the registry records it. Needs [`Columns::LAST_PULLED_AT`].
+    #[inline]
+    #[track_caller]
+    pub fn last_pulled_at(&self) -> Option<Timestamp> {
+        match self.source {
+            TagSource::Values(v) => {
+                require(v.reads, Columns::LAST_PULLED_AT, "Tag::last_pulled_at", "LAST_PULLED_AT");
+                v.last_pulled_at
+            }
+            TagSource::Columns(view, i) => view.last_pulled_at(i),
+        }
+    }
+
+    /// The image's size in bytes as the registry reports it (config plus layers; for an
+    /// index, the sum of its children), if known. Needs [`Columns::SIZE_BYTES`].
+    #[inline]
+    #[track_caller]
+    pub fn size_bytes(&self) -> Option<u64> {
+        match self.source {
+            TagSource::Values(v) => {
+                require(v.reads, Columns::SIZE_BYTES, "Tag::size_bytes", "SIZE_BYTES");
+                v.size_bytes
+            }
+            TagSource::Columns(view, i) => view.size_bytes(i),
+        }
+    }
+
+    /// The manifest media type, if known. Needs [`Columns::MEDIA_TYPES`].
+    #[inline]
+    #[track_caller]
+    pub fn media_type(&self) -> Option<&'a str> {
+        match self.source {
+            TagSource::Values(v) => {
+                require(v.reads, Columns::MEDIA_TYPES, "Tag::media_type", "MEDIA_TYPES");
+                v.media_type
+            }
+            TagSource::Columns(view, i) => view.media_type(i),
+        }
     }
 }
 
-/// A manifest that no tag points at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl PartialEq for Tag<'_> {
+    /// Equal names and equal values in every column both may read.
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.values(), other.values());
+        let both = Columns(a.reads.0 & b.reads.0);
+        let same = |c: Columns, eq: bool| !both.contains(c) || eq;
+        self.name == other.name
+            && a.reads == b.reads
+            && same(Columns::DIGESTS, a.digest == b.digest)
+            && same(Columns::CREATED_AT, a.created_at == b.created_at)
+            && same(Columns::PUSHED_AT, a.pushed_at == b.pushed_at)
+            && same(Columns::LAST_PULLED_AT, a.last_pulled_at == b.last_pulled_at)
+            && same(Columns::SIZE_BYTES, a.size_bytes == b.size_bytes)
+            && same(Columns::MEDIA_TYPES, a.media_type == b.media_type)
+    }
+}
+
+impl Eq for Tag<'_> {}
+
+impl std::fmt::Debug for Tag<'_> {
+    /// The name and every column the policy may read.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.values();
+        let mut d = f.debug_struct("Tag");
+        d.field("name", &self.name);
+        let r = v.reads;
+        if r.contains(Columns::DIGESTS) {
+            d.field("digest", &v.digest);
+        }
+        if r.contains(Columns::CREATED_AT) {
+            d.field("created_at", &v.created_at);
+        }
+        if r.contains(Columns::PUSHED_AT) {
+            d.field("pushed_at", &v.pushed_at);
+        }
+        if r.contains(Columns::LAST_PULLED_AT) {
+            d.field("last_pulled_at", &v.last_pulled_at);
+        }
+        if r.contains(Columns::SIZE_BYTES) {
+            d.field("size_bytes", &v.size_bytes);
+        }
+        if r.contains(Columns::MEDIA_TYPES) {
+            d.field("media_type", &v.media_type);
+        }
+        d.finish()
+    }
+}
+
+/// A manifest that no tag points at. Its columns follow the policy's declaration like a
+/// [`Tag`]'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UntaggedManifest<'a> {
-    pub digest: &'a str,
-    pub created_at: Option<Timestamp>,
-    pub pushed_at: Option<Timestamp>,
+    digest: &'a str,
+    created_at: Option<Timestamp>,
+    pushed_at: Option<Timestamp>,
+    reads: Columns,
+}
+
+impl<'a> UntaggedManifest<'a> {
+    /// An untagged manifest with digest `digest`, its times unknown.
+    pub const fn new(digest: &'a str) -> Self {
+        UntaggedManifest { digest, created_at: None, pushed_at: None, reads: Columns::ALL }
+    }
+
+    /// This manifest, built at `at` (a value or an `Option`).
+    pub fn with_created_at(mut self, at: impl Into<Option<Timestamp>>) -> Self {
+        self.created_at = at.into();
+        self
+    }
+
+    /// This manifest, pushed at `at` (a value or an `Option`).
+    pub fn with_pushed_at(mut self, at: impl Into<Option<Timestamp>>) -> Self {
+        self.pushed_at = at.into();
+        self
+    }
+
+    pub(crate) fn restricted_to(mut self, reads: Columns) -> Self {
+        self.reads = Columns(self.reads.0 & reads.0);
+        self
+    }
+
+    /// Its digest. Needs [`Columns::DIGESTS`].
+    #[track_caller]
+    pub fn digest(&self) -> &'a str {
+        require(self.reads, Columns::DIGESTS, "UntaggedManifest::digest", "DIGESTS");
+        self.digest
+    }
+
+    /// When its image was built, if known. Needs [`Columns::CREATED_AT`].
+    #[track_caller]
+    pub fn created_at(&self) -> Option<Timestamp> {
+        require(self.reads, Columns::CREATED_AT, "UntaggedManifest::created_at", "CREATED_AT");
+        self.created_at
+    }
+
+    /// When it was pushed, if known. Needs [`Columns::PUSHED_AT`].
+    #[track_caller]
+    pub fn pushed_at(&self) -> Option<Timestamp> {
+        require(self.reads, Columns::PUSHED_AT, "UntaggedManifest::pushed_at", "PUSHED_AT");
+        self.pushed_at
+    }
 }
 
 /// Everything a retention decision may depend on.
@@ -105,6 +411,14 @@ impl<'a> RetentionInput<'a> {
     /// This input with `untagged` as its untagged manifests.
     pub fn with_untagged(mut self, untagged: Vec<UntaggedManifest<'a>>) -> Self {
         self.untagged = untagged;
+        self
+    }
+
+    /// This input as the host sends it to a policy that [`reads`](RetentionPolicy::reads)
+    /// only `reads`: reading any other column panics, as it would in the plugin.
+    pub fn restricted_to(mut self, reads: Columns) -> Self {
+        self.tags = self.tags.iter().map(|t| t.restricted_to(reads)).collect();
+        self.untagged = self.untagged.into_iter().map(|u| u.restricted_to(reads)).collect();
         self
     }
 }
@@ -167,7 +481,7 @@ impl<'a> Tags<'a> {
     fn tag(&self, i: usize) -> Tag<'a> {
         match &self.0 {
             TagsRepr::List(tags) => tags[i],
-            TagsRepr::Columns(view) => view.tag(i),
+            TagsRepr::Columns(view) => Tag { name: view.name(i), source: TagSource::Columns(*view, i) },
         }
     }
 }
@@ -319,6 +633,15 @@ pub trait RetentionPolicy: Sized + 'static {
     /// Decides every tag and untagged manifest. Return exactly one verdict for each, in
     /// input order; the host rejects any other answer and deletes nothing.
     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String>;
+
+    /// The columns `evaluate` reads besides tag names; the host sends only these.
+    /// Declare exactly what the policy reads: reading a column it did not declare panics
+    /// (the host deletes nothing then), and every column declared but unread is copied
+    /// into the plugin for nothing. The default, every column, is always correct and
+    /// never the fastest.
+    fn reads(&self) -> Columns {
+        Columns::ALL
+    }
 }
 
 /// Wire conversion, used by the export macro.
@@ -337,9 +660,27 @@ pub mod wire {
             P::create(&params).map(|p| w::Policy::new(PolicyResource(p)))
         }
 
+        fn reads(&self) -> w::Columns {
+            let reads = self.0.reads();
+            let mut wire = w::Columns::empty();
+            for (ours, theirs) in [
+                (Columns::DIGESTS, w::Columns::DIGESTS),
+                (Columns::CREATED_AT, w::Columns::CREATED_AT),
+                (Columns::PUSHED_AT, w::Columns::PUSHED_AT),
+                (Columns::LAST_PULLED_AT, w::Columns::LAST_PULLED_AT),
+                (Columns::SIZE_BYTES, w::Columns::SIZE_BYTES),
+                (Columns::MEDIA_TYPES, w::Columns::MEDIA_TYPES),
+            ] {
+                if reads.contains(ours) {
+                    wire |= theirs;
+                }
+            }
+            wire
+        }
+
         fn evaluate(&self, input: w::Evaluation) -> Result<w::Decisions, String> {
             let _call = crate::panic::Call::enter("evaluate");
-            let input = decode(&input)?;
+            let input = decode(&input, self.0.reads())?;
             let decisions = self.0.evaluate(&input)?;
             encode(decisions)
         }
@@ -384,10 +725,12 @@ pub mod wire {
     }
 
     /// The tags of an evaluation, read from its columns on demand. Built only by
-    /// [`decode`], which checks everything [`TagColumnsView::tag`] relies on.
-    #[derive(Debug, Clone)]
+    /// [`decode`], which checks everything the readers below rely on: every declared
+    /// column has one entry per tag, every index is in range.
+    #[derive(Debug, Clone, Copy)]
     pub struct TagColumnsView<'a> {
         e: &'a w::Evaluation,
+        reads: Columns,
     }
 
     impl<'a> TagColumnsView<'a> {
@@ -397,53 +740,121 @@ pub mod wire {
         }
 
         #[inline]
-        pub(super) fn tag(&self, i: usize) -> Tag<'a> {
-            let (e, t) = (self.e, &self.e.tags);
-            let media_type = t.media_types[i] as usize;
-            Tag {
-                name: string(&t.names, i),
-                digest: string(&e.digests, t.digests[i] as usize),
-                created_at: Timestamp::from_wire(t.created_at[i]),
-                pushed_at: Timestamp::from_wire(t.pushed_at[i]),
-                last_pulled_at: Timestamp::from_wire(t.last_pulled_at[i]),
-                size_bytes: u64::try_from(t.size_bytes[i]).ok(),
-                // Out of range (the maximum u32 included) means unknown.
-                media_type: (media_type < e.media_types.ends.len()).then(|| string(&e.media_types, media_type)),
+        pub(super) fn name(&self, i: usize) -> &'a str {
+            string(&self.e.tags.names, i)
+        }
+
+        #[inline]
+        #[track_caller]
+        pub(super) fn digest(&self, i: usize) -> &'a str {
+            require(self.reads, Columns::DIGESTS, "Tag::digest", "DIGESTS");
+            string(&self.e.digests, self.e.tags.digests[i] as usize)
+        }
+
+        #[inline]
+        #[track_caller]
+        pub(super) fn created_at(&self, i: usize) -> Option<Timestamp> {
+            require(self.reads, Columns::CREATED_AT, "Tag::created_at", "CREATED_AT");
+            Timestamp::from_wire(self.e.tags.created_at[i])
+        }
+
+        #[inline]
+        #[track_caller]
+        pub(super) fn pushed_at(&self, i: usize) -> Option<Timestamp> {
+            require(self.reads, Columns::PUSHED_AT, "Tag::pushed_at", "PUSHED_AT");
+            Timestamp::from_wire(self.e.tags.pushed_at[i])
+        }
+
+        #[inline]
+        #[track_caller]
+        pub(super) fn last_pulled_at(&self, i: usize) -> Option<Timestamp> {
+            require(self.reads, Columns::LAST_PULLED_AT, "Tag::last_pulled_at", "LAST_PULLED_AT");
+            Timestamp::from_wire(self.e.tags.last_pulled_at[i])
+        }
+
+        #[inline]
+        #[track_caller]
+        pub(super) fn size_bytes(&self, i: usize) -> Option<u64> {
+            require(self.reads, Columns::SIZE_BYTES, "Tag::size_bytes", "SIZE_BYTES");
+            u64::try_from(self.e.tags.size_bytes[i]).ok()
+        }
+
+        #[inline]
+        #[track_caller]
+        pub(super) fn media_type(&self, i: usize) -> Option<&'a str> {
+            require(self.reads, Columns::MEDIA_TYPES, "Tag::media_type", "MEDIA_TYPES");
+            let (e, media_type) = (self.e, self.e.tags.media_types[i] as usize);
+            // Out of range (the maximum u32 included) means unknown.
+            (media_type < e.media_types.ends.len()).then(|| string(&e.media_types, media_type))
+        }
+
+        /// Every declared column of tag `i` (the others left unknown and unreadable).
+        pub(super) fn values(&self, i: usize) -> TagValues<'a> {
+            let r = self.reads;
+            TagValues {
+                digest: if r.contains(Columns::DIGESTS) { self.digest(i) } else { "" },
+                created_at: if r.contains(Columns::CREATED_AT) { self.created_at(i) } else { None },
+                pushed_at: if r.contains(Columns::PUSHED_AT) { self.pushed_at(i) } else { None },
+                last_pulled_at: if r.contains(Columns::LAST_PULLED_AT) { self.last_pulled_at(i) } else { None },
+                size_bytes: if r.contains(Columns::SIZE_BYTES) { self.size_bytes(i) } else { None },
+                media_type: if r.contains(Columns::MEDIA_TYPES) { self.media_type(i) } else { None },
+                reads: r,
             }
         }
     }
 
-    /// Checks the columnar evaluation and gives typed tags that borrow from it.
-    pub fn decode(e: &w::Evaluation) -> Result<RetentionInput<'_>, String> {
-        check_table(&e.digests, "digest")?;
-        check_table(&e.media_types, "media type")?;
+    /// Checks the columnar evaluation of a policy that reads `reads` and gives typed
+    /// tags that borrow from it. Columns not declared are not looked at.
+    pub fn decode(e: &w::Evaluation, reads: Columns) -> Result<RetentionInput<'_>, String> {
         check_table(&e.tags.names, "tag name")?;
         let t = &e.tags;
         let n = t.names.ends.len();
-        column_len("digests", t.digests.len(), n)?;
-        column_len("created-at", t.created_at.len(), n)?;
-        column_len("pushed-at", t.pushed_at.len(), n)?;
-        column_len("last-pulled-at", t.last_pulled_at.len(), n)?;
-        column_len("size-bytes", t.size_bytes.len(), n)?;
-        column_len("media-types", t.media_types.len(), n)?;
-        check_indices(&t.digests, e.digests.ends.len(), "digest")?;
-        let u = &e.untagged;
-        let m = u.digests.len();
-        column_len("untagged created-at", u.created_at.len(), m)?;
-        column_len("untagged pushed-at", u.pushed_at.len(), m)?;
-        check_indices(&u.digests, e.digests.ends.len(), "untagged digest")?;
-        let mut untagged = Vec::with_capacity(m);
-        for i in 0..m {
-            untagged.push(UntaggedManifest {
-                digest: string(&e.digests, u.digests[i] as usize),
-                created_at: Timestamp::from_wire(u.created_at[i]),
-                pushed_at: Timestamp::from_wire(u.pushed_at[i]),
-            });
+        let declared = |c: Columns| reads.contains(c);
+        if declared(Columns::DIGESTS) {
+            check_table(&e.digests, "digest")?;
+            column_len("digests", t.digests.len(), n)?;
+            check_indices(&t.digests, e.digests.ends.len(), "digest")?;
         }
+        if declared(Columns::MEDIA_TYPES) {
+            check_table(&e.media_types, "media type")?;
+            column_len("media-types", t.media_types.len(), n)?;
+        }
+        if declared(Columns::CREATED_AT) {
+            column_len("created-at", t.created_at.len(), n)?;
+        }
+        if declared(Columns::PUSHED_AT) {
+            column_len("pushed-at", t.pushed_at.len(), n)?;
+        }
+        if declared(Columns::LAST_PULLED_AT) {
+            column_len("last-pulled-at", t.last_pulled_at.len(), n)?;
+        }
+        if declared(Columns::SIZE_BYTES) {
+            column_len("size-bytes", t.size_bytes.len(), n)?;
+        }
+        let u = &e.untagged;
+        let m = u.count as usize;
+        if declared(Columns::DIGESTS) {
+            column_len("untagged digests", u.digests.len(), m)?;
+            check_indices(&u.digests, e.digests.ends.len(), "untagged digest")?;
+        }
+        if declared(Columns::CREATED_AT) {
+            column_len("untagged created-at", u.created_at.len(), m)?;
+        }
+        if declared(Columns::PUSHED_AT) {
+            column_len("untagged pushed-at", u.pushed_at.len(), m)?;
+        }
+        let untagged = (0..m)
+            .map(|i| UntaggedManifest {
+                digest: if declared(Columns::DIGESTS) { string(&e.digests, u.digests[i] as usize) } else { "" },
+                created_at: if declared(Columns::CREATED_AT) { Timestamp::from_wire(u.created_at[i]) } else { None },
+                pushed_at: if declared(Columns::PUSHED_AT) { Timestamp::from_wire(u.pushed_at[i]) } else { None },
+                reads,
+            })
+            .collect();
         Ok(RetentionInput {
             repository: &e.repository,
             now: Timestamp::from_unix_micros(e.now),
-            tags: Tags(TagsRepr::Columns(TagColumnsView { e })),
+            tags: Tags(TagsRepr::Columns(TagColumnsView { e, reads })),
             untagged,
         })
     }
@@ -532,7 +943,7 @@ mod tests {
             repository: "r",
             now: Timestamp::from_unix_secs(0),
             tags: vec![Tag::new("a", "d"); 3].into(),
-            untagged: vec![UntaggedManifest { digest: "e", created_at: None, pushed_at: None }],
+            untagged: vec![UntaggedManifest::new("e")],
         };
         let d = Decisions::uniform(&input, Verdict::keep("x"));
         assert_eq!((d.tags.len(), d.untagged.len()), (3, 1));
@@ -542,23 +953,17 @@ mod tests {
     fn tag_new_leaves_everything_but_name_and_digest_unknown() {
         let t = Tag::new("v1", "sha256:1");
         assert_eq!(
-            t,
-            Tag {
-                name: "v1",
-                digest: "sha256:1",
-                created_at: None,
-                pushed_at: None,
-                last_pulled_at: None,
-                size_bytes: None,
-                media_type: None
-            }
+            (t.name, t.digest(), t.created_at(), t.pushed_at(), t.last_pulled_at(), t.size_bytes(), t.media_type()),
+            ("v1", "sha256:1", None, None, None, None, None)
         );
         let at = Timestamp::from_unix_secs(5);
         let t = t.with_created_at(at).with_pushed_at(at).with_last_pulled_at(at).with_size_bytes(7).with_media_type("m");
         assert_eq!(
-            (t.created_at, t.pushed_at, t.last_pulled_at, t.size_bytes, t.media_type),
+            (t.created_at(), t.pushed_at(), t.last_pulled_at(), t.size_bytes(), t.media_type()),
             (Some(at), Some(at), Some(at), Some(7), Some("m"))
         );
+        assert_eq!(t, t.with_size_bytes(7));
+        assert_ne!(t, t.with_size_bytes(8));
     }
 
     #[test]
@@ -588,14 +993,14 @@ mod tests {
                 size_bytes: vec![-1, 10],
                 media_types: vec![u32::MAX, u32::MAX],
             },
-            untagged: w::UntaggedColumns { digests: vec![], created_at: vec![], pushed_at: vec![] },
+            untagged: w::UntaggedColumns { count: 0, digests: vec![], created_at: vec![], pushed_at: vec![] },
         };
-        let input = wire::decode(&ev).unwrap();
+        let input = wire::decode(&ev, Columns::ALL).unwrap();
         assert_eq!(input.tags.at(0).name, "latest");
-        assert_eq!(input.tags.at(0).digest, "sha256:2");
-        assert_eq!(input.tags.at(0).created_at, None);
-        assert_eq!(input.tags.at(1).created_at, Some(Timestamp::from_unix_micros(7)));
-        assert_eq!(input.tags.at(1).size_bytes, Some(10));
+        assert_eq!(input.tags.at(0).digest(), "sha256:2");
+        assert_eq!(input.tags.at(0).created_at(), None);
+        assert_eq!(input.tags.at(1).created_at(), Some(Timestamp::from_unix_micros(7)));
+        assert_eq!(input.tags.at(1).size_bytes(), Some(10));
 
         assert_eq!(input.tags.iter().map(|t| t.name).collect::<Vec<_>>(), ["latest", "v1"]);
         assert_eq!((&input.tags).into_iter().rev().map(|t| t.name).collect::<Vec<_>>(), ["v1", "latest"]);
@@ -604,20 +1009,58 @@ mod tests {
 
         let mut bad = ev.clone();
         bad.tags.digests = vec![5, 0];
-        assert_eq!(wire::decode(&bad).unwrap_err(), "digest index 5 out of range (the table has 2 entries)");
+        assert_eq!(wire::decode(&bad, Columns::ALL).unwrap_err(), "digest index 5 out of range (the table has 2 entries)");
         let mut bad = ev.clone();
-        bad.untagged = w::UntaggedColumns { digests: vec![2], created_at: vec![i64::MIN], pushed_at: vec![i64::MIN] };
-        assert!(wire::decode(&bad).unwrap_err().starts_with("untagged digest index 2 out of range"));
+        bad.untagged = w::UntaggedColumns { count: 1, digests: vec![2], created_at: vec![i64::MIN], pushed_at: vec![i64::MIN] };
+        assert!(wire::decode(&bad, Columns::ALL).unwrap_err().starts_with("untagged digest index 2 out of range"));
+        let mut bad = ev.clone();
+        bad.untagged.count = 1;
+        assert_eq!(wire::decode(&bad, Columns::ALL).unwrap_err(), "column untagged digests has 0 entries, expected 1");
         // Offsets past the data, going backwards, or inside a character are refused up
         // front, so reading a tag later cannot fail.
         for (ends, at) in [(vec![6, 10], "6..10"), (vec![6, 5], "6..5"), (vec![1, 9], "0..1"), (vec![7, 9, 9, 8], "9..8")] {
             let mut bad = ev.clone();
             bad.tags.names = StringTable { data: "éatestv1".into(), ends };
-            assert_eq!(wire::decode(&bad).unwrap_err(), format!("malformed tag name table at offset {at}"));
+            assert_eq!(wire::decode(&bad, Columns::ALL).unwrap_err(), format!("malformed tag name table at offset {at}"));
         }
         // Multi-byte names whose offsets are all boundaries pass.
         let mut good = ev.clone();
         good.tags.names = StringTable { data: "élatest".into(), ends: vec![2, 8] };
-        assert_eq!(wire::decode(&good).unwrap().tags.at(0).name, "é");
+        assert_eq!(wire::decode(&good, Columns::ALL).unwrap().tags.at(0).name, "é");
+    }
+
+    #[test]
+    fn only_declared_columns_are_checked_and_reading_another_panics_naming_it() {
+        use crate::bindings::retention::exports::tagwarden::policy::retention as w;
+        use crate::bindings::retention::tagwarden::policy::types::StringTable;
+        let empty = || StringTable { data: String::new(), ends: vec![] };
+        // What the host sends a policy that reads only `created-at`: the other columns empty.
+        let ev = w::Evaluation {
+            repository: "g/app".into(),
+            now: 5,
+            digests: empty(),
+            media_types: empty(),
+            tags: w::TagColumns {
+                names: StringTable { data: "ab".into(), ends: vec![1, 2] },
+                digests: vec![],
+                created_at: vec![3, i64::MIN],
+                pushed_at: vec![],
+                last_pulled_at: vec![],
+                size_bytes: vec![],
+                media_types: vec![],
+            },
+            untagged: w::UntaggedColumns { count: 2, digests: vec![], created_at: vec![1, 2], pushed_at: vec![] },
+        };
+        let input = wire::decode(&ev, Columns::CREATED_AT).unwrap();
+        assert_eq!(input.tags.at(0).created_at(), Some(Timestamp::from_unix_micros(3)));
+        assert_eq!(input.untagged.len(), 2);
+        assert_eq!(input.untagged[1].created_at(), Some(Timestamp::from_unix_micros(2)));
+        let panic = std::panic::catch_unwind(|| input.tags.at(0).digest()).unwrap_err();
+        let message = panic.downcast_ref::<String>().unwrap();
+        assert!(message.contains("read Tag::digest") && message.contains("add `Columns::DIGESTS`"), "{message}");
+        assert!(std::panic::catch_unwind(|| input.untagged[0].pushed_at()).is_err());
+        // A declared column that did not come is refused up front.
+        let err = wire::decode(&ev, Columns::CREATED_AT | Columns::PUSHED_AT).unwrap_err();
+        assert_eq!(err, "column pushed-at has 0 entries, expected 2");
     }
 }

@@ -9,7 +9,9 @@
 //!   manifest, at most [`MAX_RULES`](crate::MAX_RULES) distinct (action, reason) pairs,
 //!   reasons of at most [`MAX_REASON_BYTES`](crate::MAX_REASON_BYTES)), through the same
 //!   encoding the plugin's answer takes in Wasm;
-//! - [`evaluate`] runs `create`, `evaluate` and [`check`] in one call, like the host;
+//! - [`evaluate`] runs `create`, `evaluate` and [`check`] in one call, like the host,
+//!   with only the columns the policy declares in [`RetentionPolicy::reads`](crate::RetentionPolicy::reads)
+//!   (reading another panics, as it would in the plugin);
 //! - [`deleted`] lists the names of the tags an answer deletes, for short assertions.
 //!
 //! An example is at [`evaluate`] (with the `retention` feature).
@@ -97,19 +99,20 @@ mod retention {
     ///
     /// ```
     /// use tagwarden_plugin_sdk::testing::{self, days, NOW};
-    /// use tagwarden_plugin_sdk::{Decisions, RetentionInput, RetentionPolicy, Verdict};
+    /// use tagwarden_plugin_sdk::{Columns, Decisions, RetentionInput, RetentionPolicy, Verdict};
     ///
     /// struct DeleteOld;
     /// impl RetentionPolicy for DeleteOld {
     ///     fn create(_: &str) -> Result<Self, String> { Ok(DeleteOld) }
     ///     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {
     ///         let cutoff = input.now.saturating_sub(days(30));
-    ///         let tags = input.tags.iter().map(|t| match t.pushed_at {
+    ///         let tags = input.tags.iter().map(|t| match t.pushed_at() {
     ///             Some(at) if at < cutoff => Verdict::delete("older than 30 days"),
     ///             _ => Verdict::keep("recent or unknown"),
     ///         }).collect();
     ///         Ok(Decisions { tags, untagged: vec![] })
     ///     }
+    ///     fn reads(&self) -> Columns { Columns::PUSHED_AT }
     /// }
     ///
     /// let input = testing::input([
@@ -122,7 +125,8 @@ mod retention {
     /// ```
     pub fn evaluate<P: RetentionPolicy>(params: &str, input: &RetentionInput<'_>) -> Result<Decisions, String> {
         let policy = P::create(params).map_err(|e| format!("invalid params: {e}"))?;
-        let decisions = policy.evaluate(input).map_err(|e| format!("could not decide: {e}"))?;
+        let restricted = input.clone().restricted_to(policy.reads());
+        let decisions = policy.evaluate(&restricted).map_err(|e| format!("could not decide: {e}"))?;
         check(input, &decisions).map_err(|e| format!("returned an invalid answer: {e}"))?;
         Ok(decisions)
     }
@@ -158,7 +162,7 @@ mod tests {
             let input = input(tags(&["b", "a", "B"]));
             assert_eq!(input.tags.iter().map(|t| t.name).collect::<Vec<_>>(), ["B", "a", "b"]);
             assert_eq!((input.repository, input.now), (REPOSITORY, NOW));
-            assert_eq!(input.tags.at(1).digest, fake_digest("a"));
+            assert_eq!(input.tags.at(1).digest(), fake_digest("a"));
         }
 
         #[test]
@@ -166,7 +170,7 @@ mod tests {
             let input = input(tags(&["a", "b"]));
             let d = Decisions { tags: vec![Verdict::keep("x")], untagged: vec![] };
             assert_eq!(check(&input, &d).unwrap_err(), "answer has 1 tag verdicts for 2 tags");
-            let input = input.with_untagged(vec![UntaggedManifest { digest: "d", created_at: None, pushed_at: None }]);
+            let input = input.with_untagged(vec![UntaggedManifest::new("d")]);
             let d = Decisions { tags: vec![Verdict::keep("x"); 2], untagged: vec![] };
             assert_eq!(check(&input, &d).unwrap_err(), "answer has 0 untagged verdicts for 1 untagged manifests");
         }
@@ -192,6 +196,29 @@ mod tests {
             let err = evaluate::<ReasonPerTag>("{}", &many).unwrap_err();
             assert!(err.starts_with("returned an invalid answer: more than 256 distinct (action, reason) pairs"), "{err}");
             assert!(err.contains("interned"), "the error says what to do: {err}");
+        }
+
+        /// Reads digests but declares only push times.
+        struct UndeclaredDigest;
+        impl RetentionPolicy for UndeclaredDigest {
+            fn create(_: &str) -> Result<Self, String> {
+                Ok(UndeclaredDigest)
+            }
+            fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {
+                Ok(Decisions { tags: input.tags.iter().map(|t| Verdict::keep(interned(t.digest()))).collect(), untagged: vec![] })
+            }
+            fn reads(&self) -> crate::Columns {
+                crate::Columns::PUSHED_AT
+            }
+        }
+
+        #[test]
+        fn evaluate_gives_only_the_declared_columns_so_an_undeclared_read_fails_natively() {
+            let input = input(tags(&["a"]));
+            assert!(UndeclaredDigest.evaluate(&input).is_ok(), "a plain input has every column");
+            let panic = std::panic::catch_unwind(|| evaluate::<UndeclaredDigest>("{}", &input)).unwrap_err();
+            let message = panic.downcast_ref::<String>().unwrap();
+            assert!(message.contains("add `Columns::DIGESTS`"), "{message}");
         }
 
         #[test]

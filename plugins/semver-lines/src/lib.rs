@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use regex::Regex;
 use tagwarden_plugin_sdk::params::Params;
-use tagwarden_plugin_sdk::{Decisions, RetentionInput, RetentionPolicy, Verdict, export_retention, interned};
+use tagwarden_plugin_sdk::{Columns, Decisions, RetentionInput, RetentionPolicy, Verdict, export_retention, interned};
 
 pub use version::Version;
 
@@ -63,6 +63,11 @@ impl RetentionPolicy for SemverLines {
         let among_newest = Verdict::keep(interned(format!("keep_per_minor: among the {keep_per_minor} newest releases of its minor line")));
         let older = Verdict::delete(interned(format!("delete: older than the {keep_per_minor} newest releases of its minor line")));
         Ok(SemverLines { keep_per_minor: keep_per_minor as usize, deployed, selects, among_newest, older })
+    }
+
+    /// Only what it reads is sent: it decides from tag names and the params alone.
+    fn reads(&self) -> Columns {
+        Columns::NONE
     }
 
     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {

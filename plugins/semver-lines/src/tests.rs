@@ -45,7 +45,7 @@ fn reasons_say_which_rule_and_stay_few() {
     let decisions = evaluate::<SemverLines>(r#"{"keep_per_minor": 2}"#, &input).unwrap();
     assert_eq!(decisions.tags.iter().filter(|v| v.action == Action::Keep).count(), 14);
     assert_eq!(decisions.tags[0].reason, "delete: older than the 2 newest releases of its minor line");
-    let untagged = input.clone().with_untagged(vec![UntaggedManifest { digest: "d", created_at: None, pushed_at: None }]);
+    let untagged = input.clone().with_untagged(vec![UntaggedManifest::new("d")]);
     let d = evaluate::<SemverLines>("{}", &untagged).unwrap();
     assert_eq!((d.untagged[0].action, d.untagged[0].reason.as_ref()), (Action::Keep, "untagged: not managed by semver-lines"));
 }

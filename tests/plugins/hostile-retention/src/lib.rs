@@ -29,11 +29,12 @@
 //! | `fill`            | writes 0xA5 over 8 MiB of fresh memory, keeps all           |
 //! | `residue`         | grows memory by 12 MiB and fails if any byte of it is not   |
 //! |                   | zero (what an earlier call left behind)                     |
+//! | `undeclared`      | declares no column, then reads digests: the SDK panics      |
 
 use std::time::{Duration, Instant};
 
 use tagwarden_plugin_sdk::params::Params;
-use tagwarden_plugin_sdk::{Decisions, RetentionInput, RetentionPolicy, Verdict, export_retention, log};
+use tagwarden_plugin_sdk::{Columns, Decisions, RetentionInput, RetentionPolicy, Verdict, export_retention, log};
 
 pub struct Hostile(&'static str);
 
@@ -58,6 +59,7 @@ const MODES: &[&str] = &[
     "probe",
     "fill",
     "residue",
+    "undeclared",
 ];
 
 /// A fake DELETE row, in red, as a plugin might try to slip into the host's table.
@@ -70,6 +72,12 @@ impl RetentionPolicy for Hostile {
             return Err("mode: rejected on purpose".into());
         }
         Ok(Hostile(mode))
+    }
+
+    /// `undeclared` declares no column and reads digests all the same; every other mode
+    /// declares every column.
+    fn reads(&self) -> Columns {
+        if self.0 == "undeclared" { Columns::NONE } else { Columns::ALL }
     }
 
     fn evaluate(&self, input: &RetentionInput<'_>) -> Result<Decisions, String> {
@@ -123,6 +131,10 @@ impl RetentionPolicy for Hostile {
                 Err("failed on purpose".into())
             }
             "probe" => Ok(Decisions::uniform(input, Verdict::keep(probe()))),
+            "undeclared" => {
+                let first = input.tags.iter().map(|t| t.digest()).next().unwrap_or_default();
+                Ok(Decisions::uniform(input, Verdict::keep(format!("read {first}"))))
+            }
             "fill" => {
                 let filled = std::hint::black_box(vec![0xA5u8; 8 << 20]);
                 drop(filled);
