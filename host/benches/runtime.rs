@@ -225,16 +225,8 @@ fn large_list(
     let input = sdk_input(&list);
     check_same_verdicts(&list, &input, &gitlab.evaluate(PARAMS, &list, NOW).expect("wasm evaluate"));
     let n = Some(size);
-    let mut ratio = Ratio {
-        size,
-        native: None,
-        native_full: None,
-        wasm: None,
-        wasm_warm: None,
-        wasm_warm_v01: None,
-        noop: None,
-        columns: None,
-    };
+    let mut ratio =
+        Ratio { size, native: None, native_full: None, wasm: None, wasm_warm: None, wasm_warm_v01: None, noop: None, columns: None };
 
     if options.wants(group, "native") {
         let policy = GitlabRetention::create(PARAMS).expect("native create");

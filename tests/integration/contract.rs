@@ -75,7 +75,8 @@ fn backoff_and_stale_plugins_built_for_0_1_answer_exactly_as_their_0_2_builds() 
     let (old, new) = (contract_0_1("exponential-backoff"), support::plugin("exponential-backoff", PluginLimits::default()));
     assert_eq!((old.meta().contract_version.as_str(), old.meta().kind), ("0.1.0", PluginKind::Backoff));
     let (old, new) = (old.into_backoff().unwrap(), new.into_backoff().unwrap());
-    for (attempt, class, status) in [(1, ErrorClass::Transient, Some(503)), (4, ErrorClass::RateLimited, Some(429)), (2, ErrorClass::Permanent, Some(405))]
+    for (attempt, class, status) in
+        [(1, ErrorClass::Transient, Some(503)), (4, ErrorClass::RateLimited, Some(429)), (2, ErrorClass::Permanent, Some(405))]
     {
         let failure = tagwarden::runtime::Failure {
             operation: OperationKind::TagDeletion,
@@ -128,24 +129,27 @@ fn reading_a_column_the_policy_did_not_declare_fails_naming_it_and_deletes_nothi
 
 #[test]
 fn a_component_built_for_a_contract_version_this_host_does_not_accept_is_refused_naming_both() {
-    let bytes = std::fs::read(support::plugin_path("semver-lines")).unwrap();
-    // The version is spelled in the component's import and export names: rewrite every
-    // `tagwarden:policy/…@0.2.0` as `@0.9.0` (same length, so the binary stays valid).
-    let mut patched = bytes.clone();
-    let mut replaced = 0;
-    let needle = b"@0.2.0";
-    let mut i = 0;
-    while i + needle.len() <= patched.len() {
-        if &patched[i..i + needle.len()] == needle {
-            patched[i + 3] = b'9';
-            replaced += 1;
-        }
-        i += 1;
-    }
-    assert!(replaced >= 2, "the component names its contract version (found {replaced})");
+    let patched = built_for_contract_0_9(&std::fs::read(support::plugin_path("semver-lines")).unwrap());
     let err = support::runtime().load_bytes("semver-lines.wasm", &patched, PluginLimits::default()).unwrap_err();
     let FailureCause::Load(message) = &err.cause else { panic!("expected a load error, got {err}") };
     assert!(message.contains("was built for tagwarden:policy@0.9.0"), "{message}");
     assert!(message.contains("this host accepts tagwarden:policy@0.1.x (up to 0.1.0) and @0.2.x (up to 0.2.0)"), "{message}");
     assert!(message.contains("rebuild the plugin against tagwarden-plugin-sdk 0.2"), "{message}");
+}
+
+/// `component` as if built for contract 0.9.0. The version is spelled in the component's
+/// import and export names: every `@0.2.0` becomes `@0.9.0` (the same length, so the
+/// binary stays valid).
+pub fn built_for_contract_0_9(component: &[u8]) -> Vec<u8> {
+    let mut patched = component.to_vec();
+    let needle = b"@0.2.0";
+    let mut replaced = 0;
+    for i in 0..patched.len().saturating_sub(needle.len() - 1) {
+        if &patched[i..i + needle.len()] == needle {
+            patched[i + 3] = b'9';
+            replaced += 1;
+        }
+    }
+    assert!(replaced >= 2, "the component names its contract version (found {replaced})");
+    patched
 }

@@ -3,6 +3,7 @@
 mod api;
 mod browser;
 mod cli;
+mod contract;
 mod crash;
 mod fleet;
 mod golden;
