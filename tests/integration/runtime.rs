@@ -492,3 +492,34 @@ fn a_plugin_file_that_is_a_device_or_a_pipe_is_refused_without_reading_it() {
     let err = support::runtime().load_file(std::path::Path::new("/dev/zero"), PluginLimits::default()).unwrap_err();
     assert!(err.to_string().contains("is a character device; expected a regular file"), "{err}");
 }
+
+/// A new version of a plugin the runtime compiled before (same code, new bytes: here a
+/// custom section) compiles every function from the in-memory function cache; a rebuilt
+/// plugin (the 0.1 build of gitlab-retention, then its 0.2 build) reuses what did not change.
+/// Counted by the cache, not timed.
+#[test]
+fn a_new_version_compiles_only_the_functions_the_runtime_has_not_compiled_before() {
+    let runtime = std::sync::Arc::new(PluginRuntime::new(RuntimeConfig::default()).unwrap());
+    let bytes = std::fs::read(support::plugin_path("gitlab-retention")).unwrap();
+    runtime.load_bytes("v1", &bytes, PluginLimits::default()).unwrap();
+    let first = runtime.function_cache_stats();
+    assert!(first.misses > 100 && first.hits == 0, "{first:?}");
+
+    let mut v2 = bytes.clone();
+    v2.extend_from_slice(&[0, 5, 4, b'n', b'e', b'w', b'!']);
+    let plugin = runtime.load_bytes("v2", &v2, PluginLimits::default()).unwrap();
+    assert_ne!(plugin.meta().sha256, crate::support::plugin("gitlab-retention", PluginLimits::default()).meta().sha256);
+    let second = runtime.function_cache_stats();
+    assert_eq!(second.misses, first.misses, "nothing compiled again: {second:?}");
+    assert_eq!(second.hits, first.misses, "{second:?}");
+
+    let fresh = std::sync::Arc::new(PluginRuntime::new(RuntimeConfig::default()).unwrap());
+    let old = std::fs::read(support::workspace().join("tests/fixtures/contract-0.1/gitlab-retention.wasm")).unwrap();
+    fresh.load_bytes("0.1", &old, PluginLimits::default()).unwrap();
+    let before = fresh.function_cache_stats();
+    fresh.load_bytes("0.2", &bytes, PluginLimits::default()).unwrap();
+    let after = fresh.function_cache_stats();
+    let (hits, misses) = (after.hits - before.hits, after.misses - before.misses);
+    eprintln!("gitlab-retention 0.2 after 0.1: {hits} functions from the cache, {misses} compiled");
+    assert!(hits > misses, "most of a rebuilt plugin is unchanged: {hits} hits, {misses} misses");
+}

@@ -17,6 +17,7 @@
 
 mod backoff;
 mod compile_cache;
+mod function_cache;
 mod retention;
 mod sandbox;
 mod stale;
@@ -41,6 +42,7 @@ pub use stale::{Operation, StaleAction, StalePlugin, StaleVerdict};
 
 use sandbox::SandboxState;
 
+pub use function_cache::FunctionCacheStats;
 pub use wire::{Columns, ContractVersion};
 
 /// The contract (`wit/policy.wit`) this host's SDK builds plugins for.
@@ -90,6 +92,10 @@ pub struct RuntimeConfig {
     /// has compiled before skips the compiler (~0.5 s for gitlab-retention). `None`
     /// compiles every time. See [`compile_cache`](self) for what is trusted.
     pub compile_cache: Option<std::path::PathBuf>,
+    /// Bytes of compiled functions kept in memory, so that a new version of a plugin
+    /// compiles only what the versions loaded before it did not have
+    /// ([`function_cache`](self)). 0 turns it off.
+    pub function_cache_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -102,6 +108,7 @@ impl Default for RuntimeConfig {
             max_warm_memory_bytes: 64 << 20,
             keep_resident_bytes: 32 << 20,
             compile_cache: None,
+            function_cache_bytes: 128 << 20,
         }
     }
 }
@@ -265,6 +272,8 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<SandboxState>,
     config: RuntimeConfig,
+    /// Compiled functions of the components compiled so far (`RuntimeConfig::function_cache_bytes`).
+    function_cache: Option<Arc<function_cache::FunctionCache>>,
     ticker_stop: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
     /// Instances currently kept warm (or in use after being warm): see [`WarmPermit`].
@@ -296,6 +305,10 @@ impl PluginRuntime {
         // For profiling plugins: `perf` reads guest function names from /tmp/perf-<pid>.map.
         if std::env::var_os("TAGWARDEN_PERFMAP").is_some() {
             wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        let function_cache = (config.function_cache_bytes > 0).then(|| Arc::new(function_cache::FunctionCache::new(config.function_cache_bytes)));
+        if let Some(cache) = &function_cache {
+            wasm.enable_incremental_compilation(cache.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let engine = Engine::new(&wasm).map_err(|e| anyhow::anyhow!("{e}")).context("cannot create the WebAssembly engine")?;
 
@@ -332,7 +345,20 @@ impl PluginRuntime {
                 }
             })?
         };
-        Ok(PluginRuntime { engine, linker, config, ticker_stop, ticker: Some(ticker), warm_instances: AtomicU32::new(0) })
+        Ok(PluginRuntime {
+            engine,
+            linker,
+            config,
+            function_cache,
+            ticker_stop,
+            ticker: Some(ticker),
+            warm_instances: AtomicU32::new(0),
+        })
+    }
+
+    /// What the in-memory cache of compiled functions did since the runtime started.
+    pub fn function_cache_stats(&self) -> FunctionCacheStats {
+        self.function_cache.as_ref().map(|c| c.stats()).unwrap_or_default()
     }
 
     /// Claims one of the slots set aside for warm instances, if one is free.
