@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tagwarden::config::Config;
 use tagwarden::model::{Digest, Tag, TagList, Timestamp};
-use tagwarden::plugin_dir::{DirectoryOptions, PluginDirectory, PluginEvent};
+use tagwarden::plugin_dir::{DirectoryOptions, DirectoryStrategies, PluginDirectory, PluginEvent};
 use tagwarden::runtime::{PluginRuntime, RuntimeConfig};
 use tagwarden::store::Store;
 
@@ -113,7 +113,8 @@ fn main() {
             canary_sample: config.plugins.canary_sample,
             canary_max_extra_deletions: config.plugins.canary_max_extra_deletions,
         };
-        let directory = PluginDirectory::open(options, runtime, &store, Arc::new(store.clone()), bound, &quiet).unwrap();
+        let directory =
+            PluginDirectory::open(options, runtime, &store, Arc::new(store.clone()), bound, DirectoryStrategies::none(), &quiet).unwrap();
         let policies = directory.policies();
         let stop = directory.watch(Arc::new(tokio::sync::Notify::new()), Arc::new(quiet)).unwrap();
         let list = list();
@@ -172,7 +173,16 @@ fn main() {
                 canary_max_extra_deletions: config.plugins.canary_max_extra_deletions,
             };
             let started = Instant::now();
-            let d = PluginDirectory::open(options, runtime.clone(), &store, Arc::new(store.clone()), bound, &quiet).unwrap();
+            let d = PluginDirectory::open(
+                options,
+                runtime.clone(),
+                &store,
+                Arc::new(store.clone()),
+                bound,
+                DirectoryStrategies::none(),
+                &quiet,
+            )
+            .unwrap();
             let elapsed = started.elapsed();
             let active = d.policies().current().iter().filter(|p| p.policy.retention().is_some()).count();
             assert_eq!(active, 10);

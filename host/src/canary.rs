@@ -135,6 +135,16 @@ impl Diff {
         (!why.is_empty()).then(|| why.join("; "))
     }
 
+    /// The extra deletions against the brake, for lists: `+4 tags (20.0%), over the 10.0% brake`.
+    pub fn against_brake(&self, max_extra: f64) -> String {
+        let side = if self.extra_fraction() > max_extra { "over" } else { "within" };
+        let mut s = format!("+{} tags ({}), {side} the {} brake", self.extra_deletions, percent(self.extra_fraction()), percent(max_extra));
+        if self.new_failed > 0 {
+            s.push_str(&format!("; failed on {} repositories", self.new_failed));
+        }
+        s
+    }
+
     /// One line: what was compared and what differs.
     pub fn summary(&self) -> String {
         let compared = self.repositories.len() - self.not_compared;
@@ -168,6 +178,29 @@ mod tests {
         let rules = vec![Rule { action: Action::Keep, reason: "keep".into() }, Rule { action: Action::Delete, reason: "delete".into() }];
         let tags = list.tags().iter().map(|t| u8::from(delete.contains(&t.name.as_str()))).collect();
         RetentionDecisions::validate(list, rules, tags, vec![]).unwrap()
+    }
+
+    /// The brake is one fraction over the whole sample (every policy's repositories
+    /// together), not per repository: 9 extra deletions in a 10-tag repository (90%) next to
+    /// an unchanged 290-tag one are 3% of the 300 tags compared.
+    #[test]
+    fn the_brake_is_a_fraction_of_all_the_tags_compared_not_of_each_repository() {
+        let list = |repository: &str, n: usize| {
+            let tags = (0..n).map(|i| Tag::new(format!("t{i:03}"), Digest::sha256_of(&i.to_le_bytes()))).collect();
+            TagList::new(repository, tags, vec![]).unwrap()
+        };
+        let (small, big) = (list("group/small", 10), list("group/big", 290));
+        let nine: Vec<String> = (0..9).map(|i| format!("t{i:03}")).collect();
+        let nine: Vec<&str> = nine.iter().map(String::as_str).collect();
+        let mut diff = Diff::default();
+        diff.push(compare(&small, Some("a"), &decisions(&small, &[]), &decisions(&small, &nine)));
+        diff.push(compare(&big, Some("b"), &decisions(&big, &[]), &decisions(&big, &[])));
+        assert_eq!((diff.tags, diff.extra_deletions), (300, 9));
+        assert!((diff.extra_fraction() - 0.03).abs() < 1e-9, "{}", diff.extra_fraction());
+        assert_eq!(diff.held_because(0.05), None, "90% in one repository, 3% of the sample: under a 5% brake");
+        assert!(diff.held_because(0.02).unwrap().contains("9 tags"), "3% of the sample is over a 2% brake");
+        assert_eq!(diff.against_brake(0.05), "+9 tags (3.0%), within the 5.0% brake");
+        assert_eq!(diff.against_brake(0.02), "+9 tags (3.0%), over the 2.0% brake");
     }
 
     #[test]

@@ -203,8 +203,10 @@ impl Default for PluginsSection {
         PluginsSection {
             backoff: None,
             backoff_params: toml::Table::new(),
+            backoff_limits: LimitsSection::default(),
             stale: None,
             stale_params: toml::Table::new(),
+            stale_limits: LimitsSection::default(),
             dir: None,
             watch_interval: defaults::watch_interval(),
             settle: defaults::settle(),
@@ -225,6 +227,9 @@ pub struct PluginsSection {
     /// Its params, passed as a JSON object.
     #[serde(default)]
     pub backoff_params: toml::Table,
+    /// Its limits for every call (`[plugins.backoff_limits]`).
+    #[serde(default)]
+    pub backoff_limits: LimitsSection,
     /// A stale plugin (bundled name or `.wasm` path) deciding whether a cleanup, deletion or
     /// import that has run long is abandoned. Unset: the bundled `stale-timeout` with its
     /// defaults.
@@ -232,6 +237,9 @@ pub struct PluginsSection {
     /// Its params, passed as a JSON object.
     #[serde(default)]
     pub stale_params: toml::Table,
+    /// Its limits for every call (`[plugins.stale_limits]`).
+    #[serde(default)]
+    pub stale_limits: LimitsSection,
     /// A directory of retention plugins (`NAME.wasm`) that `serve` loads at start and
     /// watches: a policy whose `plugin` is a bare name uses `DIR/NAME.wasm`, and a new file
     /// replaces the version in service without a restart (docs/operations.md).
@@ -257,6 +265,33 @@ pub struct PluginsSection {
     /// plugins approve NAME`.
     #[serde(default = "defaults::canary_max_extra_deletions")]
     pub canary_max_extra_deletions: f64,
+}
+
+/// A plugin's limits for one call: `[plugins.backoff_limits]` and `[plugins.stale_limits]`
+/// (a policy's retention plugin takes the same keys in its `[[policy]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    #[serde(default = "defaults::plugin_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Linear memory cap in MiB: 1 to [`crate::runtime::MAX_PLUGIN_MEMORY_MIB`].
+    #[serde(default = "defaults::plugin_memory_mib")]
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub fuel: Option<u64>,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection { timeout: defaults::plugin_timeout(), memory_mib: defaults::plugin_memory_mib(), fuel: None }
+    }
+}
+
+impl LimitsSection {
+    /// The runtime's limits (validated: the memory cap cannot overflow).
+    pub fn limits(&self) -> crate::runtime::PluginLimits {
+        limits(self.timeout, self.memory_mib, self.fuel)
+    }
 }
 
 /// `[imports]`: repository imports to a GitLab-compatible registry (`tagwarden imports`), and
@@ -505,6 +540,8 @@ impl Config {
                 pl.canary_max_extra_deletions
             );
         }
+        check_limits("plugins.backoff_limits", pl.backoff_limits.timeout, pl.backoff_limits.memory_mib, pl.backoff_limits.fuel)?;
+        check_limits("plugins.stale_limits", pl.stale_limits.timeout, pl.stale_limits.memory_mib, pl.stale_limits.fuel)?;
         if pl.quarantine_after == 0 {
             bail!("at `plugins.quarantine_after`: expected at least 1 (consecutive traps or timeouts before a plugin is quarantined)");
         }
@@ -554,21 +591,15 @@ impl Config {
                     "at `policy[{i}].plugin`: empty; expected a bundled plugin's name such as \"gitlab-retention\" or a path to a .wasm file"
                 );
             }
-            let max = crate::runtime::MAX_PLUGIN_MEMORY_MIB;
-            if !(1..=max).contains(&p.memory_mib) {
-                bail!(
-                    "at `policy[{i}].memory_mib`: expected 1 to {max} (MiB; a WebAssembly memory cannot exceed 4 GiB), got {}",
-                    p.memory_mib
-                );
-            }
-            if p.timeout.is_zero() {
-                bail!("at `policy[{i}].timeout`: expected a positive duration such as \"1s\" (with 0 every plugin call would time out)");
-            }
-            if p.fuel == Some(0) {
-                bail!("at `policy[{i}].fuel`: expected at least 1 (or leave it out for no fuel budget)");
-            }
+            check_limits(&format!("policy[{i}]"), p.timeout, p.memory_mib, p.fuel)?;
         }
         Ok(())
+    }
+
+    /// Whether any plugin has a fuel budget: the runtime then meters fuel for every plugin.
+    pub fn uses_fuel(&self) -> bool {
+        let pl = &self.plugins;
+        self.policies.iter().any(|p| p.fuel.is_some()) || pl.backoff_limits.fuel.is_some() || pl.stale_limits.fuel.is_some()
     }
 
     /// Resolves a path from the config relative to the config file's directory.
@@ -688,7 +719,7 @@ impl Config {
 impl PolicySection {
     /// The plugin's limits for this policy (validated: the memory cap cannot overflow).
     pub fn limits(&self) -> crate::runtime::PluginLimits {
-        crate::runtime::PluginLimits { timeout: self.timeout, memory_bytes: (self.memory_mib as usize) << 20, fuel: self.fuel }
+        limits(self.timeout, self.memory_mib, self.fuel)
     }
 
     /// The params as the JSON text plugins receive.
@@ -705,6 +736,27 @@ impl PolicySection {
         }
         b.build().expect("validated globs")
     }
+}
+
+/// Checks one plugin's limits; `at` is the table they are keys of (`policy[0]`,
+/// `plugins.stale_limits`), named in the error.
+fn check_limits(at: &str, timeout: Duration, memory_mib: u64, fuel: Option<u64>) -> anyhow::Result<()> {
+    let max = crate::runtime::MAX_PLUGIN_MEMORY_MIB;
+    if !(1..=max).contains(&memory_mib) {
+        bail!("at `{at}.memory_mib`: expected 1 to {max} (MiB; a WebAssembly memory cannot exceed 4 GiB), got {memory_mib}");
+    }
+    if timeout.is_zero() {
+        bail!("at `{at}.timeout`: expected a positive duration such as \"1s\" (with 0 every plugin call would time out)");
+    }
+    if fuel == Some(0) {
+        bail!("at `{at}.fuel`: expected at least 1 (or leave it out for no fuel budget)");
+    }
+    Ok(())
+}
+
+/// The runtime's limits from checked config values.
+fn limits(timeout: Duration, memory_mib: u64, fuel: Option<u64>) -> crate::runtime::PluginLimits {
+    crate::runtime::PluginLimits { timeout, memory_bytes: (memory_mib as usize) << 20, fuel }
 }
 
 /// TOML values as JSON; TOML dates become their RFC 3339 text (serde would otherwise
@@ -780,6 +832,41 @@ params = { keep_n = 5, name_regex_delete = ".*" }
         assert_eq!((c.plugins.canary_sample, c.plugins.canary_max_extra_deletions), (0, 0.2));
         let e = err(&with("canary_max_extra_deletions = 5.0"));
         assert!(e.contains("plugins.canary_max_extra_deletions") && e.contains("from 0 to 1"), "{e}");
+    }
+
+    #[test]
+    fn the_backoff_and_stale_plugins_take_limits_and_bad_ones_name_the_key_and_file() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.plugins.stale_limits.limits(), crate::runtime::PluginLimits::default());
+        assert!(!c.uses_fuel());
+        let with = |lines: &str| GOOD.replace("[[policy]]", &format!("{lines}\n\n[[policy]]"));
+        let c = Config::parse(&with(
+            "[plugins.backoff_limits]\ntimeout = \"250ms\"\nmemory_mib = 16\n\n[plugins.stale_limits]\nfuel = 1000000",
+        ))
+        .unwrap();
+        let b = c.plugins.backoff_limits.limits();
+        assert_eq!((b.timeout, b.memory_bytes, b.fuel), (Duration::from_millis(250), 16 << 20, None));
+        assert_eq!(c.plugins.stale_limits.limits().fuel, Some(1_000_000));
+        assert!(c.uses_fuel(), "a stale fuel budget turns fuel metering on");
+        for (table, line, expected) in [
+            ("backoff_limits", "memory_mib = 0", "expected 1 to 4096"),
+            ("backoff_limits", "memory_mib = 4097", "expected 1 to 4096"),
+            ("stale_limits", "timeout = \"0s\"", "positive duration"),
+            ("stale_limits", "fuel = 0", "at least 1"),
+            ("stale_limits", "timeout = \"soon\"", "not a duration"),
+        ] {
+            let key = line.split(' ').next().unwrap();
+            let e = err(&with(&format!("[plugins.{table}]\n{line}")));
+            assert!(e.contains(&format!("plugins.{table}.{key}")) && e.contains(expected), "{line}: {e}");
+        }
+        let e = err(&with("[plugins.stale_limits]\nmemory = 5"));
+        assert!(e.contains("plugins.stale_limits") && e.contains("unknown field `memory`"), "{e}");
+        // Read from a file, the error names the file too.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tagwarden.toml");
+        std::fs::write(&file, with("[plugins.backoff_limits]\nmemory_mib = 0")).unwrap();
+        let e = format!("{:#}", Config::read(&file).unwrap_err());
+        assert!(e.contains(&file.display().to_string()) && e.contains("plugins.backoff_limits.memory_mib"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,11 @@
 //! Loading a new or changed file: read → sha256 (the same bytes as in service: nothing to
 //! do) → compile (the runtime's compile cache) and check the world and contract version →
 //! check that it is a retention plugin → configure it with the params of every policy that
-//! uses it (the plugin validates them) → swap the daemon's [`PolicySet`] in one step. Passes
+//! uses it (the plugin validates them) → swap the daemon's [`PolicySet`] in one step. The
+//! daemon's backoff or stale plugin, when `[plugins] backoff`/`stale` names a file of the
+//! directory ([`WatchedStrategy`]), is checked for its kind and tried with its params (the
+//! checks of start, [`StrategyChecks`]) and swapped into the [`StrategySet`]; no canary (its
+//! decisions delete no tags). Passes
 //! already running keep the `Arc` of the version they started with. If a step fails, the
 //! previous version stays in service and the failure is recorded (state `failed`, the file,
 //! the step and why), unless the file changed within `[plugins] settle`: a copy still being
@@ -30,6 +34,9 @@
 //!
 //! A removed file pauses the policies that use it (they are disabled in the state, so
 //! nothing claims their repositories); nothing falls back to a default that could delete. A
+//! removed backoff or stale plugin's file pauses nothing: its last good version keeps deciding
+//! (state `removed`), since the daemon needs one and it deletes nothing; while one is
+//! quarantined, the host's default backoff decides, and no work is judged stale. A
 //! plugin whose evaluations trap, time out or exhaust memory or fuel `[plugins]
 //! quarantine_after` times in a row is quarantined: its policies pause until a new file
 //! replaces it or `tagwarden plugins release NAME`.
@@ -48,8 +55,8 @@ use anyhow::Context;
 use crate::canary::{Diff, RepositoryDiff};
 use crate::model::{TagList, Timestamp};
 use crate::pass::{PassContext, Policy};
-use crate::runtime::{CallCounts, ConfiguredPolicy, PluginLimits, PluginMeta, PluginRuntime};
-use crate::setup::{BoundPolicy, PolicySet};
+use crate::runtime::{BackoffPlugin, CallCounts, ConfiguredPolicy, Plugin, PluginLimits, PluginMeta, PluginRuntime, StalePlugin};
+use crate::setup::{BoundPolicy, PolicySet, Strategies, StrategyChecks, StrategyRole, StrategySet};
 use crate::store::{CanaryOutcome, CanaryRecord, PluginRecord, PluginState, PluginTable, StateStore, Store};
 
 /// How the directory is watched (`[plugins]` in the config).
@@ -63,6 +70,39 @@ pub struct DirectoryOptions {
     pub canary_sample: usize,
     /// The brake, a fraction of the compared tags.
     pub canary_max_extra_deletions: f64,
+}
+
+/// The daemon's backoff and stale plugins, for the directory to swap the ones that are its
+/// files.
+pub struct DirectoryStrategies {
+    /// What the daemon and the import guard consult (loaded at start, as without a directory).
+    pub set: Arc<StrategySet>,
+    /// The roles whose plugin is a file of the directory ([`crate::setup::directory_strategy`]).
+    pub watched: Vec<WatchedStrategy>,
+    /// What a new version passes before it serves (the checks of start).
+    pub checks: StrategyChecks,
+}
+
+impl DirectoryStrategies {
+    /// No backoff or stale plugin is a file of the directory (benchmarks of the directory).
+    pub fn none() -> DirectoryStrategies {
+        DirectoryStrategies {
+            set: StrategySet::new(Strategies::default()),
+            watched: Vec::new(),
+            checks: StrategyChecks { delete_timeout: Duration::from_secs(250), import_timeout_per_tag: None },
+        }
+    }
+}
+
+/// `[plugins] backoff` or `stale`, naming a file of the directory.
+#[derive(Debug, Clone)]
+pub struct WatchedStrategy {
+    pub role: StrategyRole,
+    /// The file stem.
+    pub plugin: String,
+    /// Its params (JSON) and limits, to check and run each new version with.
+    pub params: String,
+    pub limits: PluginLimits,
 }
 
 /// Where the canary finds the latest tag lists of the repositories a plugin's policies cover.
@@ -114,6 +154,8 @@ pub enum PluginEvent<'a> {
         meta: &'a PluginMeta,
         elapsed: Duration,
         policies: &'a [String],
+        /// The daemon's strategy it serves as, for a backoff or stale plugin.
+        role: Option<StrategyRole>,
         replaced: Option<&'a str>,
     },
     /// A file failed at `step`; `serving` is the sha256 of the version still in service.
@@ -135,6 +177,14 @@ pub enum PluginEvent<'a> {
         name: &'a str,
         file: &'a Path,
         policies: &'a [String],
+    },
+    /// The file of the daemon's backoff or stale plugin is gone: the version in service
+    /// (`serving`, its sha256) keeps deciding.
+    StrategyRemoved {
+        name: &'a str,
+        file: &'a Path,
+        role: StrategyRole,
+        serving: &'a str,
     },
     Quarantined {
         name: &'a str,
@@ -183,19 +233,42 @@ impl Stamp {
     }
 }
 
+/// A version of the daemon's backoff or stale plugin, checked with its params.
+#[derive(Clone)]
+enum Strategy {
+    Backoff(BackoffPlugin),
+    Stale(StalePlugin),
+}
+
+impl Strategy {
+    fn plugin(&self) -> &Plugin {
+        match self {
+            Strategy::Backoff(b) => b.plugin(),
+            Strategy::Stale(s) => s.plugin(),
+        }
+    }
+}
+
 /// The version of a plugin in service.
 struct Serving {
     meta: PluginMeta,
     /// Each policy that uses it, configured with its params and limits.
     configured: Vec<(String, Arc<ConfiguredPolicy>)>,
+    /// What it serves as when it is the daemon's backoff or stale plugin.
+    strategy: Option<Strategy>,
     loaded_at: Timestamp,
 }
 
 impl Serving {
+    /// Every loaded instance of this version (one per policy, or the strategy's).
+    fn plugins(&self) -> impl Iterator<Item = &Plugin> {
+        self.configured.iter().map(|(_, c)| c.plugin().plugin()).chain(self.strategy.iter().map(Strategy::plugin))
+    }
+
     fn counts(&self) -> CallCounts {
         let mut total = CallCounts::default();
-        for (_, c) in &self.configured {
-            let n = c.plugin().plugin().call_counts();
+        for p in self.plugins() {
+            let n = p.call_counts();
             total.evaluations += n.evaluations;
             total.failures += n.failures;
             if n.consecutive_faults >= total.consecutive_faults {
@@ -266,6 +339,7 @@ pub struct PluginDirectory {
     /// The policies as configured (watched ones with whatever decider they had last).
     bound: Vec<BoundPolicy>,
     policies: Arc<PolicySet>,
+    strategies: DirectoryStrategies,
     entries: BTreeMap<String, Entry>,
     /// Where the canary's tag lists come from; `None`: no canary.
     canary: Option<Arc<dyn CanaryLists>>,
@@ -284,6 +358,7 @@ impl PluginDirectory {
         store: &Store,
         state: Arc<dyn StateStore>,
         bound: Vec<BoundPolicy>,
+        strategies: DirectoryStrategies,
         on_event: &OnEvent,
     ) -> anyhow::Result<PluginDirectory> {
         check_dir(&options.dir)?;
@@ -295,6 +370,7 @@ impl PluginDirectory {
             table: store.plugin_table(),
             bound,
             policies,
+            strategies,
             entries: BTreeMap::new(),
             canary: None,
             started: false,
@@ -312,6 +388,11 @@ impl PluginDirectory {
     /// The daemon's policies, which this directory keeps up to date.
     pub fn policies(&self) -> Arc<PolicySet> {
         self.policies.clone()
+    }
+
+    /// The daemon's backoff and stale plugins, which this directory keeps up to date.
+    pub fn strategies(&self) -> Arc<StrategySet> {
+        self.strategies.set.clone()
     }
 
     /// Watches the directory from a thread of its own until the returned flag is set (or the
@@ -340,6 +421,7 @@ impl PluginDirectory {
     /// quarantines and releases. Returns whether the policies changed.
     pub fn look(&mut self, on_event: &OnEvent) -> anyhow::Result<bool> {
         let mut names: Vec<String> = self.bound.iter().filter_map(|b| b.watched_plugin.clone()).collect();
+        names.extend(self.strategies.watched.iter().map(|w| w.plugin.clone()));
         let listing = std::fs::read_dir(&self.options.dir)
             .with_context(|| format!("reading the plugin directory {} (`plugins.dir`)", self.options.dir.display()))?;
         for item in listing.flatten() {
@@ -379,6 +461,27 @@ impl PluginDirectory {
         let mut changed = false;
 
         let stamp = std::fs::metadata(&file).ok().filter(|m| m.is_file()).map(|m| Stamp::of(&m));
+        let role = self.strategies.watched.iter().find(|w| w.plugin == name).map(|w| w.role);
+        if let (None, Some(role), Some(serving)) = (stamp, role, &entry.serving) {
+            // The daemon's backoff or stale plugin: pausing is no option (cleanups still fail,
+            // work still runs long), and its decisions delete no tags, so the version in
+            // service keeps deciding until a file is back.
+            if entry.state != PluginState::Removed && entry.state != PluginState::Quarantined {
+                if let Some(held) = entry.pending.take() {
+                    supersede(&self.table, name, &held);
+                }
+                entry.state = PluginState::Removed;
+                entry.reason = Some(format!(
+                    "its file {} was removed; the {} plugin in service (sha256:{}) keeps deciding until a file is back",
+                    file.display(),
+                    role.as_str(),
+                    &serving.meta.sha256[..12]
+                ));
+                (entry.seen, entry.tried, entry.provisional) = (None, None, false);
+                on_event(PluginEvent::StrategyRemoved { name, file: &file, role, serving: &serving.meta.sha256 });
+            }
+            return false;
+        }
         let Some(stamp) = stamp else {
             if entry.serving.is_some() || entry.reason.is_none() || entry.state != PluginState::Paused {
                 let was_serving = entry.serving.take().is_some();
@@ -411,8 +514,8 @@ impl PluginDirectory {
 
         let entry = self.entries.get_mut(name).expect("inserted above");
         if requested.as_deref() == Some("release") && entry.state == PluginState::Quarantined {
-            for (_, c) in entry.serving.iter().flat_map(|s| &s.configured) {
-                c.plugin().plugin().clear_faults();
+            for p in entry.serving.iter().flat_map(Serving::plugins) {
+                p.clear_faults();
             }
             entry.state = PluginState::Active;
             entry.reason = None;
@@ -446,13 +549,18 @@ impl PluginDirectory {
             }
         }
         if let Some(serving) = &entry.serving
-            && matches!(entry.state, PluginState::Active | PluginState::Failed | PluginState::Pending)
+            && matches!(entry.state, PluginState::Active | PluginState::Failed | PluginState::Pending | PluginState::Removed)
         {
             let counts = serving.counts();
             if counts.consecutive_faults >= quarantine_after {
+                let meanwhile = match role {
+                    Some(StrategyRole::Backoff) => "; meanwhile the host's default backoff decides",
+                    Some(StrategyRole::Stale) => "; meanwhile no work is judged stale (leases still end a dead holder's work)",
+                    None => "",
+                };
                 let reason = format!(
                     "{} evaluations in a row trapped, timed out or ran out of memory or fuel (the last: {}); \
-                     a new file or `tagwarden plugins release {name}` puts it back in service",
+                     a new file or `tagwarden plugins release {name}` puts it back in service{meanwhile}",
                     counts.consecutive_faults,
                     counts.last_fault.as_deref().unwrap_or("unknown")
                 );
@@ -479,7 +587,7 @@ impl PluginDirectory {
                     if let Some(held) = entry.pending.take() {
                         supersede(&self.table, name, &held);
                     }
-                    if matches!(entry.state, PluginState::Failed | PluginState::Pending) {
+                    if matches!(entry.state, PluginState::Failed | PluginState::Pending | PluginState::Removed) {
                         entry.state = PluginState::Active;
                         entry.reason = None;
                     }
@@ -489,20 +597,21 @@ impl PluginDirectory {
                     // The version already waiting for approval (touched).
                     return false;
                 }
-                configure(&self.runtime, file, &bytes, &self.bound, name)
+                configure(&self.runtime, file, &bytes, &self.bound, &self.strategies, name)
             }
             Err(e) => Err(e),
         };
         match result {
-            Ok((meta, configured)) => {
-                let version = Serving { meta, configured, loaded_at: Timestamp::now() };
+            Ok((meta, configured, strategy)) => {
+                let version = Serving { meta, configured, strategy, loaded_at: Timestamp::now() };
                 // This file supersedes any version waiting for approval.
                 if let Some(held) = entry.pending.take() {
                     supersede(&self.table, name, &held);
                 }
                 let mut canary_time = Duration::ZERO;
                 let held = match (&entry.serving, &self.canary) {
-                    (Some(old), Some(lists)) if self.options.canary_sample > 0 => {
+                    // Backoff and stale decisions delete no tags: no canary for them.
+                    (Some(old), Some(lists)) if self.options.canary_sample > 0 && version.strategy.is_none() => {
                         let canary_started = Instant::now();
                         let diff = run_canary(old, &version, &**lists, users, self.options.canary_sample);
                         let max = self.options.canary_max_extra_deletions;
@@ -583,6 +692,7 @@ impl PluginDirectory {
                     meta,
                     elapsed: started.elapsed().saturating_sub(canary_time),
                     policies: users,
+                    role: self.strategies.watched.iter().find(|w| w.plugin == name).map(|w| w.role),
                     replaced: replaced.as_deref(),
                 });
                 true
@@ -655,6 +765,7 @@ impl PluginDirectory {
                 _ => {}
             }
         }
+        self.rebuild_strategies();
         let now = Timestamp::now();
         if self.started {
             for b in &pausing {
@@ -668,6 +779,31 @@ impl PluginDirectory {
             }
         }
         Ok(())
+    }
+
+    /// Puts the backoff and stale plugins of the entries in force: the version in service,
+    /// also after its file was removed; none while it is quarantined (the host's default
+    /// backoff; no stale verdicts); the one loaded at start while nothing else ever loaded.
+    fn rebuild_strategies(&self) {
+        if self.strategies.watched.is_empty() {
+            return;
+        }
+        let mut strategies: Strategies = (*self.strategies.set.current()).clone();
+        for w in &self.strategies.watched {
+            let Some(entry) = self.entries.get(&w.plugin) else { continue };
+            let serving = match (entry.state, &entry.serving) {
+                (PluginState::Quarantined, _) => None,
+                (_, Some(s)) => s.strategy.clone(),
+                (_, None) => continue,
+            };
+            match (w.role, serving) {
+                (StrategyRole::Backoff, Some(Strategy::Backoff(b))) => strategies.backoff = Some((b, w.params.clone())),
+                (StrategyRole::Stale, Some(Strategy::Stale(p))) => strategies.stale = Some((p, w.params.clone())),
+                (StrategyRole::Backoff, _) => strategies.backoff = None,
+                (StrategyRole::Stale, _) => strategies.stale = None,
+            }
+        }
+        self.strategies.set.replace(strategies);
     }
 
     /// Writes plugin `name`'s row if it changed.
@@ -763,18 +899,38 @@ pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Compiles `bytes` (through the runtime's compile cache), checks it is a retention plugin,
-/// and configures it for every policy that uses plugin `name`: the pipeline's steps after
-/// reading, each failure naming its step.
+/// Compiles `bytes` (through the runtime's compile cache), checks its kind, and configures
+/// it: for the daemon's backoff or stale plugin, the checks of start with its params; else
+/// for every policy that uses plugin `name`. The pipeline's steps after reading, each failure
+/// naming its step.
 #[allow(clippy::type_complexity)]
 fn configure(
     runtime: &Arc<PluginRuntime>,
     file: &Path,
     bytes: &[u8],
     bound: &[BoundPolicy],
+    strategies: &DirectoryStrategies,
     name: &str,
-) -> Result<(PluginMeta, Vec<(String, Arc<ConfiguredPolicy>)>), (&'static str, String)> {
+) -> Result<(PluginMeta, Vec<(String, Arc<ConfiguredPolicy>)>, Option<Strategy>), (&'static str, String)> {
     let origin = file.display().to_string();
+    if let Some(w) = strategies.watched.iter().find(|w| w.plugin == name) {
+        let plugin = runtime.load_bytes(&origin, bytes, w.limits.clone()).map_err(|e| ("load", e.to_string()))?;
+        let meta = plugin.meta().clone();
+        let params = |e: anyhow::Error| ("params", format!("{e:#}"));
+        let strategy = match w.role {
+            StrategyRole::Backoff => {
+                let b = plugin.into_backoff().map_err(|e| ("kind", e.to_string()))?;
+                strategies.checks.backoff(&b, &w.params).map_err(params)?;
+                Strategy::Backoff(b)
+            }
+            StrategyRole::Stale => {
+                let s = plugin.into_stale().map_err(|e| ("kind", e.to_string()))?;
+                strategies.checks.stale(&s, &w.params).map_err(params)?;
+                Strategy::Stale(s)
+            }
+        };
+        return Ok((meta, Vec::new(), Some(strategy)));
+    }
     let plugin = runtime.load_bytes(&origin, bytes, PluginLimits::default()).map_err(|e| ("load", e.to_string()))?;
     let meta = plugin.meta().clone();
     let retention = plugin.into_retention().map_err(|e| ("kind", e.to_string()))?;
@@ -788,5 +944,5 @@ fn configure(
             .map_err(|e| ("params", format!("policy `{}`: {e}", b.policy.name)))?;
         configured.push((b.policy.name.clone(), Arc::new(policy)));
     }
-    Ok((meta, configured))
+    Ok((meta, configured, None))
 }

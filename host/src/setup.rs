@@ -42,24 +42,115 @@ impl BoundPolicy {
     }
 }
 
-/// The daemon's policies, replaced as a whole when the plugin directory swaps a version in
-/// or pauses a policy. A pass holds the `Arc` it started with, and with it the plugin
-/// version it started on; the next claim sees the new set.
-pub struct PolicySet(std::sync::RwLock<Arc<Vec<BoundPolicy>>>);
+/// A value the daemon reads at each use and the plugin directory replaces as a whole. A
+/// reader holds the `Arc` it took (a pass, the version it started on); the next reader sees
+/// the new value.
+#[derive(Debug)]
+pub struct Swappable<T>(std::sync::RwLock<Arc<T>>);
 
-impl PolicySet {
-    pub fn new(policies: Vec<BoundPolicy>) -> Arc<Self> {
-        Arc::new(PolicySet(std::sync::RwLock::new(Arc::new(policies))))
+impl<T> Swappable<T> {
+    pub fn new(value: T) -> Arc<Self> {
+        Arc::new(Swappable(std::sync::RwLock::new(Arc::new(value))))
     }
 
-    /// The policies in force now.
-    pub fn current(&self) -> Arc<Vec<BoundPolicy>> {
+    /// The value in force now.
+    pub fn current(&self) -> Arc<T> {
         self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// Puts `policies` in force (one pointer swap under the lock).
-    pub fn replace(&self, policies: Vec<BoundPolicy>) {
-        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policies);
+    /// Puts `value` in force (one pointer swap under the lock).
+    pub fn replace(&self, value: T) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(value);
+    }
+}
+
+/// The daemon's policies, replaced as a whole when the plugin directory swaps a version in
+/// or pauses a policy.
+pub type PolicySet = Swappable<Vec<BoundPolicy>>;
+
+/// The daemon's backoff and stale plugins, each with its params (JSON).
+#[derive(Debug, Clone, Default)]
+pub struct Strategies {
+    /// `None`: the host's default schedule (no `[plugins] backoff`, or the directory's
+    /// backoff plugin is quarantined).
+    pub backoff: Option<(BackoffPlugin, String)>,
+    /// `None` only while the directory's stale plugin is quarantined: no work is judged
+    /// stale then (leases still end a dead holder's work).
+    pub stale: Option<(StalePlugin, String)>,
+}
+
+/// What the daemon and the import guard consult; the plugin directory swaps a new version of
+/// a backoff or stale plugin of `[plugins] dir` in.
+pub type StrategySet = Swappable<Strategies>;
+
+/// Which of the daemon's strategies a plugin is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrategyRole {
+    Backoff,
+    Stale,
+}
+
+impl StrategyRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyRole::Backoff => "backoff",
+            StrategyRole::Stale => "stale",
+        }
+    }
+}
+
+/// The checks a backoff or stale plugin passes before it serves, at start and for each new
+/// version the plugin directory loads: a trial decision with its params, so bad params fail
+/// with the plugin's own words before any real decision.
+#[derive(Debug, Clone)]
+pub struct StrategyChecks {
+    /// The deletion budget the stale plugin is told about.
+    pub delete_timeout: std::time::Duration,
+    /// `[imports] timeout_per_tag`: the stale plugin must then take an `import_timeout` param.
+    pub import_timeout_per_tag: Option<std::time::Duration>,
+}
+
+impl StrategyChecks {
+    pub fn from_config(config: &Config) -> StrategyChecks {
+        StrategyChecks { delete_timeout: config.deletion.timeout, import_timeout_per_tag: config.imports.timeout_per_tag }
+    }
+
+    /// A trial decision after a failure. Run on a copy of `plugin`, so it counts toward no
+    /// evaluations or faults.
+    pub fn backoff(&self, plugin: &BackoffPlugin, params: &str) -> anyhow::Result<()> {
+        let trial = Failure {
+            operation: OperationKind::Cleanup,
+            attempt: 1,
+            class: crate::model::ErrorClass::Transient,
+            http_status: Some(503),
+            retry_after: None,
+            message: "trial".into(),
+            now: Timestamp::now(),
+            seed: 0,
+        };
+        let copy = plugin.plugin().with_limits(plugin.plugin().limits().clone()).into_backoff()?;
+        copy.decide(params, &trial).context("`plugins.backoff_params`")?;
+        Ok(())
+    }
+
+    /// A trial check of an ongoing cleanup (and, with `timeout_per_tag`, of a pre-import
+    /// with an `import_timeout` param), on a copy of `plugin`.
+    pub fn stale(&self, plugin: &StalePlugin, params: &str) -> anyhow::Result<()> {
+        let copy = plugin.plugin().with_limits(plugin.plugin().limits().clone()).into_stale()?;
+        let now = Timestamp::now();
+        let trial = Operation {
+            kind: OperationKind::Cleanup,
+            state: "cleanup_ongoing".into(),
+            started_at: Some(now),
+            now,
+            delete_timeout: self.delete_timeout,
+            registry_status: None,
+        };
+        copy.check(params, &trial).context("`plugins.stale_params`")?;
+        if let Some(rate) = self.import_timeout_per_tag {
+            crate::scheduler::imports::check_import_timeout(&copy, params, rate, self.delete_timeout)?;
+        }
+        Ok(())
     }
 }
 
@@ -132,47 +223,44 @@ fn resolve_plugin(config: &Config, spec: &str) -> anyhow::Result<std::path::Path
 }
 
 /// The stale plugin (`[plugins] stale`, default the bundled `stale-timeout`) and its params as
-/// JSON. Its params are validated here with a trial check, so a typo fails at start.
+/// JSON, with its limits (`[plugins.stale_limits]`). Its params are checked here
+/// ([`StrategyChecks::stale`]), so a typo fails at start.
 pub fn load_stale(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Result<(StalePlugin, String)> {
     let spec = config.plugins.stale.as_deref().unwrap_or("stale-timeout");
     let context = || format!("cannot load the stale plugin `{spec}` of {} (`plugins.stale`)", config.path.display());
     let path = resolve_plugin(config, spec).with_context(context)?;
-    let plugin = runtime.load_file(&path, PluginLimits::default()).with_context(context)?.into_stale().with_context(context)?;
+    let limits = config.plugins.stale_limits.limits();
+    let plugin = runtime.load_file(&path, limits).with_context(context)?.into_stale().with_context(context)?;
     let params = serde_json::to_string(&config.plugins.stale_params)?;
-    let now = Timestamp::now();
-    let trial = Operation {
-        kind: OperationKind::Cleanup,
-        state: "cleanup_ongoing".into(),
-        started_at: Some(now),
-        now,
-        delete_timeout: config.deletion.timeout,
-        registry_status: None,
-    };
-    plugin.check(&params, &trial).with_context(|| format!("{}: `plugins.stale_params`", context()))?;
+    StrategyChecks::from_config(config).stale(&plugin, &params).with_context(context)?;
     Ok((plugin, params))
 }
 
-/// The configured backoff plugin (`[plugins] backoff`) and its params as JSON, if any. Its
-/// params are validated here, so a typo fails at start, not at the first failure.
+/// The configured backoff plugin (`[plugins] backoff`) and its params as JSON, with its
+/// limits (`[plugins.backoff_limits]`), if any. Its params are checked here
+/// ([`StrategyChecks::backoff`]), so a typo fails at start, not at the first failure.
 pub fn load_backoff(config: &Config, runtime: &Arc<PluginRuntime>) -> anyhow::Result<Option<(BackoffPlugin, String)>> {
     let Some(spec) = &config.plugins.backoff else { return Ok(None) };
     let context = || format!("cannot load the backoff plugin `{spec}` of {} (`plugins.backoff`)", config.path.display());
     let path = resolve_plugin(config, spec).with_context(context)?;
-    let plugin = runtime.load_file(&path, PluginLimits::default()).with_context(context)?.into_backoff().with_context(context)?;
+    let limits = config.plugins.backoff_limits.limits();
+    let plugin = runtime.load_file(&path, limits).with_context(context)?.into_backoff().with_context(context)?;
     let params = serde_json::to_string(&config.plugins.backoff_params)?;
-    // A trial decision: bad params fail now, with the plugin's own words.
-    let trial = Failure {
-        operation: OperationKind::Cleanup,
-        attempt: 1,
-        class: crate::model::ErrorClass::Transient,
-        http_status: Some(503),
-        retry_after: None,
-        message: "trial".into(),
-        now: crate::model::Timestamp::now(),
-        seed: 0,
-    };
-    plugin.decide(&params, &trial).with_context(|| format!("{}: `plugins.backoff_params`", context()))?;
+    StrategyChecks::from_config(config).backoff(&plugin, &params).with_context(context)?;
     Ok(Some((plugin, params)))
+}
+
+/// The backoff or stale plugin `[plugins] backoff`/`stale` names as a file of `[plugins]
+/// dir` (a bare name whose `DIR/NAME.wasm` exists at start): `serve`'s plugin directory then
+/// swaps its new versions in. A bare name without a file there is the bundled plugin, for the
+/// daemon's whole life.
+pub fn directory_strategy(config: &Config, role: StrategyRole) -> Option<String> {
+    let spec = match role {
+        StrategyRole::Backoff => config.plugins.backoff.as_deref()?,
+        StrategyRole::Stale => config.plugins.stale.as_deref().unwrap_or("stale-timeout"),
+    };
+    let name = directory_plugin(config, spec)?;
+    plugin_dir(config).is_some_and(|d| d.join(format!("{name}.wasm")).is_file()).then_some(name)
 }
 
 /// The database of `config`: the local file (`[state] dir`/tagwarden.db) and, with `[state]

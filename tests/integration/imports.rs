@@ -43,7 +43,8 @@ fn worker(server: &ImportServer, store: &Store, settings: ImportSettings) -> Imp
     config.max_retries = 0;
     let client = RegistryClient::new(config, None).unwrap();
     let stale = support::plugin("stale-timeout", PluginLimits::default()).into_stale().unwrap();
-    ImportWorker::new(client, store.imports(), settings, (stale, "{}".into())).unwrap()
+    let strategies = tagwarden::setup::StrategySet::new(tagwarden::setup::Strategies { backoff: None, stale: Some((stale, "{}".into())) });
+    ImportWorker::new(client, store.imports(), settings, strategies).unwrap()
 }
 
 fn state(store: &Store, path: &str) -> tagwarden::store::ImportRecord {

@@ -381,6 +381,20 @@ async fn a_canary_over_the_brake_waits_for_approval_and_one_under_it_swaps_at_on
     let list = cli(&["plugins", "list"]);
     list.assert_success();
     assert!(list.stdout.contains("pending") && list.stdout.contains("tagwarden plugins approve keep"), "{}", list.stdout);
+    // The canary against the brake, in its column and in JSON (the API's `directory` shares it).
+    assert!(list.stdout.contains("pending: +4 tags (20.0%), over the 10.0% brake"), "{}", list.stdout);
+    let listed = cli(&["plugins", "list", "--output", "json"]).json();
+    let keep = listed["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "keep").unwrap().clone();
+    assert_eq!(
+        (
+            keep["state"].as_str(),
+            keep["canary"]["outcome"].as_str(),
+            keep["canary"]["extra_deletions"].as_u64(),
+            keep["canary"]["tags"].as_u64()
+        ),
+        (Some("pending"), Some("pending"), Some(4), Some(20)),
+        "{keep:#}"
+    );
     let diff = cli(&["plugins", "diff", "keep"]);
     diff.assert_success();
     assert!(diff.stdout.contains("outcome: pending"), "{}", diff.stdout);
@@ -408,4 +422,89 @@ async fn a_canary_over_the_brake_waits_for_approval_and_one_under_it_swaps_at_on
     cli(&["plugins", "approve", "keep"]).assert_error(&["plugin `keep` is active, not pending"]);
     cli(&["plugins", "approve", "nothere"]).assert_error(&["no plugin named `nothere`", "known: keep"]);
     daemon.stop().await;
+}
+
+/// The backoff and stale plugins named in `[plugins]` as files of the directory are swapped
+/// like retention plugins (issue #11 §2): a new version decides from then on without a
+/// restart, a file of the wrong kind leaves the old one serving, and a removed file keeps the
+/// last good version deciding (backoff and stale decisions delete no tags). The API and the
+/// status page show each plugin's state with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backoff_and_stale_plugins_of_the_directory_are_swapped_and_a_removed_one_keeps_deciding() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::plugin_tools::write_recording(&dir.path().join("recs"), "a.json", "builds/a", 5);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let b1 = std::fs::read(crate::support::plugin_path("exponential-backoff")).unwrap();
+    let s1 = std::fs::read(crate::support::plugin_path("stale-timeout")).unwrap();
+    let (b2, s2) = (with_custom_section(&b1, "backoff 2"), with_custom_section(&s1, "stale 2"));
+    let [sha_b1, sha_b2, sha_s1, sha_s2] = [&b1, &b2, &s1, &s2].map(|b| tagwarden::model::sha256_hex(b));
+    install(&plugins, "retry.wasm", &b1);
+    install(&plugins, "judge.wasm", &s1);
+    // Every pass fails (the policy's plugin panics), so the backoff plugin decides every second.
+    install(&plugins, "wild.wasm", &std::fs::read(crate::support::plugin_path("hostile-retention")).unwrap());
+    let config = dir.path().join("tagwarden.toml");
+    std::fs::write(
+        &config,
+        "[registry]\nrecordings = \"recs\"\n\n[state]\ndir = \"state\"\n\n[serve]\nworker_capacity = 1\nlisten = \"127.0.0.1:0\"\n\n\
+         [plugins]\ndir = \"plugins\"\nwatch_interval = \"50ms\"\nsettle = \"1s\"\nquarantine_after = 1000\n\
+         backoff = \"retry\"\nbackoff_params = { initial_delay = \"1s\", factor = 1.0, max_attempts = 1000, give_up_on_permanent = false }\n\
+         stale = \"judge\"\n\n[plugins.backoff_limits]\nmemory_mib = 64\ntimeout = \"2s\"\n\n\
+         [[policy]]\nname = \"wild\"\nrepositories = [\"builds/*\"]\nplugin = \"wild\"\ncadence = \"7d\"\nparams = { mode = \"panic\" }\n",
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let daemon = crate::api::start(dir.path(), &config);
+    let http = reqwest::Client::new();
+    let store = Store::open(&dir.path().join("state/tagwarden.db")).unwrap();
+    let role = |v: &serde_json::Value, role: &str| -> serde_json::Value {
+        v["plugins"].as_array().unwrap().iter().find(|p| p["role"] == role).cloned().unwrap_or_default()
+    };
+    let serving = |role_name: &'static str, sha: String, state: &'static str| {
+        move |v: &serde_json::Value| {
+            let r = role(v, role_name);
+            r["sha256"].as_str() == Some(&*sha) && r["state"] == state
+        }
+    };
+
+    // At start: both from the directory, in service.
+    let v = daemon.wait_for(&http, "/api/v1/plugins", "both loaded", serving("backoff", sha_b1.clone(), "active")).await;
+    assert_eq!((role(&v, "backoff")["plugin"].as_str(), role(&v, "stale")["plugin"].as_str()), (Some("retry"), Some("judge")), "{v:#}");
+    assert_eq!(role(&v, "stale")["sha256"].as_str(), Some(&*sha_s1), "{v:#}");
+    row_when(&store, "retry", |r| r.evaluations >= 1 && r.kind.as_deref() == Some("backoff")).await;
+
+    // A new version of each: swapped in, and the new backoff version decides from then on
+    // (its counts are its own, from zero).
+    install(&plugins, "retry.wasm", &b2);
+    install(&plugins, "judge.wasm", &s2);
+    daemon.wait_for(&http, "/api/v1/plugins", "backoff v2 in service", serving("backoff", sha_b2.clone(), "active")).await;
+    daemon.wait_for(&http, "/api/v1/plugins", "stale v2 in service", serving("stale", sha_s2.clone(), "active")).await;
+    row_when(&store, "retry", |r| r.sha256.as_deref() == Some(&*sha_b2) && r.evaluations >= 1).await;
+
+    // A file of the wrong kind fails at `kind`; the version in service keeps deciding.
+    install(&plugins, "retry.wasm", &s1);
+    let v = daemon.wait_for(&http, "/api/v1/plugins", "the wrong kind fails", serving("backoff", sha_b2.clone(), "failed")).await;
+    let reason = role(&v, "backoff")["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("step `kind`") && reason.contains("stays in service"), "{reason}");
+
+    // Removed: the last good version keeps deciding, shown `removed` with why.
+    std::fs::remove_file(plugins.join("retry.wasm")).unwrap();
+    let v = daemon.wait_for(&http, "/api/v1/plugins", "removed", serving("backoff", sha_b2.clone(), "removed")).await;
+    let reason = role(&v, "backoff")["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("was removed") && reason.contains("keeps deciding"), "{reason}");
+    let before = row_when(&store, "retry", |r| r.state == PluginState::Removed).await.evaluations;
+    row_when(&store, "retry", |r| r.evaluations > before).await;
+    let directory = &daemon.get(&http, "/api/v1/plugins").await.1["directory"];
+    let row = directory.as_array().unwrap().iter().find(|p| p["name"] == "retry").unwrap();
+    assert_eq!((row["state"].as_str(), row["kind"].as_str()), (Some("removed"), Some("backoff")), "{row:#}");
+    let page = http.get(daemon.url("/plugins")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("removed") && page.contains("keeps deciding") && page.contains("retry.wasm"), "{page}");
+    let list = tokio::task::block_in_place(|| crate::cli::tagwarden(dir.path(), &["plugins", "list", "--config", &config_arg]));
+    list.assert_success();
+    assert!(list.stdout.contains("removed") && list.stdout.contains("keeps deciding"), "{}", list.stdout);
+
+    // Back: active again.
+    install(&plugins, "retry.wasm", &b2);
+    daemon.wait_for(&http, "/api/v1/plugins", "back", serving("backoff", sha_b2.clone(), "active")).await;
+    assert!(store.repository("builds/a").unwrap().is_some_and(|r| r.consecutive_failures > 3), "retried, never given up");
 }

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use crate::model::Timestamp;
 use crate::owner::{self, Liveness};
 use crate::store::{
-    AuditRecord, CleanupStatus, DeletionState, DeletionStatus, LastFailure, RepositoryState, RunRecord, RunTotals, StateStore, Store,
+    AuditRecord, CanaryRecord, CleanupStatus, DeletionState, DeletionStatus, LastFailure, PluginRecord, RepositoryState, RunRecord,
+    RunTotals, StateStore, Store,
 };
 
 /// What `tagwarden status` and the API's overview show.
@@ -106,4 +107,31 @@ pub fn audit_json(r: &AuditRecord) -> Value {
         "digest": r.digest, "tags": r.tags, "decided_by": r.decided_by, "outcome": r.outcome, "detail": r.detail,
         "run_id": r.run_id,
     })
+}
+
+/// A plugin of `[plugins] dir` as `plugins list --output json` and `GET /api/v1/plugins`
+/// show it: its row, and its latest canary (`null` when none ran) with the extra deletions
+/// against the brake.
+pub fn directory_plugin(record: &PluginRecord, canary: Option<&CanaryRecord>) -> Value {
+    let mut v = serde_json::to_value(record).unwrap_or(Value::Null);
+    v["canary"] = canary.map_or(Value::Null, |c| {
+        json!({
+            "at": c.at.to_rfc3339(),
+            "outcome": c.outcome.as_str(),
+            "old_version": c.old_version,
+            "old_sha256": c.old_sha256,
+            "new_version": c.new_version,
+            "new_sha256": c.new_sha256,
+            "tags": c.diff.tags,
+            "extra_deletions": c.diff.extra_deletions,
+            "fewer_deletions": c.diff.fewer_deletions,
+            "extra_fraction": c.diff.extra_fraction(),
+            "max_extra_fraction": c.max_extra_fraction,
+            "new_failed": c.diff.new_failed,
+            "not_compared": c.diff.not_compared,
+            "brake": c.diff.against_brake(c.max_extra_fraction),
+            "summary": c.diff.summary(),
+        })
+    });
+    v
 }

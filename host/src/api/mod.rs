@@ -34,6 +34,7 @@ use crate::model::{Digest, Timestamp};
 use crate::registry::{RegistryClient, Secret};
 use crate::restore::{RestoreErrorKind, RestoreRequest};
 use crate::runtime::PluginMeta;
+use crate::setup::{PolicySet, StrategyRole, StrategySet};
 use crate::store::{AuditQuery, CleanupStatus, DeletionStatus, StateStore, Store};
 
 /// Most items one page returns.
@@ -41,13 +42,31 @@ pub const MAX_PAGE: usize = 1000;
 /// Items a page returns when `limit` is not given.
 pub const DEFAULT_PAGE: usize = 100;
 
-/// A plugin the daemon loaded, and what it is for.
+/// A plugin the daemon consults, what it is for, and where it stands.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadedPlugin {
     /// `policy NAME`, `backoff` or `stale`.
     pub role: String,
+    /// Its name in `[plugins] dir` (the file stem), when it is a file of the directory.
+    pub plugin: Option<String>,
+    /// `active`; for a file of the directory, its state there: `pending` (a canary holds a
+    /// new version back), `failed` (the last file did not load), `quarantined`, `paused`
+    /// (its file is gone: its policies pause) or `removed` (the backoff or stale plugin's file
+    /// is gone; the version in service keeps deciding).
+    pub state: String,
+    /// Why it is not active, or what the last failed attempt said.
+    pub reason: Option<String>,
+    /// The version in service; absent when none serves (its policy pauses).
     #[serde(flatten)]
-    pub meta: PluginMeta,
+    pub meta: Option<PluginMeta>,
+}
+
+/// Where the API finds the plugins in force, which the plugin directory swaps.
+pub struct PluginsInForce {
+    pub policies: Arc<PolicySet>,
+    pub strategies: Arc<StrategySet>,
+    /// The backoff and stale plugins that are files of `[plugins] dir`: their file stems.
+    pub strategy_files: Vec<(StrategyRole, String)>,
 }
 
 /// What the API serves from.
@@ -58,7 +77,7 @@ pub struct Api {
     pub state: Arc<dyn StateStore>,
     /// The registry client restores go through (`None` with a recordings backend).
     pub registry: Option<RegistryClient>,
-    pub plugins: Vec<LoadedPlugin>,
+    pub plugins: PluginsInForce,
     /// The bearer token actions (and, off loopback, reads) need.
     pub token: Option<Secret>,
     /// Whether reads need the token too (the address is not loopback).
@@ -73,7 +92,7 @@ impl Api {
         store: Store,
         state: Arc<dyn StateStore>,
         registry: Option<RegistryClient>,
-        plugins: Vec<LoadedPlugin>,
+        plugins: PluginsInForce,
         token: Option<Secret>,
         listen: SocketAddr,
         wake: Arc<Notify>,
@@ -277,26 +296,80 @@ async fn require_token_for_reads(State(api): State<Arc<Api>>, req: Request, next
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
     // Both: the local file (runs, audit log) and the cleanup state (PostgreSQL with `[state] url`).
     let store = api.store.ping().and_then(|()| api.state.ping());
-    let ready = store.is_ok() && !api.plugins.is_empty();
+    let loaded = loaded_plugins(&api).map(|p| p.iter().filter(|p| p.meta.is_some()).count()).unwrap_or(0);
+    let ready = store.is_ok() && loaded > 0;
     let body = json!({
         "ready": ready,
         "state_store": store.as_ref().map_or_else(|e| format!("{e:#}"), |_| "ok".to_owned()),
-        "plugins_loaded": api.plugins.len(),
+        "plugins_loaded": loaded,
     });
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
 }
 
-fn plugin_roles(api: &Api) -> BTreeMap<String, String> {
-    api.plugins.iter().map(|p| (p.role.clone(), format!("{} {}", p.meta.name, p.meta.version))).collect()
+/// The plugins in force now, by role, each with its state in the plugin directory (the
+/// `plugins` table) when it is a file of it.
+pub(crate) fn loaded_plugins(api: &Api) -> anyhow::Result<Vec<LoadedPlugin>> {
+    let rows = api.store.plugin_table().list()?;
+    let state_of = |file: Option<&str>, paused: Option<&str>| match file.and_then(|f| rows.iter().find(|r| r.name == f)) {
+        Some(r) => (r.state.as_str().to_owned(), r.reason.clone()),
+        None => match paused {
+            Some(why) => ("paused".to_owned(), Some(why.to_owned())),
+            None => ("active".to_owned(), None),
+        },
+    };
+    let mut out = Vec::new();
+    for p in api.plugins.policies.current().iter() {
+        let (state, reason) = state_of(p.watched_plugin.as_deref(), p.policy.paused_because());
+        out.push(LoadedPlugin {
+            role: format!("policy {}", p.policy.name),
+            plugin: p.watched_plugin.clone(),
+            state,
+            reason,
+            meta: p.policy.retention().map(|r| r.plugin().plugin().meta().clone()),
+        });
+    }
+    let strategies = api.plugins.strategies.current();
+    let backoff = strategies.backoff.as_ref().map(|(b, _)| b.plugin().meta().clone());
+    let stale = strategies.stale.as_ref().map(|(s, _)| s.plugin().meta().clone());
+    for (role, meta) in [(StrategyRole::Backoff, backoff), (StrategyRole::Stale, stale)] {
+        let file = api.plugins.strategy_files.iter().find(|(r, _)| *r == role).map(|(_, f)| f.clone());
+        if meta.is_none() && file.is_none() {
+            continue; // No backoff plugin: the host's default schedule.
+        }
+        let (state, reason) = state_of(file.as_deref(), None);
+        out.push(LoadedPlugin { role: role.as_str().to_owned(), plugin: file, state, reason, meta });
+    }
+    Ok(out)
+}
+
+fn plugin_roles(plugins: &[LoadedPlugin]) -> BTreeMap<String, String> {
+    plugins
+        .iter()
+        .map(|p| {
+            let shown = match &p.meta {
+                Some(m) => format!("{} {}", m.name, m.version),
+                None => "(none in service)".to_owned(),
+            };
+            let shown = if p.state == "active" { shown } else { format!("{shown} ({})", p.state) };
+            (p.role.clone(), shown)
+        })
+        .collect()
 }
 
 async fn status(State(api): State<Arc<Api>>) -> Result<axum::Json<Value>, ApiError> {
-    Ok(axum::Json(json::overview(&api.store, &*api.state)?.to_json(&plugin_roles(&api))))
+    Ok(axum::Json(json::overview(&api.store, &*api.state)?.to_json(&plugin_roles(&loaded_plugins(&api)?))))
 }
 
-async fn plugins(State(api): State<Arc<Api>>) -> axum::Json<Value> {
-    axum::Json(json!({ "plugins": api.plugins }))
+/// The plugins in force by role, and every plugin of `[plugins] dir` with its latest canary.
+async fn plugins(State(api): State<Arc<Api>>) -> Result<axum::Json<Value>, ApiError> {
+    let table = api.store.plugin_table();
+    let mut directory = Vec::new();
+    for row in table.list()? {
+        let canary = table.latest_canary(&row.name, None)?;
+        directory.push(json::directory_plugin(&row, canary.as_ref()));
+    }
+    Ok(axum::Json(json!({ "plugins": loaded_plugins(&api)?, "directory": directory })))
 }
 
 #[derive(Deserialize)]

@@ -75,6 +75,11 @@ struct Chart {
 
 struct PluginRow {
     role: String,
+    /// The file stem in `[plugins] dir`, or empty.
+    file: String,
+    /// `active`, `pending`, `failed`, `quarantined`, `paused` or `removed`, and why.
+    state: String,
+    reason: String,
     name: String,
     version: String,
     kind: String,
@@ -98,23 +103,66 @@ struct OverviewPage {
     plugins: Vec<PluginRow>,
 }
 
-fn plugin_rows(api: &Api) -> Vec<PluginRow> {
-    api.plugins
-        .iter()
+fn plugin_rows(api: &Api) -> anyhow::Result<Vec<PluginRow>> {
+    Ok(super::loaded_plugins(api)?
+        .into_iter()
         .map(|p| {
-            let (calls, failures) = crate::metrics::get().plugin_totals(&p.meta.name);
+            let m = p.meta.as_ref();
+            let (calls, failures) = m.map_or((0, 0), |m| crate::metrics::get().plugin_totals(&m.name));
             PluginRow {
                 role: p.role.clone(),
-                name: p.meta.name.clone(),
-                version: p.meta.version.clone(),
-                kind: serde_json::to_value(p.meta.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
-                contract: p.meta.contract_version.clone(),
-                sha256: p.meta.sha256.clone(),
+                file: p.plugin.clone().unwrap_or_default(),
+                state: p.state.clone(),
+                reason: p.reason.clone().unwrap_or_default(),
+                name: m.map_or_else(|| "(none in service)".to_owned(), |m| m.name.clone()),
+                version: m.map(|m| m.version.clone()).unwrap_or_default(),
+                kind: m.and_then(|m| serde_json::to_value(m.kind).ok()).and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                contract: m.map(|m| m.contract_version.clone()).unwrap_or_default(),
+                sha256: m.map(|m| m.sha256.clone()).unwrap_or_default(),
                 calls,
                 failures,
             }
         })
-        .collect()
+        .collect())
+}
+
+/// A plugin of `[plugins] dir` on the plugins page, with its latest canary.
+struct DirectoryRow {
+    name: String,
+    state: String,
+    reason: String,
+    kind: String,
+    declared: String,
+    sha256: String,
+    policies: String,
+    evaluations: u64,
+    failures: u64,
+    /// The latest canary: outcome and extra deletions against the brake; empty when none ran.
+    canary: String,
+}
+
+fn directory_rows(api: &Api) -> anyhow::Result<Vec<DirectoryRow>> {
+    let table = api.store.plugin_table();
+    let mut rows = Vec::new();
+    for p in table.list()? {
+        let canary = table.latest_canary(&p.name, None)?;
+        rows.push(DirectoryRow {
+            state: p.state.as_str().to_owned(),
+            reason: p.reason.clone().unwrap_or_default(),
+            kind: p.kind.clone().unwrap_or_default(),
+            declared: match (&p.declared_name, &p.declared_version) {
+                (Some(n), Some(v)) => format!("{n} {v}"),
+                _ => String::new(),
+            },
+            sha256: p.sha256.clone().unwrap_or_default(),
+            policies: p.policies.join(", "),
+            evaluations: p.evaluations,
+            failures: p.failures,
+            canary: canary.map(|c| format!("{}: {}", c.outcome.as_str(), c.diff.against_brake(c.max_extra_fraction))).unwrap_or_default(),
+            name: p.name,
+        });
+    }
+    Ok(rows)
 }
 
 /// Two bars a day (deleted, failed), scaled separately so failures stay visible next to
@@ -170,7 +218,7 @@ pub(super) async fn overview(State(api): State<Arc<Api>>) -> Result<Response, Ap
         statuses,
         failures: o.failing_by_class.into_iter().collect(),
         chart: chart(&api)?,
-        plugins: plugin_rows(&api),
+        plugins: plugin_rows(&api)?,
     }))
 }
 
@@ -179,10 +227,11 @@ pub(super) async fn overview(State(api): State<Arc<Api>>) -> Result<Response, Ap
 struct PluginsPage {
     section: &'static str,
     plugins: Vec<PluginRow>,
+    directory: Vec<DirectoryRow>,
 }
 
-pub(super) async fn plugins(State(api): State<Arc<Api>>) -> Response {
-    render(PluginsPage { section: "plugins", plugins: plugin_rows(&api) })
+pub(super) async fn plugins(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    Ok(render(PluginsPage { section: "plugins", plugins: plugin_rows(&api)?, directory: directory_rows(&api)? }))
 }
 
 // ---------------------------------------------------------------------------------------------

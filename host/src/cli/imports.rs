@@ -98,11 +98,12 @@ pub fn imports(command: ImportsCommand) -> anyhow::Result<ExitCode> {
 /// The config's import worker and a runtime to drive it.
 fn worker(config: &std::path::Path) -> anyhow::Result<(ImportWorker, tokio::runtime::Runtime)> {
     let config = Config::read(config)?;
-    let runtime = super::plugin_runtime(false)?;
+    let runtime = super::plugin_runtime(config.uses_fuel())?;
     let stale = setup::load_stale(&config, &runtime)?;
     let store = setup::open_store(&config)?;
     let backend = setup::backend(&config, &store)?;
-    let Some(worker) = worker_for(&config, &store, &backend, stale)? else {
+    let strategies = setup::StrategySet::new(setup::Strategies { backoff: None, stale: Some(stale) });
+    let Some(worker) = worker_for(&config, &store, &backend, strategies)? else {
         bail!("imports need a registry: `registry.recordings` of {} cannot import; set `registry.url`", config.path.display());
     };
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

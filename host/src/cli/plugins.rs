@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 
 use super::{OutputFormat, output};
-use crate::store::{CanaryOutcome, PluginRecord, PluginState};
+use crate::store::{CanaryOutcome, CanaryRecord, PluginRecord, PluginState};
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
@@ -35,30 +35,35 @@ pub struct ApproveArgs {
 }
 
 /// `plugins list`: name, kind, contract, sha256, loaded at, policies, evaluations,
-/// failures and state of every plugin of the directory; the reason under each that is not
-/// active.
+/// failures, state and latest canary (extra deletions against the brake) of every plugin of
+/// the directory; the reason under each that is not active.
 pub fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let store = super::repos::store(&args.config)?;
-    let plugins = store.plugin_table().list()?;
+    let table = store.plugin_table();
+    let plugins = table.list()?;
+    let canaries = plugins.iter().map(|p| table.latest_canary(&p.name, None)).collect::<anyhow::Result<Vec<_>>>()?;
     match args.output {
-        OutputFormat::Json => output::print_json(&serde_json::json!({ "plugins": plugins }))?,
-        OutputFormat::Table => print_table(&plugins),
+        OutputFormat::Json => {
+            let shown: Vec<_> = plugins.iter().zip(&canaries).map(|(p, c)| crate::api::json::directory_plugin(p, c.as_ref())).collect();
+            output::print_json(&serde_json::json!({ "plugins": shown }))?
+        }
+        OutputFormat::Table => print_table(&plugins, &canaries),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(plugins: &[PluginRecord]) {
+fn print_table(plugins: &[PluginRecord], canaries: &[Option<CanaryRecord>]) {
     if plugins.is_empty() {
         println!("no plugins recorded: `tagwarden serve` records those of `[plugins] dir` as it loads them");
         return;
     }
     let mut rows = vec![
-        ["NAME", "STATE", "KIND", "DECLARED", "CONTRACT", "SHA256", "LOADED AT", "POLICIES", "EVALUATIONS", "FAILURES"]
+        ["NAME", "STATE", "KIND", "DECLARED", "CONTRACT", "SHA256", "LOADED AT", "POLICIES", "EVALUATIONS", "FAILURES", "LAST CANARY"]
             .map(str::to_owned)
             .to_vec(),
     ];
     let dash = || "-".to_owned();
-    for p in plugins {
+    for (p, canary) in plugins.iter().zip(canaries) {
         rows.push(vec![
             p.name.clone(),
             p.state.to_string(),
@@ -73,6 +78,7 @@ fn print_table(plugins: &[PluginRecord]) {
             if p.policies.is_empty() { dash() } else { p.policies.join(",") },
             p.evaluations.to_string(),
             p.failures.to_string(),
+            canary.as_ref().map(|c| format!("{}: {}", c.outcome.as_str(), c.diff.against_brake(c.max_extra_fraction))).unwrap_or_else(dash),
         ]);
     }
     let style = output::Style::stdout();

@@ -53,8 +53,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Everything that can be wrong with the config or the plugins fails here, before
     // the registry is contacted.
     // Fuel metering slows every plugin, so it is on only when some policy sets a budget.
-    let fuel = config.policies.iter().any(|p| p.fuel.is_some());
-    let runtime = super::plugin_runtime(fuel)?;
+    let runtime = super::plugin_runtime(config.uses_fuel())?;
     let policies = setup::load_policies(&config, &runtime, false)?;
     let store = setup::open_store(&config)?;
     let ctx = Arc::new(setup::pass_context(&config, &store, args.dry_run, Some(now))?);

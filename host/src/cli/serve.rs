@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::api::{Api, LoadedPlugin};
+use crate::api::{Api, PluginsInForce};
 use crate::config::Config;
 use crate::pass::RepositoryStatus;
-use crate::plugin_dir::{DirectoryOptions, PluginDirectory, PluginEvent};
+use crate::plugin_dir::{DirectoryOptions, DirectoryStrategies, PluginDirectory, PluginEvent, WatchedStrategy};
 use crate::scheduler::daemon::{self, DaemonEvent, DaemonOptions};
 use crate::setup;
 use crate::store::{CleanupOutcome, DeletionOutcome, Work};
@@ -27,11 +27,16 @@ pub struct ServeArgs {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::read(&args.config)?;
-    let fuel = config.policies.iter().any(|p| p.fuel.is_some());
-    let runtime = super::plugin_runtime(fuel)?;
+    let runtime = super::plugin_runtime(config.uses_fuel())?;
     let bound = setup::load_policies(&config, &runtime, true)?;
     let backoff = setup::load_backoff(&config, &runtime)?;
     let stale = setup::load_stale(&config, &runtime)?;
+    let strategies = setup::StrategySet::new(setup::Strategies { backoff, stale: Some(stale) });
+    // The backoff and stale plugins that are files of `[plugins] dir`: swapped like policies' plugins.
+    let strategy_files: Vec<(setup::StrategyRole, String)> = [setup::StrategyRole::Backoff, setup::StrategyRole::Stale]
+        .into_iter()
+        .filter_map(|role| setup::directory_strategy(&config, role).map(|f| (role, f)))
+        .collect();
     // Before the state is opened (or created): a wrong `plugins.dir` changes nothing.
     if let Some(dir) = setup::plugin_dir(&config) {
         crate::plugin_dir::check_dir(&dir).with_context(|| format!("in {}", config.path.display()))?;
@@ -49,8 +54,24 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 canary_sample: p.canary_sample,
                 canary_max_extra_deletions: p.canary_max_extra_deletions,
             };
+            let watched = strategy_files
+                .iter()
+                .map(|(role, plugin)| {
+                    let (params, limits) = match role {
+                        setup::StrategyRole::Backoff => (&p.backoff_params, &p.backoff_limits),
+                        setup::StrategyRole::Stale => (&p.stale_params, &p.stale_limits),
+                    };
+                    Ok(WatchedStrategy {
+                        role: *role,
+                        plugin: plugin.clone(),
+                        params: serde_json::to_string(params)?,
+                        limits: limits.limits(),
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let strategies = DirectoryStrategies { set: strategies.clone(), watched, checks: setup::StrategyChecks::from_config(&config) };
             let started = std::time::Instant::now();
-            let directory = PluginDirectory::open(options, runtime.clone(), &store, state.clone(), bound, &*on_plugin_event)
+            let directory = PluginDirectory::open(options, runtime.clone(), &store, state.clone(), bound, strategies, &*on_plugin_event)
                 .with_context(|| format!("in {}", config.path.display()))?;
             eprintln!("serve: plugin directory loaded in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
             (directory.policies(), Some(directory))
@@ -58,9 +79,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => (setup::PolicySet::new(bound), None),
     };
     let ctx = Arc::new(setup::pass_context(&config, &store, false, None)?);
-    let imports = crate::scheduler::imports::worker_for(&config, &store, &ctx.backend, stale.clone())?;
+    let imports = crate::scheduler::imports::worker_for(&config, &store, &ctx.backend, strategies.clone())?;
     let wake = Arc::new(tokio::sync::Notify::new());
-    let api = api_for(&config, (&store, &state), &ctx, &policies.current(), &backoff, &stale, &wake)?;
+    let in_force = PluginsInForce { policies: policies.clone(), strategies: strategies.clone(), strategy_files };
+    let api = api_for(&config, (&store, &state), &ctx, in_force, &wake)?;
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // The canary lists the repositories it compares on through the passes' backend.
     let directory = directory.map(|d| {
@@ -77,8 +99,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         catalog_sync: config.serve.catalog_sync,
         stale_check: config.serve.stale_check,
         delete_timeout: config.deletion.timeout,
-        backoff,
-        stale,
+        strategies,
         wake,
     };
     let summary = tokio.block_on(async {
@@ -130,21 +151,10 @@ fn api_for(
     config: &Config,
     (store, state): (&crate::store::Store, &Arc<dyn crate::store::StateStore>),
     ctx: &crate::pass::PassContext,
-    policies: &[setup::BoundPolicy],
-    backoff: &Option<(crate::runtime::BackoffPlugin, String)>,
-    stale: &(crate::runtime::StalePlugin, String),
+    plugins: PluginsInForce,
     wake: &Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<Option<(std::net::SocketAddr, Arc<Api>)>> {
     let Some(addr) = config.api_listen()? else { return Ok(None) };
-    let mut plugins: Vec<LoadedPlugin> = policies
-        .iter()
-        .filter_map(|p| p.policy.retention().map(|r| (p, r)))
-        .map(|(p, r)| LoadedPlugin { role: format!("policy {}", p.policy.name), meta: r.plugin().plugin().meta().clone() })
-        .collect();
-    if let Some((b, _)) = backoff {
-        plugins.push(LoadedPlugin { role: "backoff".into(), meta: b.plugin().meta().clone() });
-    }
-    plugins.push(LoadedPlugin { role: "stale".into(), meta: stale.0.plugin().meta().clone() });
     let registry = ctx.backend.registry().cloned();
     let api = Api::new(store.clone(), state.clone(), registry, plugins, config.api_token()?, addr, wake.clone())
         .with_context(|| format!("in {}", config.path.display()))?;
@@ -164,8 +174,8 @@ impl Drop for StopOnDrop {
 fn print_plugin_event(event: PluginEvent<'_>) {
     use crate::untrusted::escape;
     match event {
-        PluginEvent::Loaded { name, file, meta, elapsed, policies, replaced } => eprintln!(
-            "serve: plugin {name}: {} {} ({} {}, contract {}, sha256:{}, {}) in {:.1} ms{}; policies: {}",
+        PluginEvent::Loaded { name, file, meta, elapsed, policies, role, replaced } => eprintln!(
+            "serve: plugin {name}: {} {} ({} {}, contract {}, sha256:{}, {}) in {:.1} ms{}; {}",
             if replaced.is_some() { "swapped in" } else { "loaded" },
             file.display(),
             meta.name,
@@ -175,7 +185,10 @@ fn print_plugin_event(event: PluginEvent<'_>) {
             if meta.from_compile_cache { "from the compile cache" } else { "compiled" },
             elapsed.as_secs_f64() * 1000.0,
             replaced.map(|r| format!(", replacing sha256:{}", &r[..12])).unwrap_or_default(),
-            if policies.is_empty() { "none".to_owned() } else { policies.join(", ") }
+            match role {
+                Some(role) => format!("the daemon's {} plugin", role.as_str()),
+                None => format!("policies: {}", if policies.is_empty() { "none".to_owned() } else { policies.join(", ") }),
+            }
         ),
         PluginEvent::LoadFailed { name, file, step, why, serving } => eprintln!(
             "serve: plugin {name}: {} failed to load at step `{step}`: {}; {}",
@@ -194,9 +207,17 @@ fn print_plugin_event(event: PluginEvent<'_>) {
             file.display(),
             if policies.is_empty() { "none".to_owned() } else { policies.join(", ") }
         ),
-        PluginEvent::Quarantined { name, reason, policies } => {
-            eprintln!("serve: plugin {name}: quarantined: {}; policies paused: {}", escape(reason), policies.join(", "))
-        }
+        PluginEvent::StrategyRemoved { name, file, role, serving } => eprintln!(
+            "serve: plugin {name}: no file {}; the {} plugin in service (sha256:{}) keeps deciding until a file is back",
+            file.display(),
+            role.as_str(),
+            &serving[..12]
+        ),
+        PluginEvent::Quarantined { name, reason, policies } => eprintln!(
+            "serve: plugin {name}: quarantined: {}; policies paused: {}",
+            escape(reason),
+            if policies.is_empty() { "none".to_owned() } else { policies.join(", ") }
+        ),
         PluginEvent::Released { name } => eprintln!("serve: plugin {name}: released from quarantine; back in service"),
         PluginEvent::Canary { name, meta, diff, elapsed, held } => eprintln!(
             "serve: plugin {name}: canary of {} {} (sha256:{}) in {:.1} ms: {}; {}",

@@ -68,6 +68,8 @@ impl BackoffPlugin {
     pub fn decide(&self, params: &str, failure: &Failure) -> Result<BackoffDecision, PluginError> {
         let started = std::time::Instant::now();
         let result = self.decide_fresh(params, failure);
+        // Counted like evaluations: `plugins list` shows them, quarantine counts the faults.
+        self.plugin.record_evaluation(result.as_ref().err());
         crate::metrics::get().plugin_call(&self.plugin.meta().name, "backoff", result.as_ref().err().map(|e| &e.cause), started.elapsed());
         result
     }

@@ -54,6 +54,8 @@ impl StalePlugin {
     pub fn check(&self, params: &str, op: &Operation) -> Result<StaleVerdict, PluginError> {
         let started = std::time::Instant::now();
         let result = self.check_fresh(params, op);
+        // Counted like evaluations: `plugins list` shows them, quarantine counts the faults.
+        self.plugin.record_evaluation(result.as_ref().err());
         crate::metrics::get().plugin_call(&self.plugin.meta().name, "stale", result.as_ref().err().map(|e| &e.cause), started.elapsed());
         result
     }

@@ -19,8 +19,8 @@ use crate::model::ErrorClass;
 use crate::model::Timestamp;
 use crate::owner::{self, Liveness};
 use crate::pass::{self, PassContext, Policy, Progress, RepositoryReport, RepositoryStatus, StopFlag};
-use crate::runtime::{BackoffDecision, BackoffPlugin, Failure, Operation, OperationKind, StalePlugin, StaleVerdict};
-use crate::setup::{self, BoundPolicy, PolicySet};
+use crate::runtime::{BackoffDecision, BackoffPlugin, Failure, Operation, OperationKind, StaleVerdict};
+use crate::setup::{self, BoundPolicy, PolicySet, StrategySet};
 use crate::store::{Claim, CleanupOutcome, DeletionOutcome, Lease, StateStore, Work};
 
 /// Longest sleep between looks at the state when nothing is running.
@@ -66,10 +66,10 @@ pub struct DaemonOptions {
     pub stale_check: Duration,
     /// The deletion budget the stale plugin measures cleanups against.
     pub delete_timeout: Duration,
-    /// The backoff plugin and its params (JSON); `None`: the host's default schedule.
-    pub backoff: Option<(BackoffPlugin, String)>,
-    /// The stale plugin and its params (JSON).
-    pub stale: (StalePlugin, String),
+    /// The backoff plugin (`None`: the host's default schedule) and the stale plugin, each
+    /// with its params (JSON); read at each use, so a version the plugin directory swaps in
+    /// decides from then on.
+    pub strategies: Arc<StrategySet>,
     /// Notified when an operator changed the state (the API's actions): look at it now
     /// rather than at the next poll.
     pub wake: Arc<tokio::sync::Notify>,
@@ -172,7 +172,7 @@ pub async fn run(
                 return Ok(Round::Wait(at));
             }
             while let Some((job, report)) = unrecorded.first() {
-                record(state, me, job, report, options.backoff.as_ref(), &mut summary, on_event)?;
+                record(state, me, job, report, options.strategies.current().backoff.as_ref(), &mut summary, on_event)?;
                 unrecorded.remove(0);
             }
             if Instant::now() >= next_sync && !duties.catalog_sync.held(state, me)? {
@@ -283,11 +283,11 @@ pub async fn run(
                 stops.values().for_each(|s| s.stop("the daemon is shutting down"));
                 let drain = async {
                     for (job, report) in std::mem::take(&mut unrecorded) {
-                        record(state, me, &job, &report, options.backoff.as_ref(), &mut summary, on_event)?;
+                        record(state, me, &job, &report, options.strategies.current().backoff.as_ref(), &mut summary, on_event)?;
                     }
                     while let Some(done) = running.join_next().await {
                         if let Ok((job, report)) = done {
-                            record(state, me, &job, &report, options.backoff.as_ref(), &mut summary, on_event)?;
+                            record(state, me, &job, &report, options.strategies.current().backoff.as_ref(), &mut summary, on_event)?;
                         }
                     }
                     anyhow::Ok(())
@@ -485,7 +485,9 @@ fn check_stale<S: StateStore + ?Sized>(
     on_event: &(dyn Fn(DaemonEvent<'_>) + Send + Sync),
 ) -> anyhow::Result<usize> {
     let now = Timestamp::now();
-    let (plugin, params) = &options.stale;
+    let strategies = options.strategies.current();
+    // The directory's stale plugin is quarantined: no work is judged stale until it is back.
+    let Some((plugin, params)) = &strategies.stale else { return Ok(0) };
     let mut stale = 0;
     for lease in state.leases()? {
         let (kind, name) = match lease.work {

@@ -27,7 +27,7 @@
 //! the pre-import started) times that rate, as GitLab's guard did for pre-imports. The plugin
 //! contract (0.1) has no tag count of its own, so the host hands the figure over as a param.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::model::{ErrorClass, Timestamp};
 use crate::registry::{CancelOutcome, ImportStart, ImportType, RegistryClient, RegistryImportStatus};
 use crate::runtime::{Operation, OperationKind, StaleAction, StalePlugin, StaleVerdict};
+use crate::setup::StrategySet;
 use crate::store::{Change, ImportEvent, ImportLog, ImportRecord, ImportState, transition};
 
 /// First backoff after a 429 without `Retry-After`; doubles with each further 429.
@@ -250,8 +251,9 @@ pub struct ImportWorker {
     client: RegistryClient,
     log: ImportLog,
     settings: ImportSettings,
-    stale: StalePlugin,
-    stale_params: String,
+    /// The stale plugin judges imports (the one in force at each judgement: the plugin
+    /// directory may swap it).
+    strategies: Arc<StrategySet>,
     last_round: Mutex<Option<Instant>>,
 }
 
@@ -261,35 +263,49 @@ pub fn worker_for(
     config: &Config,
     store: &crate::store::Store,
     backend: &crate::backend::Backend,
-    stale: (StalePlugin, String),
+    strategies: Arc<StrategySet>,
 ) -> anyhow::Result<Option<ImportWorker>> {
     let Some(client) = backend.registry() else { return Ok(None) };
-    ImportWorker::new(client.clone(), store.imports(), ImportSettings::from_config(config), stale).map(Some)
+    ImportWorker::new(client.clone(), store.imports(), ImportSettings::from_config(config), strategies).map(Some)
+}
+
+/// Tries `stale` once on a pre-import with an `import_timeout` param, as `[imports]
+/// timeout_per_tag` will give it, so a plugin that does not take one fails before it serves.
+pub fn check_import_timeout(stale: &StalePlugin, params: &str, rate: Duration, delete_timeout: Duration) -> anyhow::Result<()> {
+    let params = params_with_timeout(params, rate.saturating_mul(100))?;
+    let now = Timestamp::now();
+    let trial = Operation {
+        kind: OperationKind::Import,
+        state: ImportState::PreImporting.as_str().into(),
+        started_at: Some(now),
+        now,
+        delete_timeout,
+        registry_status: Some(RegistryImportStatus::PreImportInProgress.as_str().into()),
+    };
+    stale.check(&params, &trial).context(
+        "`imports.timeout_per_tag` gives the stale plugin an `import_timeout` param, which it refused; \
+         use the bundled stale-timeout or leave `timeout_per_tag` out",
+    )?;
+    Ok(())
+}
+
+/// The stale plugin's params (a JSON object) with `import_timeout` set to `timeout`.
+fn params_with_timeout(params: &str, timeout: Duration) -> anyhow::Result<String> {
+    let mut params: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(params).context("the stale plugin's params are not a JSON object")?;
+    // Whole seconds (the plugins' duration syntax), at least one.
+    params.insert("import_timeout".into(), format!("{}s", timeout.as_secs().max(1)).into());
+    Ok(serde_json::Value::Object(params).to_string())
 }
 
 impl ImportWorker {
-    /// A worker; with `timeout_per_tag` set, the stale plugin is tried once with an
+    /// A worker; with `timeout_per_tag` set, the stale plugin in force is tried once with an
     /// `import_timeout` param, so a plugin that does not take one fails here, at start.
-    pub fn new(client: RegistryClient, log: ImportLog, settings: ImportSettings, stale: (StalePlugin, String)) -> anyhow::Result<Self> {
-        let (stale, stale_params) = stale;
-        let worker = ImportWorker { client, log, settings, stale, stale_params, last_round: Mutex::new(None) };
-        if let Some(rate) = worker.settings.timeout_per_tag {
-            let params = worker.params_with_timeout(rate.saturating_mul(100))?;
-            let now = Timestamp::now();
-            let trial = Operation {
-                kind: OperationKind::Import,
-                state: ImportState::PreImporting.as_str().into(),
-                started_at: Some(now),
-                now,
-                delete_timeout: worker.settings.delete_timeout,
-                registry_status: Some(RegistryImportStatus::PreImportInProgress.as_str().into()),
-            };
-            worker.stale.check(&params, &trial).context(
-                "`imports.timeout_per_tag` gives the stale plugin an `import_timeout` param, which it refused; \
-                 use the bundled stale-timeout or leave `timeout_per_tag` out",
-            )?;
+    pub fn new(client: RegistryClient, log: ImportLog, settings: ImportSettings, strategies: Arc<StrategySet>) -> anyhow::Result<Self> {
+        if let (Some(rate), Some((stale, params))) = (settings.timeout_per_tag, &strategies.current().stale) {
+            check_import_timeout(stale, params, rate, settings.delete_timeout)?;
         }
-        Ok(worker)
+        Ok(ImportWorker { client, log, settings, strategies, last_round: Mutex::new(None) })
     }
 
     pub fn log(&self) -> &ImportLog {
@@ -392,8 +408,13 @@ impl ImportWorker {
             delete_timeout: self.settings.delete_timeout,
             registry_status: status.map(|s| s.as_str().to_owned()),
         };
-        let params = self.params_for(record)?;
-        let verdict = match tokio::task::block_in_place(|| self.stale.check(&params, &op)) {
+        let strategies = self.strategies.current();
+        let Some((stale, stale_params)) = &strategies.stale else {
+            // The directory's stale plugin is quarantined: nothing judges the import.
+            return Ok(());
+        };
+        let params = self.params_for(record, stale_params)?;
+        let verdict = match tokio::task::block_in_place(|| stale.check(&params, &op)) {
             Ok(v) => v,
             Err(e) => {
                 // A failing plugin decides nothing: the import is left as it is.
@@ -475,23 +496,15 @@ impl ImportWorker {
         }
     }
 
-    /// The stale params for `record`: the operator's, with a dynamic `import_timeout` for a
-    /// pre-import when `timeout_per_tag` is set and its tag count is known.
-    fn params_for(&self, record: &ImportRecord) -> anyhow::Result<String> {
+    /// The stale params for `record`: the operator's (`params`), with a dynamic
+    /// `import_timeout` for a pre-import when `timeout_per_tag` is set and its tag count is known.
+    fn params_for(&self, record: &ImportRecord, params: &str) -> anyhow::Result<String> {
         match (self.settings.timeout_per_tag, record.state, record.tags) {
             (Some(rate), ImportState::PreImporting, Some(tags)) => {
-                self.params_with_timeout(rate.saturating_mul(u32::try_from(tags).unwrap_or(u32::MAX)))
+                params_with_timeout(params, rate.saturating_mul(u32::try_from(tags).unwrap_or(u32::MAX)))
             }
-            _ => Ok(self.stale_params.clone()),
+            _ => Ok(params.to_owned()),
         }
-    }
-
-    fn params_with_timeout(&self, timeout: Duration) -> anyhow::Result<String> {
-        let mut params: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&self.stale_params).context("the stale plugin's params are not a JSON object")?;
-        // Whole seconds (the plugins' duration syntax), at least one.
-        params.insert("import_timeout".into(), format!("{}s", timeout.as_secs().max(1)).into());
-        Ok(serde_json::Value::Object(params).to_string())
     }
 
     /// Step 2 of a round (see the module's documentation).

@@ -22,6 +22,9 @@ pub enum PluginState {
     Quarantined,
     /// Its file is gone: its policies pause.
     Paused,
+    /// The file of the daemon's backoff or stale plugin is gone: the version in service keeps
+    /// deciding (those decisions delete no tags), until a file is back.
+    Removed,
 }
 
 impl PluginState {
@@ -32,6 +35,7 @@ impl PluginState {
             PluginState::Failed => "failed",
             PluginState::Quarantined => "quarantined",
             PluginState::Paused => "paused",
+            PluginState::Removed => "removed",
         }
     }
 
@@ -41,6 +45,7 @@ impl PluginState {
             "pending" => PluginState::Pending,
             "quarantined" => PluginState::Quarantined,
             "paused" => PluginState::Paused,
+            "removed" => PluginState::Removed,
             _ => PluginState::Failed,
         }
     }
