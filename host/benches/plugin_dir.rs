@@ -96,59 +96,28 @@ fn main() {
     println!("| case | median | p90 | min | samples |\n|---|---|---|---|---|");
 
     // swap: cold compile cache (none), the watcher at its default interval.
-    {
-        let tmp = tempfile::tempdir().unwrap();
-        let plugins = tmp.path().join("plugins");
-        std::fs::create_dir(&plugins).unwrap();
-        install(&plugins, "keep0.wasm", &version(&gitlab, 0));
-        let config = config(tmp.path(), 1);
-        let runtime = Arc::new(PluginRuntime::new(RuntimeConfig::default()).unwrap());
-        let bound = tagwarden::setup::load_policies(&config, &runtime, true).unwrap();
-        let store = Store::in_memory().unwrap();
-        let options = DirectoryOptions {
-            dir: plugins.clone(),
-            watch_interval: config.plugins.watch_interval,
-            settle: config.plugins.settle,
-            quarantine_after: config.plugins.quarantine_after,
-            canary_sample: config.plugins.canary_sample,
-            canary_max_extra_deletions: config.plugins.canary_max_extra_deletions,
-        };
-        let directory =
-            PluginDirectory::open(options, runtime, &store, Arc::new(store.clone()), bound, DirectoryStrategies::none(), &quiet).unwrap();
-        let policies = directory.policies();
-        let stop = directory.watch(Arc::new(tokio::sync::Notify::new()), Arc::new(quiet)).unwrap();
-        let list = list();
-        let now = Timestamp::from_unix_micros(1_795_176_000_000_000);
-        let samples = if quick { 3 } else { 10 };
-        let mut times = Vec::new();
-        for n in 1..=samples {
-            let bytes = version(&gitlab, n);
-            let sha = tagwarden::model::sha256_hex(&bytes);
-            let landed = Instant::now();
-            install(&plugins, "keep0.wasm", &bytes);
-            loop {
-                let current = policies.current();
-                if let Some(r) = current[0].policy.retention()
-                    && r.plugin().plugin().meta().sha256 == sha
-                {
-                    r.evaluate(&list, now).unwrap();
-                    break;
-                }
-                drop(current);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            times.push(landed.elapsed());
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (m, p90, min) = median(times.clone());
-        println!(
-            "| swap: 1.1 MB plugin landing → first evaluation by it (cold cache, 100 ms watch) | {} | {} | {} | {} |",
-            ms(m),
-            ms(p90),
-            ms(min),
-            times.len()
-        );
-    }
+    let samples = if quick { 3 } else { 10 };
+    let report = |case: &str, times: Vec<Duration>| {
+        let n = times.len();
+        let (m, p90, min) = median(times);
+        println!("| {case} | {} | {} | {} | {n} |", ms(m), ms(p90), ms(min));
+    };
+    let new_versions = |from: usize| (from..from + samples).map(|n| version(&gitlab, n)).collect::<Vec<_>>();
+    report(
+        "swap: 1.1 MB plugin landing → first evaluation by it (cold cache, 100 ms watch); new versions of the same code, so every function comes from the function cache of the version it replaces",
+        swap(RuntimeConfig::default(), &version(&gitlab, 0), new_versions(1)),
+    );
+    let no_function_cache = RuntimeConfig { function_cache_bytes: 0, ..RuntimeConfig::default() };
+    report(
+        "swap: the same, function cache off (every function compiled: a daemon's first swap after starting from the compile cache)",
+        swap(no_function_cache, &version(&gitlab, 0), new_versions(100)),
+    );
+    // A rebuilt plugin: the 0.1 build (SDK 0.1) in service, replaced by the 0.2 build; a
+    // new runtime for each sample, so only the old build's functions are cached.
+    let old = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/contract-0.1/gitlab-retention.wasm")).unwrap();
+    let rebuilt: Vec<Duration> =
+        (0..samples).flat_map(|n| swap(RuntimeConfig::default(), &version(&old, n), vec![version(&gitlab, 200 + n)])).collect();
+    report("swap: a rebuilt plugin (gitlab-retention built with SDK 0.1 replaced by its SDK 0.2 build)", rebuilt);
 
     // start: 10 plugins, warm compile cache.
     {
@@ -197,4 +166,51 @@ fn main() {
         println!("| start: 10 plugins (1.1 MB each), warm compile cache | {} | {} | {} | {} |", ms(m), ms(p90), ms(min), times.len());
         println!("| start: the same, cold compile cache (once) | {} | | | 1 |", ms(cold));
     }
+}
+
+/// A plugin directory serving `first`; then each of `versions` renamed into place in turn,
+/// timed until the first evaluation by it returns.
+fn swap(runtime_config: RuntimeConfig, first: &[u8], versions: Vec<Vec<u8>>) -> Vec<Duration> {
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins = tmp.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    install(&plugins, "keep0.wasm", first);
+    let config = config(tmp.path(), 1);
+    let runtime = Arc::new(PluginRuntime::new(runtime_config).unwrap());
+    let bound = tagwarden::setup::load_policies(&config, &runtime, true).unwrap();
+    let store = Store::in_memory().unwrap();
+    let options = DirectoryOptions {
+        dir: plugins.clone(),
+        watch_interval: config.plugins.watch_interval,
+        settle: config.plugins.settle,
+        quarantine_after: config.plugins.quarantine_after,
+        canary_sample: config.plugins.canary_sample,
+        canary_max_extra_deletions: config.plugins.canary_max_extra_deletions,
+    };
+    let directory =
+        PluginDirectory::open(options, runtime, &store, Arc::new(store.clone()), bound, DirectoryStrategies::none(), &quiet).unwrap();
+    let policies = directory.policies();
+    let stop = directory.watch(Arc::new(tokio::sync::Notify::new()), Arc::new(quiet)).unwrap();
+    let list = list();
+    let now = Timestamp::from_unix_micros(1_795_176_000_000_000);
+    let mut times = Vec::new();
+    for bytes in versions {
+        let sha = tagwarden::model::sha256_hex(&bytes);
+        let landed = Instant::now();
+        install(&plugins, "keep0.wasm", &bytes);
+        loop {
+            let current = policies.current();
+            if let Some(r) = current[0].policy.retention()
+                && r.plugin().plugin().meta().sha256 == sha
+            {
+                r.evaluate(&list, now).unwrap();
+                break;
+            }
+            drop(current);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        times.push(landed.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    times
 }

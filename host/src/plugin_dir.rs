@@ -7,7 +7,9 @@
 //! not hold an async worker). Looking is a `stat` per file rather than inotify: it needs no
 //! platform support, sees a Kubernetes ConfigMap's symlink swap and files on network
 //! filesystems alike, and a file is only ever loaded once its size, modification time and
-//! inode held still between two looks, so a copy in progress is not read half-way.
+//! inode held still between two looks, so a copy in progress is not read half-way. The look
+//! that confirms a change comes 15 ms after the one that saw it ([`CONFIRM_AFTER`]), not a
+//! whole interval later: a file renamed into place is in service a compile after it lands.
 //!
 //! Loading a new or changed file: read → sha256 (the same bytes as in service: nothing to
 //! do) → compile (the runtime's compile cache) and check the world and contract version →
@@ -346,7 +348,16 @@ pub struct PluginDirectory {
     /// Whether the daemon runs: from then on, pausing and resuming policies is written to
     /// the state (before that the daemon records the policies itself, with their first run).
     started: bool,
+    /// A file changed at the last look and waits to be seen unchanged once more: the next
+    /// look comes after [`CONFIRM_AFTER`] rather than a whole `watch_interval`.
+    unconfirmed: bool,
 }
+
+/// How soon a changed file is looked at again to confirm it holds still. A file renamed
+/// into place (what deployment tools do) is whole at once, so this is most of what a swap
+/// waits for besides compiling; a copy still in progress shows another size or time by
+/// then, or fails to load and is tried again once it settles (`[plugins] settle`).
+const CONFIRM_AFTER: Duration = Duration::from_millis(15);
 
 impl PluginDirectory {
     /// Loads every `.wasm` of the directory and every plugin the policies name, and builds
@@ -374,6 +385,7 @@ impl PluginDirectory {
             entries: BTreeMap::new(),
             canary: None,
             started: false,
+            unconfirmed: false,
         };
         dir.look(on_event)?;
         Ok(dir)
@@ -405,7 +417,8 @@ impl PluginDirectory {
             .name("tagwarden-plugins".into())
             .spawn(move || {
                 while !stopped.load(Ordering::Relaxed) {
-                    std::thread::sleep(self.options.watch_interval);
+                    let wait = if self.unconfirmed { CONFIRM_AFTER.min(self.options.watch_interval) } else { self.options.watch_interval };
+                    std::thread::sleep(wait);
                     match self.look(&*on_event) {
                         Ok(true) => wake.notify_one(),
                         Ok(false) => {}
@@ -435,6 +448,7 @@ impl PluginDirectory {
         names.sort();
         names.dedup();
         let mut changed = false;
+        self.unconfirmed = false;
         for name in &names {
             changed |= self.look_at(name, on_event);
         }
@@ -506,6 +520,7 @@ impl PluginDirectory {
         let stable = !self.started || entry.seen == Some(stamp) || stamp.age() >= settle;
         entry.seen = Some(stamp);
         let retry = entry.tried != Some(stamp) || (entry.provisional && stamp.age() >= settle);
+        self.unconfirmed |= retry && !stable;
         if stable && retry {
             entry.tried = Some(stamp);
             entry.provisional = false;

@@ -306,7 +306,8 @@ impl PluginRuntime {
         if std::env::var_os("TAGWARDEN_PERFMAP").is_some() {
             wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
-        let function_cache = (config.function_cache_bytes > 0).then(|| Arc::new(function_cache::FunctionCache::new(config.function_cache_bytes)));
+        let function_cache =
+            (config.function_cache_bytes > 0).then(|| Arc::new(function_cache::FunctionCache::new(config.function_cache_bytes)));
         if let Some(cache) = &function_cache {
             wasm.enable_incremental_compilation(cache.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
@@ -345,15 +346,7 @@ impl PluginRuntime {
                 }
             })?
         };
-        Ok(PluginRuntime {
-            engine,
-            linker,
-            config,
-            function_cache,
-            ticker_stop,
-            ticker: Some(ticker),
-            warm_instances: AtomicU32::new(0),
-        })
+        Ok(PluginRuntime { engine, linker, config, function_cache, ticker_stop, ticker: Some(ticker), warm_instances: AtomicU32::new(0) })
     }
 
     /// What the in-memory cache of compiled functions did since the runtime started.
