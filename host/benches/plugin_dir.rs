@@ -133,14 +133,7 @@ fn main() {
         let open = |runtime: &Arc<PluginRuntime>| {
             let bound = tagwarden::setup::load_policies(&config, runtime, true).unwrap();
             let store = Store::in_memory().unwrap();
-            let options = DirectoryOptions {
-                dir: plugins.clone(),
-                watch_interval: config.plugins.watch_interval,
-                settle: config.plugins.settle,
-                quarantine_after: config.plugins.quarantine_after,
-                canary_sample: config.plugins.canary_sample,
-                canary_max_extra_deletions: config.plugins.canary_max_extra_deletions,
-            };
+            let options = directory_options(&plugins, &config);
             let started = Instant::now();
             let d = PluginDirectory::open(
                 options,
@@ -179,14 +172,7 @@ fn swap(runtime_config: RuntimeConfig, first: &[u8], versions: Vec<Vec<u8>>) -> 
     let runtime = Arc::new(PluginRuntime::new(runtime_config).unwrap());
     let bound = tagwarden::setup::load_policies(&config, &runtime, true).unwrap();
     let store = Store::in_memory().unwrap();
-    let options = DirectoryOptions {
-        dir: plugins.clone(),
-        watch_interval: config.plugins.watch_interval,
-        settle: config.plugins.settle,
-        quarantine_after: config.plugins.quarantine_after,
-        canary_sample: config.plugins.canary_sample,
-        canary_max_extra_deletions: config.plugins.canary_max_extra_deletions,
-    };
+    let options = directory_options(&plugins, &config);
     let directory =
         PluginDirectory::open(options, runtime, &store, Arc::new(store.clone()), bound, DirectoryStrategies::none(), &quiet).unwrap();
     let policies = directory.policies();
@@ -213,4 +199,16 @@ fn swap(runtime_config: RuntimeConfig, first: &[u8], versions: Vec<Vec<u8>>) -> 
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     times
+}
+
+/// The directory's options as `config` sets them, watching `plugins`.
+fn directory_options(plugins: &Path, config: &Config) -> DirectoryOptions {
+    DirectoryOptions {
+        dir: plugins.to_owned(),
+        watch_interval: config.plugins.watch_interval,
+        settle: config.plugins.settle,
+        quarantine_after: config.plugins.quarantine_after,
+        canary_sample: config.plugins.canary_sample,
+        canary_max_extra_deletions: config.plugins.canary_max_extra_deletions,
+    }
 }
