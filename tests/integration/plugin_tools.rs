@@ -26,8 +26,23 @@ fn validate_reports_each_check_and_accepts_good_params() {
     let out = tagwarden(dir.path(), &["plugins", "validate", &wasm("semver-lines"), "--params", r#"{"keep_per_minor": 2}"#]);
     out.assert_success();
     assert!(out.stdout.contains("load     ok      retention plugin semver-lines 0.1.0, contract tagwarden:policy@0.2.0"), "{}", out.stdout);
-    assert!(out.stdout.contains(r#"params   ok      accepted {"keep_per_minor":2}"#), "{}", out.stdout);
+    assert!(out.stdout.contains(r#"params   ok      accepted {"keep_per_minor":2}; reads tag names only"#), "{}", out.stdout);
     assert!(out.stdout.contains("valid: "), "{}", out.stdout);
+
+    // What a policy declares it reads, and what a 0.1 plugin (which cannot declare) is sent.
+    let out = tagwarden(dir.path(), &["plugins", "validate", &wasm("gitlab-retention")]);
+    assert!(out.stdout.contains("accepted {}; reads tag names, created-at and pushed-at"), "{}", out.stdout);
+    let old = support::workspace().join("tests/fixtures/contract-0.1/gitlab-retention.wasm");
+    let out = tagwarden(dir.path(), &["plugins", "validate", old.to_str().unwrap()]);
+    out.assert_success();
+    assert!(out.stdout.contains("contract tagwarden:policy@0.1.0 (accepted by this host)"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(
+            "it cannot declare its columns (contract 0.1): sent tag names, digests, created-at, pushed-at, last-pulled-at, size-bytes and media-types"
+        ),
+        "{}",
+        out.stdout
+    );
 
     let out = tagwarden(dir.path(), &["plugins", "validate", &wasm("exponential-backoff"), "--output", "json"]);
     out.assert_success();

@@ -90,8 +90,8 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
             });
             report.plugin = Some(meta);
             match check_params(plugin, &params) {
-                Ok(()) => {
-                    report.checks.push(Check { step: "params", outcome: "ok", detail: format!("accepted {params}") });
+                Ok(note) => {
+                    report.checks.push(Check { step: "params", outcome: "ok", detail: format!("accepted {params}{note}") });
                     None
                 }
                 Err(e) => {
@@ -114,11 +114,16 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
 
 /// Creates the plugin's policy (strategy, rule) with `params` in a fresh instance, as
 /// the host does before a policy uses it. Backoff and stale plugins are created by their
-/// one call, so they are asked about a sample failure or operation.
-fn check_params(plugin: Plugin, params: &str) -> Result<(), String> {
+/// one call, so they are asked about a sample failure or operation. A retention policy
+/// says which columns it reads (a note for the report).
+fn check_params(plugin: Plugin, params: &str) -> Result<String, String> {
     let now = Timestamp::now();
+    let contract = plugin.meta().contract_version.clone();
     let result = match plugin.meta().kind {
-        PluginKind::Retention => plugin.into_retention().and_then(|p| p.validate_params(params)),
+        PluginKind::Retention => plugin.into_retention().and_then(|p| p.reads(params)).map(|reads| {
+            let declared = if contract.starts_with("0.1.") { "it cannot declare its columns (contract 0.1): sent" } else { "reads" };
+            format!("; {declared} {}", reads.describe())
+        }),
         PluginKind::Backoff => plugin.into_backoff().and_then(|p| {
             let failure = Failure {
                 operation: OperationKind::Cleanup,
@@ -130,7 +135,7 @@ fn check_params(plugin: Plugin, params: &str) -> Result<(), String> {
                 now,
                 seed: 0,
             };
-            p.decide(params, &failure).map(drop)
+            p.decide(params, &failure).map(|_| String::new())
         }),
         PluginKind::Stale => plugin.into_stale().and_then(|p| {
             let operation = Operation {
@@ -141,7 +146,7 @@ fn check_params(plugin: Plugin, params: &str) -> Result<(), String> {
                 delete_timeout: std::time::Duration::from_secs(30 * 60),
                 registry_status: None,
             };
-            p.check(params, &operation).map(drop)
+            p.check(params, &operation).map(|_| String::new())
         }),
     };
     result.map_err(|e| e.to_string())

@@ -115,6 +115,30 @@ wasmtime::component::flags! {
     }
 }
 
+impl Columns {
+    /// What a policy reading these columns is sent, for people: `tag names, created-at and
+    /// pushed-at`.
+    pub fn describe(self) -> String {
+        let names: Vec<&str> = [
+            (Columns::DIGESTS, "digests"),
+            (Columns::CREATED_AT, "created-at"),
+            (Columns::PUSHED_AT, "pushed-at"),
+            (Columns::LAST_PULLED_AT, "last-pulled-at"),
+            (Columns::SIZE_BYTES, "size-bytes"),
+            (Columns::MEDIA_TYPES, "media-types"),
+        ]
+        .into_iter()
+        .filter(|&(c, _)| self.contains(c))
+        .map(|(_, n)| n)
+        .collect();
+        match names.as_slice() {
+            [] => "tag names only".to_owned(),
+            [one] => format!("tag names and {one}"),
+            [init @ .., last] => format!("tag names, {} and {last}", init.join(", ")),
+        }
+    }
+}
+
 /// `types.string-table`, borrowing the host's columns.
 #[derive(ComponentType, Lower, Clone, Copy)]
 #[component(record)]
