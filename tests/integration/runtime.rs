@@ -74,6 +74,33 @@ fn panic_is_reported_with_its_message() {
     assert_host_still_serves();
 }
 
+/// The daemon makes backoff and stale decisions on its async worker threads. A plugin that
+/// panics there (its panic message goes through WASI's blocking stderr flush, which blocks
+/// on the tokio runtime) fails that call; it does not take the host down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_panics_on_an_async_worker_thread_fails_its_call_not_the_host() {
+    use tagwarden::model::ErrorClass;
+    use tagwarden::runtime::{BackoffDecision, Failure, OperationKind};
+    let plugin = support::plugin("hostile-backoff", PluginLimits::default()).into_backoff().unwrap();
+    let failure = |attempt| Failure {
+        operation: OperationKind::Cleanup,
+        attempt,
+        class: ErrorClass::Transient,
+        http_status: Some(503),
+        retry_after: None,
+        message: "503 Service Unavailable".into(),
+        now: now(),
+        seed: 7,
+    };
+    let params = r#"{"delay": "1s", "panic_from_attempt": 2}"#;
+    assert_eq!(plugin.decide(params, &failure(1)).unwrap(), BackoffDecision::RetryAfter(Duration::from_secs(1)));
+    let err = plugin.decide(params, &failure(2)).unwrap_err();
+    assert!(matches!(&err.cause, FailureCause::Panic(m) if m.contains("attempt 2 (panic_from_attempt 2)")), "{err}");
+    // The worker thread goes on with async work and plugin calls.
+    tokio::task::yield_now().await;
+    assert_eq!(plugin.decide(params, &failure(1)).unwrap(), BackoffDecision::RetryAfter(Duration::from_secs(1)));
+}
+
 #[test]
 fn wrong_length_answer_is_rejected_whole() {
     let err = hostile("short", quick()).unwrap_err();

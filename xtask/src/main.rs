@@ -25,6 +25,7 @@ const PLUGINS: &[&str] = &[
     "exponential-backoff",
     "stale-timeout",
     "hostile-retention",
+    "hostile-backoff",
     "wrong-world",
 ];
 

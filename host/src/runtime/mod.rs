@@ -738,7 +738,7 @@ impl Plugin {
         let i = &self.inner;
         store.data_mut().begin_call(now);
         sandbox::arm(store, &i.limits, i.runtime.config.fuel);
-        match f(store, &i.pre) {
+        match off_async_worker(|| f(store, &i.pre)) {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(cause)) => Err(self.error(cause, Some(store.data().stderr()))),
             Err(e) => {
@@ -787,6 +787,21 @@ impl Plugin {
 /// message, without std's `RUST_BACKTRACE` advice (a plugin has no environment to set).
 fn panic_message(text: &str) -> String {
     text.lines().filter(|line| !line.starts_with("note: run with `RUST_BACKTRACE")).take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// Runs a plugin call so that it can block. WASI's blocking calls (a guest flushing stderr,
+/// as a Rust panic does, or polling) `block_on` the current tokio runtime, and that panics
+/// — taking the daemon down with it — on a thread that drives async tasks, where the daemon
+/// makes its backoff and stale decisions. There the thread first hands its tasks to another
+/// (`block_in_place`); on a blocking thread (where passes evaluate) or outside any runtime
+/// the call just runs.
+fn off_async_worker<R>(call: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(call),
+        // A current-thread runtime cannot hand its tasks over: callers there run plugins
+        // in `spawn_blocking` (no such caller today).
+        _ => call(),
+    }
 }
 
 #[cfg(test)]

@@ -414,7 +414,7 @@ impl ImportWorker {
             return Ok(());
         };
         let params = self.params_for(record, stale_params)?;
-        let verdict = match tokio::task::block_in_place(|| stale.check(&params, &op)) {
+        let verdict = match stale.check(&params, &op) {
             Ok(v) => v,
             Err(e) => {
                 // A failing plugin decides nothing: the import is left as it is.
