@@ -487,6 +487,23 @@ async fn the_backoff_and_stale_plugins_of_the_directory_are_swapped_and_a_remove
     let reason = role(&v, "backoff")["reason"].as_str().unwrap().to_owned();
     assert!(reason.contains("step `kind`") && reason.contains("stays in service"), "{reason}");
 
+    // A new version that rejects the configured params (`hostile-backoff` has params of its
+    // own) fails at `params`; the version in service keeps deciding.
+    install(&plugins, "retry.wasm", &std::fs::read(crate::support::plugin_path("hostile-backoff")).unwrap());
+    let rejected = |v: &serde_json::Value| role(v, "backoff")["reason"].as_str().is_some_and(|r| r.contains("step `params`"));
+    let v = daemon.wait_for(&http, "/api/v1/plugins", "new params rejected", rejected).await;
+    let backoff = role(&v, "backoff");
+    assert_eq!((backoff["state"].as_str(), backoff["sha256"].as_str()), (Some("failed"), Some(&*sha_b2)), "{v:#}");
+    let reason = backoff["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(r#"unknown param "factor", "give_up_on_permanent", "initial_delay", "max_attempts""#)
+            && reason.contains("stays in service"),
+        "{reason}"
+    );
+    let before = plugin_row(&store, "retry").evaluations;
+    let row = row_when(&store, "retry", |r| r.evaluations > before).await;
+    assert_eq!(row.sha256.as_deref(), Some(&*sha_b2), "the old version decided: {row:?}");
+
     // Removed: the last good version keeps deciding, shown `removed` with why.
     std::fs::remove_file(plugins.join("retry.wasm")).unwrap();
     let v = daemon.wait_for(&http, "/api/v1/plugins", "removed", serving("backoff", sha_b2.clone(), "removed")).await;
@@ -507,4 +524,57 @@ async fn the_backoff_and_stale_plugins_of_the_directory_are_swapped_and_a_remove
     install(&plugins, "retry.wasm", &b2);
     daemon.wait_for(&http, "/api/v1/plugins", "back", serving("backoff", sha_b2.clone(), "active")).await;
     assert!(store.repository("builds/a").unwrap().is_some_and(|r| r.consecutive_failures > 3), "retried, never given up");
+}
+
+/// A backoff plugin of the directory that faults `quarantine_after` times in a row is
+/// quarantined like a retention plugin (issue #11 §6), but nothing pauses: the host's default
+/// backoff decides meanwhile (no quick retries from a broken plugin), until `plugins release`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backoff_plugin_that_faults_is_quarantined_the_hosts_default_decides_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::plugin_tools::write_recording(&dir.path().join("recs"), "a.json", "builds/a", 5);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    // Passes the host's trial at start (a first failure), then panics from the second on.
+    install(&plugins, "fragile.wasm", &std::fs::read(crate::support::plugin_path("hostile-backoff")).unwrap());
+    // Every pass fails with an error the plugin answers (a failure, not a fault: only the
+    // backoff plugin faults here, and `quarantine_after` is one setting for both).
+    install(&plugins, "wild.wasm", &std::fs::read(crate::support::plugin_path("hostile-retention")).unwrap());
+    let config = dir.path().join("tagwarden.toml");
+    std::fs::write(
+        &config,
+        "[registry]\nrecordings = \"recs\"\n\n[state]\ndir = \"state\"\n\n[serve]\nworker_capacity = 1\nlisten = \"127.0.0.1:0\"\n\n\
+         [plugins]\ndir = \"plugins\"\nwatch_interval = \"50ms\"\nquarantine_after = 1\n\
+         backoff = \"fragile\"\nbackoff_params = { delay = \"1s\", panic_from_attempt = 2 }\n\n\
+         [[policy]]\nname = \"wild\"\nrepositories = [\"builds/*\"]\nplugin = \"wild\"\ncadence = \"7d\"\nparams = { mode = \"stderr\" }\n",
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let daemon = crate::api::start(dir.path(), &config);
+    let http = reqwest::Client::new();
+    let store = Store::open(&dir.path().join("state/tagwarden.db")).unwrap();
+    let backoff =
+        |v: &serde_json::Value| v["plugins"].as_array().unwrap().iter().find(|p| p["role"] == "backoff").cloned().unwrap_or_default();
+
+    // The first failure: the plugin decides (1 s). The second: it panics, the host's default
+    // decides that retry, and the plugin is quarantined.
+    let row = row_when(&store, "fragile", |r| r.state == PluginState::Quarantined).await;
+    assert_eq!((row.kind.as_deref(), row.evaluations, row.failures, row.consecutive_faults), (Some("backoff"), 2, 1, 1), "{row:?}");
+    let reason = row.reason.unwrap();
+    assert!(reason.contains("panicked") && reason.contains("the host's default backoff decides"), "{reason}");
+    let v = daemon.wait_for(&http, "/api/v1/plugins", "quarantine shown", |v| backoff(v)["state"] == "quarantined").await;
+    assert_eq!(backoff(&v)["plugin"].as_str(), Some("fragile"), "{v:#}");
+    let repo = store.repository("builds/a").unwrap().unwrap();
+    let wait = repo.next_attempt_at.map(|t| t.unix_micros() - Timestamp::now().unix_micros());
+    assert_eq!(repo.consecutive_failures, 2, "{repo:?}");
+    assert!(wait.is_some_and(|w| w > 100_000_000), "the host's default (4 min after a 2nd failure), not the plugin's 1 s: {repo:?}");
+    // Its policies do not pause: the daemon's backoff plugin decides no tags.
+    assert!(store.policy("wild").unwrap().is_some_and(|p| p.enabled), "the cleanup policy keeps running");
+
+    let out =
+        tokio::task::block_in_place(|| crate::cli::tagwarden(dir.path(), &["plugins", "release", "fragile", "--config", &config_arg]));
+    out.assert_success();
+    let row = row_when(&store, "fragile", |r| r.state == PluginState::Active).await;
+    assert_eq!(row.consecutive_faults, 0, "{row:?}");
+    daemon.wait_for(&http, "/api/v1/plugins", "back in service", |v| backoff(v)["state"] == "active").await;
 }
