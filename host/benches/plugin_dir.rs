@@ -109,8 +109,20 @@ fn main() {
     );
     let no_function_cache = RuntimeConfig { function_cache_bytes: 0, ..RuntimeConfig::default() };
     report(
-        "swap: the same, function cache off (every function compiled: a daemon's first swap after starting from the compile cache)",
+        "swap: the same, function cache off (every function compiled: code this runtime never compiled, or a restart without the warm-up)",
         swap(no_function_cache, &version(&gitlab, 0), new_versions(100)),
+    );
+    // A restarted daemon: the version in service comes from the compile cache, and the
+    // runtime compiles it again in the background to fill the function cache (timed after
+    // that warm-up, which runs at idle priority).
+    let compiled = tempfile::tempdir().unwrap();
+    let restarted = RuntimeConfig { compile_cache: Some(compiled.path().to_owned()), ..RuntimeConfig::default() };
+    Arc::new(PluginRuntime::new(restarted.clone()).unwrap())
+        .load_bytes("first", &version(&gitlab, 0), tagwarden::runtime::PluginLimits::default())
+        .unwrap();
+    report(
+        "swap: after a restart (the version in service loaded from the compile cache), once the background warm-up has compiled it",
+        swap(RuntimeConfig { warm_function_cache: true, ..restarted }, &version(&gitlab, 0), new_versions(300)),
     );
     // A rebuilt plugin: the 0.1 build (SDK 0.1) in service, replaced by the 0.2 build; a
     // new runtime for each sample, so only the old build's functions are cached.
@@ -174,7 +186,9 @@ fn swap(runtime_config: RuntimeConfig, first: &[u8], versions: Vec<Vec<u8>>) -> 
     let store = Store::in_memory().unwrap();
     let options = directory_options(&plugins, &config);
     let directory =
-        PluginDirectory::open(options, runtime, &store, Arc::new(store.clone()), bound, DirectoryStrategies::none(), &quiet).unwrap();
+        PluginDirectory::open(options, runtime.clone(), &store, Arc::new(store.clone()), bound, DirectoryStrategies::none(), &quiet)
+            .unwrap();
+    runtime.wait_for_function_cache_warm_up();
     let policies = directory.policies();
     let stop = directory.watch(Arc::new(tokio::sync::Notify::new()), Arc::new(quiet)).unwrap();
     let list = list();

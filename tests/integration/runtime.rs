@@ -555,3 +555,44 @@ fn a_new_version_compiles_only_the_functions_the_runtime_has_not_compiled_before
     eprintln!("gitlab-retention 0.2 after 0.1: {hits} functions from the cache, {misses} compiled");
     assert!(hits > misses, "most of a rebuilt plugin is unchanged: {hits} hits, {misses} misses");
 }
+
+/// A plugin loaded from the compile cache is not compiled, so it leaves no functions in the
+/// function cache; with `warm_function_cache` (the daemon's setting when it has a plugin
+/// directory) the runtime compiles it once more in the background, so a new version after
+/// a restart also compiles only what changed. Without the setting nothing is compiled in the
+/// background (commands that load and exit). Counted, not timed.
+#[test]
+fn a_plugin_loaded_from_the_compile_cache_is_compiled_again_in_the_background_to_fill_the_function_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(support::plugin_path("gitlab-retention")).unwrap();
+    let config = RuntimeConfig { compile_cache: Some(cache.path().to_owned()), ..RuntimeConfig::default() };
+    // The compile cache gets the component.
+    let first = std::sync::Arc::new(PluginRuntime::new(config.clone()).unwrap());
+    assert!(!first.load_bytes("v1", &bytes, PluginLimits::default()).unwrap().meta().from_compile_cache);
+    assert_eq!(first.wait_for_function_cache_warm_up(), 0, "off unless asked for");
+
+    // A restart without the setting: loaded from the compile cache, nothing compiled.
+    let plain = std::sync::Arc::new(PluginRuntime::new(config.clone()).unwrap());
+    assert!(plain.load_bytes("v1", &bytes, PluginLimits::default()).unwrap().meta().from_compile_cache);
+    assert_eq!(plain.wait_for_function_cache_warm_up(), 0);
+    assert_eq!(plain.function_cache_stats().misses + plain.function_cache_stats().hits, 0);
+
+    // With it: compiled once in the background, however often it is loaded.
+    let daemon = std::sync::Arc::new(PluginRuntime::new(RuntimeConfig { warm_function_cache: true, ..config }).unwrap());
+    assert!(daemon.load_bytes("v1", &bytes, PluginLimits::default()).unwrap().meta().from_compile_cache);
+    assert!(daemon.load_bytes("v1 again", &bytes, PluginLimits::default()).unwrap().meta().from_compile_cache);
+    assert_eq!(daemon.wait_for_function_cache_warm_up(), 1);
+    let warmed = daemon.function_cache_stats();
+    assert!(warmed.misses > 100, "{warmed:?}");
+
+    // A new version then compiles from the cache, as on a daemon that compiled v1 itself.
+    let mut v2 = bytes.clone();
+    v2.extend_from_slice(&[0, 5, 4, b'n', b'e', b'w', b'2']);
+    assert!(!daemon.load_bytes("v2", &v2, PluginLimits::default()).unwrap().meta().from_compile_cache);
+    let after = daemon.function_cache_stats();
+    let looked_up = warmed.hits + warmed.misses;
+    let compiled = after.misses - warmed.misses;
+    assert!(compiled * 10 < looked_up, "at most a tenth compiled: {compiled} of {looked_up}");
+    // v2 was compiled, not loaded from the compile cache: nothing more to warm.
+    assert_eq!(daemon.wait_for_function_cache_warm_up(), 1);
+}

@@ -150,12 +150,12 @@ fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
 /// The plugin runtime for one command, caching compiled plugins on disk so the next
 /// command does not compile them again ([`crate::plugins::compile_cache_dir`]).
 fn plugin_runtime(fuel: bool) -> anyhow::Result<std::sync::Arc<crate::runtime::PluginRuntime>> {
-    let config = crate::runtime::RuntimeConfig {
-        fuel,
-        compile_cache: crate::plugins::compile_cache_dir(),
-        ..crate::runtime::RuntimeConfig::default()
-    };
-    Ok(std::sync::Arc::new(crate::runtime::PluginRuntime::new(config)?))
+    Ok(std::sync::Arc::new(crate::runtime::PluginRuntime::new(plugin_runtime_config(fuel))?))
+}
+
+/// The settings of [`plugin_runtime`], for a command that changes some.
+fn plugin_runtime_config(fuel: bool) -> crate::runtime::RuntimeConfig {
+    crate::runtime::RuntimeConfig { fuel, compile_cache: crate::plugins::compile_cache_dir(), ..crate::runtime::RuntimeConfig::default() }
 }
 
 /// Sets up logging to stderr: warnings by default (plugin warnings included).

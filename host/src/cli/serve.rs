@@ -27,7 +27,14 @@ pub struct ServeArgs {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::read(&args.config)?;
-    let runtime = super::plugin_runtime(config.uses_fuel())?;
+    // With a plugin directory, new versions land while the daemon runs: the functions of
+    // the plugins it loads from the compile cache are compiled in the background, so a new
+    // version compiles only what changed.
+    let runtime_config = crate::runtime::RuntimeConfig {
+        warm_function_cache: setup::plugin_dir(&config).is_some(),
+        ..super::plugin_runtime_config(config.uses_fuel())
+    };
+    let runtime = Arc::new(crate::runtime::PluginRuntime::new(runtime_config)?);
     let bound = setup::load_policies(&config, &runtime, true)?;
     let backoff = setup::load_backoff(&config, &runtime)?;
     let stale = setup::load_stale(&config, &runtime)?;

@@ -96,6 +96,11 @@ pub struct RuntimeConfig {
     /// compiles only what the versions loaded before it did not have
     /// ([`function_cache`](self)). 0 turns it off.
     pub function_cache_bytes: usize,
+    /// Compile plugins loaded from the compile cache once more, in the background at idle
+    /// priority, so the function cache holds their functions and their first new version
+    /// after a restart compiles only what changed (~0.26 s instead of ~0.69 s for
+    /// gitlab-retention). For the daemon; off for commands that load and exit.
+    pub warm_function_cache: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -109,6 +114,7 @@ impl Default for RuntimeConfig {
             keep_resident_bytes: 32 << 20,
             compile_cache: None,
             function_cache_bytes: 128 << 20,
+            warm_function_cache: false,
         }
     }
 }
@@ -274,6 +280,9 @@ pub struct PluginRuntime {
     config: RuntimeConfig,
     /// Compiled functions of the components compiled so far (`RuntimeConfig::function_cache_bytes`).
     function_cache: Option<Arc<function_cache::FunctionCache>>,
+    /// Fills the function cache with what loads from the compile cache skipped
+    /// (`RuntimeConfig::warm_function_cache`).
+    warmer: Option<Arc<function_cache::Warmer>>,
     ticker_stop: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
     /// Instances currently kept warm (or in use after being warm): see [`WarmPermit`].
@@ -346,12 +355,29 @@ impl PluginRuntime {
                 }
             })?
         };
-        Ok(PluginRuntime { engine, linker, config, function_cache, ticker_stop, ticker: Some(ticker), warm_instances: AtomicU32::new(0) })
+        let warmer = (function_cache.is_some() && config.warm_function_cache).then(Arc::default);
+        Ok(PluginRuntime {
+            engine,
+            linker,
+            config,
+            function_cache,
+            warmer,
+            ticker_stop,
+            ticker: Some(ticker),
+            warm_instances: AtomicU32::new(0),
+        })
     }
 
     /// What the in-memory cache of compiled functions did since the runtime started.
     pub fn function_cache_stats(&self) -> FunctionCacheStats {
         self.function_cache.as_ref().map(|c| c.stats()).unwrap_or_default()
+    }
+
+    /// Waits until the background warm-up of the function cache has compiled every plugin
+    /// queued so far; returns how many it compiled since the runtime started (0 when
+    /// `RuntimeConfig::warm_function_cache` is off).
+    pub fn wait_for_function_cache_warm_up(&self) -> u64 {
+        self.warmer.as_ref().map_or(0, |w| w.wait_idle())
     }
 
     /// Claims one of the slots set aside for warm instances, if one is free.
@@ -431,6 +457,9 @@ impl PluginRuntime {
         inner.meta.name = info.name;
         inner.meta.version = info.version;
         inner.meta.description = info.description;
+        if let Some(warmer) = self.warmer.as_ref().filter(|_| from_compile_cache) {
+            warmer.warm(&self.engine, &plugin.meta().sha256, bytes);
+        }
         Ok(plugin)
     }
 
