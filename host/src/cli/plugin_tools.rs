@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{OutputFormat, PluginOptions, output};
 use crate::model::{Action, ErrorClass, Timestamp};
 use crate::recording::Recording;
-use crate::runtime::{Failure, Operation, OperationKind, Plugin, PluginKind, PluginMeta};
+use crate::runtime::{ContractVersion, Failure, Operation, OperationKind, Plugin, PluginKind, PluginMeta};
 use crate::untrusted::escape;
 
 // ---------------------------------------------------------------------------------------
@@ -118,10 +118,10 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitCode> {
 /// says which columns it reads (a note for the report).
 fn check_params(plugin: Plugin, params: &str) -> Result<String, String> {
     let now = Timestamp::now();
-    let contract = plugin.meta().contract_version.clone();
+    let declares = ContractVersion::parse(&plugin.meta().contract_version).is_some_and(ContractVersion::declares_columns);
     let result = match plugin.meta().kind {
         PluginKind::Retention => plugin.into_retention().and_then(|p| p.reads(params)).map(|reads| {
-            let declared = if contract.starts_with("0.1.") { "it cannot declare its columns (contract 0.1): sent" } else { "reads" };
+            let declared = if declares { "reads" } else { "it cannot declare its columns (contract 0.1): sent" };
             format!("; {declared} {}", reads.describe())
         }),
         PluginKind::Backoff => plugin.into_backoff().and_then(|p| {

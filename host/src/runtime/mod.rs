@@ -98,8 +98,8 @@ pub struct RuntimeConfig {
     pub function_cache_bytes: usize,
     /// Compile plugins loaded from the compile cache once more, in the background at idle
     /// priority, so the function cache holds their functions and their first new version
-    /// after a restart compiles only what changed (~0.26 s instead of ~0.69 s for
-    /// gitlab-retention). For the daemon; off for commands that load and exit.
+    /// after a restart compiles only what changed (docs/benchmarks.md, "Plugin
+    /// directory"). For the daemon; off for commands that load and exit.
     pub warm_function_cache: bool,
 }
 
