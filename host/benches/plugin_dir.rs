@@ -6,6 +6,8 @@
 //!   compile cache cold (each version is new bytes, so it is compiled): the watcher's wait for
 //!   the file to hold still, compiling, configuring the policy, the swap, and one evaluation
 //!   of a 1,000-tag list.
+//!   Measured with and without tiered compilation (`RuntimeConfig::tiered_compilation`, the
+//!   daemon's setting): with it, also the time until the optimized code serves.
 //! - `start`: `PluginDirectory::open` over 10 plugins (distinct files) with the compile cache
 //!   warm: what a daemon restart spends loading its plugins.
 //!
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 use tagwarden::config::Config;
 use tagwarden::model::{Digest, Tag, TagList, Timestamp};
 use tagwarden::plugin_dir::{DirectoryOptions, DirectoryStrategies, PluginDirectory, PluginEvent};
-use tagwarden::runtime::{PluginRuntime, RuntimeConfig};
+use tagwarden::runtime::{PluginRuntime, RuntimeConfig, Tier};
 use tagwarden::store::Store;
 
 const PARAMS: &str = "{ name_regex_delete = \".*\", name_regex_keep = \"main-.*\", keep_n = 10, older_than = \"30d\" }";
@@ -131,6 +133,14 @@ fn main() {
         (0..samples).flat_map(|n| swap(RuntimeConfig::default(), &version(&old, n), vec![version(&gitlab, 200 + n)])).collect();
     report("swap: a rebuilt plugin (gitlab-retention built with SDK 0.1 replaced by its SDK 0.2 build)", rebuilt);
 
+    // Tiered compilation (what `serve` with a plugin directory runs): the new version serves
+    // with baseline code, compiled by Winch, and Cranelift compiles it in the background.
+    // The function cache is off, so the background compile, too, compiles every function.
+    let tiered = RuntimeConfig { tiered_compilation: true, function_cache_bytes: 0, ..RuntimeConfig::default() };
+    let (serving, optimized): (Vec<_>, Vec<_>) = swap_tiered(tiered, &version(&gitlab, 0), new_versions(400)).into_iter().unzip();
+    report("**swap, tiered compilation (the daemon's setting): every function compiled, by the baseline compiler**", serving);
+    report("the same: landing → optimized code in service (Cranelift in the background, at idle priority)", optimized);
+
     // start: 10 plugins, warm compile cache.
     {
         let tmp = tempfile::tempdir().unwrap();
@@ -176,6 +186,13 @@ fn main() {
 /// A plugin directory serving `first`; then each of `versions` renamed into place in turn,
 /// timed until the first evaluation by it returns.
 fn swap(runtime_config: RuntimeConfig, first: &[u8], versions: Vec<Vec<u8>>) -> Vec<Duration> {
+    swap_tiered(runtime_config, first, versions).into_iter().map(|(first_evaluation, _)| first_evaluation).collect()
+}
+
+/// [`swap`], also timing (from the landing) until the new version runs optimized code
+/// ([`Tier::Optimized`]): at once without tiered compilation, after the background compile
+/// with it. Each sample waits for that before the next version lands.
+fn swap_tiered(runtime_config: RuntimeConfig, first: &[u8], versions: Vec<Vec<u8>>) -> Vec<(Duration, Duration)> {
     let tmp = tempfile::tempdir().unwrap();
     let plugins = tmp.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
@@ -188,7 +205,8 @@ fn swap(runtime_config: RuntimeConfig, first: &[u8], versions: Vec<Vec<u8>>) -> 
     let directory =
         PluginDirectory::open(options, runtime.clone(), &store, Arc::new(store.clone()), bound, DirectoryStrategies::none(), &quiet)
             .unwrap();
-    runtime.wait_for_function_cache_warm_up();
+    runtime.wait_for_background_compiles();
+    assert_eq!(directory.policies().current()[0].policy.retention().unwrap().plugin().plugin().tier(), Tier::Optimized);
     let policies = directory.policies();
     let stop = directory.watch(Arc::new(tokio::sync::Notify::new()), Arc::new(quiet)).unwrap();
     let list = list();
@@ -198,18 +216,21 @@ fn swap(runtime_config: RuntimeConfig, first: &[u8], versions: Vec<Vec<u8>>) -> 
         let sha = tagwarden::model::sha256_hex(&bytes);
         let landed = Instant::now();
         install(&plugins, "keep0.wasm", &bytes);
-        loop {
+        let serving = loop {
             let current = policies.current();
             if let Some(r) = current[0].policy.retention()
                 && r.plugin().plugin().meta().sha256 == sha
             {
                 r.evaluate(&list, now).unwrap();
-                break;
+                break r.plugin().plugin().clone();
             }
             drop(current);
             std::thread::sleep(Duration::from_millis(1));
-        }
-        times.push(landed.elapsed());
+        };
+        let first_evaluation = landed.elapsed();
+        runtime.wait_for_background_compiles();
+        assert_eq!(serving.tier(), Tier::Optimized);
+        times.push((first_evaluation, landed.elapsed()));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     times

@@ -14,7 +14,8 @@
 //! Options:
 //! - a filter argument (`cargo bench -p tagwarden --bench runtime -- 10,100k/wasm`) or
 //!   `TAGWARDEN_BENCH_FILTER`: comma-separated groups (`load` with cases `gitlab`, `cached`; `10`, `1k`, `100k`, `1m`)
-//!   or single cases (`<group>/<case>`, cases `native`, `native-full`, `wasm`, `wasm-warm`, `noop`, `columns`,
+//!   or single cases (`<group>/<case>`, cases `native`, `native-full`, `wasm`, `wasm-warm`, `wasm-warm-0.1`,
+//!   `wasm-warm-baseline`, `noop`, `columns`,
 //!   and for `10` also `noop-warm`, `wasm-warm`, `noop-create`, `wasm-create`, `wasm-create-empty`,
 //!   `native-create`), e.g. to profile one case under `perf`;
 //! - `TAGWARDEN_BENCH_QUICK=1` shortens every measurement and skips the 1M list.
@@ -272,6 +273,23 @@ fn large_list(
         ratio.wasm_warm_v01 = Some(stats.median);
         let includes = "the row above with the same plugin built for contract 0.1 (`tests/fixtures/contract-0.1/`), which cannot declare its columns: every column is copied in, digests and all";
         report.row(group, "gitlab-retention 0.1 build, configured policy (Wasm)", includes, n, stats);
+    }
+    if options.wants(group, "wasm-warm-baseline") {
+        // The baseline tier a daemon serves a new plugin version with until Cranelift's
+        // code is ready (`RuntimeConfig::tiered_compilation`), held there for the bench.
+        let runtime = Arc::new(PluginRuntime::new(RuntimeConfig { tiered_compilation: true, ..RuntimeConfig::default() }).unwrap());
+        let _hold = runtime.hold_background_compiles();
+        let path = tagwarden::plugins::resolve("gitlab-retention", &[]).unwrap();
+        let baseline = runtime.load_file(&path, gitlab.plugin().limits().clone()).unwrap();
+        let tier = baseline.tier();
+        let policy = baseline.into_retention().unwrap().configure(PARAMS).expect("gitlab configure");
+        assert_eq!(policy.evaluate(&list, NOW).expect("wasm evaluate"), gitlab.evaluate(PARAMS, &list, NOW).expect("wasm evaluate"));
+        let stats = options.large(size, || {
+            black_box(policy.evaluate(black_box(&list), NOW).expect("wasm evaluate"));
+        });
+        let includes =
+            format!("the configured policy row with {tier:?} code (Winch, x86_64 only), what serves until the optimized code is compiled");
+        report.row(group, "gitlab-retention, configured policy, baseline code (Wasm)", &includes, n, stats);
     }
     if options.wants(group, "noop") {
         let stats = options.large(size, || {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tagwarden::model::{Action, Digest, Tag, TagList, Timestamp};
 use tagwarden::recording::Recording;
-use tagwarden::runtime::{FailureCause, PluginError, PluginKind, PluginLimits, PluginRuntime, RetentionPlugin, RuntimeConfig};
+use tagwarden::runtime::{FailureCause, PluginError, PluginKind, PluginLimits, PluginRuntime, RetentionPlugin, RuntimeConfig, Tier};
 
 use crate::support;
 
@@ -569,19 +569,19 @@ fn a_plugin_loaded_from_the_compile_cache_is_compiled_again_in_the_background_to
     // The compile cache gets the component.
     let first = std::sync::Arc::new(PluginRuntime::new(config.clone()).unwrap());
     assert!(!first.load_bytes("v1", &bytes, PluginLimits::default()).unwrap().meta().from_compile_cache);
-    assert_eq!(first.wait_for_function_cache_warm_up(), 0, "off unless asked for");
+    assert_eq!(first.wait_for_background_compiles(), 0, "off unless asked for");
 
     // A restart without the setting: loaded from the compile cache, nothing compiled.
     let plain = std::sync::Arc::new(PluginRuntime::new(config.clone()).unwrap());
     assert!(plain.load_bytes("v1", &bytes, PluginLimits::default()).unwrap().meta().from_compile_cache);
-    assert_eq!(plain.wait_for_function_cache_warm_up(), 0);
+    assert_eq!(plain.wait_for_background_compiles(), 0);
     assert_eq!(plain.function_cache_stats().misses + plain.function_cache_stats().hits, 0);
 
     // With it: compiled once in the background, however often it is loaded.
     let daemon = std::sync::Arc::new(PluginRuntime::new(RuntimeConfig { warm_function_cache: true, ..config }).unwrap());
     assert!(daemon.load_bytes("v1", &bytes, PluginLimits::default()).unwrap().meta().from_compile_cache);
     assert!(daemon.load_bytes("v1 again", &bytes, PluginLimits::default()).unwrap().meta().from_compile_cache);
-    assert_eq!(daemon.wait_for_function_cache_warm_up(), 1);
+    assert_eq!(daemon.wait_for_background_compiles(), 1);
     let warmed = daemon.function_cache_stats();
     assert!(warmed.misses > 100, "{warmed:?}");
 
@@ -594,5 +594,99 @@ fn a_plugin_loaded_from_the_compile_cache_is_compiled_again_in_the_background_to
     let compiled = after.misses - warmed.misses;
     assert!(compiled * 10 < looked_up, "at most a tenth compiled: {compiled} of {looked_up}");
     // v2 was compiled, not loaded from the compile cache: nothing more to warm.
-    assert_eq!(daemon.wait_for_function_cache_warm_up(), 1);
+    assert_eq!(daemon.wait_for_background_compiles(), 1);
+}
+
+/// A runtime with tiered compilation (the daemon's setting with a plugin directory) and a
+/// compile cache in `cache`.
+fn tiered(cache: &std::path::Path) -> Arc<PluginRuntime> {
+    let config = RuntimeConfig { tiered_compilation: true, compile_cache: Some(cache.to_owned()), ..RuntimeConfig::default() };
+    Arc::new(PluginRuntime::new(config).unwrap())
+}
+
+/// Winch is the baseline compiler on x86_64 only; elsewhere tiered compilation does nothing.
+const BASELINE: Tier = if cfg!(target_arch = "x86_64") { Tier::Baseline } else { Tier::Optimized };
+
+/// With tiered compilation a plugin the runtime has never compiled serves at once with
+/// baseline code; the background compile then switches its calls, and the instances its
+/// configured policy keeps warm, to optimized code, with the same decisions. The compile
+/// cache holds both: a start before the tier-up serves the baseline code without compiling,
+/// and a start after it the optimized code.
+#[test]
+fn a_new_plugin_serves_with_baseline_code_until_its_optimized_code_is_compiled_in_the_background() {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = tiered(cache.path());
+    let hold = runtime.hold_background_compiles();
+    let plugin = runtime.load_file(&support::plugin_path("gitlab-retention"), PluginLimits::default()).unwrap();
+    assert_eq!((plugin.meta().loaded_tier, plugin.tier(), plugin.meta().from_compile_cache), (BASELINE, BASELINE, false));
+    let retention = plugin.into_retention().unwrap();
+    let params = r#"{"name_regex_delete": ".*", "name_regex_keep": "production-.*", "keep_n": 2, "older_than": "7d"}"#;
+    let policy = retention.configure(params).unwrap();
+    let recordings: Vec<Recording> = std::fs::read_dir(support::workspace().join("tests/golden"))
+        .unwrap()
+        .map(|case| Recording::read(&case.unwrap().path().join("recording.json")).unwrap())
+        .collect();
+    let baseline: Vec<_> = recordings.iter().map(|r| policy.evaluate(&r.list, r.recorded_at).unwrap()).collect();
+    assert_eq!(policy.warm_instance_tiers(), vec![BASELINE]);
+
+    // A daemon stopped before the tier-up: its successor loads the baseline code from the
+    // compile cache (no compile before serving) and compiles the optimized code itself.
+    let stopped_early = tiered(cache.path());
+    let _held = stopped_early.hold_background_compiles();
+    let plugin = stopped_early.load_file(&support::plugin_path("gitlab-retention"), PluginLimits::default()).unwrap();
+    assert_eq!((plugin.tier(), plugin.meta().from_compile_cache), (BASELINE, BASELINE == Tier::Baseline));
+
+    drop(hold);
+    let expected_compiles = u64::from(BASELINE == Tier::Baseline);
+    assert_eq!(runtime.wait_for_background_compiles(), expected_compiles);
+    assert_eq!(retention.plugin().tier(), Tier::Optimized);
+    assert_eq!(retention.plugin().meta().loaded_tier, BASELINE, "what it was loaded with does not change");
+    let entries = std::fs::read_dir(cache.path()).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "cwasm"));
+    assert_eq!(entries.count(), 1 + usize::from(BASELINE == Tier::Baseline), "one compile cache entry per tier");
+    let optimized: Vec<_> = recordings.iter().map(|r| policy.evaluate(&r.list, r.recorded_at).unwrap()).collect();
+    assert_eq!(baseline, optimized, "baseline and optimized code decided differently");
+    assert_eq!(policy.warm_instance_tiers(), vec![Tier::Optimized], "the baseline instance is dropped, not kept warm");
+
+    // A restart: the optimized code comes from the compile cache; nothing to compile.
+    drop(stopped_early);
+    let restarted = tiered(cache.path());
+    let again = restarted.load_file(&support::plugin_path("gitlab-retention"), PluginLimits::default()).unwrap();
+    assert_eq!((again.tier(), again.meta().from_compile_cache), (Tier::Optimized, true));
+    assert_eq!(restarted.wait_for_background_compiles(), 0);
+
+    // Commands that load and exit compile optimized code at once.
+    let plain = Arc::new(PluginRuntime::new(RuntimeConfig::default()).unwrap());
+    let plugin = plain.load_file(&support::plugin_path("gitlab-retention"), PluginLimits::default()).unwrap();
+    assert_eq!((plugin.meta().loaded_tier, plugin.tier()), (Tier::Optimized, Tier::Optimized));
+    assert_eq!(plain.wait_for_background_compiles(), 0);
+}
+
+/// Baseline code runs in the same sandbox with the same limits as optimized code: the
+/// deadline, the memory cap, the fuel budget, stack overflow and panics are caught alike,
+/// and a copy of the plugin with other limits shares the baseline code.
+#[test]
+fn baseline_code_is_held_to_the_same_limits() {
+    let cache = tempfile::tempdir().unwrap();
+    let config =
+        RuntimeConfig { tiered_compilation: true, fuel: true, compile_cache: Some(cache.path().to_owned()), ..RuntimeConfig::default() };
+    let runtime = Arc::new(PluginRuntime::new(config).unwrap());
+    let _hold = runtime.hold_background_compiles();
+    let plugin = runtime.load_file(&support::plugin_path("hostile-retention"), quick()).unwrap();
+    let evaluate = |mode: &str, limits: PluginLimits| {
+        let copy = plugin.with_limits(limits).into_retention().unwrap();
+        let result = copy.evaluate(&mode_params(mode), &tags(3), now());
+        assert_eq!(copy.plugin().tier(), BASELINE, "the call ran baseline code");
+        result
+    };
+    let started = Instant::now();
+    assert_eq!(evaluate("loop", quick()).unwrap_err().cause, FailureCause::Timeout(Duration::from_millis(200)));
+    assert!(started.elapsed() < Duration::from_secs(3), "deadline not enforced promptly: {:?}", started.elapsed());
+    assert_eq!(evaluate("hog", quick()).unwrap_err().cause, FailureCause::MemoryExhausted(16 << 20));
+    let fuel = PluginLimits { fuel: Some(5_000_000), timeout: Duration::from_secs(30), ..quick() };
+    assert_eq!(evaluate("loop", fuel).unwrap_err().cause, FailureCause::FuelExhausted(5_000_000));
+    let err = evaluate("recurse", quick()).unwrap_err();
+    assert!(matches!(&err.cause, FailureCause::Trap(m) if m.contains("stack overflow")), "{err}");
+    let err = evaluate("panic", quick()).unwrap_err();
+    assert!(matches!(&err.cause, FailureCause::Panic(m) if m.contains("hostile plugin panics on purpose")), "{err}");
+    assert_eq!(evaluate("delete", quick()).unwrap().tags_to_delete(), 3);
 }

@@ -27,11 +27,14 @@ pub struct ServeArgs {
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::read(&args.config)?;
-    // With a plugin directory, new versions land while the daemon runs: the functions of
-    // the plugins it loads from the compile cache are compiled in the background, so a new
-    // version compiles only what changed.
+    // With a plugin directory, new versions land while the daemon runs: each goes into
+    // service with baseline code while Cranelift compiles it in the background, and the
+    // functions of the plugins loaded from the compile cache are compiled in the background
+    // too, so that a new version's optimizing compile does only what changed.
+    let directory = setup::plugin_dir(&config).is_some();
     let runtime_config = crate::runtime::RuntimeConfig {
-        warm_function_cache: setup::plugin_dir(&config).is_some(),
+        warm_function_cache: directory,
+        tiered_compilation: directory,
         ..super::plugin_runtime_config(config.uses_fuel())
     };
     let runtime = Arc::new(crate::runtime::PluginRuntime::new(runtime_config)?);
@@ -189,7 +192,11 @@ fn print_plugin_event(event: PluginEvent<'_>) {
             meta.version,
             meta.contract_version,
             &meta.sha256[..12],
-            if meta.from_compile_cache { "from the compile cache" } else { "compiled" },
+            match (meta.from_compile_cache, meta.loaded_tier) {
+                (true, _) => "from the compile cache",
+                (false, crate::runtime::Tier::Baseline) => "compiled by the baseline compiler; optimizing in the background",
+                (false, crate::runtime::Tier::Optimized) => "compiled",
+            },
             elapsed.as_secs_f64() * 1000.0,
             replaced.map(|r| format!(", replacing sha256:{}", &r[..12])).unwrap_or_default(),
             match role {

@@ -31,29 +31,40 @@ const MAX_BYTES: u64 = 256 << 20;
 /// A temporary file this old belongs to a writer that died (a write takes milliseconds).
 const STALE_TMP: Duration = Duration::from_secs(3600);
 
-/// The compiled form of `bytes` (whose sha256 is `sha256`), from `dir` when a valid
-/// entry exists, else compiled now and stored for next time. The flag says which.
-pub(super) fn load_or_compile(engine: &Engine, dir: &Path, sha256: &str, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
+/// The compiled component whose sha256 is `sha256`, from `dir`, if a valid entry for
+/// `engine` exists there.
+pub(super) fn load(engine: &Engine, dir: &Path, sha256: &str) -> Option<Component> {
+    let path = entry(engine, dir, sha256);
+    let file = std::fs::read(&path).ok()?;
+    match deserialize(engine, &file) {
+        Some(component) => {
+            mark_used(&path);
+            Some(component)
+        }
+        None => {
+            tracing::warn!(path = %path.display(), "ignoring a damaged or incompatible compiled plugin; compiling again");
+            None
+        }
+    }
+}
+
+/// Stores `component` (compiled by `engine` from bytes whose sha256 is `sha256`) in `dir`
+/// for next time. A failure is logged: the cache is only ever a shortcut.
+pub(super) fn insert(engine: &Engine, dir: &Path, sha256: &str, component: &Component) {
+    let path = entry(engine, dir, sha256);
+    match store(component, &path) {
+        Ok(()) => prune(dir, &path, MAX_ENTRIES, MAX_BYTES),
+        Err(e) => tracing::warn!(path = %path.display(), "cannot cache the compiled plugin: {e:#}"),
+    }
+}
+
+/// The entry for `sha256` compiled by `engine`.
+fn entry(engine: &Engine, dir: &Path, sha256: &str) -> PathBuf {
     // `DefaultHasher` may hash differently under another Rust release: that only means a
     // cache miss, and wasmtime rejects a payload from another build anyway.
     let mut config = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut config);
-    let path = dir.join(format!("{sha256}-{:016x}.cwasm", config.finish()));
-    if let Ok(file) = std::fs::read(&path) {
-        match load(engine, &file) {
-            Some(component) => {
-                mark_used(&path);
-                return Ok((component, true));
-            }
-            None => tracing::warn!(path = %path.display(), "ignoring a damaged or incompatible compiled plugin; compiling again"),
-        }
-    }
-    let component = Component::new(engine, bytes)?;
-    match store(&component, &path) {
-        Ok(()) => prune(dir, &path, MAX_ENTRIES, MAX_BYTES),
-        Err(e) => tracing::warn!(path = %path.display(), "cannot cache the compiled plugin: {e:#}"),
-    }
-    Ok((component, false))
+    dir.join(format!("{sha256}-{:016x}.cwasm", config.finish()))
 }
 
 /// Records a use of `path` as its modification time, which [`prune`] orders by.
@@ -109,7 +120,7 @@ fn remove(path: &Path) {
     }
 }
 
-fn load(engine: &Engine, file: &[u8]) -> Option<Component> {
+fn deserialize(engine: &Engine, file: &[u8]) -> Option<Component> {
     let (checksum, payload) = file.split_at_checked(32)?;
     if Sha256::digest(payload).as_slice() != checksum {
         return None;

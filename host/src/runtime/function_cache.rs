@@ -13,17 +13,14 @@
 //! disk (the whole-component [`compile_cache`](super::compile_cache) covers restarts).
 //!
 //! A plugin loaded from the compile cache is not compiled, so it leaves nothing here, and a
-//! restarted daemon's first new version would compile every function. [`Warmer`] compiles
-//! such plugins once more, in the background at idle priority, for the daemon
+//! restarted daemon's first new version would compile every function. The daemon compiles
+//! such plugins once more, in the [`background`](super::background) at idle priority
 //! (`RuntimeConfig::warm_function_cache`).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-
-use wasmtime::Engine;
-use wasmtime::component::Component;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// What a [`FunctionCache`] did since the runtime started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -116,105 +113,5 @@ mod tests {
         assert_eq!(cache.get(b"c").as_deref(), Some(&[2u8; 4][..]));
         assert!(!cache.insert(b"d", vec![3; 20]), "larger than the whole cache");
         assert_eq!(cache.stats(), FunctionCacheStats { hits: 2, misses: 1, bytes: 10 });
-    }
-}
-
-/// Compiles components again, one at a time on a background thread at idle priority, only
-/// to fill the function cache (the compiled result is dropped).
-#[derive(Debug, Default)]
-pub(super) struct Warmer {
-    state: Mutex<WarmerState>,
-    /// Signalled when the queue is empty and no compile runs.
-    idle: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct WarmerState {
-    queue: VecDeque<Vec<u8>>,
-    /// The sha256 of every component queued so far: each is compiled once.
-    seen: HashSet<String>,
-    running: bool,
-    done: u64,
-}
-
-impl Warmer {
-    /// Queues `bytes` (a component that loaded, whose sha256 is `sha256`) to be compiled with
-    /// `engine` unless it was queued before; starts the thread if it is not running.
-    pub(super) fn warm(self: &Arc<Self>, engine: &Engine, sha256: &str, bytes: &[u8]) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if !state.seen.insert(sha256.to_owned()) {
-            return;
-        }
-        state.queue.push_back(bytes.to_vec());
-        if state.running {
-            return;
-        }
-        state.running = true;
-        let (warmer, engine) = (self.clone(), engine.clone());
-        let spawned = std::thread::Builder::new().name("tagwarden-warm".into()).spawn(move || warmer.run(&engine));
-        if let Err(e) = spawned {
-            // Only the first swap of these plugins is slower: say so and go on.
-            tracing::warn!("cannot start the function cache's warm-up thread: {e}");
-            state.queue.clear();
-            state.running = false;
-        }
-    }
-
-    fn run(&self, engine: &Engine) {
-        set_idle_priority();
-        // wasmtime compiles a component's functions on the current rayon pool: this one has
-        // a single thread, at idle priority too.
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .thread_name(|_| "tagwarden-warm-rayon".into())
-            .start_handler(|_| set_idle_priority())
-            .build();
-        loop {
-            let next = {
-                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-                match state.queue.pop_front() {
-                    Some(bytes) => bytes,
-                    None => {
-                        state.running = false;
-                        self.idle.notify_all();
-                        return;
-                    }
-                }
-            };
-            // The component loaded from the compile cache already; an error here (none is
-            // expected) costs only the warm-up.
-            let compiled = match &pool {
-                Ok(pool) => pool.install(|| Component::new(engine, &next)),
-                Err(_) => Component::new(engine, &next),
-            };
-            if let Err(e) = compiled {
-                tracing::debug!("function cache warm-up: {e}");
-            }
-            self.state.lock().unwrap_or_else(PoisonError::into_inner).done += 1;
-        }
-    }
-
-    /// Waits until every component queued so far is compiled; returns how many were since
-    /// the runtime started.
-    pub(super) fn wait_idle(&self) -> u64 {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while state.running {
-            state = self.idle.wait(state).unwrap_or_else(PoisonError::into_inner);
-        }
-        state.done
-    }
-}
-
-/// Runs the calling thread only when a core would otherwise idle (Linux `SCHED_IDLE`, per
-/// thread): the warm-up never slows a pass. Elsewhere, or if refused, at normal priority.
-fn set_idle_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.
-        let refused = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0;
-        if refused {
-            tracing::debug!("the function cache's warm-up runs at normal priority: {}", std::io::Error::last_os_error());
-        }
     }
 }

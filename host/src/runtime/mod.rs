@@ -1,7 +1,7 @@
 //! The plugin runtime: the only module that touches wasmtime.
 //!
 //! One [`PluginRuntime`] per process owns the engine (pooling allocator, epoch
-//! interruption) and the linker. [`PluginRuntime::load`] compiles a component once,
+//! interruption) and the linker. [`PluginRuntime::load_bytes`] compiles a component once,
 //! checks which of the three worlds it implements and whether this host speaks its
 //! contract version, pre-instantiates it, and returns an immutable [`Plugin`] behind an
 //! `Arc`, so a running pass keeps the plugin it started with while a newer file is
@@ -14,7 +14,15 @@
 //! input, time and seed ([`sandbox`]). Any failure — trap, timeout, memory, panic, malformed
 //! answer — is a [`PluginError`] naming the plugin and the cause; callers never see a
 //! partial answer.
+//!
+//! Code comes in two tiers ([`Tier`]). Cranelift's optimized code is what plugins normally
+//! run. The daemon can serve a plugin it has never compiled before at once with Winch's
+//! baseline code (compiled about ten times faster, running about half as fast) while
+//! Cranelift compiles it in the [`background`]; calls that start after that run the
+//! optimized code. Both tiers run in the same sandbox with the same limits: Winch is a
+//! tier-1 compiler of wasmtime on x86_64, with fuel and epoch interruption.
 
+mod background;
 mod backoff;
 mod compile_cache;
 mod function_cache;
@@ -28,13 +36,13 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
 use wasmtime::component::{Component, InstancePre, Linker, types::ComponentItem};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut, Strategy, Trap};
 
 pub use backoff::{BackoffDecision, BackoffPlugin, Failure, OperationKind};
 pub use retention::{ConfiguredPolicy, RetentionPlugin};
@@ -101,6 +109,13 @@ pub struct RuntimeConfig {
     /// after a restart compiles only what changed (docs/benchmarks.md, "Plugin
     /// directory"). For the daemon; off for commands that load and exit.
     pub warm_function_cache: bool,
+    /// Serve a plugin that is not in the compile cache at once with baseline code (Winch),
+    /// and compile it with Cranelift in the background at idle priority; its calls switch
+    /// to the optimized code when that is ready ([`Tier`]). A new plugin version then goes
+    /// into service in a fraction of Cranelift's compile time (docs/benchmarks.md, "Plugin
+    /// directory"). For the daemon; commands that load and exit compile once, optimized.
+    /// Only on x86_64, where Winch is a tier-1 compiler; elsewhere this does nothing.
+    pub tiered_compilation: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -115,6 +130,7 @@ impl Default for RuntimeConfig {
             compile_cache: None,
             function_cache_bytes: 128 << 20,
             warm_function_cache: false,
+            tiered_compilation: false,
         }
     }
 }
@@ -193,6 +209,9 @@ pub struct PluginMeta {
     pub size_bytes: usize,
     /// Whether the compiled code came from [`RuntimeConfig::compile_cache`].
     pub from_compile_cache: bool,
+    /// The code it was loaded with: [`Tier::Baseline`] until its optimized code is ready
+    /// ([`Plugin::tier`] says which it runs now).
+    pub loaded_tier: Tier,
 }
 
 impl serde::Serialize for PluginKind {
@@ -275,18 +294,61 @@ impl std::error::Error for PluginError {}
 
 /// The process-wide plugin runtime.
 pub struct PluginRuntime {
-    engine: Engine,
-    linker: Linker<SandboxState>,
+    /// Cranelift: the code plugins normally run.
+    optimizing: Compiler,
+    /// Winch, when `RuntimeConfig::tiered_compilation` is on and this target has it.
+    baseline: Option<Compiler>,
     config: RuntimeConfig,
     /// Compiled functions of the components compiled so far (`RuntimeConfig::function_cache_bytes`).
     function_cache: Option<Arc<function_cache::FunctionCache>>,
-    /// Fills the function cache with what loads from the compile cache skipped
-    /// (`RuntimeConfig::warm_function_cache`).
-    warmer: Option<Arc<function_cache::Warmer>>,
+    /// Tier-ups and function cache warm-ups ([`background`]).
+    background: Arc<background::Background>,
     ticker_stop: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
     /// Instances currently kept warm (or in use after being warm): see [`WarmPermit`].
     warm_instances: AtomicU32,
+}
+
+/// One compiler's engine and the linker for its components.
+struct Compiler {
+    engine: Engine,
+    linker: Linker<SandboxState>,
+}
+
+impl Compiler {
+    fn new(config: &Config) -> anyhow::Result<Self> {
+        let engine = Engine::new(config).map_err(|e| anyhow::anyhow!("{e:#}")).context("cannot create the WebAssembly engine")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Clock waits and polls that never block the thread (see `virtual_time`).
+        virtual_time::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // `log` (and `types`, which holds only types) at every accepted version: a 0.1
+        // plugin imports `log@0.1.0`, a 0.2 plugin `log@0.2.0`, and both reach one logger.
+        for version in ACCEPTED_CONTRACTS {
+            linker.instance(&format!("{CONTRACT_PACKAGE}/types@{version}")).map_err(|e| anyhow::anyhow!("{e}"))?;
+            linker
+                .instance(&format!("{CONTRACT_PACKAGE}/log@{version}"))
+                .and_then(|mut log| {
+                    log.func_wrap("log", |mut cx: StoreContextMut<'_, SandboxState>, (level, message): (wire::LogLevel, String)| {
+                        cx.data_mut().log(level, message);
+                        Ok(())
+                    })
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(Compiler { engine, linker })
+    }
+}
+
+/// Which compiler produced the code a plugin's calls run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Winch's single-pass code, served while Cranelift compiles
+    /// (`RuntimeConfig::tiered_compilation`).
+    Baseline,
+    /// Cranelift's code.
+    Optimized,
 }
 
 impl PluginRuntime {
@@ -306,62 +368,63 @@ impl PluginRuntime {
             .linear_memory_keep_resident(config.keep_resident_bytes)
             .table_keep_resident(TABLE_KEEP_RESIDENT)
             .pagemap_scan(wasmtime::Enabled::Auto);
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
-            .epoch_interruption(true)
-            .consume_fuel(config.fuel)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        // For profiling plugins: `perf` reads guest function names from /tmp/perf-<pid>.map.
-        if std::env::var_os("TAGWARDEN_PERFMAP").is_some() {
-            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
-        }
+        // What both compilers share: the component model, deadlines, fuel.
+        let common = || {
+            let mut wasm = Config::new();
+            wasm.wasm_component_model(true).epoch_interruption(true).consume_fuel(config.fuel);
+            // For profiling plugins: `perf` reads guest function names from /tmp/perf-<pid>.map.
+            if std::env::var_os("TAGWARDEN_PERFMAP").is_some() {
+                wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+            }
+            wasm
+        };
+        let mut wasm = common();
+        wasm.strategy(Strategy::Cranelift).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let function_cache =
             (config.function_cache_bytes > 0).then(|| Arc::new(function_cache::FunctionCache::new(config.function_cache_bytes)));
         if let Some(cache) = &function_cache {
             wasm.enable_incremental_compilation(cache.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-        let engine = Engine::new(&wasm).map_err(|e| anyhow::anyhow!("{e}")).context("cannot create the WebAssembly engine")?;
-
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-        // Clock waits and polls that never block the thread (see `virtual_time`).
-        virtual_time::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-        // `log` (and `types`, which holds only types) at every accepted version: a 0.1
-        // plugin imports `log@0.1.0`, a 0.2 plugin `log@0.2.0`, and both reach one logger.
-        for version in ACCEPTED_CONTRACTS {
-            linker.instance(&format!("{CONTRACT_PACKAGE}/types@{version}")).map_err(|e| anyhow::anyhow!("{e}"))?;
-            linker
-                .instance(&format!("{CONTRACT_PACKAGE}/log@{version}"))
-                .and_then(|mut log| {
-                    log.func_wrap("log", |mut cx: StoreContextMut<'_, SandboxState>, (level, message): (wire::LogLevel, String)| {
-                        cx.data_mut().log(level, message);
-                        Ok(())
-                    })
-                })
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
+        let optimizing = Compiler::new(&wasm)?;
+        let baseline = if config.tiered_compilation && cfg!(target_arch = "x86_64") {
+            // Baseline code serves for seconds, so it takes the on-demand allocator rather
+            // than a second pool of slots; the memory cap is the store's limiter either way.
+            let mut wasm = common();
+            wasm.strategy(Strategy::Winch).allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            match Compiler::new(&wasm) {
+                Ok(compiler) => Some(compiler),
+                Err(e) => {
+                    // Only the first load of a new plugin is slower: say so and go on.
+                    tracing::warn!("plugins will be compiled with the optimizing compiler only: {e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let ticker = {
-            let engine = engine.weak();
+            let engines: Vec<_> = std::iter::once(&optimizing).chain(&baseline).map(|c| c.engine.weak()).collect();
             let stop = ticker_stop.clone();
             std::thread::Builder::new().name("tagwarden-epoch".into()).spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    match engine.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
+                    for engine in &engines {
+                        match engine.upgrade() {
+                            Some(engine) => engine.increment_epoch(),
+                            None => return,
+                        }
                     }
                 }
             })?
         };
-        let warmer = (function_cache.is_some() && config.warm_function_cache).then(Arc::default);
         Ok(PluginRuntime {
-            engine,
-            linker,
+            optimizing,
+            baseline,
             config,
             function_cache,
-            warmer,
+            background: Arc::default(),
             ticker_stop,
             ticker: Some(ticker),
             warm_instances: AtomicU32::new(0),
@@ -373,11 +436,17 @@ impl PluginRuntime {
         self.function_cache.as_ref().map(|c| c.stats()).unwrap_or_default()
     }
 
-    /// Waits until the background warm-up of the function cache has compiled every plugin
-    /// queued so far; returns how many it compiled since the runtime started (0 when
-    /// `RuntimeConfig::warm_function_cache` is off).
-    pub fn wait_for_function_cache_warm_up(&self) -> u64 {
-        self.warmer.as_ref().map_or(0, |w| w.wait_idle())
+    /// Waits until the background compiles queued so far (tier-ups and function cache
+    /// warm-ups) are done; returns how many ran since the runtime started (0 when
+    /// `RuntimeConfig::tiered_compilation` and `warm_function_cache` are off).
+    pub fn wait_for_background_compiles(&self) -> u64 {
+        self.background.wait_idle()
+    }
+
+    /// Holds background compiles back (queued jobs wait) until the guard is dropped: for
+    /// tests of what baseline code does, which a tier-up would otherwise race.
+    pub fn hold_background_compiles(&self) -> impl Drop + use<> {
+        self.background.hold()
     }
 
     /// Claims one of the slots set aside for warm instances, if one is free.
@@ -404,23 +473,11 @@ impl PluginRuntime {
         let load_err = |m: String| PluginError { plugin: origin.to_owned(), cause: FailureCause::Load(m), stderr: None };
         check_binary_header(bytes).map_err(load_err)?;
         let sha256 = crate::model::sha256_hex(bytes);
-        let (component, from_compile_cache) = match &self.config.compile_cache {
-            Some(dir) => compile_cache::load_or_compile(&self.engine, dir, &sha256, bytes),
-            None => Component::new(&self.engine, bytes).map(|c| (c, false)),
-        }
-        .map_err(|e| {
+        let (component, tier, from_compile_cache) = self.compile(&sha256, bytes).map_err(|e| {
             load_err(format!("not a valid WebAssembly component ({} bytes; a truncated copy? build or copy it again): {e:#}", bytes.len()))
         })?;
-        let (kind, contract_version) = self.exported_world(&component).map_err(load_err)?;
-        let instance = self.linker.instantiate_pre(&component).map_err(|e| {
-            load_err(format!(
-                "{e} (plugins may import only the tagwarden:policy/log interface and the WASI interfaces the Rust standard library needs; \
-                 they get no network, filesystem or environment)"
-            ))
-        })?;
-        let exports = wire::Exports::find(&component, kind, contract_version)
-            .map_err(|e| load_err(format!("exports `{CONTRACT_PACKAGE}/{kind}@{contract_version}` with the wrong shape: {e}")))?;
-        let typed = TypedPre { instance, exports };
+        let (kind, contract_version) = Self::exported_world(&component).map_err(load_err)?;
+        let code = self.code(&component, tier, kind, contract_version).map_err(load_err)?;
 
         let mut plugin = Plugin {
             inner: Arc::new(PluginInner {
@@ -434,10 +491,11 @@ impl PluginRuntime {
                     sha256,
                     size_bytes: bytes.len(),
                     from_compile_cache,
+                    loaded_tier: tier,
                 },
                 name: Arc::from(origin),
                 limits,
-                pre: typed,
+                code: Arc::new(CodeCell(RwLock::new(Arc::new(code)))),
                 stats: PluginStats::default(),
             }),
         };
@@ -457,17 +515,119 @@ impl PluginRuntime {
         inner.meta.name = info.name;
         inner.meta.version = info.version;
         inner.meta.description = info.description;
-        if let Some(warmer) = self.warmer.as_ref().filter(|_| from_compile_cache) {
-            warmer.warm(&self.engine, &plugin.meta().sha256, bytes);
+        match tier {
+            Tier::Baseline => self.tier_up(&plugin, bytes),
+            Tier::Optimized if from_compile_cache && self.config.warm_function_cache && self.function_cache.is_some() => {
+                let engine = self.optimizing.engine.clone();
+                let bytes = bytes.to_vec();
+                // The component loaded already; an error here (none is expected) costs only
+                // the warm-up.
+                let job = Box::new(move || {
+                    if let Err(e) = Component::new(&engine, &bytes) {
+                        tracing::debug!("function cache warm-up: {e}");
+                    }
+                });
+                self.background.queue_once(format!("warm {}", plugin.meta().sha256), job);
+            }
+            Tier::Optimized => {}
         }
         Ok(plugin)
     }
 
+    /// The component of `bytes` (whose sha256 is `sha256`) and its tier: from the compile
+    /// cache if it holds it (the optimizing compiler's code first, else the baseline
+    /// compiler's, which a daemon stopped before its tier-up left there); else compiled now
+    /// by the baseline compiler if tiered compilation is on, else by the optimizing one
+    /// (and cached). The flag says whether it came from the compile cache.
+    fn compile(&self, sha256: &str, bytes: &[u8]) -> wasmtime::Result<(Component, Tier, bool)> {
+        let cache = self.config.compile_cache.as_deref();
+        if let Some(dir) = cache {
+            if let Some(component) = compile_cache::load(&self.optimizing.engine, dir, sha256) {
+                return Ok((component, Tier::Optimized, true));
+            }
+            if let Some(component) = self.baseline.as_ref().and_then(|b| compile_cache::load(&b.engine, dir, sha256)) {
+                return Ok((component, Tier::Baseline, true));
+            }
+        }
+        if let Some(baseline) = &self.baseline {
+            match Component::new(&baseline.engine, bytes) {
+                Ok(component) => {
+                    if let Some(dir) = cache {
+                        compile_cache::insert(&baseline.engine, dir, sha256, &component);
+                    }
+                    return Ok((component, Tier::Baseline, false));
+                }
+                // Cranelift compiles what Winch cannot (a proposal it lacks) and gives the
+                // error for what is not a valid component.
+                Err(e) => tracing::debug!("the baseline compiler refused a plugin; compiling it optimized: {e:#}"),
+            }
+        }
+        Ok((self.compile_optimized(sha256, bytes)?, Tier::Optimized, false))
+    }
+
+    /// Compiles `bytes` with the optimizing compiler and stores the result in the compile
+    /// cache.
+    fn compile_optimized(&self, sha256: &str, bytes: &[u8]) -> wasmtime::Result<Component> {
+        let component = Component::new(&self.optimizing.engine, bytes)?;
+        if let Some(dir) = &self.config.compile_cache {
+            compile_cache::insert(&self.optimizing.engine, dir, sha256, &component);
+        }
+        Ok(component)
+    }
+
+    /// `component` (compiled at `tier`) pre-instantiated, with its interface's functions.
+    fn code(&self, component: &Component, tier: Tier, kind: PluginKind, contract_version: ContractVersion) -> Result<Code, String> {
+        let compiler = match tier {
+            Tier::Baseline => self.baseline.as_ref().expect("baseline code comes from the baseline compiler"),
+            Tier::Optimized => &self.optimizing,
+        };
+        let instance = compiler.linker.instantiate_pre(component).map_err(|e| {
+            format!(
+                "{e} (plugins may import only the tagwarden:policy/log interface and the WASI interfaces the Rust standard library needs; \
+                 they get no network, filesystem or environment)"
+            )
+        })?;
+        let exports = wire::Exports::find(component, kind, contract_version)
+            .map_err(|e| format!("exports `{CONTRACT_PACKAGE}/{kind}@{contract_version}` with the wrong shape: {e}"))?;
+        Ok(Code { pre: TypedPre { instance, exports }, tier })
+    }
+
+    /// Queues the optimizing compile of `plugin` (loaded at the baseline tier from `bytes`);
+    /// when it is done, calls that start from then on run the optimized code. Nothing is
+    /// compiled if every copy of the plugin was dropped by then (a newer version replaced it).
+    fn tier_up(self: &Arc<Self>, plugin: &Plugin, bytes: &[u8]) {
+        let (runtime, cell) = (Arc::downgrade(self), Arc::downgrade(&plugin.inner.code));
+        let meta = plugin.meta();
+        let (name, sha256, kind, version) = (meta.name.clone(), meta.sha256.clone(), meta.kind, plugin.current_code().pre.exports.version);
+        let bytes = bytes.to_vec();
+        self.background.queue(Box::new(move || {
+            let Some(runtime) = runtime.upgrade().filter(|_| cell.strong_count() > 0) else { return };
+            let started = std::time::Instant::now();
+            // Another load of the same bytes (the daemon's backoff plugin is loaded by the
+            // configuration and by the directory) may have tiered up first.
+            let cached = runtime.config.compile_cache.as_deref().and_then(|dir| compile_cache::load(&runtime.optimizing.engine, dir, &sha256));
+            let code = cached
+                .map_or_else(|| runtime.compile_optimized(&sha256, &bytes), Ok)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|component| runtime.code(&component, Tier::Optimized, kind, version));
+            match (code, cell.upgrade()) {
+                (Ok(code), Some(cell)) => {
+                    *cell.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(code);
+                    tracing::info!(plugin = %name, "optimized code in service (compiled in {} ms in the background)", started.elapsed().as_millis());
+                }
+                (Ok(_), None) => {}
+                // Baseline code is slower, not wrong: the plugin keeps serving with it.
+                (Err(e), _) => tracing::warn!(plugin = %name, "keeps its baseline code: the optimizing compiler failed: {e}"),
+            }
+        }));
+    }
+
     /// Finds which plugin interface the component exports and checks its version.
-    fn exported_world(&self, component: &Component) -> Result<(PluginKind, ContractVersion), String> {
+    fn exported_world(component: &Component) -> Result<(PluginKind, ContractVersion), String> {
         let ty = component.component_type();
+        let engine = component.engine();
         let mut found = Vec::new();
-        for (name, item) in ty.exports(&self.engine) {
+        for (name, item) in ty.exports(engine) {
             if !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
                 continue;
             }
@@ -481,7 +641,7 @@ impl PluginRuntime {
             };
             found.push((kind, version.to_owned()));
         }
-        let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_owned()).collect();
+        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
         match found.as_slice() {
             [] => Err(format!(
                 "exports none of {CONTRACT_PACKAGE}/retention, /backoff or /stale (it exports: {}); build it with the tagwarden plugin SDK",
@@ -587,13 +747,25 @@ struct TypedPre {
     exports: wire::Exports,
 }
 
+/// A plugin's code at one tier, ready to instantiate.
+struct Code {
+    pre: TypedPre,
+    tier: Tier,
+}
+
+/// The code a plugin's calls start with: baseline code until its optimized code replaces
+/// it (once, from the background). A call keeps the code it started with; so does an
+/// instance kept warm, until it is dropped for one of the current code.
+struct CodeCell(RwLock<Arc<Code>>);
+
 struct PluginInner {
     runtime: Arc<PluginRuntime>,
     meta: PluginMeta,
     /// The name used in logs and errors.
     name: Arc<str>,
     limits: PluginLimits,
-    pre: TypedPre,
+    /// Shared by every copy of the plugin with other limits ([`Plugin::with_limits`]).
+    code: Arc<CodeCell>,
     stats: PluginStats,
 }
 
@@ -691,17 +863,25 @@ impl Plugin {
     /// The same plugin with other limits (the compiled code is shared).
     pub fn with_limits(&self, limits: PluginLimits) -> Plugin {
         let i = &self.inner;
-        let pre = i.pre.clone();
         Plugin {
             inner: Arc::new(PluginInner {
                 runtime: i.runtime.clone(),
                 meta: i.meta.clone(),
                 name: i.name.clone(),
                 limits,
-                pre,
+                code: i.code.clone(),
                 stats: PluginStats::default(),
             }),
         }
+    }
+
+    /// Which compiler's code the plugin's calls start with now.
+    pub fn tier(&self) -> Tier {
+        self.current_code().tier
+    }
+
+    fn current_code(&self) -> Arc<Code> {
+        self.inner.code.0.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// This plugin as a retention plugin, or an error naming what it is instead.
@@ -740,9 +920,10 @@ impl Plugin {
         PluginError { plugin: self.inner.name.to_string(), cause, stderr }
     }
 
-    /// A fresh store for this plugin, with its memory cap.
-    fn new_store(&self) -> Store<SandboxState> {
-        sandbox::new_store(&self.inner.runtime.engine, &self.inner.name, &self.inner.limits)
+    /// A fresh store for this plugin's current code, with its memory cap, and that code.
+    fn new_store(&self) -> (Store<SandboxState>, Arc<Code>) {
+        let code = self.current_code();
+        (sandbox::new_store(code.pre.instance.engine(), &self.inner.name, &self.inner.limits), code)
     }
 
     /// Runs `f` in a fresh store. See [`Plugin::call_in`].
@@ -751,23 +932,25 @@ impl Plugin {
         now: crate::model::Timestamp,
         f: impl FnOnce(&mut Store<SandboxState>, &TypedPre) -> wasmtime::Result<Result<R, FailureCause>>,
     ) -> Result<R, PluginError> {
-        self.call_in(&mut self.new_store(), now, f)
+        let (mut store, code) = self.new_store();
+        self.call_in(&mut store, &code, now, f)
     }
 
-    /// Runs `f` in `store` as one call — its own deadline, fuel, clock at `now`, random
-    /// from the seed — and turns every way it can fail (a trap, or an error the plugin
-    /// answered with: `Ok(Err(cause))`) into a [`PluginError`] that carries the
-    /// plugin's stderr. After a trap the store's instance must not be used again.
+    /// Runs `f` in `store` (made for `code`) as one call — its own deadline, fuel, clock
+    /// at `now`, random from the seed — and turns every way it can fail (a trap, or an
+    /// error the plugin answered with: `Ok(Err(cause))`) into a [`PluginError`] that
+    /// carries the plugin's stderr. After a trap the store's instance must not be used again.
     fn call_in<R>(
         &self,
         store: &mut Store<SandboxState>,
+        code: &Code,
         now: crate::model::Timestamp,
         f: impl FnOnce(&mut Store<SandboxState>, &TypedPre) -> wasmtime::Result<Result<R, FailureCause>>,
     ) -> Result<R, PluginError> {
         let i = &self.inner;
         store.data_mut().begin_call(now);
         sandbox::arm(store, &i.limits, i.runtime.config.fuel);
-        match off_async_worker(|| f(store, &i.pre)) {
+        match off_async_worker(|| f(store, &code.pre)) {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(cause)) => Err(self.error(cause, Some(store.data().stderr()))),
             Err(e) => {

@@ -2,14 +2,14 @@
 //! and policies configured once and kept warm across repositories.
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use wasmtime::Store;
 use wasmtime::component::ResourceAny;
 
 use super::sandbox::SandboxState;
 use super::wire::{self, Columns, StringTable};
-use super::{FailureCause, Plugin, PluginError, WarmPermit};
+use super::{Code, FailureCause, Plugin, PluginError, WarmPermit};
 use crate::model::{self, Action, ListColumns, RetentionDecisions, Rule, TagList, Timestamp};
 
 // The list's columns are lowered as they are: their "unknown" values must be the wire's.
@@ -71,10 +71,10 @@ impl RetentionPlugin {
     /// Instantiates the component in a fresh store, creates its policy from `params` and
     /// asks which columns it reads.
     fn create(&self, params: &str) -> Result<Instance, PluginError> {
-        let mut store = self.plugin.new_store();
+        let (mut store, code) = self.plugin.new_store();
         // `create` always runs with its clock at the Unix epoch: a policy created once
         // serves evaluations at many times, and must not depend on when it was created.
-        let (instance, handle, reads) = self.plugin.call_in(&mut store, Timestamp::from_unix_micros(0), |store, pre| {
+        let (instance, handle, reads) = self.plugin.call_in(&mut store, &code, Timestamp::from_unix_micros(0), |store, pre| {
             let instance = pre.instance.instantiate(&mut *store)?;
             let handle = match pre.exports.create(store, &instance, params)? {
                 Ok(handle) => handle,
@@ -83,14 +83,14 @@ impl RetentionPlugin {
             let reads = pre.exports.reads(store, &instance, handle)?;
             Ok(Ok((instance, handle, reads)))
         })?;
-        Ok(Instance { store, instance, handle, reads, permit: None })
+        Ok(Instance { store, code, instance, handle, reads, permit: None })
     }
 
     /// One `evaluate` call on a created policy, its answer validated against `list`.
     fn decide(&self, instance: &mut Instance, list: &TagList, now: Timestamp) -> Result<RetentionDecisions, PluginError> {
-        let Instance { store, instance, handle, reads, .. } = instance;
+        let Instance { store, code, instance, handle, reads, .. } = instance;
         let (instance, handle, reads) = (*instance, *handle, *reads);
-        let answer = self.plugin.call_in(store, now, |store, pre| {
+        let answer = self.plugin.call_in(store, code, now, |store, pre| {
             let answer: Result<wire::Decisions, String> = if pre.exports.version.declares_columns() {
                 pre.exports.call(store, &instance, handle, &evaluation(list, now, reads))?
             } else {
@@ -136,12 +136,20 @@ pub struct ConfiguredPolicy {
 /// An instance with its policy created.
 struct Instance {
     store: Store<SandboxState>,
+    /// The code the instance runs.
+    code: Arc<Code>,
     instance: wasmtime::component::Instance,
     handle: ResourceAny,
     /// The columns the policy declared it reads (`policy.reads`).
     reads: Columns,
     /// Held while the instance is warm.
     permit: Option<WarmPermit>,
+}
+
+impl Instance {
+    fn runs_current_code(&self, plugin: &Plugin) -> bool {
+        Arc::ptr_eq(&self.code, &plugin.current_code())
+    }
 }
 
 impl ConfiguredPolicy {
@@ -168,8 +176,9 @@ impl ConfiguredPolicy {
     fn evaluate_warm(&self, list: &TagList, now: Timestamp) -> Result<RetentionDecisions, PluginError> {
         let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let mut instance = match idle {
-            Some(instance) => instance,
-            None => self.plugin.create(&self.params)?,
+            // Kept warm on code since replaced (baseline code, now optimized): dropped.
+            Some(instance) if instance.runs_current_code(&self.plugin.plugin) => instance,
+            _ => self.plugin.create(&self.params)?,
         };
         let decisions = self.plugin.decide(&mut instance, list, now);
         if decisions.is_ok() {
@@ -180,6 +189,9 @@ impl ConfiguredPolicy {
 
     /// Puts a cleanly answering instance back on the idle list, if it may stay warm.
     fn keep_warm(&self, mut instance: Instance) {
+        if !instance.runs_current_code(&self.plugin.plugin) {
+            return;
+        }
         let state = instance.store.data();
         if state.memory.size > self.plugin.plugin.inner.runtime.config.max_warm_memory_bytes || state.wrote_stderr() {
             return;
@@ -199,6 +211,11 @@ impl ConfiguredPolicy {
     /// Instances kept warm right now (for tests and metrics).
     pub fn warm_instances(&self) -> usize {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// The code each instance kept warm runs, most recently used last.
+    pub fn warm_instance_tiers(&self) -> Vec<super::Tier> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|i| i.code.tier).collect()
     }
 }
 

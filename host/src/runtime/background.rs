@@ -1,0 +1,145 @@
+//! Compiling that can wait: one background thread at idle priority, for the daemon.
+//!
+//! Two kinds of job run here, one at a time, in the order they were queued:
+//!
+//! - **tier-up**: a plugin loaded with the baseline compiler ([`super::Tier::Baseline`]) is
+//!   compiled again with the optimizing one, and its calls switch to that code once it is
+//!   ready (`RuntimeConfig::tiered_compilation`);
+//! - **warm-up**: a plugin loaded from the compile cache is compiled once more only to fill
+//!   the [function cache](super::function_cache), so that its first new version compiles
+//!   only what changed (`RuntimeConfig::warm_function_cache`).
+//!
+//! The thread runs only when a core would otherwise idle (Linux `SCHED_IDLE`), and wasmtime's
+//! parallel compile runs on a one-thread rayon pool of its own at the same priority: a pass
+//! is never slowed by this work. The thread exits when the queue is empty and starts again
+//! with the next job.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+/// A job: it compiles (on the current rayon pool) and does something with the result.
+pub(super) type Job = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+pub(super) struct Background {
+    state: Mutex<State>,
+    /// Signalled when the queue is empty and no job runs.
+    idle: Condvar,
+    /// Signalled when a hold is released.
+    resumed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Job>,
+    /// Keys of the jobs queued so far that are to run once ([`Background::queue_once`]).
+    seen: HashSet<String>,
+    running: bool,
+    done: u64,
+    /// Holds ([`Background::hold`]) not yet released: no job starts meanwhile.
+    holds: u32,
+}
+
+/// A hold on the queue: see [`Background::hold`].
+pub(super) struct Hold(Arc<Background>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap_or_else(PoisonError::into_inner).holds -= 1;
+        self.0.resumed.notify_all();
+    }
+}
+
+impl Background {
+    /// Queues `job` unless a job with `key` was queued before.
+    pub(super) fn queue_once(self: &Arc<Self>, key: String, job: Job) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.seen.insert(key) {
+            self.push(state, job);
+        }
+    }
+
+    pub(super) fn queue(self: &Arc<Self>, job: Job) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        self.push(state, job);
+    }
+
+    fn push(self: &Arc<Self>, mut state: std::sync::MutexGuard<'_, State>, job: Job) {
+        state.queue.push_back(job);
+        if state.running {
+            return;
+        }
+        state.running = true;
+        let background = self.clone();
+        let spawned = std::thread::Builder::new().name("tagwarden-compile".into()).spawn(move || background.run());
+        if let Err(e) = spawned {
+            // Plugins keep the code they have (baseline code is slower, not wrong): say so.
+            tracing::warn!("cannot start the background compile thread: {e}");
+            state.queue.clear();
+            state.running = false;
+        }
+    }
+
+    fn run(&self) {
+        set_idle_priority();
+        // wasmtime compiles a component's functions on the current rayon pool: this one has
+        // a single thread, at idle priority too.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "tagwarden-compile-rayon".into())
+            .start_handler(|_| set_idle_priority())
+            .build();
+        loop {
+            let job = {
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                while state.holds > 0 {
+                    state = self.resumed.wait(state).unwrap_or_else(PoisonError::into_inner);
+                }
+                match state.queue.pop_front() {
+                    Some(job) => job,
+                    None => {
+                        state.running = false;
+                        self.idle.notify_all();
+                        return;
+                    }
+                }
+            };
+            match &pool {
+                Ok(pool) => pool.install(job),
+                Err(_) => job(),
+            }
+            self.state.lock().unwrap_or_else(PoisonError::into_inner).done += 1;
+        }
+    }
+
+    /// Holds every job back until the returned guard is dropped (a job already running
+    /// finishes). [`Background::wait_idle`] meanwhile waits for the release.
+    pub(super) fn hold(self: &Arc<Self>) -> Hold {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).holds += 1;
+        Hold(self.clone())
+    }
+
+    /// Waits until every job queued so far has run; returns how many have since the runtime
+    /// started.
+    pub(super) fn wait_idle(&self) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        while state.running {
+            state = self.idle.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+        state.done
+    }
+}
+
+/// Runs the calling thread only when a core would otherwise idle (Linux `SCHED_IDLE`, per
+/// thread). Elsewhere, or if refused, at normal priority.
+fn set_idle_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.
+        let refused = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0;
+        if refused {
+            tracing::debug!("background compiles run at normal priority: {}", std::io::Error::last_os_error());
+        }
+    }
+}
