@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use crate::model::{Digest, Timestamp};
 use crate::registry::{RegistryClient, Secret};
 use crate::restore::{RestoreErrorKind, RestoreRequest};
-use crate::runtime::PluginMeta;
+use crate::runtime::{PluginMeta, Tier};
 use crate::setup::{PolicySet, StrategyRole, StrategySet};
 use crate::store::{AuditQuery, CleanupStatus, DeletionStatus, StateStore, Store};
 
@@ -59,6 +59,9 @@ pub struct LoadedPlugin {
     /// The version in service; absent when none serves (its policy pauses).
     #[serde(flatten)]
     pub meta: Option<PluginMeta>,
+    /// The code the version in service runs now: `baseline` until the background compile of
+    /// its optimized code is done (`loaded_tier` says what it was loaded with).
+    pub tier: Option<Tier>,
 }
 
 /// Where the API finds the plugins in force, which the plugin directory swaps.
@@ -327,18 +330,20 @@ pub(crate) fn loaded_plugins(api: &Api) -> anyhow::Result<Vec<LoadedPlugin>> {
             state,
             reason,
             meta: p.policy.retention().map(|r| r.plugin().plugin().meta().clone()),
+            tier: p.policy.retention().map(|r| r.plugin().plugin().tier()),
         });
     }
     let strategies = api.plugins.strategies.current();
-    let backoff = strategies.backoff.as_ref().map(|(b, _)| b.plugin().meta().clone());
-    let stale = strategies.stale.as_ref().map(|(s, _)| s.plugin().meta().clone());
-    for (role, meta) in [(StrategyRole::Backoff, backoff), (StrategyRole::Stale, stale)] {
+    let backoff = strategies.backoff.as_ref().map(|(b, _)| b.plugin());
+    let stale = strategies.stale.as_ref().map(|(s, _)| s.plugin());
+    for (role, plugin) in [(StrategyRole::Backoff, backoff), (StrategyRole::Stale, stale)] {
+        let (meta, tier) = (plugin.map(|p| p.meta().clone()), plugin.map(|p| p.tier()));
         let file = api.plugins.strategy_files.iter().find(|(r, _)| *r == role).map(|(_, f)| f.clone());
         if meta.is_none() && file.is_none() {
             continue; // No backoff plugin: the host's default schedule.
         }
         let (state, reason) = state_of(file.as_deref(), None);
-        out.push(LoadedPlugin { role: role.as_str().to_owned(), plugin: file, state, reason, meta });
+        out.push(LoadedPlugin { role: role.as_str().to_owned(), plugin: file, state, reason, meta, tier });
     }
     Ok(out)
 }
