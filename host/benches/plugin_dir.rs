@@ -116,7 +116,7 @@ fn main() {
     );
     // A restarted daemon: the version in service comes from the compile cache, and the
     // runtime compiles it again in the background to fill the function cache (timed after
-    // that warm-up, which runs at idle priority).
+    // that warm-up, which runs at low priority).
     let compiled = tempfile::tempdir().unwrap();
     let restarted = RuntimeConfig { compile_cache: Some(compiled.path().to_owned()), ..RuntimeConfig::default() };
     Arc::new(PluginRuntime::new(restarted.clone()).unwrap())
@@ -139,7 +139,7 @@ fn main() {
     let tiered = RuntimeConfig { tiered_compilation: true, function_cache_bytes: 0, ..RuntimeConfig::default() };
     let (serving, optimized): (Vec<_>, Vec<_>) = swap_tiered(tiered, &version(&gitlab, 0), new_versions(400)).into_iter().unzip();
     report("**swap, tiered compilation (the daemon's setting): every function compiled, by the baseline compiler**", serving);
-    report("the same: landing → optimized code in service (Cranelift in the background, at idle priority)", optimized);
+    report("the same: landing → optimized code in service (Cranelift in the background, at low priority)", optimized);
 
     // start: 10 plugins, warm compile cache.
     {

@@ -689,4 +689,34 @@ fn baseline_code_is_held_to_the_same_limits() {
     let err = evaluate("panic", quick()).unwrap_err();
     assert!(matches!(&err.cause, FailureCause::Panic(m) if m.contains("hostile plugin panics on purpose")), "{err}");
     assert_eq!(evaluate("delete", quick()).unwrap().tags_to_delete(), 3);
+    #[cfg(target_os = "linux")]
+    assert_background_thread_is_niced();
+}
+
+/// The background compile thread (started by the tier-up queued above, and waiting on the
+/// hold) runs at nice 10: it yields to passes but is not starved by them.
+#[cfg(target_os = "linux")]
+fn assert_background_thread_is_niced() {
+    let nice_of_compile_threads = || -> Vec<i64> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| {
+                let task = task.ok()?.path();
+                let comm = std::fs::read_to_string(task.join("comm")).ok()?;
+                // `stat` is `pid (comm) state …`; the nice value is the 19th field.
+                let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                comm.starts_with("tagwarden-compi").then(|| fields[16].parse().unwrap())
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = nice_of_compile_threads();
+    // Other tests' runtimes have compile threads too: this one's is among them.
+    while !seen.contains(&10) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        seen = nice_of_compile_threads();
+    }
+    assert!(seen.contains(&10), "compile threads' nice values: {seen:?}");
+    assert!(seen.iter().all(|&n| n == 10 || n == 0), "{seen:?}");
 }

@@ -1,4 +1,4 @@
-//! Compiling that can wait: one background thread at idle priority, for the daemon.
+//! Compiling that can wait: one background thread at low priority, for the daemon.
 //!
 //! Two kinds of job run here, one at a time, in the order they were queued:
 //!
@@ -9,10 +9,12 @@
 //!   the [function cache](super::function_cache), so that its first new version compiles
 //!   only what changed (`RuntimeConfig::warm_function_cache`).
 //!
-//! The thread runs only when a core would otherwise idle (Linux `SCHED_IDLE`), and wasmtime's
-//! parallel compile runs on a one-thread rayon pool of its own at the same priority: a pass
-//! is never slowed by this work. The thread exits when the queue is empty and starts again
-//! with the next job.
+//! The thread runs at nice 10, and wasmtime's parallel compile runs on a one-thread rayon pool
+//! of its own at the same priority: beside busy threads of normal priority it gets about a
+//! tenth of a core, so it hardly slows a pass, yet a daemon whose passes keep every core busy
+//! still gets its optimized code within seconds (at `SCHED_IDLE`, which the first version used,
+//! it waited for an idle core, and a loaded daemon ran baseline code indefinitely). The thread
+//! exits when the queue is empty and starts again with the next job.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -81,13 +83,13 @@ impl Background {
     }
 
     fn run(&self) {
-        set_idle_priority();
+        lower_priority();
         // wasmtime compiles a component's functions on the current rayon pool: this one has
-        // a single thread, at idle priority too.
+        // a single thread, at low priority too.
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .thread_name(|_| "tagwarden-compile-rayon".into())
-            .start_handler(|_| set_idle_priority())
+            .start_handler(|_| lower_priority())
             .build();
         loop {
             let job = {
@@ -130,14 +132,18 @@ impl Background {
     }
 }
 
-/// Runs the calling thread only when a core would otherwise idle (Linux `SCHED_IDLE`, per
-/// thread). Elsewhere, or if refused, at normal priority.
-fn set_idle_priority() {
+/// The background thread's nice value: CFS weighs a nice-10 thread at 110 against 1024 for a
+/// normal one.
+#[cfg(target_os = "linux")]
+const BACKGROUND_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread to [`BACKGROUND_NICE`] (on Linux the nice value is per thread).
+/// Elsewhere, or if refused, it stays at normal priority.
+fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.
-        let refused = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0;
+        // SAFETY: gettid has no preconditions; setpriority is given the calling thread's id.
+        let refused = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, BACKGROUND_NICE) } != 0;
         if refused {
             tracing::debug!("background compiles run at normal priority: {}", std::io::Error::last_os_error());
         }

@@ -14,7 +14,7 @@
 //!
 //! A plugin loaded from the compile cache is not compiled, so it leaves nothing here, and a
 //! restarted daemon's first new version would compile every function. The daemon compiles
-//! such plugins once more, in the [`background`](super::background) at idle priority
+//! such plugins once more, in the [`background`](super::background) at low priority
 //! (`RuntimeConfig::warm_function_cache`).
 
 use std::borrow::Cow;

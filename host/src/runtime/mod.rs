@@ -104,13 +104,13 @@ pub struct RuntimeConfig {
     /// compiles only what the versions loaded before it did not have
     /// ([`function_cache`](self)). 0 turns it off.
     pub function_cache_bytes: usize,
-    /// Compile plugins loaded from the compile cache once more, in the background at idle
+    /// Compile plugins loaded from the compile cache once more, in the background at low
     /// priority, so the function cache holds their functions and their first new version
     /// after a restart compiles only what changed (docs/benchmarks.md, "Plugin
     /// directory"). For the daemon; off for commands that load and exit.
     pub warm_function_cache: bool,
     /// Serve a plugin that is not in the compile cache at once with baseline code (Winch),
-    /// and compile it with Cranelift in the background at idle priority; its calls switch
+    /// and compile it with Cranelift in the background at low priority; its calls switch
     /// to the optimized code when that is ready ([`Tier`]). A new plugin version then goes
     /// into service in a fraction of Cranelift's compile time (docs/benchmarks.md, "Plugin
     /// directory"). For the daemon; commands that load and exit compile once, optimized.
