@@ -586,3 +586,76 @@ async fn a_backoff_plugin_that_faults_is_quarantined_the_hosts_default_decides_u
     assert_eq!(row.consecutive_faults, 0, "{row:?}");
     daemon.wait_for(&http, "/api/v1/plugins", "back in service", |v| backoff(v)["state"] == "active").await;
 }
+
+/// A stale plugin of the directory that faults `quarantine_after` times in a row is
+/// quarantined like a retention plugin (issue #11 §6); meanwhile no work is judged stale (a
+/// pass held far past the plugin's threshold is left to run and finishes), and nothing pauses;
+/// `plugins release` puts it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_plugin_that_faults_is_quarantined_no_work_is_judged_stale_until_released() {
+    let reg = registry().await;
+    let seed = reg.client();
+    for i in 0..5u64 {
+        seed.push_image("builds/r0", &format!("b-{i}"), Some(&ago(days(10 - i)))).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    install(&plugins, "keep.wasm", &std::fs::read(crate::support::plugin_path("gitlab-retention")).unwrap());
+    // Passes the host's trial at start (a cleanup that has just started), then panics on
+    // every check of work that has run for a second.
+    install(&plugins, "judge.wasm", &std::fs::read(crate::support::plugin_path("hostile-stale")).unwrap());
+    let proxy = FaultProxy::start(reg.url()).await.unwrap();
+    let config = dir.path().join("tagwarden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registry]\nurl = {:?}\nmax_retries = 0\n\n[state]\ndir = \"state\"\n\n[deletion]\ntimeout = \"60s\"\nconcurrency = 1\n\n\
+             [serve]\nworker_capacity = 1\nlisten = \"off\"\nstale_check = \"1s\"\n\n\
+             [plugins]\ndir = \"plugins\"\nwatch_interval = \"50ms\"\nquarantine_after = 2\n\
+             stale = \"judge\"\nstale_params = {{ panic_after = \"1s\" }}\n\n\
+             [[policy]]\nname = \"builds\"\nrepositories = [\"builds/r0\"]\nplugin = \"keep\"\ncadence = \"7d\"\n\
+             params = {{ name_regex_delete = \"b-.*\", keep_n = 2 }}\n",
+            proxy.url()
+        ),
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+
+    // The pass is held at its first delete; the stale check asks the plugin every second.
+    let mut held = proxy.hold(Some("DELETE"), "/v2/builds/", 1);
+    let daemon = Daemon::start(dir.path(), &["serve", "--config", &config_arg]);
+    let request = held.next(REACH).await.expect("the pass deletes");
+    let store = Store::open(&dir.path().join("state/tagwarden.db")).unwrap();
+    let row = row_when(&store, "judge", |r| r.state == PluginState::Quarantined).await;
+    assert_eq!(row.kind.as_deref(), Some("stale"), "{row:?}");
+    assert!(row.consecutive_faults >= 2 && row.failures >= 2, "two faults in a row: {row:?}");
+    let reason = row.reason.unwrap();
+    assert!(reason.contains("panicked") && reason.contains("no work is judged stale"), "{reason}");
+    assert!(store.policy("builds").unwrap().is_some_and(|p| p.enabled), "the cleanup policy keeps running");
+
+    // Quarantined, the plugin is not asked again, though the held pass is still in progress:
+    // its counts stay put over two and a half stale checks (that nothing happens takes a
+    // while to see). The pass is left alone and finishes once its delete goes through.
+    let faults = row.failures;
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < until {
+        assert_eq!(plugin_row(&store, "judge").failures, faults, "asked again while quarantined");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    request.forward();
+    crate::crash::wait_until(|| {
+        let done =
+            store.repository("builds/r0").unwrap().is_some_and(|s| s.status == CleanupStatus::Unscheduled && s.completed_at.is_some());
+        async move { done }
+    })
+    .await;
+    assert_eq!(plugin_row(&store, "judge").failures, faults, "asked again while quarantined");
+
+    let (code, out) = tokio::task::block_in_place(|| tagwarden(dir.path(), &["plugins", "release", "judge", "--config", &config_arg]));
+    assert_eq!(code, Some(0), "{out}");
+    let row = row_when(&store, "judge", |r| r.state == PluginState::Active).await;
+    assert_eq!(row.consecutive_faults, 0, "{row:?}");
+    let output = daemon.stop().await;
+    assert!(!output.contains("cleanup stale"), "no work was judged stale:\n{output}");
+}

@@ -26,6 +26,7 @@ const PLUGINS: &[&str] = &[
     "stale-timeout",
     "hostile-retention",
     "hostile-backoff",
+    "hostile-stale",
     "wrong-world",
 ];
 
