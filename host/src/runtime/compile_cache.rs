@@ -3,7 +3,8 @@
 //!
 //! A cache file is named by the component's sha256 and a hash of this engine's
 //! configuration and wasmtime version (`precompile_compatibility_hash`), and holds the
-//! sha256 of its payload followed by the payload `Component::serialize` wrote.
+//! sha256 of its payload followed by the payload `Component::serialize` wrote. The baseline
+//! and optimizing engines hash differently, so each tier's code has its own entry.
 //!
 //! What is trusted: loading compiled code runs it natively, outside the sandbox, so a
 //! cache file must be one this host wrote. The directory is the user's own (like the
