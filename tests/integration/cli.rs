@@ -390,7 +390,7 @@ fn plugins_inspect_describes_a_bundled_plugin() {
     out.assert_success();
     let wasm = std::fs::read(&path).unwrap();
     assert_eq!(field(&out.stdout, "kind"), Some("retention"), "{}", out.stdout);
-    assert_eq!(field(&out.stdout, "contract"), Some("tagwarden:policy@0.2.0"), "{}", out.stdout);
+    assert_eq!(field(&out.stdout, "contract"), Some("tagwarden:policy@0.2.1"), "{}", out.stdout);
     assert_eq!(field(&out.stdout, "sha256"), Some(sha256_hex(&wasm).as_str()), "{}", out.stdout);
     assert_eq!(field(&out.stdout, "loads"), Some("yes"), "{}", out.stdout);
     assert!(field(&out.stdout, "plugin").is_some_and(|p| p.starts_with("gitlab-retention ")), "{}", out.stdout);

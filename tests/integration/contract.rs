@@ -49,7 +49,7 @@ fn list() -> TagList {
 fn a_retention_plugin_built_for_0_1_decides_exactly_as_its_0_2_build() {
     let old = contract_0_1("gitlab-retention");
     let new = support::plugin("gitlab-retention", PluginLimits::default());
-    assert_eq!((old.meta().contract_version.as_str(), new.meta().contract_version.as_str()), ("0.1.0", "0.2.0"));
+    assert_eq!((old.meta().contract_version.as_str(), new.meta().contract_version.as_str()), ("0.1.0", "0.2.1"));
     assert_eq!((old.meta().kind, old.meta().name.as_str()), (PluginKind::Retention, "gitlab-retention"));
     let (old, new) = (old.into_retention().unwrap(), new.into_retention().unwrap());
     let now = at("2026-01-01T00:00:00Z");
@@ -68,6 +68,46 @@ fn a_retention_plugin_built_for_0_1_decides_exactly_as_its_0_2_build() {
     // two times it reads, so the host leaves out digests, sizes, pull times and media types.
     assert_eq!(old.reads("{}").unwrap(), Columns::all());
     assert_eq!(new.reads("{}").unwrap(), Columns::PUSHED_AT | Columns::CREATED_AT);
+}
+
+/// gitlab-retention as built for contract 0.2.0 (tagwarden-plugin-sdk 0.2.0), which
+/// matches names inside the plugin; its 0.2.1 build has the host match them (`names`).
+fn contract_0_2_0_gitlab_retention() -> Plugin {
+    let path = support::workspace().join("tests/fixtures/contract-0.2/gitlab-retention.wasm");
+    support::runtime().load_file(&path, PluginLimits::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn a_retention_plugin_built_for_0_2_0_decides_exactly_as_its_0_2_1_build_that_matches_names_in_the_host() {
+    let old = contract_0_2_0_gitlab_retention();
+    let new = support::plugin("gitlab-retention", PluginLimits::default());
+    assert_eq!((old.meta().contract_version.as_str(), new.meta().contract_version.as_str()), ("0.2.0", "0.2.1"));
+    let (old, new) = (old.into_retention().unwrap(), new.into_retention().unwrap());
+    let now = at("2026-01-01T00:00:00Z");
+    for params in [
+        r#"{"name_regex_delete": ".*", "keep_n": 5}"#,
+        r#"{"name_regex_delete": "v1\\.[12]\\..*", "name_regex_keep": ".*\\.1[0-9]", "older_than": "30d", "delete_untagged": true}"#,
+        // A top-level alternation: anchored at one end each, as GitLab does.
+        r#"{"name_regex": "v1\\.0|7", "keep_n": 1}"#,
+        // Unicode word boundaries: no lazy DFA, the host's matcher falls back to the regex crate.
+        r#"{"name_regex_delete": ".*\\b3\\b.*|v1\\.1\\..*"}"#,
+        // Over the host's size limit for a pattern (1 MiB), within the regex crate's: the
+        // host refuses it and the plugin matches it itself.
+        r#"{"name_regex_delete": "(?:v1\\.[23]\\.[0-9]+|\\w{100})", "keep_n": 3}"#,
+    ] {
+        let (a, b) = (old.evaluate(params, &list(), now).unwrap(), new.evaluate(params, &list(), now).unwrap());
+        assert!(b.tags_to_delete() > 0 && b.tags_to_delete() < 60, "the case deletes some, not all: {params}");
+        assert_eq!(a, b, "params {params}");
+        // Warm, the host matches each evaluation's own names.
+        let configured = new.configure(params).unwrap();
+        for _ in 0..2 {
+            assert_eq!(configured.evaluate(&list(), now).unwrap(), a, "params {params}, configured");
+        }
+    }
+    // An invalid regex gets the same message from both builds.
+    let params = r#"{"name_regex_delete": "v1.("}"#;
+    let (a, b) = (old.validate_params(params).unwrap_err(), new.validate_params(params).unwrap_err());
+    assert_eq!(a.cause, b.cause);
 }
 
 #[test]
@@ -132,17 +172,17 @@ fn a_component_built_for_a_contract_version_this_host_does_not_accept_is_refused
     let patched = built_for_contract_0_9(&std::fs::read(support::plugin_path("semver-lines")).unwrap());
     let err = support::runtime().load_bytes("semver-lines.wasm", &patched, PluginLimits::default()).unwrap_err();
     let FailureCause::Load(message) = &err.cause else { panic!("expected a load error, got {err}") };
-    assert!(message.contains("was built for tagwarden:policy@0.9.0"), "{message}");
-    assert!(message.contains("this host accepts tagwarden:policy@0.1.x (up to 0.1.0) and @0.2.x (up to 0.2.0)"), "{message}");
+    assert!(message.contains("was built for tagwarden:policy@0.9.1"), "{message}");
+    assert!(message.contains("this host accepts tagwarden:policy@0.1.x (up to 0.1.0) and @0.2.x (up to 0.2.1)"), "{message}");
     assert!(message.contains("rebuild the plugin against tagwarden-plugin-sdk 0.2"), "{message}");
 }
 
 /// `component` as if built for contract 0.9.0. The version is spelled in the component's
-/// import and export names: every `@0.2.0` becomes `@0.9.0` (the same length, so the
-/// binary stays valid).
+/// import and export names: every `@0.2.` becomes `@0.9.` (the same length, so the
+/// binary stays valid), the patch kept.
 pub fn built_for_contract_0_9(component: &[u8]) -> Vec<u8> {
     let mut patched = component.to_vec();
-    let needle = b"@0.2.0";
+    let needle = b"@0.2.";
     let mut replaced = 0;
     for i in 0..patched.len().saturating_sub(needle.len() - 1) {
         if &patched[i..i + needle.len()] == needle {

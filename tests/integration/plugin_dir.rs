@@ -185,7 +185,7 @@ async fn a_new_file_is_swapped_in_while_a_pass_runs_bad_files_leave_the_old_vers
     for (bytes, step, why) in [
         (b"not a plugin at all".to_vec(), "load", "is not a WebAssembly file"),
         (std::fs::read(crate::support::plugin_path("wrong-world")).unwrap(), "load", "exports none of"),
-        (crate::contract::built_for_contract_0_9(&v2), "load", "was built for tagwarden:policy@0.9.0, but this host accepts"),
+        (crate::contract::built_for_contract_0_9(&v2), "load", "was built for tagwarden:policy@0.9.1, but this host accepts"),
         (std::fs::read(crate::support::plugin_path("hostile-retention")).unwrap(), "params", "policy `builds`"),
     ] {
         install(&plugins, "keep.wasm", &bytes);

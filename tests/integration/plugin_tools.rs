@@ -25,7 +25,7 @@ fn validate_reports_each_check_and_accepts_good_params() {
     let dir = tempdir();
     let out = tagwarden(dir.path(), &["plugins", "validate", &wasm("semver-lines"), "--params", r#"{"keep_per_minor": 2}"#]);
     out.assert_success();
-    assert!(out.stdout.contains("load     ok      retention plugin semver-lines 0.1.0, contract tagwarden:policy@0.2.0"), "{}", out.stdout);
+    assert!(out.stdout.contains("load     ok      retention plugin semver-lines 0.1.0, contract tagwarden:policy@0.2.1"), "{}", out.stdout);
     assert!(out.stdout.contains(r#"params   ok      accepted {"keep_per_minor":2}; reads tag names only"#), "{}", out.stdout);
     assert!(out.stdout.contains("valid: "), "{}", out.stdout);
 

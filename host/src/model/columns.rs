@@ -58,13 +58,24 @@ impl StringTable {
     }
 }
 
+impl<'a> FromIterator<&'a str> for StringTable {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(strings: I) -> Self {
+        let mut table = StringTable::default();
+        for s in strings {
+            table.push(s);
+        }
+        table
+    }
+}
+
 /// A tag list laid out for plugins and the planner: the wire shape of
 /// `retention.evaluation` in `wit/policy.wit`, so an evaluation copies it as it is.
 /// Positions follow the list: tag `i` of [`TagList::tags`](super::TagList::tags) is
 /// position `i` in every tag column.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ListColumns {
-    names: StringTable,
+    /// Shared: a call in progress holds it for the host's name matching (`runtime::names`).
+    names: std::sync::Arc<StringTable>,
     digests: StringTable,
     media_types: StringTable,
     tags: TagColumns,
@@ -146,12 +157,17 @@ impl ListColumns {
             created_at: untagged.iter().map(|u| time(u.created_at)).collect(),
             pushed_at: untagged.iter().map(|u| time(u.pushed_at)).collect(),
         };
-        ListColumns { names, digests: digests.table, media_types: media_types.table, tags: columns, untagged }
+        ListColumns { names: names.into(), digests: digests.table, media_types: media_types.table, tags: columns, untagged }
     }
 
     /// Tag names, in list order.
     pub fn names(&self) -> &StringTable {
         &self.names
+    }
+
+    /// Tag names, in list order, shared.
+    pub fn shared_names(&self) -> std::sync::Arc<StringTable> {
+        self.names.clone()
     }
 
     /// Unique digests, first seen first (tags in list order, then untagged manifests).

@@ -27,6 +27,7 @@ mod background;
 mod backoff;
 mod compile_cache;
 mod function_cache;
+mod names;
 mod retention;
 mod sandbox;
 mod stale;
@@ -55,7 +56,7 @@ pub use function_cache::FunctionCacheStats;
 pub use wire::{Columns, ContractVersion};
 
 /// The contract (`wit/policy.wit`) this host's SDK builds plugins for.
-pub const CONTRACT_VERSION: ContractVersion = ContractVersion { major: 0, minor: 2, patch: 0 };
+pub const CONTRACT_VERSION: ContractVersion = ContractVersion { major: 0, minor: 2, patch: 1 };
 
 /// Every contract version this host serves, oldest first: plugins built for 0.1 keep
 /// working unchanged (`tests/fixtures/contract-0.1/` holds 0.1.0 builds the suite loads).
@@ -324,7 +325,8 @@ impl Compiler {
         // Clock waits and polls that never block the thread (see `virtual_time`).
         virtual_time::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         // `log` (and `types`, which holds only types) at every accepted version: a 0.1
-        // plugin imports `log@0.1.0`, a 0.2 plugin `log@0.2.0`, and both reach one logger.
+        // plugin imports `log@0.1.0`, a 0.2 plugin `log@0.2.x`, and all reach one logger.
+        // (wasmtime resolves an import of `@0.2.0` to the `@0.2.1` defined here: semver.)
         for version in ACCEPTED_CONTRACTS {
             linker.instance(&format!("{CONTRACT_PACKAGE}/types@{version}")).map_err(|e| anyhow::anyhow!("{e}"))?;
             linker
@@ -337,6 +339,8 @@ impl Compiler {
                 })
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
+        // 0.2.1: name matching in the host, for retention plugins that import it.
+        names::add_to_linker(&mut linker, CONTRACT_VERSION).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Compiler { engine, linker })
     }
 }
@@ -692,7 +696,7 @@ fn check_contract_version(version: &str) -> Result<ContractVersion, String> {
     })
 }
 
-/// `tagwarden:policy@0.1.x (up to 0.1.0) and @0.2.x (up to 0.2.0)`, for messages.
+/// `tagwarden:policy@0.1.x (up to 0.1.0) and @0.2.x (up to 0.2.1)`, for messages.
 pub fn accepted_contracts() -> String {
     let each: Vec<String> = ACCEPTED_CONTRACTS.iter().map(|v| format!("@{}.{}.x (up to {v})", v.major, v.minor)).collect();
     format!("{CONTRACT_PACKAGE}{}", each.join(" and "))
@@ -1033,11 +1037,12 @@ mod tests {
         let v = |s| ContractVersion::parse(s).unwrap();
         assert_eq!(check_contract_version("0.1.0"), Ok(v("0.1.0")));
         assert_eq!(check_contract_version("0.2.0"), Ok(v("0.2.0")));
+        assert_eq!(check_contract_version("0.2.1"), Ok(v("0.2.1")));
         let err = check_contract_version("0.3.0").unwrap_err();
-        assert!(err.contains("built for tagwarden:policy@0.3.0") && err.contains("@0.1.x (up to 0.1.0) and @0.2.x (up to 0.2.0)"), "{err}");
+        assert!(err.contains("built for tagwarden:policy@0.3.0") && err.contains("@0.1.x (up to 0.1.0) and @0.2.x (up to 0.2.1)"), "{err}");
         assert!(check_contract_version("1.0.0").is_err());
         assert!(check_contract_version("0.1.1").is_err(), "a newer patch may rely on additions");
-        assert!(check_contract_version("0.2.1").is_err(), "a newer patch may rely on additions");
+        assert!(check_contract_version("0.2.2").is_err(), "a newer patch may rely on additions");
         assert!(check_contract_version("banana").unwrap_err().contains("not semver"));
         assert!(check_contract_version("0.2.0.1").unwrap_err().contains("not semver"));
     }

@@ -90,6 +90,8 @@ impl RetentionPlugin {
     fn decide(&self, instance: &mut Instance, list: &TagList, now: Timestamp) -> Result<RetentionDecisions, PluginError> {
         let Instance { store, code, instance, handle, reads, .. } = instance;
         let (instance, handle, reads) = (*instance, *handle, *reads);
+        // The names `names.name-pattern.match-tags` matches, for this call only.
+        store.data_mut().patterns.call_names = Some(list.columns().shared_names());
         let answer = self.plugin.call_in(store, code, now, |store, pre| {
             let answer: Result<wire::Decisions, String> = if pre.exports.version.declares_columns() {
                 pre.exports.call(store, &instance, handle, &evaluation(list, now, reads))?
@@ -97,7 +99,9 @@ impl RetentionPlugin {
                 pre.exports.call(store, &instance, handle, &evaluation_v01(list, now))?
             };
             Ok(answer.map_err(FailureCause::Rejected))
-        })?;
+        });
+        store.data_mut().patterns.call_names = None;
+        let answer = answer?;
         let rules = answer
             .rules
             .into_iter()

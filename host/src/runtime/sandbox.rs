@@ -19,6 +19,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::random::Deterministic;
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::names::Patterns;
 use super::virtual_time::{VirtualClock, Waits};
 use super::wire::LogLevel;
 use super::{PluginLimits, STDERR_CAPTURE_BYTES};
@@ -39,7 +40,7 @@ const INSECURE_RANDOM_SEED: [u8; 4] = [0x3c, 0xa5, 0x0f, 0x71];
 /// Everything a plugin's store holds.
 pub(crate) struct SandboxState {
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
     pub(crate) memory: MemoryCap,
     stderr: MemoryOutputPipe,
     plugin: Arc<str>,
@@ -50,6 +51,8 @@ pub(crate) struct SandboxState {
     clock: VirtualClock,
     secure_random: SeededRandom,
     insecure_random: SeededRandom,
+    /// The call's names and deadline, for `names` ([`super::names`]).
+    pub(super) patterns: Patterns,
 }
 
 impl SandboxState {
@@ -109,6 +112,7 @@ pub(crate) fn new_store(engine: &wasmtime::Engine, plugin: &Arc<str>, limits: &P
         clock,
         secure_random,
         insecure_random,
+        patterns: Patterns::default(),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.memory);
@@ -119,6 +123,8 @@ pub(crate) fn new_store(engine: &wasmtime::Engine, plugin: &Arc<str>, limits: &P
 /// budget when fuel metering is on.
 pub(crate) fn arm(store: &mut Store<SandboxState>, limits: &PluginLimits, fuel_enabled: bool) {
     store.set_epoch_deadline(limits.deadline_ticks());
+    // The same deadline for work the host does for the call (`names`), which no epoch interrupts.
+    store.data_mut().patterns.deadline = Some(std::time::Instant::now() + limits.timeout);
     if fuel_enabled {
         // With metering on engine-wide, a plugin without a budget still needs fuel.
         let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));

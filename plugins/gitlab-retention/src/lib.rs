@@ -12,7 +12,6 @@
 //! Untagged manifests are outside GitLab's model: they are kept unless `delete_untagged`.
 
 mod params;
-mod pattern;
 
 use serde_json::Value;
 use tagwarden_plugin_sdk::params::{Params, expected};
@@ -21,7 +20,7 @@ use tagwarden_plugin_sdk::{
 };
 
 use params::{DURATION_EXAMPLES, GitlabParams};
-use pattern::NamePattern;
+use tagwarden_plugin_sdk::names::NamePattern;
 
 /// Every param this plugin accepts.
 const KNOWN_PARAMS: &[&str] =
@@ -116,7 +115,7 @@ impl RetentionPolicy for GitlabRetention {
         })
     }
 
-    /// Only what it reads is sent: it GitLab orders and ages tags by push time, falling back to build time; it never reads digests, sizes or media types.
+    /// Only what it reads is sent: GitLab orders and ages tags by push time, falling back to build time; it never reads digests, sizes or media types.
     fn reads(&self) -> Columns {
         Columns::PUSHED_AT | Columns::CREATED_AT
     }
@@ -125,16 +124,21 @@ impl RetentionPolicy for GitlabRetention {
         let now = input.now;
         let age_rule = self.older_than.as_ref().map(|o| (o, now.saturating_sub(o.duration)));
 
-        // Steps 1 and 2: name rules. Candidates hold each tag's time and index, in input
-        // (name) order: the later steps need nothing else of the tag.
+        // Steps 1 and 2: name rules. The host matches every name against each regex in
+        // one call (`RetentionInput::matching`); the keep regex is asked only of tags
+        // the delete regex matched, so matching it for every tag changes no verdict.
+        // Candidates hold each tag's time and index, in input (name) order: the later
+        // steps need nothing else of the tag.
+        let deletable = self.delete.as_ref().map(|re| input.matching(re));
+        let protected = self.keep.as_ref().map(|re| input.matching(re));
         let mut tags = Vec::with_capacity(input.tags.len());
         let mut candidates: Vec<(Option<Timestamp>, u32)> = Vec::new();
         for (i, tag) in input.tags.iter().enumerate() {
             let verdict = if self.keep_latest && is_latest(tag.name) {
                 Verdict::keep(reason::KEEP_LATEST)
-            } else if !self.delete.as_ref().is_some_and(|re| re.is_match(tag.name)) {
+            } else if !deletable.as_ref().is_some_and(|m| m.get(i)) {
                 self.no_match.clone()
-            } else if self.keep.as_ref().is_some_and(|re| re.is_match(tag.name)) {
+            } else if protected.as_ref().is_some_and(|m| m.get(i)) {
                 Verdict::keep(reason::KEEP_MATCH)
             } else {
                 candidates.push((tag_time(&tag), u32::try_from(i).map_err(|_| "more than 4294967295 tags")?));
@@ -225,7 +229,7 @@ fn regex_param(params: &Params, key: &str) -> Result<Option<NamePattern>, String
         let hint = glob_as_regex(pattern).map(|regex| format!(". It looks like a glob; as a regex that is {regex:?}")).unwrap_or_default();
         return Err(format!("{key}: invalid regex: {} (pattern {pattern:?}){hint}", one_line(&e)));
     }
-    NamePattern::new(format!(r"\A{pattern}\z"))
+    NamePattern::new(&format!(r"\A{pattern}\z"))
         .map(Some)
         .map_err(|e| format!("{key}: invalid regex: {} (pattern {pattern:?})", one_line(&e)))
 }

@@ -383,7 +383,7 @@ fn invalid_params_name_the_param_and_what_was_expected() {
 fn patterns_are_validated_alone_before_anchoring() {
     // The gap GitLab's order closes: anchoring makes these compile.
     for pattern in ["*prod*", "*", "?x", "+v1"] {
-        assert!(NamePattern::new(format!(r"\A{pattern}\z")).is_ok(), "{pattern} anchored compiles");
+        assert!(NamePattern::new(&format!(r"\A{pattern}\z")).is_ok(), "{pattern} anchored compiles");
         let params = format!(r#"{{"name_regex_keep": {pattern:?}}}"#);
         let err = GitlabRetention::create(&params).expect_err(&params);
         assert!(err.starts_with("name_regex_keep: invalid regex:"), "{err}");

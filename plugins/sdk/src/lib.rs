@@ -39,6 +39,10 @@
 //! [`Columns`]); the host sends only those, and reading another panics with the column to
 //! declare. [`testing::evaluate`] gives native tests only the declared columns too.
 //!
+//! With the `names` feature, [`names::NamePattern`] matches tag names against a regex,
+//! in the host at native speed when the plugin runs there
+//! ([`RetentionInput::matching`]).
+//!
 //! Versions: this crate's major.minor is the contract's (`tagwarden:policy@0.2.x` for
 //! 0.2.x); a patch release only adds helpers. The contract (`wit/policy.wit`) ships in
 //! the crate. Hosts that accept 0.2 keep accepting plugins built with SDK 0.1.
@@ -76,6 +80,9 @@ mod stale;
 pub use stale::wire as __stale_wire;
 #[cfg(feature = "stale")]
 pub use stale::{Operation, StaleAction, StaleRule, StaleVerdict};
+
+#[cfg(feature = "names")]
+pub mod names;
 
 pub mod log;
 mod panic;

@@ -414,6 +414,15 @@ impl<'a> RetentionInput<'a> {
         self
     }
 
+    /// For every tag, in order, whether `pattern` matches its name (anywhere in it, like
+    /// `Regex::is_match`). In a plugin the host matches the names it sent at native
+    /// speed and no name is walked in Wasm; natively the same matcher runs here, on each
+    /// name whose answer is asked for ([`Matches`](crate::names::Matches)).
+    #[cfg(feature = "names")]
+    pub fn matching<'s>(&'s self, pattern: &'s crate::names::NamePattern) -> crate::names::Matches<'s> {
+        pattern.match_tags(&self.tags)
+    }
+
     /// This input as the host sends it to a policy that [`reads`](RetentionPolicy::reads)
     /// only `reads`: reading any other column panics, as it would in the plugin.
     pub fn restricted_to(mut self, reads: Columns) -> Self {
@@ -474,6 +483,27 @@ impl<'a> Tags<'a> {
     #[inline]
     pub fn iter(&self) -> TagsIter<'_, 'a> {
         TagsIter { tags: self, positions: 0..self.len() }
+    }
+
+    /// Whether these are the tags the host sent to the evaluation in progress (which
+    /// the host's `names` interface matches), not a list built in the plugin.
+    #[cfg(all(feature = "names", target_arch = "wasm32"))]
+    pub(crate) fn is_from_host(&self) -> bool {
+        matches!(self.0, TagsRepr::Columns(_))
+    }
+
+    /// Tag `i`'s name; panics when `i` is out of range.
+    #[cfg(feature = "names")]
+    #[inline]
+    #[track_caller]
+    pub(crate) fn name(&self, i: usize) -> &'a str {
+        match &self.0 {
+            TagsRepr::List(tags) => tags[i].name,
+            TagsRepr::Columns(view) => {
+                assert!(i < view.len(), "tag index {i} out of range for {} tags", view.len());
+                view.name(i)
+            }
+        }
     }
 
     /// Tag `i`, which the caller knows is in range.

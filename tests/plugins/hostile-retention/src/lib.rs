@@ -30,6 +30,7 @@
 //! | `residue`         | grows memory by 12 MiB and fails if any byte of it is not   |
 //! |                   | zero (what an earlier call left behind)                     |
 //! | `undeclared`      | declares no column, then reads digests: the SDK panics      |
+//! | `match-forever`   | has the host match its names (`names`), forever             |
 
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,7 @@ const MODES: &[&str] = &[
     "fill",
     "residue",
     "undeclared",
+    "match-forever",
 ];
 
 /// A fake DELETE row, in red, as a plugin might try to slip into the host's table.
@@ -94,6 +96,12 @@ impl RetentionPolicy for Hostile {
                 let started = Instant::now();
                 std::thread::sleep(Duration::from_secs(60));
                 Ok(Decisions::uniform(input, Verdict::keep(format!("slept {:?}", started.elapsed()))))
+            }
+            "match-forever" => {
+                let pattern = tagwarden_plugin_sdk::names::NamePattern::new(".*").map_err(|e| e.to_string())?;
+                loop {
+                    std::hint::black_box(input.matching(&pattern));
+                }
             }
             "sleep-forever" => loop {
                 std::thread::sleep(Duration::from_secs(1));
