@@ -17,7 +17,7 @@ mod version;
 
 use std::collections::{BTreeMap, HashSet};
 
-use regex::Regex;
+use tagwarden_plugin_sdk::names::NamePattern;
 use tagwarden_plugin_sdk::params::Params;
 use tagwarden_plugin_sdk::{Columns, Decisions, RetentionInput, RetentionPolicy, Verdict, export_retention, interned};
 
@@ -43,8 +43,8 @@ mod reason {
 pub struct SemverLines {
     keep_per_minor: usize,
     deployed: HashSet<String>,
-    /// `^(?:<name_pattern>)$`.
-    selects: Regex,
+    /// `^(?:<name_pattern>)$`, matched by the host (contract 0.2.1).
+    selects: NamePattern,
     /// `keep_per_minor: among the N newest releases of its minor line`.
     among_newest: Verdict,
     /// `delete: older than the N newest releases of its minor line`.
@@ -57,7 +57,7 @@ impl RetentionPolicy for SemverLines {
         let keep_per_minor = params.integer("keep_per_minor", 1..=10_000, 3)?;
         let deployed = params.strings("deployed")?.into_iter().map(str::to_owned).collect();
         let pattern = params.string("name_pattern")?.unwrap_or(DEFAULT_NAME_PATTERN);
-        let selects = Regex::new(&format!("^(?:{pattern})$"))
+        let selects = NamePattern::new(&format!("^(?:{pattern})$"))
             .map_err(|e| format!("name_pattern: invalid regex {pattern:?}: {}", e.to_string().lines().last().unwrap_or_default()))?;
         // Built once: the reasons carry a param value, and the host allows 256 per answer.
         let among_newest = Verdict::keep(interned(format!("keep_per_minor: among the {keep_per_minor} newest releases of its minor line")));
@@ -75,8 +75,9 @@ impl RetentionPolicy for SemverLines {
         // Selected semver tags: releases by minor line, pre-releases apart.
         let mut releases: BTreeMap<(u64, u64), Vec<(Version<'_>, usize)>> = BTreeMap::new();
         let mut prereleases: Vec<(Version<'_>, usize)> = Vec::new();
+        let selected = input.matching(&self.selects);
         for (i, tag) in input.tags.iter().enumerate() {
-            let verdict = if !self.selects.is_match(tag.name) {
+            let verdict = if !selected.get(i) {
                 Verdict::keep(reason::NOT_SELECTED)
             } else {
                 match Version::parse(tag.name) {
