@@ -837,6 +837,8 @@ impl PluginDirectory {
             declared_version: meta.map(|m| m.version.clone()),
             sha256: meta.map(|m| m.sha256.clone()),
             from_compile_cache: meta.is_some_and(|m| m.from_compile_cache),
+            // Every instance of a version shares its code: the first says which.
+            tier: entry.serving.as_ref().and_then(|s| s.plugins().next()).map(|p| p.tier().as_str().to_owned()),
             loaded_at: entry.serving.as_ref().map(|s| s.loaded_at),
             policies: users,
             evaluations: counts.evaluations,

@@ -385,6 +385,9 @@ async fn a_canary_over_the_brake_waits_for_approval_and_one_under_it_swaps_at_on
     assert!(list.stdout.contains("pending: +4 tags (20.0%), over the 10.0% brake"), "{}", list.stdout);
     let listed = cli(&["plugins", "list", "--output", "json"]).json();
     let keep = listed["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "keep").unwrap().clone();
+    // Which compiler's code the version in service runs, in its column and in JSON.
+    assert!(list.stdout.contains("CODE"), "{}", list.stdout);
+    assert!(matches!(keep["tier"].as_str(), Some("baseline" | "optimized")), "{keep:#}");
     assert_eq!(
         (
             keep["state"].as_str(),
@@ -486,6 +489,8 @@ async fn the_backoff_and_stale_plugins_of_the_directory_are_swapped_and_a_remove
     let optimized =
         |v: &serde_json::Value| role(v, "backoff")["sha256"].as_str() == Some(&*sha_b2) && role(v, "backoff")["tier"] == "optimized";
     daemon.wait_for(&http, "/api/v1/plugins", "backoff v2 runs optimized code", optimized).await;
+    // `plugins list` (the store's row) says so too.
+    row_when(&store, "retry", |r| r.sha256.as_deref() == Some(&*sha_b2) && r.tier.as_deref() == Some("optimized")).await;
     daemon.wait_for(&http, "/api/v1/plugins", "stale v2 in service", serving("stale", sha_s2.clone(), "active")).await;
     row_when(&store, "retry", |r| r.sha256.as_deref() == Some(&*sha_b2) && r.evaluations >= 1).await;
 

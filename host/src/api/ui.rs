@@ -120,11 +120,7 @@ fn plugin_rows(api: &Api) -> anyhow::Result<Vec<PluginRow>> {
                 version: m.map(|m| m.version.clone()).unwrap_or_default(),
                 kind: m.and_then(|m| serde_json::to_value(m.kind).ok()).and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
                 contract: m.map(|m| m.contract_version.clone()).unwrap_or_default(),
-                code: match p.tier {
-                    Some(crate::runtime::Tier::Baseline) => "baseline".to_owned(),
-                    Some(crate::runtime::Tier::Optimized) => "optimized".to_owned(),
-                    None => String::new(),
-                },
+                code: p.tier.map(|t| t.as_str().to_owned()).unwrap_or_default(),
                 sha256: m.map(|m| m.sha256.clone()).unwrap_or_default(),
                 calls,
                 failures,

@@ -58,9 +58,22 @@ fn print_table(plugins: &[PluginRecord], canaries: &[Option<CanaryRecord>]) {
         return;
     }
     let mut rows = vec![
-        ["NAME", "STATE", "KIND", "DECLARED", "CONTRACT", "SHA256", "LOADED AT", "POLICIES", "EVALUATIONS", "FAILURES", "LAST CANARY"]
-            .map(str::to_owned)
-            .to_vec(),
+        [
+            "NAME",
+            "STATE",
+            "KIND",
+            "DECLARED",
+            "CONTRACT",
+            "CODE",
+            "SHA256",
+            "LOADED AT",
+            "POLICIES",
+            "EVALUATIONS",
+            "FAILURES",
+            "LAST CANARY",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
     ];
     let dash = || "-".to_owned();
     for (p, canary) in plugins.iter().zip(canaries) {
@@ -73,6 +86,7 @@ fn print_table(plugins: &[PluginRecord], canaries: &[Option<CanaryRecord>]) {
                 _ => dash(),
             },
             p.contract_version.clone().unwrap_or_else(dash),
+            p.tier.clone().unwrap_or_else(dash),
             p.sha256.as_deref().map(|s| s[..12.min(s.len())].to_owned()).unwrap_or_else(dash),
             p.loaded_at.map(|t| t.to_rfc3339()).unwrap_or_else(dash),
             if p.policies.is_empty() { dash() } else { p.policies.join(",") },

@@ -356,6 +356,16 @@ pub enum Tier {
     Optimized,
 }
 
+impl Tier {
+    /// `baseline` or `optimized`, as the API and `plugins list` show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Baseline => "baseline",
+            Tier::Optimized => "optimized",
+        }
+    }
+}
+
 impl PluginRuntime {
     /// Creates the engine, the linker and the epoch ticker thread.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {

@@ -254,6 +254,9 @@ const MIGRATIONS: &[&str] = &[
         owner      TEXT NOT NULL,
         expires_at INTEGER NOT NULL
     );",
+    // 12: which compiler's code each plugin of the directory runs (`baseline` while its
+    // optimized code is compiled in the background, then `optimized`), for `plugins list`.
+    "ALTER TABLE plugins ADD COLUMN tier TEXT;",
 ];
 
 /// How long a statement waits for another process's write lock before failing.

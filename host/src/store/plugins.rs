@@ -74,6 +74,9 @@ pub struct PluginRecord {
     pub sha256: Option<String>,
     /// Whether the version in service came out of the compile cache (no compilation).
     pub from_compile_cache: bool,
+    /// Which compiler's code the version in service runs: `baseline` until its optimized
+    /// code is compiled in the background (tiered compilation), then `optimized`.
+    pub tier: Option<String>,
     pub loaded_at: Option<Timestamp>,
     /// The policies that use it.
     pub policies: Vec<String>,
@@ -91,7 +94,7 @@ pub struct PluginTable {
 }
 
 const COLUMNS: &str = "name, state, reason, kind, contract_version, declared_name, declared_version, sha256, \
-                       from_compile_cache, loaded_at, policies, evaluations, failures, consecutive_faults, updated_at";
+                       from_compile_cache, loaded_at, policies, evaluations, failures, consecutive_faults, updated_at, tier";
 
 impl PluginTable {
     /// Writes `record` (all of it), keeping any request an operator left.
@@ -99,13 +102,13 @@ impl PluginTable {
         let conn = self.store.lock();
         conn.execute(
             &format!(
-                "INSERT INTO plugins ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                "INSERT INTO plugins ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                  ON CONFLICT (name) DO UPDATE SET state = excluded.state, reason = excluded.reason, kind = excluded.kind,
                    contract_version = excluded.contract_version, declared_name = excluded.declared_name,
                    declared_version = excluded.declared_version, sha256 = excluded.sha256,
                    from_compile_cache = excluded.from_compile_cache, loaded_at = excluded.loaded_at,
                    policies = excluded.policies, evaluations = excluded.evaluations, failures = excluded.failures,
-                   consecutive_faults = excluded.consecutive_faults, updated_at = excluded.updated_at"
+                   consecutive_faults = excluded.consecutive_faults, updated_at = excluded.updated_at, tier = excluded.tier"
             ),
             params![
                 r.name,
@@ -123,6 +126,7 @@ impl PluginTable {
                 r.failures as i64,
                 r.consecutive_faults,
                 r.updated_at.unix_micros(),
+                r.tier,
             ],
         )
         .map_err(anyhow::Error::from)
@@ -152,6 +156,7 @@ impl PluginTable {
                 failures: row.get::<_, i64>(12)? as u64,
                 consecutive_faults: row.get(13)?,
                 updated_at: Timestamp::from_unix_micros(row.get(14)?),
+                tier: row.get(15)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -351,6 +356,7 @@ mod tests {
             declared_version: Some("0.1.0".into()),
             sha256: Some("ab".repeat(32)),
             from_compile_cache: true,
+            tier: Some("baseline".into()),
             loaded_at: Some(Timestamp::from_unix_micros(1_000_000)),
             policies: vec!["a".into(), "b".into()],
             evaluations: 7,
